@@ -1,0 +1,176 @@
+//! HTTP request filters, validated and ready to match.
+//!
+//! Regexes are compiled case-insensitive. A header filter is matched against
+//! each header rendered as `Name: value` (names as they arrive, which for
+//! HTTP/2 and for hyper means lowercase — hence case-insensitive matching);
+//! a path filter against the path without the query string; a method filter
+//! is an exact, case-insensitive method name.
+
+use std::collections::BTreeSet;
+use std::fmt;
+
+use regex::{Regex, RegexBuilder};
+
+/// Ceiling on a compiled filter regex, so a config cannot make the sidecar
+/// allocate without bound.
+const REGEX_SIZE_LIMIT: usize = 1 << 20;
+
+/// A single filter or a combination.
+#[derive(Debug, Clone)]
+pub enum Filter {
+    /// Any header, rendered `Name: value`, matches the regex.
+    Header(Regex),
+    /// The path (no query) matches the regex.
+    Path(Regex),
+    /// The method equals this one, ignoring case.
+    Method(String),
+    /// Every filter matches.
+    AllOf(Vec<Filter>),
+    /// At least one filter matches.
+    AnyOf(Vec<Filter>),
+}
+
+/// `http_filter`: which requests, on which ports.
+#[derive(Debug, Clone)]
+pub struct HttpFilter {
+    /// The request filter.
+    pub filter: Filter,
+    /// Ports carrying HTTP on which the filter applies.
+    pub ports: BTreeSet<u16>,
+}
+
+impl Filter {
+    /// Compiles a header or path regex. `Err` holds a message naming the
+    /// pattern and what is wrong with it.
+    pub(crate) fn regex(pattern: &str) -> Result<Regex, String> {
+        if pattern.is_empty() {
+            return Err("empty regex: expected a pattern such as \"x-user: alice\"".into());
+        }
+        RegexBuilder::new(pattern)
+            .case_insensitive(true)
+            .size_limit(REGEX_SIZE_LIMIT)
+            .build()
+            .map_err(|e| format!("invalid regex {pattern:?}: {e}"))
+    }
+
+    /// Validates a method name (an HTTP token).
+    pub(crate) fn method(name: &str) -> Result<String, String> {
+        let is_tchar = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c);
+        if name.is_empty() || !name.chars().all(is_tchar) {
+            return Err(format!(
+                "invalid method {name:?}: expected an HTTP method such as \"GET\" or \"POST\""
+            ));
+        }
+        Ok(name.to_ascii_uppercase())
+    }
+
+    /// Whether a request matches. `headers` yields `(name, value)` pairs and
+    /// is cloned when a combination needs to look at them again.
+    pub fn matches<'h, H>(&self, method: &str, path: &str, headers: H) -> bool
+    where
+        H: Iterator<Item = (&'h str, &'h [u8])> + Clone,
+    {
+        match self {
+            Filter::Header(re) => headers.into_iter().any(|(name, value)| {
+                let value = String::from_utf8_lossy(value);
+                re.is_match(&format!("{name}: {value}"))
+            }),
+            Filter::Path(re) => re.is_match(path.split('?').next().unwrap_or(path)),
+            Filter::Method(m) => m.eq_ignore_ascii_case(method),
+            Filter::AllOf(fs) => fs.iter().all(|f| f.matches(method, path, headers.clone())),
+            Filter::AnyOf(fs) => fs.iter().any(|f| f.matches(method, path, headers.clone())),
+        }
+    }
+}
+
+impl fmt::Display for Filter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let join = |f: &mut fmt::Formatter<'_>, fs: &[Filter], sep: &str| {
+            f.write_str("(")?;
+            for (i, x) in fs.iter().enumerate() {
+                if i > 0 {
+                    f.write_str(sep)?;
+                }
+                write!(f, "{x}")?;
+            }
+            f.write_str(")")
+        };
+        match self {
+            Filter::Header(re) => write!(f, "header {:?}", re.as_str()),
+            Filter::Path(re) => write!(f, "path {:?}", re.as_str()),
+            Filter::Method(m) => write!(f, "method {m}"),
+            Filter::AllOf(fs) => join(f, fs, " and "),
+            Filter::AnyOf(fs) => join(f, fs, " or "),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hdrs<'a>(h: &'a [(&'a str, &'a str)]) -> impl Iterator<Item = (&'a str, &'a [u8])> + Clone {
+        h.iter().map(|(n, v)| (*n, v.as_bytes()))
+    }
+
+    fn header(p: &str) -> Filter {
+        Filter::Header(Filter::regex(p).unwrap())
+    }
+    fn path(p: &str) -> Filter {
+        Filter::Path(Filter::regex(p).unwrap())
+    }
+
+    #[test]
+    fn header_is_matched_as_name_colon_value_ignoring_case() {
+        let f = header("X-My-Header: my-header-value");
+        assert!(f.matches("GET", "/", hdrs(&[("x-my-header", "MY-HEADER-VALUE")])));
+        assert!(!f.matches("GET", "/", hdrs(&[("x-my-header", "other")])));
+        assert!(!f.matches("GET", "/", hdrs(&[("x-other", "my-header-value")])));
+        let f = header("X-Header-.+: header-value-.+");
+        assert!(f.matches(
+            "GET",
+            "/",
+            hdrs(&[("accept", "*/*"), ("x-header-a", "header-value-1")])
+        ));
+    }
+
+    #[test]
+    fn path_ignores_query_and_case() {
+        let f = path("my/path");
+        assert!(f.matches("GET", "/api/My/Path/1", hdrs(&[])));
+        assert!(!f.matches("GET", "/other?q=my/path", hdrs(&[])));
+        let anchored = path("^/api$");
+        assert!(anchored.matches("GET", "/api?x=1", hdrs(&[])));
+    }
+
+    #[test]
+    fn method_and_combinations() {
+        let post = Filter::Method(Filter::method("post").unwrap());
+        assert!(post.matches("POST", "/", hdrs(&[])));
+        assert!(!post.matches("GET", "/", hdrs(&[])));
+        let all = Filter::AllOf(vec![post.clone(), path("^/orders")]);
+        assert!(all.matches("POST", "/orders/1", hdrs(&[])));
+        assert!(!all.matches("POST", "/users", hdrs(&[])));
+        let any = Filter::AnyOf(vec![post, header("x-user: alice")]);
+        assert!(any.matches("GET", "/", hdrs(&[("x-user", "alice")])));
+        assert!(!any.matches("GET", "/", hdrs(&[("x-user", "bob")])));
+        assert_eq!(any.to_string(), "(method POST or header \"x-user: alice\")");
+    }
+
+    #[test]
+    fn non_utf8_header_values_do_not_panic() {
+        let f = header("x-bin: .*");
+        let v: &[u8] = &[0xff, 0xfe];
+        assert!(f.matches("GET", "/", [("x-bin", v)].into_iter()));
+    }
+
+    #[test]
+    fn bad_patterns_are_named() {
+        let e = Filter::regex("a(b").unwrap_err();
+        assert!(e.starts_with("invalid regex \"a(b\""), "{e}");
+        assert!(Filter::regex("").unwrap_err().contains("empty regex"));
+        assert!(Filter::method("GE T")
+            .unwrap_err()
+            .contains("invalid method \"GE T\""));
+    }
+}

@@ -1,0 +1,313 @@
+//! Reading a config file: format by extension, parse with key paths and
+//! positions, then validate.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use crate::config::{Config, Invalid};
+use crate::raw::RawConfig;
+use crate::suggest::improve_serde_message;
+
+/// Config file formats, chosen by file extension.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Json,
+    Yaml,
+    Toml,
+}
+
+impl Format {
+    /// The format of a file, from its extension.
+    pub fn from_path(path: &Path) -> Result<Self, Error> {
+        match path
+            .extension()
+            .and_then(|e| e.to_str())
+            .map(str::to_ascii_lowercase)
+            .as_deref()
+        {
+            Some("json") => Ok(Format::Json),
+            Some("yaml" | "yml") => Ok(Format::Yaml),
+            Some("toml") => Ok(Format::Toml),
+            _ => Err(Error::Format {
+                file: path.to_owned(),
+            }),
+        }
+    }
+}
+
+/// Why a config could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot read config {}: {source}", file.display())]
+    Read {
+        file: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{}: unknown config format: expected a file name ending in .json, .yaml, .yml or .toml", file.display())]
+    Format { file: PathBuf },
+    #[error("{0}")]
+    Invalid(Box<Located>),
+}
+
+/// An error at a place in the config: file, position when known, key path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Located {
+    pub file: Option<PathBuf>,
+    /// 1-based line and column, where the format or the key path locate it.
+    pub position: Option<(usize, usize)>,
+    /// Dotted key path, e.g. `feature.network.incoming.http_filter`.
+    pub key: String,
+    pub message: String,
+}
+
+impl fmt::Display for Located {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.file {
+            Some(file) => write!(f, "{}", file.display())?,
+            None => f.write_str("config")?,
+        }
+        if let Some((line, col)) = self.position {
+            write!(f, ":{line}:{col}")?;
+        }
+        if !self.key.is_empty() {
+            write!(f, ": {}", self.key)?;
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+impl Error {
+    /// The located error, for callers that want its parts.
+    pub fn located(&self) -> Option<&Located> {
+        match self {
+            Error::Invalid(l) => Some(l),
+            _ => None,
+        }
+    }
+}
+
+impl Config {
+    /// Reads and validates a config file; the format comes from its extension.
+    pub fn load(file: &Path) -> Result<Self, Error> {
+        let format = Format::from_path(file)?;
+        let text = std::fs::read_to_string(file).map_err(|source| Error::Read {
+            file: file.to_owned(),
+            source,
+        })?;
+        Self::parse(&text, format, Some(file))
+    }
+
+    /// Validates a config sent as JSON (how the CLI hands it to the sidecar).
+    pub fn from_json(text: &str) -> Result<Self, Error> {
+        Self::parse(text, Format::Json, None)
+    }
+
+    /// Parses and validates config text. `file` only labels errors.
+    pub fn parse(text: &str, format: Format, file: Option<&Path>) -> Result<Self, Error> {
+        let raw = parse_raw(text, format).map_err(|(position, key, message)| {
+            Error::Invalid(Box::new(Located {
+                file: file.map(Path::to_owned),
+                position,
+                key,
+                message,
+            }))
+        })?;
+        Config::from_raw(raw).map_err(|Invalid { key, message }| {
+            let position = locate(text, &key);
+            Error::Invalid(Box::new(Located {
+                file: file.map(Path::to_owned),
+                position,
+                key,
+                message,
+            }))
+        })
+    }
+}
+
+type ParseFailure = (Option<(usize, usize)>, String, String);
+
+fn parse_raw(text: &str, format: Format) -> Result<RawConfig, ParseFailure> {
+    parse_format(text, format)
+        .map_err(|(pos, key, message)| (pos, key, improve_serde_message(&message)))
+}
+
+fn parse_format(text: &str, format: Format) -> Result<RawConfig, ParseFailure> {
+    match format {
+        Format::Json => {
+            // The documented examples carry trailing commas; JSON proper does
+            // not allow them. Blanking them keeps every position intact.
+            let text = blank_trailing_commas(text);
+            let mut de = serde_json::Deserializer::from_str(&text);
+            let raw = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+                let pos = Some((e.inner().line(), e.inner().column()));
+                (
+                    pos,
+                    key_of(e.path()),
+                    strip_position(&e.inner().to_string()),
+                )
+            })?;
+            de.end().map_err(|e| {
+                (
+                    Some((e.line(), e.column())),
+                    String::new(),
+                    strip_position(&e.to_string()),
+                )
+            })?;
+            Ok(raw)
+        }
+        Format::Yaml => {
+            let de = serde_yaml::Deserializer::from_str(text);
+            serde_path_to_error::deserialize(de).map_err(|e| {
+                let pos = e.inner().location().map(|l| (l.line(), l.column()));
+                let key = key_of(e.path());
+                let message = strip_position(&e.inner().to_string());
+                (pos, key.clone(), strip_key_prefix(&message, &key))
+            })
+        }
+        Format::Toml => {
+            let de = toml::Deserializer::parse(text)
+                .map_err(|e| toml_failure(text, String::new(), &e))?;
+            serde_path_to_error::deserialize(de)
+                .map_err(|e| toml_failure(text, key_of(e.path()), e.inner()))
+        }
+    }
+}
+
+fn toml_failure(text: &str, key: String, e: &toml::de::Error) -> ParseFailure {
+    let pos = e.span().map(|s| line_col(text, s.start));
+    (pos, key, e.message().trim().to_owned())
+}
+
+fn key_of(path: &serde_path_to_error::Path) -> String {
+    let key = path.to_string();
+    if key == "." || key == "?" {
+        String::new()
+    } else {
+        key
+    }
+}
+
+/// serde_yaml prefixes messages with its own rendering of the key path.
+fn strip_key_prefix(message: &str, key: &str) -> String {
+    match message.split_once(": ") {
+        Some((head, rest))
+            if !head.contains(' ') && key.starts_with(head.split('[').next().unwrap_or(head)) =>
+        {
+            rest.to_owned()
+        }
+        _ => message.to_owned(),
+    }
+}
+
+/// serde_json and serde_yaml append " at line L column C"; the position is
+/// reported separately.
+fn strip_position(message: &str) -> String {
+    match message.rfind(" at line ") {
+        Some(i) if message[i..].contains(" column ") => message[..i].to_owned(),
+        _ => message.to_owned(),
+    }
+}
+
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let col = before
+        .rfind('\n')
+        .map_or(before.len(), |nl| before.len() - nl - 1)
+        + 1;
+    (line, col)
+}
+
+/// Replaces each comma that is followed (after whitespace) by `}` or `]`, and
+/// is outside a string, by a space.
+fn blank_trailing_commas(text: &str) -> String {
+    let mut bytes = text.as_bytes().to_vec();
+    let (mut in_string, mut escaped) = (false, false);
+    for i in 0..bytes.len() {
+        let b = bytes[i];
+        if in_string {
+            match (escaped, b) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_string = false,
+                _ => {}
+            }
+        } else if b == b'"' {
+            in_string = true;
+        } else if b == b',' {
+            let next = bytes[i + 1..].iter().find(|c| !c.is_ascii_whitespace());
+            if matches!(next, Some(b'}' | b']')) {
+                bytes[i] = b' ';
+            }
+        }
+    }
+    // Only an ASCII byte was replaced by another, so the text is still UTF-8.
+    String::from_utf8(bytes).unwrap_or_else(|_| text.to_owned())
+}
+
+/// Best-effort position of a key path in the source, for validation errors
+/// (the formats' parsers do not keep positions once parsing succeeded). Each
+/// segment is searched as a key after the previous one; the key path in the
+/// message stays the authoritative pointer.
+fn locate(text: &str, key: &str) -> Option<(usize, usize)> {
+    let mut from = 0;
+    let mut found = None;
+    for segment in key
+        .split('.')
+        .map(|s| s.split('[').next().unwrap_or(s))
+        .filter(|s| !s.is_empty())
+    {
+        let at = find_key(&text[from..], segment)? + from;
+        found = Some(at);
+        from = at + segment.len();
+    }
+    found.map(|at| line_col(text, at))
+}
+
+fn find_key(text: &str, key: &str) -> Option<usize> {
+    let is_ident = |c: u8| c.is_ascii_alphanumeric() || c == b'_' || c == b'-';
+    let bytes = text.as_bytes();
+    text.match_indices(key).map(|(i, _)| i).find(|&i| {
+        let end = i + key.len();
+        let before_ok = i == 0 || !is_ident(bytes[i - 1]);
+        let after = text[end..]
+            .trim_start_matches(['"', '\''])
+            .trim_start_matches([' ', '\t']);
+        before_ok
+            && (end == bytes.len() || !is_ident(bytes[end]))
+            && after.starts_with([':', '=', '.', ']'])
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trailing_commas_blanked_outside_strings_only() {
+        assert_eq!(
+            blank_trailing_commas("{\"a\": [1,2,],}"),
+            "{\"a\": [1,2 ] }"
+        );
+        assert_eq!(blank_trailing_commas("{\"a\": \",}\"}"), "{\"a\": \",}\"}");
+        assert_eq!(
+            blank_trailing_commas("{\"a\": \"\\\",}\"}"),
+            "{\"a\": \"\\\",}\"}"
+        );
+    }
+
+    #[test]
+    fn positions() {
+        assert_eq!(line_col("ab\ncd", 4), (2, 2));
+        assert_eq!(line_col("ab", 0), (1, 1));
+        let text =
+            "{\n  \"feature\": {\n    \"network\": { \"incoming\": {\"ports\": []} }\n  }\n}";
+        assert_eq!(
+            locate(text, "feature.network.incoming.ports"),
+            Some((3, 32))
+        );
+        let yaml = "feature:\n  network:\n    incoming:\n      mode: steal\n      ports: []\n";
+        assert_eq!(locate(yaml, "feature.network.incoming.ports"), Some((5, 7)));
+        assert_eq!(locate(yaml, "feature.network.incoming.http_filter"), None);
+    }
+}

@@ -1,0 +1,32 @@
+//! Names shared by every mirrord component: annotation keys, environment
+//! variables and default ports. Each is defined once, here.
+
+/// Pod-template or Namespace annotation that opts pods into injection.
+pub const ANNOTATION_INJECT: &str = "mirrord.dev/inject";
+/// Inbound ports to redirect to the sidecar (default: the declared container ports).
+pub const ANNOTATION_PORTS: &str = "mirrord.dev/ports";
+/// Inbound ports never redirected.
+pub const ANNOTATION_SKIP_PORTS: &str = "mirrord.dev/skip-ports";
+/// Ports whose traffic is never inspected for HTTP.
+pub const ANNOTATION_OPAQUE_PORTS: &str = "mirrord.dev/opaque-ports";
+/// Whether sessions may pause the app (`enabled` by default).
+pub const ANNOTATION_PAUSE: &str = "mirrord.dev/pause";
+/// Written by the injector: what it injected and by which version.
+pub const ANNOTATION_STATUS: &str = "mirrord.dev/status";
+
+/// Port the init container's iptables rules redirect inbound traffic to.
+pub const INBOUND_PORT: u16 = 18006;
+/// Port of the session tunnel (gRPC), bound to 127.0.0.1 inside the pod.
+pub const TUNNEL_PORT: u16 = 18010;
+/// Port of the sidecar's admin server (`/metrics`, `/ready`, `/live`).
+pub const ADMIN_PORT: u16 = 18090;
+/// The sidecar's own ports: never redirected, never proxied.
+pub const PROXY_PORTS: [u16; 3] = [INBOUND_PORT, TUNNEL_PORT, ADMIN_PORT];
+
+/// Ports on which `http_filter` applies when the config does not say.
+pub const DEFAULT_HTTP_FILTER_PORTS: [u16; 2] = [80, 8080];
+
+/// Environment variable: the sidecar's log filter (tracing `EnvFilter` syntax).
+pub const ENV_LOG: &str = "MIRRORD_LOG";
+/// Environment variable: log format, `text` or `json`.
+pub const ENV_LOG_FORMAT: &str = "MIRRORD_LOG_FORMAT";
