@@ -6,8 +6,7 @@ use std::fmt;
 use crate::filter::{Filter, HttpFilter};
 use crate::names::DEFAULT_HTTP_FILTER_PORTS;
 use crate::raw::{
-    Port, RawConfig, RawHttpFilter, RawIncoming, RawIncomingDetailed, RawInnerFilter, RawMode,
-    RawTarget,
+    Port, RawConfig, RawHttpFilter, RawIncoming, RawIncomingDetailed, RawInnerFilter, RawMode, RawTarget,
 };
 use crate::target::Target;
 
@@ -56,10 +55,7 @@ pub(crate) struct Invalid {
 }
 
 fn invalid(key: impl Into<String>, message: impl Into<String>) -> Invalid {
-    Invalid {
-        key: key.into(),
-        message: message.into(),
-    }
+    Invalid { key: key.into(), message: message.into() }
 }
 
 const INCOMING: &str = "feature.network.incoming";
@@ -68,33 +64,19 @@ const HTTP_FILTER: &str = "feature.network.incoming.http_filter";
 impl Config {
     /// Validates a raw config into typed values.
     pub(crate) fn from_raw(raw: RawConfig) -> Result<Self, Invalid> {
-        let target = match raw.target {
-            None => None,
-            Some(RawTarget::Path(p)) => {
-                Some(Target::parse(&p, None).map_err(|m| invalid("target", m))?)
-            }
-            Some(RawTarget::Detailed(d)) => {
-                Some(Target::parse(&d.path, d.namespace.as_deref()).map_err(|m| {
-                    invalid(
-                        if m.contains("namespace") {
-                            "target.namespace"
-                        } else {
-                            "target.path"
-                        },
-                        m,
-                    )
-                })?)
-            }
-        };
+        let target =
+            match raw.target {
+                None => None,
+                Some(RawTarget::Path(p)) => Some(Target::parse(&p, None).map_err(|m| invalid("target", m))?),
+                Some(RawTarget::Detailed(d)) => Some(Target::parse(&d.path, d.namespace.as_deref()).map_err(|m| {
+                    invalid(if m.contains("namespace") { "target.namespace" } else { "target.path" }, m)
+                })?),
+            };
         let incoming = match raw.feature.network.incoming {
             RawIncoming::Mode(mode) => Incoming::unfiltered(mode.into()),
-            RawIncoming::Detailed(d) => Incoming::from_raw(d)?,
+            RawIncoming::Detailed(d) => Incoming::from_raw(*d)?,
         };
-        Ok(Config {
-            pause: raw.pause,
-            target,
-            incoming,
-        })
+        Ok(Config { pause: raw.pause, target, incoming })
     }
 }
 
@@ -110,57 +92,39 @@ impl From<RawMode> for Mode {
 
 impl Incoming {
     fn unfiltered(mode: Mode) -> Self {
-        Incoming {
-            mode,
-            http_filter: None,
-            ports: PortSelection::All,
-            port_mapping: BTreeMap::new(),
-        }
+        Incoming { mode, http_filter: None, ports: PortSelection::All, port_mapping: BTreeMap::new() }
     }
 
     fn from_raw(d: RawIncomingDetailed) -> Result<Self, Invalid> {
         let mode = Mode::from(d.mode);
         let ports = match (d.ports, d.ignore_ports) {
             (Some(_), Some(_)) => {
-                return Err(invalid(
-                    INCOMING,
-                    "`ports` and `ignore_ports` are exclusive: expected at most one of them",
-                ))
+                return Err(invalid(INCOMING, "`ports` and `ignore_ports` are exclusive: expected at most one of them"))
             }
             (Some(p), None) => PortSelection::Only(port_set(&p, &format!("{INCOMING}.ports"))?),
-            (None, Some(p)) => {
-                PortSelection::Except(port_set(&p, &format!("{INCOMING}.ignore_ports"))?)
-            }
+            (None, Some(p)) => PortSelection::Except(port_set(&p, &format!("{INCOMING}.ignore_ports"))?),
             (None, None) => PortSelection::All,
         };
         let http_filter = d.http_filter.map(HttpFilter::from_raw).transpose()?;
         if http_filter.is_some() && mode == Mode::Off {
-            return Err(invalid(HTTP_FILTER, "http_filter has no effect with mode \"off\": expected mode \"steal\" or \"mirror\""));
+            return Err(invalid(
+                HTTP_FILTER,
+                "http_filter has no effect with mode \"off\": expected mode \"steal\" or \"mirror\"",
+            ));
         }
         let mut port_mapping = BTreeMap::new();
         if let Some(pairs) = d.port_mapping {
             let key = format!("{INCOMING}.port_mapping");
             if pairs.is_empty() {
-                return Err(invalid(
-                    key,
-                    "empty list: expected pairs [local, remote] or no port_mapping key",
-                ));
+                return Err(invalid(key, "empty list: expected pairs [local, remote] or no port_mapping key"));
             }
             for (i, (Port(local), Port(remote))) in pairs.into_iter().enumerate() {
                 if port_mapping.insert(remote, local).is_some() {
-                    return Err(invalid(
-                        format!("{key}[{i}]"),
-                        format!("remote port {remote} is mapped twice"),
-                    ));
+                    return Err(invalid(format!("{key}[{i}]"), format!("remote port {remote} is mapped twice")));
                 }
             }
         }
-        Ok(Incoming {
-            mode,
-            http_filter,
-            ports,
-            port_mapping,
-        })
+        Ok(Incoming { mode, http_filter, ports, port_mapping })
     }
 
     /// Whether this session's config covers a remote port at all.
@@ -175,10 +139,7 @@ impl Incoming {
 
     /// The filter that applies on `port`, if any (`http_filter` on one of its ports).
     pub fn filter_for(&self, port: u16) -> Option<&Filter> {
-        self.http_filter
-            .as_ref()
-            .filter(|f| f.ports.contains(&port))
-            .map(|f| &f.filter)
+        self.http_filter.as_ref().filter(|f| f.ports.contains(&port)).map(|f| &f.filter)
     }
 
     /// The local port that traffic of a remote port is delivered to.
@@ -194,25 +155,17 @@ impl HttpFilter {
             None => DEFAULT_HTTP_FILTER_PORTS.into_iter().collect(),
         };
         let mut found = Vec::new();
-        let single = |key: &str,
-                      value: Option<String>,
-                      found: &mut Vec<Filter>,
-                      make: fn(&str) -> Result<Filter, String>| {
-            value.map_or(Ok(()), |v| {
-                let f = make(&v).map_err(|m| invalid(format!("{HTTP_FILTER}.{key}"), m))?;
-                found.push(f);
-                Ok(())
-            })
-        };
-        single("header_filter", raw.header_filter, &mut found, |v| {
-            Filter::regex(v).map(Filter::Header)
-        })?;
-        single("path_filter", raw.path_filter, &mut found, |v| {
-            Filter::regex(v).map(Filter::Path)
-        })?;
-        single("method_filter", raw.method_filter, &mut found, |v| {
-            Filter::method(v).map(Filter::Method)
-        })?;
+        let single =
+            |key: &str, value: Option<String>, found: &mut Vec<Filter>, make: fn(&str) -> Result<Filter, String>| {
+                value.map_or(Ok(()), |v| {
+                    let f = make(&v).map_err(|m| invalid(format!("{HTTP_FILTER}.{key}"), m))?;
+                    found.push(f);
+                    Ok(())
+                })
+            };
+        single("header_filter", raw.header_filter, &mut found, |v| Filter::regex(v).map(Filter::Header))?;
+        single("path_filter", raw.path_filter, &mut found, |v| Filter::regex(v).map(Filter::Path))?;
+        single("method_filter", raw.method_filter, &mut found, |v| Filter::method(v).map(Filter::Method))?;
         if let Some(list) = raw.all_of {
             found.push(Filter::AllOf(inner_list(list, "all_of")?));
         }
@@ -234,10 +187,7 @@ impl HttpFilter {
 fn inner_list(list: Vec<RawInnerFilter>, name: &str) -> Result<Vec<Filter>, Invalid> {
     let key = format!("{HTTP_FILTER}.{name}");
     if list.is_empty() {
-        return Err(invalid(
-            key,
-            "empty list: expected at least one filter such as {\"header\": \"x-user: alice\"}",
-        ));
+        return Err(invalid(key, "empty list: expected at least one filter such as {\"header\": \"x-user: alice\"}"));
     }
     list.into_iter()
         .enumerate()
@@ -256,20 +206,13 @@ fn inner_list(list: Vec<RawInnerFilter>, name: &str) -> Result<Vec<Filter>, Inva
 
 fn port_set(ports: &[Port], key: &str) -> Result<BTreeSet<u16>, Invalid> {
     if ports.is_empty() {
-        return Err(invalid(
-            key,
-            "empty list: expected at least one port, or leave the key out",
-        ));
+        return Err(invalid(key, "empty list: expected at least one port, or leave the key out"));
     }
     Ok(ports.iter().map(|p| p.0).collect())
 }
 
 fn list(ports: &BTreeSet<u16>) -> String {
-    ports
-        .iter()
-        .map(u16::to_string)
-        .collect::<Vec<_>>()
-        .join(", ")
+    ports.iter().map(u16::to_string).collect::<Vec<_>>().join(", ")
 }
 
 impl fmt::Display for PortSelection {

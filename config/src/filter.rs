@@ -57,9 +57,7 @@ impl Filter {
     pub(crate) fn method(name: &str) -> Result<String, String> {
         let is_tchar = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c);
         if name.is_empty() || !name.chars().all(is_tchar) {
-            return Err(format!(
-                "invalid method {name:?}: expected an HTTP method such as \"GET\" or \"POST\""
-            ));
+            return Err(format!("invalid method {name:?}: expected an HTTP method such as \"GET\" or \"POST\""));
         }
         Ok(name.to_ascii_uppercase())
     }
@@ -127,11 +125,7 @@ mod tests {
         assert!(!f.matches("GET", "/", hdrs(&[("x-my-header", "other")])));
         assert!(!f.matches("GET", "/", hdrs(&[("x-other", "my-header-value")])));
         let f = header("X-Header-.+: header-value-.+");
-        assert!(f.matches(
-            "GET",
-            "/",
-            hdrs(&[("accept", "*/*"), ("x-header-a", "header-value-1")])
-        ));
+        assert!(f.matches("GET", "/", hdrs(&[("accept", "*/*"), ("x-header-a", "header-value-1")])));
     }
 
     #[test]
@@ -169,8 +163,6 @@ mod tests {
         let e = Filter::regex("a(b").unwrap_err();
         assert!(e.starts_with("invalid regex \"a(b\""), "{e}");
         assert!(Filter::regex("").unwrap_err().contains("empty regex"));
-        assert!(Filter::method("GE T")
-            .unwrap_err()
-            .contains("invalid method \"GE T\""));
+        assert!(Filter::method("GE T").unwrap_err().contains("invalid method \"GE T\""));
     }
 }

@@ -12,6 +12,7 @@
 //! config it receives with the same code ([`Config::from_json`]).
 
 mod config;
+mod duration;
 mod filter;
 mod load;
 pub mod names;
@@ -20,6 +21,7 @@ mod suggest;
 mod target;
 
 pub use config::{Config, Incoming, Mode, PortSelection};
+pub use duration::parse_duration;
 pub use filter::{Filter, HttpFilter};
 pub use load::{Error, Format};
 pub use target::{Target, TargetKind};

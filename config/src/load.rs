@@ -19,18 +19,11 @@ pub enum Format {
 impl Format {
     /// The format of a file, from its extension.
     pub fn from_path(path: &Path) -> Result<Self, Error> {
-        match path
-            .extension()
-            .and_then(|e| e.to_str())
-            .map(str::to_ascii_lowercase)
-            .as_deref()
-        {
+        match path.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase).as_deref() {
             Some("json") => Ok(Format::Json),
             Some("yaml" | "yml") => Ok(Format::Yaml),
             Some("toml") => Ok(Format::Toml),
-            _ => Err(Error::Format {
-                file: path.to_owned(),
-            }),
+            _ => Err(Error::Format { file: path.to_owned() }),
         }
     }
 }
@@ -39,10 +32,7 @@ impl Format {
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("cannot read config {}: {source}", file.display())]
-    Read {
-        file: PathBuf,
-        source: std::io::Error,
-    },
+    Read { file: PathBuf, source: std::io::Error },
     #[error("{}: unknown config format: expected a file name ending in .json, .yaml, .yml or .toml", file.display())]
     Format { file: PathBuf },
     #[error("{0}")]
@@ -90,10 +80,7 @@ impl Config {
     /// Reads and validates a config file; the format comes from its extension.
     pub fn load(file: &Path) -> Result<Self, Error> {
         let format = Format::from_path(file)?;
-        let text = std::fs::read_to_string(file).map_err(|source| Error::Read {
-            file: file.to_owned(),
-            source,
-        })?;
+        let text = std::fs::read_to_string(file).map_err(|source| Error::Read { file: file.to_owned(), source })?;
         Self::parse(&text, format, Some(file))
     }
 
@@ -105,21 +92,11 @@ impl Config {
     /// Parses and validates config text. `file` only labels errors.
     pub fn parse(text: &str, format: Format, file: Option<&Path>) -> Result<Self, Error> {
         let raw = parse_raw(text, format).map_err(|(position, key, message)| {
-            Error::Invalid(Box::new(Located {
-                file: file.map(Path::to_owned),
-                position,
-                key,
-                message,
-            }))
+            Error::Invalid(Box::new(Located { file: file.map(Path::to_owned), position, key, message }))
         })?;
         Config::from_raw(raw).map_err(|Invalid { key, message }| {
             let position = locate(text, &key);
-            Error::Invalid(Box::new(Located {
-                file: file.map(Path::to_owned),
-                position,
-                key,
-                message,
-            }))
+            Error::Invalid(Box::new(Located { file: file.map(Path::to_owned), position, key, message }))
         })
     }
 }
@@ -127,8 +104,7 @@ impl Config {
 type ParseFailure = (Option<(usize, usize)>, String, String);
 
 fn parse_raw(text: &str, format: Format) -> Result<RawConfig, ParseFailure> {
-    parse_format(text, format)
-        .map_err(|(pos, key, message)| (pos, key, improve_serde_message(&message)))
+    parse_format(text, format).map_err(|(pos, key, message)| (pos, key, improve_serde_message(&message)))
 }
 
 fn parse_format(text: &str, format: Format) -> Result<RawConfig, ParseFailure> {
@@ -140,19 +116,9 @@ fn parse_format(text: &str, format: Format) -> Result<RawConfig, ParseFailure> {
             let mut de = serde_json::Deserializer::from_str(&text);
             let raw = serde_path_to_error::deserialize(&mut de).map_err(|e| {
                 let pos = Some((e.inner().line(), e.inner().column()));
-                (
-                    pos,
-                    key_of(e.path()),
-                    strip_position(&e.inner().to_string()),
-                )
+                (pos, key_of(e.path()), strip_position(&e.inner().to_string()))
             })?;
-            de.end().map_err(|e| {
-                (
-                    Some((e.line(), e.column())),
-                    String::new(),
-                    strip_position(&e.to_string()),
-                )
-            })?;
+            de.end().map_err(|e| (Some((e.line(), e.column())), String::new(), strip_position(&e.to_string())))?;
             Ok(raw)
         }
         Format::Yaml => {
@@ -165,10 +131,8 @@ fn parse_format(text: &str, format: Format) -> Result<RawConfig, ParseFailure> {
             })
         }
         Format::Toml => {
-            let de = toml::Deserializer::parse(text)
-                .map_err(|e| toml_failure(text, String::new(), &e))?;
-            serde_path_to_error::deserialize(de)
-                .map_err(|e| toml_failure(text, key_of(e.path()), e.inner()))
+            let de = toml::Deserializer::parse(text).map_err(|e| toml_failure(text, String::new(), &e))?;
+            serde_path_to_error::deserialize(de).map_err(|e| toml_failure(text, key_of(e.path()), e.inner()))
         }
     }
 }
@@ -190,9 +154,7 @@ fn key_of(path: &serde_path_to_error::Path) -> String {
 /// serde_yaml prefixes messages with its own rendering of the key path.
 fn strip_key_prefix(message: &str, key: &str) -> String {
     match message.split_once(": ") {
-        Some((head, rest))
-            if !head.contains(' ') && key.starts_with(head.split('[').next().unwrap_or(head)) =>
-        {
+        Some((head, rest)) if !head.contains(' ') && key.starts_with(head.split('[').next().unwrap_or(head)) => {
             rest.to_owned()
         }
         _ => message.to_owned(),
@@ -211,10 +173,7 @@ fn strip_position(message: &str) -> String {
 fn line_col(text: &str, offset: usize) -> (usize, usize) {
     let before = &text[..offset.min(text.len())];
     let line = before.matches('\n').count() + 1;
-    let col = before
-        .rfind('\n')
-        .map_or(before.len(), |nl| before.len() - nl - 1)
-        + 1;
+    let col = before.rfind('\n').map_or(before.len(), |nl| before.len() - nl - 1) + 1;
     (line, col)
 }
 
@@ -252,11 +211,7 @@ fn blank_trailing_commas(text: &str) -> String {
 fn locate(text: &str, key: &str) -> Option<(usize, usize)> {
     let mut from = 0;
     let mut found = None;
-    for segment in key
-        .split('.')
-        .map(|s| s.split('[').next().unwrap_or(s))
-        .filter(|s| !s.is_empty())
-    {
+    for segment in key.split('.').map(|s| s.split('[').next().unwrap_or(s)).filter(|s| !s.is_empty()) {
         let at = find_key(&text[from..], segment)? + from;
         found = Some(at);
         from = at + segment.len();
@@ -270,12 +225,8 @@ fn find_key(text: &str, key: &str) -> Option<usize> {
     text.match_indices(key).map(|(i, _)| i).find(|&i| {
         let end = i + key.len();
         let before_ok = i == 0 || !is_ident(bytes[i - 1]);
-        let after = text[end..]
-            .trim_start_matches(['"', '\''])
-            .trim_start_matches([' ', '\t']);
-        before_ok
-            && (end == bytes.len() || !is_ident(bytes[end]))
-            && after.starts_with([':', '=', '.', ']'])
+        let after = text[end..].trim_start_matches(['"', '\'']).trim_start_matches([' ', '\t']);
+        before_ok && (end == bytes.len() || !is_ident(bytes[end])) && after.starts_with([':', '=', '.', ']'])
     })
 }
 
@@ -285,27 +236,17 @@ mod tests {
 
     #[test]
     fn trailing_commas_blanked_outside_strings_only() {
-        assert_eq!(
-            blank_trailing_commas("{\"a\": [1,2,],}"),
-            "{\"a\": [1,2 ] }"
-        );
+        assert_eq!(blank_trailing_commas("{\"a\": [1,2,],}"), "{\"a\": [1,2 ] }");
         assert_eq!(blank_trailing_commas("{\"a\": \",}\"}"), "{\"a\": \",}\"}");
-        assert_eq!(
-            blank_trailing_commas("{\"a\": \"\\\",}\"}"),
-            "{\"a\": \"\\\",}\"}"
-        );
+        assert_eq!(blank_trailing_commas("{\"a\": \"\\\",}\"}"), "{\"a\": \"\\\",}\"}");
     }
 
     #[test]
     fn positions() {
         assert_eq!(line_col("ab\ncd", 4), (2, 2));
         assert_eq!(line_col("ab", 0), (1, 1));
-        let text =
-            "{\n  \"feature\": {\n    \"network\": { \"incoming\": {\"ports\": []} }\n  }\n}";
-        assert_eq!(
-            locate(text, "feature.network.incoming.ports"),
-            Some((3, 32))
-        );
+        let text = "{\n  \"feature\": {\n    \"network\": { \"incoming\": {\"ports\": []} }\n  }\n}";
+        assert_eq!(locate(text, "feature.network.incoming.ports"), Some((3, 32)));
         let yaml = "feature:\n  network:\n    incoming:\n      mode: steal\n      ports: []\n";
         assert_eq!(locate(yaml, "feature.network.incoming.ports"), Some((5, 7)));
         assert_eq!(locate(yaml, "feature.network.incoming.http_filter"), None);

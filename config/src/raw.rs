@@ -74,7 +74,7 @@ pub enum RawIncoming {
     /// Just the mode, for every port.
     Mode(RawMode),
     /// Mode plus filter and port selection.
-    Detailed(RawIncomingDetailed),
+    Detailed(Box<RawIncomingDetailed>),
 }
 
 impl Default for RawIncoming {
@@ -167,9 +167,7 @@ impl<'de> Deserialize<'de> for Port {
         let n = i64::deserialize(d)?;
         match u16::try_from(n) {
             Ok(p) if p != 0 => Ok(Port(p)),
-            _ => Err(de::Error::custom(format!(
-                "invalid port {n}: expected a port number 1-65535"
-            ))),
+            _ => Err(de::Error::custom(format!("invalid port {n}: expected a port number 1-65535"))),
         }
     }
 }
@@ -197,12 +195,10 @@ macro_rules! string_or_object {
                         f.write_str($expecting)
                     }
                     fn visit_str<E: de::Error>(self, s: &str) -> Result<$ty, E> {
-                        <$sty>::deserialize(de::value::StrDeserializer::<E>::new(s))
-                            .map($ty::$string)
+                        <$sty>::deserialize(de::value::StrDeserializer::<E>::new(s)).map($ty::$string)
                     }
                     fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<$ty, A::Error> {
-                        <$oty>::deserialize(de::value::MapAccessDeserializer::new(map))
-                            .map($ty::$object)
+                        <$oty>::deserialize(de::value::MapAccessDeserializer::new(map)).map($ty::$object)
                     }
                 }
                 d.deserialize_any(V)
@@ -214,7 +210,7 @@ macro_rules! string_or_object {
 string_or_object!(
     RawIncoming,
     Mode(RawMode),
-    Detailed(RawIncomingDetailed),
+    Detailed(Box<RawIncomingDetailed>),
     "\"mirror\", \"steal\", \"off\" or an object with `mode`"
 );
 string_or_object!(

@@ -2,10 +2,7 @@
 
 /// The candidate closest to `input` by edit distance, if it is close enough to
 /// be a plausible typo (at most a third of the word, and at least 1 edit allowed).
-pub(crate) fn nearest<'a>(
-    input: &str,
-    candidates: impl IntoIterator<Item = &'a str>,
-) -> Option<&'a str> {
+pub(crate) fn nearest<'a>(input: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
     let input_lower = input.to_ascii_lowercase();
     let budget = (input.chars().count() / 3).max(1);
     candidates
@@ -24,15 +21,13 @@ fn distance(a: &str, b: &str) -> usize {
     for (i, row) in d.iter_mut().enumerate() {
         row[0] = i;
     }
-    for j in 0..=b.len() {
-        d[0][j] = j;
+    for (j, cell) in d[0].iter_mut().enumerate() {
+        *cell = j;
     }
     for i in 1..=a.len() {
         for j in 1..=b.len() {
             let cost = usize::from(a[i - 1] != b[j - 1]);
-            d[i][j] = (d[i - 1][j] + 1)
-                .min(d[i][j - 1] + 1)
-                .min(d[i - 1][j - 1] + cost);
+            d[i][j] = (d[i - 1][j] + 1).min(d[i][j - 1] + 1).min(d[i - 1][j - 1] + cost);
             if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
                 d[i][j] = d[i][j].min(d[i - 2][j - 2] + 1);
             }
@@ -47,11 +42,7 @@ pub(crate) fn improve_serde_message(message: &str) -> String {
     let Some((kind, rest)) = message
         .strip_prefix("unknown field `")
         .map(|r| ("key", r))
-        .or_else(|| {
-            message
-                .strip_prefix("unknown variant `")
-                .map(|r| ("value", r))
-        })
+        .or_else(|| message.strip_prefix("unknown variant `").map(|r| ("value", r)))
     else {
         return message.to_owned();
     };
@@ -59,11 +50,7 @@ pub(crate) fn improve_serde_message(message: &str) -> String {
         return message.to_owned();
     };
     let expected: Vec<&str> = tail.split('`').skip(1).step_by(2).collect();
-    let listed = expected
-        .iter()
-        .map(|e| format!("`{e}`"))
-        .collect::<Vec<_>>()
-        .join(", ");
+    let listed = expected.iter().map(|e| format!("`{e}`")).collect::<Vec<_>>().join(", ");
     match nearest(name, expected.iter().copied()) {
         Some(best) => {
             format!("unknown {kind} `{name}`, did you mean `{best}`? (expected one of {listed})")
@@ -97,23 +84,13 @@ mod tests {
 
     #[test]
     fn serde_messages() {
-        let m = improve_serde_message(
-            "unknown field `heder_filter`, expected one of `header_filter`, `path_filter`",
-        );
+        let m = improve_serde_message("unknown field `heder_filter`, expected one of `header_filter`, `path_filter`");
         assert_eq!(
             m,
             "unknown key `heder_filter`, did you mean `header_filter`? (expected one of `header_filter`, `path_filter`)"
         );
-        let m = improve_serde_message(
-            "unknown variant `stael`, expected one of `mirror`, `steal`, `off`",
-        );
-        assert!(
-            m.starts_with("unknown value `stael`, did you mean `steal`?"),
-            "{m}"
-        );
-        assert_eq!(
-            improve_serde_message("missing field `x`"),
-            "missing field `x`"
-        );
+        let m = improve_serde_message("unknown variant `stael`, expected one of `mirror`, `steal`, `off`");
+        assert!(m.starts_with("unknown value `stael`, did you mean `steal`?"), "{m}");
+        assert_eq!(improve_serde_message("missing field `x`"), "missing field `x`");
     }
 }

@@ -32,10 +32,7 @@ impl TargetKind {
 
     /// The kind as written in a target path.
     pub fn as_str(self) -> &'static str {
-        Self::ALL
-            .iter()
-            .find(|(_, k)| *k == self)
-            .map_or("pod", |(s, _)| s)
+        Self::ALL.iter().find(|(_, k)| *k == self).map_or("pod", |(s, _)| s)
     }
 }
 
@@ -64,39 +61,26 @@ impl FromStr for Target {
     type Err = String;
 
     fn from_str(path: &str) -> Result<Self, String> {
-        let expected =
-            "expected \"KIND/NAME\" or \"KIND/NAME/container/CONTAINER\", e.g. \"deployment/api\"";
+        let expected = "expected \"KIND/NAME\" or \"KIND/NAME/container/CONTAINER\", e.g. \"deployment/api\"";
         let parts: Vec<&str> = path.split('/').collect();
         let (kind, name, container) = match parts.as_slice() {
             [kind, name] => (*kind, *name, None),
             [kind, name, "container", c] => (*kind, *name, Some(*c)),
             _ => return Err(format!("invalid target {path:?}: {expected}")),
         };
-        let kind = TargetKind::ALL
-            .iter()
-            .find(|(s, _)| s.eq_ignore_ascii_case(kind))
-            .map(|(_, k)| *k)
-            .ok_or_else(|| {
+        let kind =
+            TargetKind::ALL.iter().find(|(s, _)| s.eq_ignore_ascii_case(kind)).map(|(_, k)| *k).ok_or_else(|| {
                 let kinds: Vec<&str> = TargetKind::ALL.iter().map(|(s, _)| *s).collect();
                 let hint = crate::suggest::nearest(kind, kinds.iter().copied())
                     .map(|k| format!("did you mean {k:?}? "))
                     .unwrap_or_default();
-                format!(
-                    "invalid target {path:?}: unknown kind {kind:?}, {hint}expected one of {}",
-                    kinds.join(", ")
-                )
+                format!("invalid target {path:?}: unknown kind {kind:?}, {hint}expected one of {}", kinds.join(", "))
             })?;
         check_dns_subdomain(name, "name").map_err(|e| format!("invalid target {path:?}: {e}"))?;
         if let Some(c) = container {
-            check_dns_label(c, "container name")
-                .map_err(|e| format!("invalid target {path:?}: {e}"))?;
+            check_dns_label(c, "container name").map_err(|e| format!("invalid target {path:?}: {e}"))?;
         }
-        Ok(Target {
-            kind,
-            name: name.to_owned(),
-            container: container.map(str::to_owned),
-            namespace: None,
-        })
+        Ok(Target { kind, name: name.to_owned(), container: container.map(str::to_owned), namespace: None })
     }
 }
 
@@ -117,8 +101,7 @@ fn is_label(s: &str) -> bool {
     let b = s.as_bytes();
     !b.is_empty()
         && b.len() <= 63
-        && b.iter()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+        && b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
         && b[0] != b'-'
         && b[b.len() - 1] != b'-'
 }
@@ -146,10 +129,7 @@ mod tests {
     #[test]
     fn parses_paths() {
         let t: Target = "deployment/api".parse().unwrap();
-        assert_eq!(
-            (t.kind, t.name.as_str(), t.container),
-            (TargetKind::Deployment, "api", None)
-        );
+        assert_eq!((t.kind, t.name.as_str(), t.container), (TargetKind::Deployment, "api", None));
         let t: Target = "pod/api-7d9f-x2/container/app".parse().unwrap();
         assert_eq!(t.container.as_deref(), Some("app"));
         assert_eq!(t.to_string(), "pod/api-7d9f-x2/container/app");
@@ -161,17 +141,9 @@ mod tests {
     fn rejects_with_reasons() {
         let e = "deploymnt/api".parse::<Target>().unwrap_err();
         assert!(e.contains("did you mean \"deployment\""), "{e}");
-        assert!("api"
-            .parse::<Target>()
-            .unwrap_err()
-            .contains("expected \"KIND/NAME\""));
-        assert!("pod/API"
-            .parse::<Target>()
-            .unwrap_err()
-            .contains("invalid name \"API\""));
+        assert!("api".parse::<Target>().unwrap_err().contains("expected \"KIND/NAME\""));
+        assert!("pod/API".parse::<Target>().unwrap_err().contains("invalid name \"API\""));
         assert!("pod/a/cont/b".parse::<Target>().is_err());
-        assert!(Target::parse("pod/a", Some("Bad_NS"))
-            .unwrap_err()
-            .contains("invalid namespace"));
+        assert!(Target::parse("pod/a", Some("Bad_NS")).unwrap_err().contains("invalid namespace"));
     }
 }

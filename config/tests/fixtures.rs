@@ -5,26 +5,21 @@
 //! one-line summary for valid configs, the full error for invalid ones.
 //! `UPDATE_GOLDEN=1 cargo test -p mirrord-config` rewrites them.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::path::{Path, PathBuf};
 
 use mirrord_config::{Config, Format};
 
 fn fixtures(dir: &str) -> Vec<PathBuf> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(dir);
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(dir);
     let mut files: Vec<PathBuf> = std::fs::read_dir(&root)
         .unwrap_or_else(|e| panic!("reading {}: {e}", root.display()))
         .map(|e| e.unwrap().path())
         .filter(|p| Format::from_path(p).is_ok())
         .collect();
     files.sort();
-    assert!(
-        files.len() >= 5,
-        "expected fixtures in {}, found {}",
-        root.display(),
-        files.len()
-    );
+    assert!(files.len() >= 5, "expected fixtures in {}, found {}", root.display(), files.len());
     files
 }
 
@@ -43,13 +38,8 @@ fn check_golden(fixture: &Path, actual: &str) -> Option<String> {
         return None;
     }
     let expected = std::fs::read_to_string(&golden).unwrap_or_default();
-    (expected.trim_end() != actual).then(|| {
-        format!(
-            "{}:\n  expected: {}\n  actual:   {actual}",
-            fixture.display(),
-            expected.trim_end()
-        )
-    })
+    (expected.trim_end() != actual)
+        .then(|| format!("{}:\n  expected: {}\n  actual:   {actual}", fixture.display(), expected.trim_end()))
 }
 
 #[test]
@@ -95,19 +85,13 @@ fn documented_examples_load() {
             }
         }
     }
-    assert!(
-        examples >= 4,
-        "expected the documented examples, found {examples}"
-    );
+    assert!(examples >= 4, "expected the documented examples, found {examples}");
 }
 
 #[test]
 fn checked_in_schema_is_current() {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("mirrord.schema.json");
-    let current = format!(
-        "{}\n",
-        serde_json::to_string_pretty(&mirrord_config::schema()).unwrap()
-    );
+    let current = format!("{}\n", serde_json::to_string_pretty(&mirrord_config::schema()).unwrap());
     if std::env::var_os("UPDATE_GOLDEN").is_some() {
         std::fs::write(&path, &current).unwrap();
     }
@@ -122,32 +106,18 @@ fn checked_in_schema_is_current() {
 #[test]
 fn schema_describes_the_documented_keys() {
     let schema = serde_json::to_string(&mirrord_config::schema()).unwrap();
-    for key in [
-        "pause",
-        "target",
-        "incoming",
-        "http_filter",
-        "header_filter",
-        "path_filter",
-        "all_of",
-        "port_mapping",
-    ] {
+    for key in ["pause", "target", "incoming", "http_filter", "header_filter", "path_filter", "all_of", "port_mapping"]
+    {
         assert!(schema.contains(&format!("\"{key}\"")), "schema lacks {key}");
     }
 }
 
 #[test]
 fn sidecar_revalidation_rejects_what_the_cli_rejects() {
-    let e = Config::from_json(r#"{"feature":{"network":{"incoming":{"mode":"steal","http_filter":{"path_filter":"("}}}}}"#)
-        .unwrap_err();
+    let e =
+        Config::from_json(r#"{"feature":{"network":{"incoming":{"mode":"steal","http_filter":{"path_filter":"("}}}}}"#)
+            .unwrap_err();
     let located = e.located().unwrap();
-    assert_eq!(
-        located.key,
-        "feature.network.incoming.http_filter.path_filter"
-    );
-    assert!(
-        located.message.starts_with("invalid regex \"(\""),
-        "{}",
-        located.message
-    );
+    assert_eq!(located.key, "feature.network.incoming.http_filter.path_filter");
+    assert!(located.message.starts_with("invalid regex \"(\""), "{}", located.message);
 }

@@ -1,1 +1,81 @@
-fn main() {}
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use mirrord_config::names::{ENV_LOG, ENV_LOG_FORMAT};
+use mirrord_proxy::{iptables, run};
+
+/// The mirrord sidecar: iptables init container and inbound proxy.
+#[derive(Debug, Parser)]
+#[command(name = "mirrord-proxy", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Redirect the pod's inbound ports to the sidecar (the init container).
+    Init(iptables::InitArgs),
+    /// Run the sidecar proxy.
+    Run(run::RunArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing();
+    let result = match cli.command {
+        Command::Init(args) => iptables::init(&args).map_err(anyhow::Error::from),
+        Command::Run(args) => run_sidecar(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("mirrord-proxy: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run_sidecar(args: run::RunArgs) -> anyhow::Result<()> {
+    let runtime = if args.threads <= 1 {
+        tokio::runtime::Builder::new_current_thread().enable_all().build()?
+    } else {
+        tokio::runtime::Builder::new_multi_thread().worker_threads(args.threads).enable_all().build()?
+    };
+    runtime.block_on(async {
+        let running = run::Running::bind(&args)?;
+        running.serve(stop_signal()).await;
+        Ok(())
+    })
+}
+
+/// SIGTERM (kubelet) or SIGINT (a terminal).
+async fn stop_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+        _ => {
+            // Without signal handlers the process can only be killed; run on.
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+fn init_tracing() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env(ENV_LOG).unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    if std::env::var(ENV_LOG_FORMAT).is_ok_and(|f| f == "json") {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}

@@ -1,0 +1,33 @@
+//! Durations as people write them on a command line: `250ms`, `3s`, `2m`.
+
+use std::time::Duration;
+
+/// Parses `N` followed by `ms`, `s`, `m` or `h`. `Err` says what was expected.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let expected = || format!("invalid duration {text:?}: expected a number with a unit, such as 500ms, 3s or 2m");
+    let split = text.find(|c: char| !c.is_ascii_digit()).ok_or_else(expected)?;
+    let (number, unit) = text.split_at(split);
+    let n: u64 = number.parse().map_err(|_| expected())?;
+    match unit {
+        "ms" => Ok(Duration::from_millis(n)),
+        "s" => Ok(Duration::from_secs(n)),
+        "m" => Ok(Duration::from_secs(n.saturating_mul(60))),
+        "h" => Ok(Duration::from_secs(n.saturating_mul(3600))),
+        _ => Err(expected()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_units_and_rejects_the_rest() {
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("3s"), Ok(Duration::from_secs(3)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        for bad in ["", "3", "s", "1.5s", "-1s", "3 s", "3sec"] {
+            assert!(parse_duration(bad).unwrap_err().contains("invalid duration"), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,156 @@
+//! The inbound listener: every connection redirected to the sidecar is
+//! matched to its original destination, classified, and proxied.
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use prometheus_client::metrics::gauge::Gauge;
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tracing::{debug, warn, Instrument};
+
+use crate::detect::{self, Detected, Limits};
+use crate::http::{self, Proxy};
+use crate::metrics::{ConnLabels, Metrics, Protocol};
+use crate::rewind::Rewind;
+use crate::shutdown::Shutdown;
+use crate::socket;
+use crate::upstream::Upstream;
+
+/// Where proxied connections go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Destination {
+    /// The address the client asked for, before iptables redirected it.
+    Original,
+    /// One fixed upstream (explicit mode, no iptables).
+    Fixed(SocketAddr),
+}
+
+/// Shared state of the inbound side.
+#[derive(Debug)]
+pub struct Inbound {
+    pub destination: Destination,
+    /// Ports never inspected for HTTP.
+    pub opaque_ports: BTreeSet<u16>,
+    /// Ports that belong to the sidecar itself: a connection redirected to
+    /// one of them would loop, and is refused.
+    pub own_ports: BTreeSet<u16>,
+    pub limits: Limits,
+    pub upstream: Upstream,
+    pub metrics: Arc<Metrics>,
+}
+
+/// Accepts until shutdown; each connection runs in its own task.
+pub async fn accept_loop(listener: TcpListener, inbound: Arc<Inbound>, mut shutdown: Shutdown) {
+    loop {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            () = shutdown.signalled() => return,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                let span = tracing::debug_span!("conn", %peer);
+                tokio::spawn(handle(stream, inbound.clone(), shutdown.clone()).instrument(span));
+            }
+            Err(e) => {
+                // Typically EMFILE: back off instead of spinning.
+                warn!("accept failed: {e}");
+                inbound.metrics.error("accept");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+async fn handle(mut stream: TcpStream, inbound: Arc<Inbound>, shutdown: Shutdown) {
+    socket::tune(&stream);
+    let dst = match inbound.destination {
+        Destination::Fixed(addr) => addr,
+        Destination::Original => match socket::original_dst(&stream) {
+            Ok(addr) => addr,
+            Err(e) => {
+                debug!("no original destination: {e}");
+                inbound.metrics.error("original_dst");
+                return;
+            }
+        },
+    };
+    if inbound.destination == Destination::Original && inbound.own_ports.contains(&dst.port()) {
+        debug!(%dst, "refused: the original destination is the sidecar itself");
+        inbound.metrics.error("loop_refused");
+        return;
+    }
+    let detected = if inbound.opaque_ports.contains(&dst.port()) {
+        Ok(Detected::Tcp(Bytes::new()))
+    } else {
+        detect::detect(&mut stream, inbound.limits).await
+    };
+    let (protocol, prefix) = match detected {
+        Ok(Detected::Http1(p)) => (Protocol::Http1, p),
+        Ok(Detected::Http2(p)) => (Protocol::Http2, p),
+        Ok(Detected::Tcp(p)) => (Protocol::Tcp, p),
+        Ok(Detected::Reject(r)) => {
+            debug!(%dst, reason = r.reason(), "request refused");
+            inbound.metrics.error(r.reason());
+            let _ = stream.write_all(&r.response()).await;
+            let _ = stream.shutdown().await;
+            return;
+        }
+        Ok(Detected::Closed) => return,
+        Err(e) => {
+            debug!("read failed during detection: {e}");
+            inbound.metrics.error("client_read");
+            return;
+        }
+    };
+    let labels = ConnLabels { port: dst.port(), protocol };
+    inbound.metrics.connections.get_or_create(&labels).inc();
+    let _open = OpenGuard::new(inbound.metrics.open_connections.get_or_create(&labels).clone());
+    debug!(%dst, protocol = protocol.as_str(), "proxying");
+    let proxy = Proxy { dst, protocol, upstream: inbound.upstream.clone(), metrics: inbound.metrics.clone(), shutdown };
+    match protocol {
+        Protocol::Http1 => http::serve_h1(Rewind::new(prefix, stream), proxy, &inbound.limits).await,
+        Protocol::Http2 => http::serve_h2(Rewind::new(prefix, stream), proxy, &inbound.limits).await,
+        Protocol::Tcp => forward_tcp(stream, prefix, dst, &inbound.metrics).await,
+    }
+}
+
+async fn forward_tcp(mut client: TcpStream, prefix: Bytes, dst: SocketAddr, metrics: &Metrics) {
+    let mut app = match socket::connect(dst).await {
+        Ok(s) => s,
+        Err(e) => {
+            debug!(%dst, "cannot connect to the app: {e}");
+            metrics.error("upstream_connect");
+            // Reset rather than close: the client sees the same refusal it
+            // would have seen without the sidecar.
+            let _ = socket2::SockRef::from(&client).set_linger(Some(Duration::ZERO));
+            return;
+        }
+    };
+    if let Err(e) = app.write_all(&prefix).await {
+        debug!("write to the app failed: {e}");
+        return;
+    }
+    if let Err(e) = crate::tcp::splice(&mut client, &mut app).await {
+        debug!("TCP connection ended: {e}");
+    }
+}
+
+/// Keeps the open-connections gauge right on every exit path.
+struct OpenGuard(Gauge);
+
+impl OpenGuard {
+    fn new(g: Gauge) -> Self {
+        g.inc();
+        Self(g)
+    }
+}
+
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}

@@ -1,0 +1,21 @@
+//! The mirrord sidecar.
+//!
+//! - `mirrord-proxy init` ([`iptables`]) runs as the pod's init container and
+//!   redirects the pod's inbound ports to the sidecar.
+//! - `mirrord-proxy run` ([`run`]) accepts those connections, recovers their
+//!   original destination, detects the protocol and proxies them to the app:
+//!   raw TCP as bytes, HTTP per request.
+
+pub mod admin;
+pub mod detect;
+pub mod http;
+pub mod inbound;
+pub mod iptables;
+pub mod metrics;
+pub mod ports;
+pub mod rewind;
+pub mod run;
+pub mod shutdown;
+pub mod socket;
+pub mod tcp;
+pub mod upstream;

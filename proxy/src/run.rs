@@ -1,0 +1,157 @@
+//! `mirrord-proxy run`: the sidecar process.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use mirrord_config::names::{ADMIN_PORT, INBOUND_PORT, PROXY_PORTS};
+use mirrord_config::parse_duration;
+use tokio::net::TcpListener;
+use tracing::{info, warn};
+
+use crate::admin::{self, Admin};
+use crate::detect::Limits;
+use crate::inbound::{self, Destination, Inbound};
+use crate::metrics::Metrics;
+use crate::ports::PortList;
+use crate::shutdown;
+use crate::socket;
+use crate::upstream::Upstream;
+
+/// Flags of `mirrord-proxy run`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct RunArgs {
+    /// Address to accept inbound connections on; repeat for several. Default:
+    /// 0.0.0.0:18006 and [::]:18006 (the iptables redirect target).
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Vec<SocketAddr>,
+    /// Explicit mode: send every connection to ADDR instead of to its original
+    /// destination. No iptables needed.
+    #[arg(long, value_name = "ADDR")]
+    pub upstream: Option<SocketAddr>,
+    /// Address of the admin server (/live, /ready, /metrics).
+    #[arg(long, value_name = "ADDR", default_value_t = SocketAddr::from(([0, 0, 0, 0], ADMIN_PORT)))]
+    pub admin: SocketAddr,
+    /// Ports whose traffic is passed through as raw TCP without HTTP detection.
+    #[arg(long, value_name = "PORTS", default_value = "")]
+    pub opaque_ports: PortList,
+    /// How long to wait for a client's first bytes before treating the
+    /// connection as a server-first protocol (raw TCP).
+    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_duration)]
+    pub detect_timeout: Duration,
+    /// How long an HTTP/1 client may take to send a complete request head.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    pub header_read_timeout: Duration,
+    /// Largest HTTP request head accepted, in bytes (431 beyond).
+    #[arg(long, value_name = "BYTES", default_value_t = 64 * 1024)]
+    pub max_header_size: usize,
+    /// On SIGTERM, how long in-flight requests and connections may take to finish.
+    #[arg(long, value_name = "DURATION", default_value = "20s", value_parser = parse_duration)]
+    pub grace_period: Duration,
+    /// Worker threads of the runtime (1 runs everything on the main thread).
+    #[arg(long, default_value_t = 1)]
+    pub threads: usize,
+}
+
+/// Why the sidecar could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind { addr: SocketAddr, source: std::io::Error },
+    #[error("--max-header-size {0} is too small: expected at least 1024 bytes")]
+    HeaderSize(usize),
+}
+
+/// A sidecar whose sockets are bound; [`Running::serve`] runs it.
+#[derive(Debug)]
+pub struct Running {
+    listeners: Vec<TcpListener>,
+    admin_listener: TcpListener,
+    inbound: Arc<Inbound>,
+    admin: Arc<Admin>,
+    grace_period: Duration,
+}
+
+impl Running {
+    /// Binds every socket, so that a port in use is reported before anything runs.
+    pub fn bind(args: &RunArgs) -> Result<Self, Error> {
+        if args.max_header_size < 1024 {
+            return Err(Error::HeaderSize(args.max_header_size));
+        }
+        let listeners = bind_inbound(&args.listen)?;
+        let admin_listener = socket::listen(args.admin).map_err(|source| Error::Bind { addr: args.admin, source })?;
+        let metrics = Arc::new(Metrics::default());
+        let mut own_ports: std::collections::BTreeSet<u16> = PROXY_PORTS.into_iter().collect();
+        own_ports.extend(listeners.iter().filter_map(|l| l.local_addr().ok()).map(|a| a.port()));
+        let inbound = Inbound {
+            destination: args.upstream.map_or(Destination::Original, Destination::Fixed),
+            opaque_ports: args.opaque_ports.ports(),
+            own_ports,
+            limits: Limits {
+                detect_timeout: args.detect_timeout,
+                header_read_timeout: args.header_read_timeout,
+                max_head: args.max_header_size,
+            },
+            upstream: Upstream::default(),
+            metrics: metrics.clone(),
+        };
+        let admin = Admin { metrics, ready: false.into() };
+        Ok(Running {
+            listeners,
+            admin_listener,
+            inbound: Arc::new(inbound),
+            admin: Arc::new(admin),
+            grace_period: args.grace_period,
+        })
+    }
+
+    /// Addresses accepting inbound connections.
+    pub fn inbound_addrs(&self) -> Vec<SocketAddr> {
+        self.listeners.iter().filter_map(|l| l.local_addr().ok()).collect()
+    }
+
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_listener.local_addr().ok()
+    }
+
+    /// Serves until `stop` resolves, then drains within the grace period.
+    pub async fn serve(self, stop: impl Future<Output = ()>) {
+        let (trigger, shutdown) = shutdown::channel();
+        let addrs = self.inbound_addrs();
+        for listener in self.listeners {
+            tokio::spawn(inbound::accept_loop(listener, self.inbound.clone(), shutdown.clone()));
+        }
+        tokio::spawn(admin::serve(self.admin_listener, self.admin.clone(), shutdown.clone()));
+        drop(shutdown);
+        self.admin.ready.store(true, Ordering::Relaxed);
+        match self.inbound.destination {
+            Destination::Fixed(up) => info!(?addrs, upstream = %up, "listening (explicit mode)"),
+            Destination::Original => info!(?addrs, "listening for redirected connections"),
+        }
+        stop.await;
+        self.admin.ready.store(false, Ordering::Relaxed);
+        info!(grace_period = ?self.grace_period, "shutting down: finishing in-flight requests");
+        if trigger.drain(self.grace_period).await {
+            info!("drained; exiting");
+        } else {
+            warn!("grace period over; closing the remaining connections");
+        }
+    }
+}
+
+/// Binds the inbound addresses. With none given, binds the redirect port on
+/// IPv4 and, where the kernel has IPv6, on IPv6 as well.
+fn bind_inbound(addrs: &[SocketAddr]) -> Result<Vec<TcpListener>, Error> {
+    let bind = |addr: SocketAddr| socket::listen(addr).map_err(|source| Error::Bind { addr, source });
+    if !addrs.is_empty() {
+        return addrs.iter().map(|a| bind(*a)).collect();
+    }
+    let mut listeners = vec![bind(SocketAddr::from(([0, 0, 0, 0], INBOUND_PORT)))?];
+    match socket::listen(SocketAddr::from(([0u16; 8], INBOUND_PORT))) {
+        Ok(l) => listeners.push(l),
+        Err(e) => info!("IPv6 inbound listener not available: {e}"),
+    }
+    Ok(listeners)
+}

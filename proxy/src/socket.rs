@@ -1,0 +1,79 @@
+//! Socket plumbing: listeners, TCP options, and the original destination of a
+//! redirected connection.
+
+use std::io;
+use std::mem::{size_of, MaybeUninit};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
+use std::os::fd::AsRawFd;
+
+use socket2::{Domain, Protocol, SockRef, Socket, Type};
+use tokio::net::{TcpListener, TcpStream};
+
+/// `SO_ORIGINAL_DST` (linux/netfilter_ipv4.h) and `IP6T_SO_ORIGINAL_DST`
+/// (linux/netfilter_ipv6/ip6_tables.h) share the value 80.
+const SO_ORIGINAL_DST: libc::c_int = 80;
+
+/// Kernel buffer size asked for on proxied sockets: large enough that a
+/// loopback or in-pod hop never limits throughput.
+const SOCKET_BUFFER: usize = 1 << 20;
+
+/// Binds a listener with `SO_REUSEADDR` and a deep accept backlog. An IPv6
+/// address is bound v6-only so that a separate IPv4 listener can share the port.
+pub fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    TcpListener::from_std(socket.into())
+}
+
+/// Options every proxied socket gets: no Nagle delay, roomy buffers.
+pub fn tune(stream: &TcpStream) {
+    // Failing to tune a socket is not a reason to drop the connection.
+    let _ = stream.set_nodelay(true);
+    let sock = SockRef::from(stream);
+    let _ = sock.set_send_buffer_size(SOCKET_BUFFER);
+    let _ = sock.set_recv_buffer_size(SOCKET_BUFFER);
+}
+
+/// Connects to `addr` with the proxy's socket options.
+pub async fn connect(addr: SocketAddr) -> io::Result<TcpStream> {
+    let stream = TcpStream::connect(addr).await?;
+    tune(&stream);
+    Ok(stream)
+}
+
+/// The destination a client asked for before iptables redirected it here.
+/// For a connection that was not redirected this is the local address itself.
+pub fn original_dst(stream: &TcpStream) -> io::Result<SocketAddr> {
+    let fd = stream.as_raw_fd();
+    match stream.local_addr()? {
+        SocketAddr::V4(_) => {
+            let addr: libc::sockaddr_in = getsockopt(fd, libc::SOL_IP)?;
+            let ip = Ipv4Addr::from(u32::from_be(addr.sin_addr.s_addr));
+            Ok(SocketAddrV4::new(ip, u16::from_be(addr.sin_port)).into())
+        }
+        SocketAddr::V6(_) => {
+            let addr: libc::sockaddr_in6 = getsockopt(fd, libc::SOL_IPV6)?;
+            let ip = Ipv6Addr::from(addr.sin6_addr.s6_addr);
+            Ok(SocketAddrV6::new(ip, u16::from_be(addr.sin6_port), addr.sin6_flowinfo, addr.sin6_scope_id).into())
+        }
+    }
+}
+
+fn getsockopt<T>(fd: libc::c_int, level: libc::c_int) -> io::Result<T> {
+    let mut value = MaybeUninit::<T>::zeroed();
+    let mut len = size_of::<T>() as libc::socklen_t;
+    // SAFETY: `value` is a writable buffer of `len` bytes that outlives the
+    // call; the kernel writes at most `len` bytes and reports how many.
+    let rc = unsafe { libc::getsockopt(fd, level, SO_ORIGINAL_DST, value.as_mut_ptr().cast(), &mut len) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: zero-initialised plain-old-data sockaddr, filled by the kernel.
+    Ok(unsafe { value.assume_init() })
+}
