@@ -1,0 +1,124 @@
+//! The "app" of the pod simulation: servers that report exactly what they
+//! received, so that tests can compare what the app sees with and without
+//! the sidecar in front of it.
+//!
+//! - `--http ADDR`: HTTP/1.1 and h2c (prior knowledge) on one port. Answers
+//!   with a JSON echo of the request (method, path, version, headers, body,
+//!   peer). `/slow/MS` waits MS milliseconds first; `/status/N` answers N.
+//! - `--tcp-echo ADDR`: echoes bytes; on the client's FIN, finishes and closes.
+//! - `--greeting ADDR`: a server-first protocol: sends a greeting line on
+//!   accept, then echoes.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use clap::Parser;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::{Request, Response};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+#[derive(Debug, Parser)]
+struct Args {
+    #[arg(long)]
+    http: Vec<SocketAddr>,
+    #[arg(long)]
+    tcp_echo: Vec<SocketAddr>,
+    #[arg(long)]
+    greeting: Vec<SocketAddr>,
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let mut tasks = Vec::new();
+    for addr in args.http {
+        tasks.push(tokio::spawn(serve(TcpListener::bind(addr).await?, Kind::Http)));
+    }
+    for addr in args.tcp_echo {
+        tasks.push(tokio::spawn(serve(TcpListener::bind(addr).await?, Kind::Echo)));
+    }
+    for addr in args.greeting {
+        tasks.push(tokio::spawn(serve(TcpListener::bind(addr).await?, Kind::Greeting)));
+    }
+    eprintln!("sample-app ready");
+    for t in tasks {
+        t.await?;
+    }
+    Ok(())
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Kind {
+    Http,
+    Echo,
+    Greeting,
+}
+
+async fn serve(listener: TcpListener, kind: Kind) {
+    loop {
+        let Ok((stream, peer)) = listener.accept().await else { continue };
+        let _ = stream.set_nodelay(true);
+        tokio::spawn(async move {
+            match kind {
+                Kind::Http => drop(http(stream, peer).await),
+                Kind::Echo => drop(echo(stream, None).await),
+                Kind::Greeting => drop(echo(stream, Some(b"220 sample-app ready\r\n")).await),
+            }
+        });
+    }
+}
+
+async fn echo(mut stream: TcpStream, greeting: Option<&[u8]>) -> std::io::Result<()> {
+    if let Some(g) = greeting {
+        stream.write_all(g).await?;
+    }
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = stream.read(&mut buf).await?;
+        if n == 0 {
+            return stream.shutdown().await;
+        }
+        stream.write_all(&buf[..n]).await?;
+    }
+}
+
+async fn http(stream: TcpStream, peer: SocketAddr) -> anyhow::Result<()> {
+    let svc = hyper::service::service_fn(move |req| respond(req, peer));
+    hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+        .serve_connection_with_upgrades(TokioIo::new(stream), svc)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+async fn respond(req: Request<Incoming>, peer: SocketAddr) -> Result<Response<Full<Bytes>>, Infallible> {
+    let (parts, body) = req.into_parts();
+    let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+    let path = parts.uri.path().to_owned();
+    if let Some(ms) = path.strip_prefix("/slow/").and_then(|ms| ms.parse().ok()) {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
+    let status = path.strip_prefix("/status/").and_then(|s| s.parse().ok()).unwrap_or(200);
+    let headers: Vec<(String, String)> = parts
+        .headers
+        .iter()
+        .map(|(n, v)| (n.to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+        .collect();
+    let echo = serde_json::json!({
+        "method": parts.method.as_str(),
+        "uri": parts.uri.to_string(),
+        "version": format!("{:?}", parts.version),
+        "headers": headers,
+        "body": String::from_utf8_lossy(&body),
+        "peer_ip": peer.ip().to_string(),
+    });
+    let mut resp = Response::new(Full::new(Bytes::from(echo.to_string())));
+    *resp.status_mut() = http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::OK);
+    resp.headers_mut().insert("content-type", http::HeaderValue::from_static("application/json"));
+    resp.headers_mut().insert("x-sample-app", http::HeaderValue::from_static("1"));
+    Ok(resp)
+}

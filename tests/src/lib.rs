@@ -1,0 +1,47 @@
+//! End-to-end test support for mirrord: the pod simulation.
+//!
+//! No Kubernetes API server runs on a test machine, but everything a pod is
+//! can be built from Linux primitives (as root): a network namespace with a
+//! veth link to a "node" namespace, the init container's iptables rules
+//! written by the real `mirrord-proxy init`, the real sidecar, and real apps.
+//! Clients that nobody on this project wrote (curl, grpcio, websockets) run
+//! in the node namespace, so their traffic enters the pod the way a
+//! Service's traffic does.
+
+pub mod netns;
+pub mod pod;
+
+use std::path::PathBuf;
+
+/// Whether root-only tests can run. Outside CI they skip with a message; under
+/// `CI=true` a missing privilege is a failure, never a silent skip.
+pub fn root_or_skip(test: &str) -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } == 0 {
+        return true;
+    }
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("{test} needs root (network namespaces, iptables) and CI=true: run the suite as root");
+    }
+    eprintln!("SKIPPED {test}: needs root for network namespaces and iptables (runs in CI as root)");
+    false
+}
+
+/// A binary of this workspace, built by `cargo build --workspace` into the
+/// same target directory as the running test.
+pub fn workspace_bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test> -> target/<profile>/<name>
+    let path = exe.parent().and_then(|deps| deps.parent()).expect("target dir").join(name);
+    assert!(
+        path.exists(),
+        "{} not found: build the workspace first (`cargo build --workspace --bins`)",
+        path.display()
+    );
+    path
+}
+
+/// Directory of the Python sample apps and clients.
+pub fn apps_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("apps")
+}
