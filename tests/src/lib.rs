@@ -8,6 +8,10 @@
 //! in the node namespace, so their traffic enters the pod the way a
 //! Service's traffic does.
 
+// Test support: a failed set-up step must fail the test loudly, so panicking
+// on errors is the intended behaviour here.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 pub mod netns;
 pub mod pod;
 

@@ -42,6 +42,7 @@ fn run(cmd: &[&str]) -> Output {
 
 impl Pod {
     /// Creates the namespaces and the veth link with IPv4 and IPv6 addresses.
+    #[allow(clippy::new_without_default)] // creating namespaces is no default
     pub fn new() -> Pod {
         let idx = (std::process::id() as usize * 31 + NEXT.fetch_add(1, Ordering::Relaxed)) % 16000;
         let base = (idx * 4) as u32;
