@@ -1,0 +1,17 @@
+//! `mirrord-cli`: what the developer runs.
+//!
+//! Each subcommand lives in [`commands`]; `main` only parses arguments and
+//! maps the outcome to an exit code (see [`ExitCode`]).
+
+pub mod commands;
+
+/// Documented exit codes of `mirrord-cli`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExitCode {
+    /// Success.
+    Ok = 0,
+    /// Something failed at run time (I/O, network).
+    Failure = 1,
+    /// The config (or a flag) is invalid; nothing was attempted.
+    InvalidConfig = 2,
+}
