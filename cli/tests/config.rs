@@ -50,6 +50,7 @@ fn check_missing_file_and_unknown_extension() {
 fn schema_matches_the_checked_in_file() {
     let (code, out, _) = cli(&["config", "schema"]);
     assert_eq!(code, 0);
-    let checked_in = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/mirrord.schema.json")).unwrap();
+    let checked_in =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/mirrord.schema.json")).unwrap();
     assert_eq!(out, checked_in);
 }

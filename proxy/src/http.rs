@@ -3,7 +3,6 @@
 //! already-open keep-alive or multiplexed connection).
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -29,9 +28,8 @@ pub type Body = Either<Incoming, Full<Bytes>>;
 /// Everything a request needs to be proxied.
 #[derive(Debug, Clone)]
 pub struct Proxy {
-    pub dst: SocketAddr,
     pub protocol: Protocol,
-    pub upstream: Upstream,
+    pub upstream: Arc<Upstream>,
     pub metrics: Arc<Metrics>,
     pub shutdown: Shutdown,
 }
@@ -39,9 +37,9 @@ pub struct Proxy {
 impl Proxy {
     async fn handle(self, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
         let result = match self.protocol {
-            Protocol::Http2 => self.upstream.send_h2(self.dst, req).await,
+            Protocol::Http2 => self.upstream.send_h2(req).await,
             _ if wants_upgrade(&req) => self.upgrade(req).await,
-            _ => self.upstream.send_h1(self.dst, req).await,
+            _ => self.upstream.send_h1(req).await,
         };
         let resp = match result {
             Ok(resp) => resp.map(Either::Left),
@@ -52,7 +50,7 @@ impl Proxy {
             }
         };
         let labels = RequestLabels {
-            port: self.dst.port(),
+            port: self.upstream.dst().port(),
             protocol: self.protocol,
             status: status_class(resp.status().as_u16()),
         };
@@ -64,7 +62,7 @@ impl Proxy {
     /// connections are joined and carry raw bytes from then on.
     async fn upgrade(&self, mut req: Request<Incoming>) -> Result<Response<Incoming>, upstream::Error> {
         let client_side = hyper::upgrade::on(&mut req);
-        let mut resp = self.upstream.send_upgrade(self.dst, req).await?;
+        let mut resp = self.upstream.send_upgrade(req).await?;
         if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
             let app_side = hyper::upgrade::on(&mut resp);
             let hold = self.shutdown.clone();

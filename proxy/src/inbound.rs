@@ -39,7 +39,6 @@ pub struct Inbound {
     /// one of them would loop, and is refused.
     pub own_ports: BTreeSet<u16>,
     pub limits: Limits,
-    pub upstream: Upstream,
     pub metrics: Arc<Metrics>,
 }
 
@@ -110,7 +109,7 @@ async fn handle(mut stream: TcpStream, inbound: Arc<Inbound>, shutdown: Shutdown
     inbound.metrics.connections.get_or_create(&labels).inc();
     let _open = OpenGuard::new(inbound.metrics.open_connections.get_or_create(&labels).clone());
     debug!(%dst, protocol = protocol.as_str(), "proxying");
-    let proxy = Proxy { dst, protocol, upstream: inbound.upstream.clone(), metrics: inbound.metrics.clone(), shutdown };
+    let proxy = Proxy { protocol, upstream: Arc::new(Upstream::new(dst)), metrics: inbound.metrics.clone(), shutdown };
     match protocol {
         Protocol::Http1 => http::serve_h1(Rewind::new(prefix, stream), proxy, &inbound.limits).await,
         Protocol::Http2 => http::serve_h2(Rewind::new(prefix, stream), proxy, &inbound.limits).await,

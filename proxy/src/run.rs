@@ -18,7 +18,6 @@ use crate::metrics::Metrics;
 use crate::ports::PortList;
 use crate::shutdown;
 use crate::socket;
-use crate::upstream::Upstream;
 
 /// Flags of `mirrord-proxy run`.
 #[derive(Debug, Clone, clap::Args)]
@@ -94,7 +93,6 @@ impl Running {
                 header_read_timeout: args.header_read_timeout,
                 max_head: args.max_header_size,
             },
-            upstream: Upstream::default(),
             metrics: metrics.clone(),
         };
         let admin = Admin { metrics, ready: false.into() };

@@ -1,11 +1,13 @@
-//! Connections from the sidecar to the app, at the original destination
-//! address. HTTP/1 connections are pooled per destination and reused once the
-//! previous response has been read; HTTP/2 has one multiplexed connection per
-//! destination. Requests go out in the protocol they came in.
+//! The app side of one client connection, at the original destination
+//! address. Each client connection gets its own connection to the app, in the
+//! protocol it came in: HTTP/1 requests on a keep-alive client connection go
+//! one after another over one app connection; HTTP/2 streams share one
+//! multiplexed app connection. So the app sees as many connections as there
+//! are clients, as it would without the sidecar, and no lock or pool is
+//! shared between clients.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
@@ -14,9 +16,6 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tracing::debug;
 
 use crate::socket;
-
-/// Idle HTTP/1 connections kept per destination.
-const MAX_IDLE_PER_DST: usize = 128;
 
 /// Why a request could not be delivered to the app.
 #[derive(Debug, thiserror::Error)]
@@ -40,55 +39,72 @@ impl Error {
     }
 }
 
-type Pool<T> = Arc<Mutex<HashMap<SocketAddr, T>>>;
-
-/// The client side of the sidecar.
-#[derive(Debug, Clone, Default)]
+/// Connection(s) to the app on behalf of one client connection.
+#[derive(Debug)]
 pub struct Upstream {
-    h1_idle: Pool<Vec<http1::SendRequest<Incoming>>>,
-    h2: Pool<http2::SendRequest<Incoming>>,
+    dst: SocketAddr,
+    /// HTTP/1: held while a request is sent, so requests stay in order.
+    h1: tokio::sync::Mutex<Option<http1::SendRequest<Incoming>>>,
+    /// HTTP/2: cloned by each stream.
+    h2: Mutex<Option<http2::SendRequest<Incoming>>>,
 }
 
 impl Upstream {
-    /// Sends an HTTP/1 request over a pooled connection. A pooled connection
-    /// that the app closed meanwhile is replaced once, transparently.
-    pub async fn send_h1(&self, dst: SocketAddr, req: Request<Incoming>) -> Result<Response<Incoming>, Error> {
-        let (mut sender, pooled) = match self.take_idle(dst) {
-            Some(s) => (s, true),
-            None => (self.connect_h1(dst, false).await?, false),
+    pub fn new(dst: SocketAddr) -> Self {
+        Upstream { dst, h1: Default::default(), h2: Default::default() }
+    }
+
+    pub fn dst(&self) -> SocketAddr {
+        self.dst
+    }
+
+    /// Sends an HTTP/1 request. The app connection is reused once the
+    /// previous response has been read; if the app closed it meanwhile, the
+    /// request goes over a new one.
+    pub async fn send_h1(&self, req: Request<Incoming>) -> Result<Response<Incoming>, Error> {
+        let dst = self.dst;
+        let mut slot = self.h1.lock().await;
+        let reused = match slot.as_mut() {
+            Some(sender) => sender.ready().await.is_ok(),
+            None => false,
+        };
+        let mut sender = match (reused, slot.take()) {
+            (true, Some(sender)) => sender,
+            _ => self.connect_h1(false).await?,
         };
         let result = match sender.try_send_request(req).await {
             Ok(resp) => Ok(resp),
             Err(mut e) => match e.take_message() {
-                Some(req) if pooled => {
-                    debug!("pooled connection to the app was closed; reconnecting");
-                    sender = self.connect_h1(dst, false).await?;
+                Some(req) if reused => {
+                    debug!("the app closed the idle connection; reconnecting");
+                    sender = self.connect_h1(false).await?;
                     sender.send_request(req).await.map_err(|source| Error::Request { dst, source })
                 }
                 _ => Err(Error::Request { dst, source: e.into_error() }),
             },
         };
         if result.is_ok() {
-            self.recycle(dst, sender);
+            *slot = Some(sender);
         }
         result
     }
 
-    /// Sends an HTTP/1 request that asks for a protocol upgrade, on a
-    /// connection of its own (it leaves the pool's protocol if answered 101).
-    pub async fn send_upgrade(&self, dst: SocketAddr, req: Request<Incoming>) -> Result<Response<Incoming>, Error> {
-        let mut sender = self.connect_h1(dst, true).await?;
-        sender.send_request(req).await.map_err(|source| Error::Request { dst, source })
+    /// Sends an HTTP/1 request that asks for a protocol upgrade, on an app
+    /// connection of its own (after a 101 it carries the new protocol).
+    pub async fn send_upgrade(&self, req: Request<Incoming>) -> Result<Response<Incoming>, Error> {
+        let mut sender = self.connect_h1(true).await?;
+        sender.send_request(req).await.map_err(|source| Error::Request { dst: self.dst, source })
     }
 
-    /// Sends an HTTP/2 request on the destination's shared connection.
-    pub async fn send_h2(&self, dst: SocketAddr, req: Request<Incoming>) -> Result<Response<Incoming>, Error> {
-        let existing = self.lock_h2().get(&dst).filter(|s| !s.is_closed()).cloned();
+    /// Sends an HTTP/2 request on the shared app connection.
+    pub async fn send_h2(&self, req: Request<Incoming>) -> Result<Response<Incoming>, Error> {
+        let dst = self.dst;
+        let existing = self.lock_h2().as_ref().filter(|s| !s.is_closed()).cloned();
         let mut sender = match existing {
             Some(s) => s,
             None => {
-                let s = self.connect_h2(dst).await?;
-                self.lock_h2().insert(dst, s.clone());
+                let s = self.connect_h2().await?;
+                *self.lock_h2() = Some(s.clone());
                 s
             }
         };
@@ -96,42 +112,14 @@ impl Upstream {
         sender.send_request(req).await.map_err(|source| Error::Request { dst, source })
     }
 
-    fn lock_h1(&self) -> std::sync::MutexGuard<'_, HashMap<SocketAddr, Vec<http1::SendRequest<Incoming>>>> {
-        // A poisoned pool only means another task panicked mid-update of a
-        // cache; its contents are still usable.
-        self.h1_idle.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn lock_h2(&self) -> std::sync::MutexGuard<'_, HashMap<SocketAddr, http2::SendRequest<Incoming>>> {
+    fn lock_h2(&self) -> std::sync::MutexGuard<'_, Option<http2::SendRequest<Incoming>>> {
+        // Poisoning only means another stream panicked while swapping the
+        // sender; the value is still a valid sender or None.
         self.h2.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn take_idle(&self, dst: SocketAddr) -> Option<http1::SendRequest<Incoming>> {
-        let mut pool = self.lock_h1();
-        let idle = pool.get_mut(&dst)?;
-        while let Some(s) = idle.pop() {
-            if s.is_ready() {
-                return Some(s);
-            }
-        }
-        None
-    }
-
-    /// Returns the connection to the pool once its response has been read.
-    fn recycle(&self, dst: SocketAddr, mut sender: http1::SendRequest<Incoming>) {
-        let pool = self.h1_idle.clone();
-        tokio::spawn(async move {
-            if sender.ready().await.is_ok() {
-                let mut pool = pool.lock().unwrap_or_else(|p| p.into_inner());
-                let idle = pool.entry(dst).or_default();
-                if idle.len() < MAX_IDLE_PER_DST {
-                    idle.push(sender);
-                }
-            }
-        });
-    }
-
-    async fn connect_h1(&self, dst: SocketAddr, upgrades: bool) -> Result<http1::SendRequest<Incoming>, Error> {
+    async fn connect_h1(&self, upgrades: bool) -> Result<http1::SendRequest<Incoming>, Error> {
+        let dst = self.dst;
         let stream = socket::connect(dst).await.map_err(|source| Error::Connect { dst, source })?;
         let (sender, conn) = http1::Builder::new()
             .preserve_header_case(true)
@@ -147,7 +135,8 @@ impl Upstream {
         Ok(sender)
     }
 
-    async fn connect_h2(&self, dst: SocketAddr) -> Result<http2::SendRequest<Incoming>, Error> {
+    async fn connect_h2(&self) -> Result<http2::SendRequest<Incoming>, Error> {
+        let dst = self.dst;
         let stream = socket::connect(dst).await.map_err(|source| Error::Connect { dst, source })?;
         let (sender, conn) = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())

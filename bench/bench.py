@@ -1,0 +1,245 @@
+#!/usr/bin/env python3
+"""Benchmark of the mirrord sidecar against a direct connection, nginx and
+haproxy, measured in one run and interleaved (every round visits every
+target), so that machine noise hits all of them alike.
+
+Topology: the app and every proxy are pinned to CPU 0, the load generator to
+CPU 1. The sidecar runs in explicit mode on loopback with one worker thread;
+nginx with one worker; haproxy with one thread. Prints each figure as a ratio
+to direct and to the best peer, plus the sidecar's RSS and CPU per 1000
+requests. Usage: bench.py [--rounds N] [--seconds S]."""
+import argparse
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RELEASE = os.path.join(ROOT, "target", "release")
+APP_CPU, LOAD_CPU = "0", "1"
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port, timeout=10):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.02)
+    raise RuntimeError(f"nothing listening on {port}")
+
+
+class Procs:
+    def __init__(self):
+        self.procs = []
+
+    def start(self, args, cpu=APP_CPU, **kw):
+        p = subprocess.Popen(["taskset", "-c", cpu] + args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **kw)
+        self.procs.append(p)
+        return p
+
+    def stop(self):
+        for p in self.procs:
+            p.send_signal(signal.SIGKILL)
+            p.wait()
+
+
+def nginx_conf(tmp, port, h2_port, app):
+    conf = f"""
+worker_processes 1;
+daemon off;
+pid {tmp}/nginx.pid;
+error_log /dev/null crit;
+events {{ worker_connections 4096; }}
+http {{
+  access_log off;
+  upstream app {{ server 127.0.0.1:{app}; keepalive 64; }}
+  server {{
+    listen 127.0.0.1:{port};
+    listen 127.0.0.1:{h2_port} http2;
+    location / {{ proxy_pass http://app; proxy_http_version 1.1; proxy_set_header Connection ""; }}
+  }}
+  client_body_temp_path {tmp}; proxy_temp_path {tmp}; fastcgi_temp_path {tmp}; uwsgi_temp_path {tmp}; scgi_temp_path {tmp};
+}}
+"""
+    path = os.path.join(tmp, "nginx.conf")
+    open(path, "w").write(conf)
+    return path
+
+
+def haproxy_conf(tmp, port, h2_port, tcp_port, app, app_tcp):
+    conf = f"""
+global
+  nbthread 1
+  maxconn 10000
+defaults
+  timeout connect 5s
+  timeout client 60s
+  timeout server 60s
+frontend h1
+  mode http
+  bind 127.0.0.1:{port}
+  default_backend app
+frontend h2
+  mode http
+  bind 127.0.0.1:{h2_port} proto h2
+  default_backend app_h2
+backend app
+  mode http
+  http-reuse always
+  server app 127.0.0.1:{app}
+backend app_h2
+  mode http
+  server app 127.0.0.1:{app} proto h2
+listen tcp
+  mode tcp
+  bind 127.0.0.1:{tcp_port}
+  server iperf 127.0.0.1:{app_tcp}
+"""
+    path = os.path.join(tmp, "haproxy.cfg")
+    open(path, "w").write(conf)
+    return path
+
+
+def load(args):
+    out = subprocess.run(["taskset", "-c", LOAD_CPU] + args, capture_output=True, text=True, timeout=300)
+    if out.returncode != 0:
+        raise RuntimeError(f"{args[0]} failed: {out.stderr[-500:]}")
+    return out.stdout
+
+
+def wrk(port, seconds):
+    out = load(["wrk", "-t1", "-c32", f"-d{seconds}s", f"http://127.0.0.1:{port}/"])
+    return float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+
+
+def oha_latency(port, seconds, rate):
+    out = load(["oha", "--no-tui", "--output-format", "json", "-z", f"{seconds}s", "-q", str(rate), "-c", "16",
+                "--latency-correction", f"http://127.0.0.1:{port}/"])
+    data = json.loads(out)
+    p = data["latencyPercentiles"]
+    errors = sum(data.get("errorDistribution", {}).values())
+    return {"p50": p["p50"] * 1000, "p99": p["p99"] * 1000, "errors": errors}
+
+
+def h2load(port, seconds):
+    out = load(["h2load", "-D", str(seconds), "-c", "8", "-m", "16", "-t", "1", f"http://127.0.0.1:{port}/"])
+    return float(re.search(r"finished in [\d.]+\w*, ([\d.]+) req/s", out).group(1))
+
+
+def iperf(port, seconds):
+    out = load(["iperf3", "-c", "127.0.0.1", "-p", str(port), "-t", str(seconds), "-J"])
+    return json.loads(out)["end"]["sum_received"]["bits_per_second"] / 1e9
+
+
+def proc_stat(pid):
+    with open(f"/proc/{pid}/status") as f:
+        status = f.read()
+    rss = int(re.search(r"VmRSS:\s+(\d+)", status).group(1)) / 1024
+    hwm = int(re.search(r"VmHWM:\s+(\d+)", status).group(1)) / 1024
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    cpu = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return rss, hwm, cpu
+
+
+def row(name, values, higher_better=True, unit=""):
+    best_peer = (max if higher_better else min)(values[k] for k in ("nginx", "haproxy") if k in values)
+    parts = []
+    for k, v in values.items():
+        vs_direct = v / values["direct"] if values.get("direct") else float("nan")
+        vs_peer = v / best_peer if best_peer else float("nan")
+        parts.append(f"{k}={v:.3f}{unit} (x{vs_direct:.2f} direct, x{vs_peer:.2f} best peer)")
+    print(f"{name}:\n  " + "\n  ".join(parts))
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--seconds", type=int, default=5)
+    args = ap.parse_args()
+    for tool in ("wrk", "oha", "h2load", "iperf3", "nginx", "haproxy", "taskset"):
+        if not shutil.which(tool):
+            sys.exit(f"bench needs {tool}: run scripts/bench.sh, which installs it")
+
+    tmp = tempfile.mkdtemp()
+    procs = Procs()
+    ports = {k: free_port() for k in ("app", "iperf", "sidecar", "sidecar_tcp", "admin", "admin_tcp",
+                                       "nginx", "nginx_h2", "haproxy", "haproxy_h2", "haproxy_tcp")}
+    try:
+        procs.start([f"{RELEASE}/sample-app", "--http", f"127.0.0.1:{ports['app']}"])
+        procs.start(["iperf3", "-s", "-p", str(ports["iperf"])])
+        sidecar = procs.start([f"{RELEASE}/mirrord-proxy", "run", "--threads", "1",
+                               "--listen", f"127.0.0.1:{ports['sidecar']}", "--upstream", f"127.0.0.1:{ports['app']}",
+                               "--admin", f"127.0.0.1:{ports['admin']}"])
+        procs.start([f"{RELEASE}/mirrord-proxy", "run", "--threads", "1",
+                     "--listen", f"127.0.0.1:{ports['sidecar_tcp']}", "--upstream", f"127.0.0.1:{ports['iperf']}",
+                     "--admin", f"127.0.0.1:{ports['admin_tcp']}"])
+        procs.start(["nginx", "-c", nginx_conf(tmp, ports["nginx"], ports["nginx_h2"], ports["app"])])
+        procs.start(["haproxy", "-f", haproxy_conf(tmp, ports["haproxy"], ports["haproxy_h2"], ports["haproxy_tcp"],
+                                                  ports["app"], ports["iperf"])])
+        for k in ("app", "iperf", "sidecar", "sidecar_tcp", "nginx", "nginx_h2", "haproxy", "haproxy_h2", "haproxy_tcp"):
+            wait_port(ports[k])
+        time.sleep(0.5)
+        idle_rss, _, _ = proc_stat(sidecar.pid)
+
+        h1 = {"direct": ports["app"], "sidecar": ports["sidecar"], "nginx": ports["nginx"], "haproxy": ports["haproxy"]}
+        h2 = {"direct": ports["app"], "sidecar": ports["sidecar"], "nginx": ports["nginx_h2"], "haproxy": ports["haproxy_h2"]}
+        tcp = {"direct": ports["iperf"], "sidecar": ports["sidecar_tcp"], "haproxy": ports["haproxy_tcp"]}
+        results = {m: {k: [] for k in targets} for m, targets in
+                   (("h1_rps", h1), ("lat", h1), ("h2_rps", h2), ("tcp", tcp))}
+        sidecar_cpu, sidecar_reqs = 0.0, 0
+        for r in range(args.rounds):
+            print(f"round {r + 1}/{args.rounds}", file=sys.stderr)
+            for k, port in h1.items():
+                before = proc_stat(sidecar.pid)[2]
+                rps = wrk(port, args.seconds)
+                results["h1_rps"][k].append(rps)
+                if k == "sidecar":
+                    sidecar_cpu += proc_stat(sidecar.pid)[2] - before
+                    sidecar_reqs += rps * args.seconds
+            for k, port in h1.items():
+                results["lat"][k].append(oha_latency(port, args.seconds, 2000))
+            for k, port in h2.items():
+                results["h2_rps"][k].append(h2load(port, args.seconds))
+            for k, port in tcp.items():
+                results["tcp"][k].append(iperf(port, args.seconds))
+        _, loaded_rss, _ = proc_stat(sidecar.pid)
+
+        med = lambda xs: statistics.median(xs)
+        print(f"\n== mirrord sidecar benchmark ({args.rounds} rounds x {args.seconds}s, interleaved; app+proxies on CPU 0, load on CPU 1)")
+        row("HTTP/1.1 keep-alive throughput, req/s (wrk -c32)", {k: med(v) for k, v in results["h1_rps"].items()})
+        for pct in ("p50", "p99"):
+            row(f"HTTP/1.1 latency at 2000 req/s, {pct} ms (oha)",
+                {k: med([x[pct] for x in v]) for k, v in results["lat"].items()}, higher_better=False)
+        added = {k: med([x["p50"] for x in v]) - med([x["p50"] for x in results["lat"]["direct"]])
+                 for k, v in results["lat"].items() if k != "direct"}
+        print("  added p50 latency vs direct, ms: " + ", ".join(f"{k}={v:.3f}" for k, v in added.items()))
+        errors = {k: sum(x["errors"] for x in v) for k, v in results["lat"].items()}
+        print(f"  errors: {errors}")
+        row("HTTP/2 throughput, req/s (h2load -c8 -m16; nginx speaks HTTP/1.1 to the app)",
+            {k: med(v) for k, v in results["h2_rps"].items()})
+        row("raw TCP throughput, Gbit/s (iperf3; haproxy mode tcp)", {k: med(v) for k, v in results["tcp"].items()})
+        print(f"sidecar memory: idle RSS {idle_rss:.1f} MiB, peak RSS under load {loaded_rss:.1f} MiB")
+        print(f"sidecar CPU: {1000 * sidecar_cpu / max(sidecar_reqs, 1) * 1000:.1f} ms per 1000 requests (wrk phase)")
+    finally:
+        procs.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Benchmark: the sidecar vs a direct connection, nginx and haproxy (see bench/bench.py).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+missing=()
+for tool in wrk:wrk h2load:nghttp2-client iperf3:iperf3 nginx:nginx-light haproxy:haproxy taskset:util-linux; do
+  command -v "${tool%%:*}" >/dev/null 2>&1 || missing+=("${tool#*:}")
+done
+if ((${#missing[@]})); then
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+command -v oha >/dev/null 2>&1 || cargo install oha --locked
+cargo build --release -q -p mirrord-proxy -p mirrord-tests --bins
+exec python3 bench/bench.py "$@"
