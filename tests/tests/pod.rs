@@ -323,3 +323,23 @@ fn sigterm_finishes_in_flight_requests_then_exits_zero() {
     assert!(status.success(), "sidecar exit: {status}\n{}", pod.log("sidecar"));
     assert!(pod.log("sidecar").contains("drained"), "{}", pod.log("sidecar"));
 }
+
+#[test]
+fn connections_to_the_sidecars_own_ports_are_refused_or_untouched() {
+    let mut pod = pod_or_skip!("connections_to_the_sidecars_own_ports_are_refused_or_untouched");
+    pod.init(&["--ports", "*"]);
+    pod.start_sidecar(&[]);
+    // 18006 is RETURNed by the rules, so this reaches the listener directly:
+    // its original destination is the sidecar itself, which would loop.
+    let mut direct = pod.connect_from_node(pod.addr(18006));
+    direct.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let _ = direct.write_all(b"GET / HTTP/1.1\r\nHost: loop\r\n\r\n");
+    let mut buf = [0u8; 64];
+    assert_eq!(direct.read(&mut buf).unwrap_or(0), 0, "a looping connection must be closed");
+    // The admin port is not redirected: reachable from the node as is.
+    let admin = curl(&pod, &[&format!("http://{}/ready", pod.addr(18090))]);
+    assert!(admin.starts_with("HTTP/1.1 200"), "{admin}");
+    let m = pod.metrics();
+    assert!(metric_line(&m, "mirrord_proxy_errors_total{reason=\"loop_refused\"} 1"), "{m}");
+    assert!(!m.contains("port=\"18090\""), "{m}");
+}
