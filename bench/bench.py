@@ -67,6 +67,7 @@ error_log /dev/null crit;
 events {{ worker_connections 4096; }}
 http {{
   access_log off;
+  keepalive_requests 10000000;
   upstream app {{ server 127.0.0.1:{app}; keepalive 64; }}
   server {{
     listen 127.0.0.1:{port};
@@ -85,7 +86,7 @@ def haproxy_conf(tmp, port, h2_port, tcp_port, app, app_tcp):
     conf = f"""
 global
   nbthread 1
-  maxconn 10000
+  maxconn 4000
 defaults
   timeout connect 5s
   timeout client 60s
@@ -193,7 +194,10 @@ def main():
         procs.start(["haproxy", "-f", haproxy_conf(tmp, ports["haproxy"], ports["haproxy_h2"], ports["haproxy_tcp"],
                                                   ports["app"], ports["iperf"])])
         for k in ("app", "iperf", "sidecar", "sidecar_tcp", "nginx", "nginx_h2", "haproxy", "haproxy_h2", "haproxy_tcp"):
-            wait_port(ports[k])
+            try:
+                wait_port(ports[k])
+            except RuntimeError as e:
+                raise RuntimeError(f"{k}: {e}")
         time.sleep(0.5)
         idle_rss, _, _ = proc_stat(sidecar.pid)
 

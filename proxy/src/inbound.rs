@@ -12,7 +12,8 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tracing::{debug, warn, Instrument};
 
-use crate::detect::{self, Detected, Limits};
+use crate::detect::{self, Detected};
+use crate::h1;
 use crate::http::{self, Proxy};
 use crate::metrics::{ConnLabels, Metrics, Protocol};
 use crate::rewind::Rewind;
@@ -27,6 +28,17 @@ pub enum Destination {
     Original,
     /// One fixed upstream (explicit mode, no iptables).
     Fixed(SocketAddr),
+}
+
+/// Time and size limits on what clients send.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// How long to wait for bytes that decide the protocol.
+    pub detect_timeout: Duration,
+    /// How long an HTTP/1 client may take to send a complete request head.
+    pub header_read_timeout: Duration,
+    /// Largest request head accepted (431 beyond).
+    pub max_head: usize,
 }
 
 /// Shared state of the inbound side.
@@ -85,19 +97,12 @@ async fn handle(mut stream: TcpStream, inbound: Arc<Inbound>, shutdown: Shutdown
     let detected = if inbound.opaque_ports.contains(&dst.port()) {
         Ok(Detected::Tcp(Bytes::new()))
     } else {
-        detect::detect(&mut stream, inbound.limits).await
+        detect::detect(&mut stream, inbound.limits.detect_timeout).await
     };
     let (protocol, prefix) = match detected {
         Ok(Detected::Http1(p)) => (Protocol::Http1, p),
         Ok(Detected::Http2(p)) => (Protocol::Http2, p),
         Ok(Detected::Tcp(p)) => (Protocol::Tcp, p),
-        Ok(Detected::Reject(r)) => {
-            debug!(%dst, reason = r.reason(), "request refused");
-            inbound.metrics.error(r.reason());
-            let _ = stream.write_all(&r.response()).await;
-            let _ = stream.shutdown().await;
-            return;
-        }
         Ok(Detected::Closed) => return,
         Err(e) => {
             debug!("read failed during detection: {e}");
@@ -109,10 +114,15 @@ async fn handle(mut stream: TcpStream, inbound: Arc<Inbound>, shutdown: Shutdown
     inbound.metrics.connections.get_or_create(&labels).inc();
     let _open = OpenGuard::new(inbound.metrics.open_connections.get_or_create(&labels).clone());
     debug!(%dst, protocol = protocol.as_str(), "proxying");
-    let proxy = Proxy { protocol, upstream: Arc::new(Upstream::new(dst)), metrics: inbound.metrics.clone(), shutdown };
     match protocol {
-        Protocol::Http1 => http::serve_h1(Rewind::new(prefix, stream), proxy, &inbound.limits).await,
-        Protocol::Http2 => http::serve_h2(Rewind::new(prefix, stream), proxy, &inbound.limits).await,
+        Protocol::Http1 => {
+            let conn = h1::Conn { dst, limits: inbound.limits, metrics: inbound.metrics.clone(), shutdown };
+            h1::serve(stream, prefix, conn).await;
+        }
+        Protocol::Http2 => {
+            let proxy = Proxy { upstream: Arc::new(Upstream::new(dst)), metrics: inbound.metrics.clone(), shutdown };
+            http::serve_h2(Rewind::new(prefix, stream), proxy, &inbound.limits).await;
+        }
         Protocol::Tcp => forward_tcp(stream, prefix, dst, &inbound.metrics).await,
     }
 }

@@ -8,6 +8,7 @@
 
 pub mod admin;
 pub mod detect;
+pub mod h1;
 pub mod http;
 pub mod inbound;
 pub mod iptables;

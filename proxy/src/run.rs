@@ -12,8 +12,7 @@ use tokio::net::TcpListener;
 use tracing::{info, warn};
 
 use crate::admin::{self, Admin};
-use crate::detect::Limits;
-use crate::inbound::{self, Destination, Inbound};
+use crate::inbound::{self, Destination, Inbound, Limits};
 use crate::metrics::Metrics;
 use crate::ports::PortList;
 use crate::shutdown;

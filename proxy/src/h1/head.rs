@@ -1,0 +1,267 @@
+//! HTTP/1 message heads: parsed in place (no allocation) to learn the
+//! framing of what follows, and checked strictly, since the app behind the
+//! sidecar parses the same bytes and must never disagree with us about where
+//! a request ends (request smuggling).
+
+use super::body::{Body, Chunked};
+
+const MAX_HEADERS: usize = 128;
+
+/// Why a request head is refused; maps to a status and a metric reason.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reject {
+    Malformed,
+    HeadTooLarge,
+    HeadTimeout,
+    InvalidContentLength,
+    DuplicateContentLength,
+    ContentLengthWithTransferEncoding,
+    TransferEncodingNotChunked,
+    InvalidChunkedBody,
+}
+
+impl Reject {
+    pub fn status(self) -> u16 {
+        match self {
+            Reject::HeadTooLarge => 431,
+            Reject::HeadTimeout => 408,
+            _ => 400,
+        }
+    }
+
+    /// Metric label and log reason.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Reject::Malformed => "malformed_request",
+            Reject::HeadTooLarge => "header_too_large",
+            Reject::HeadTimeout => "header_read_timeout",
+            Reject::InvalidContentLength => "invalid_content_length",
+            Reject::DuplicateContentLength => "duplicate_content_length",
+            Reject::ContentLengthWithTransferEncoding => "content_length_with_transfer_encoding",
+            Reject::TransferEncodingNotChunked => "transfer_encoding_not_chunked",
+            Reject::InvalidChunkedBody => "invalid_chunked_body",
+        }
+    }
+
+    /// The complete response sent before closing.
+    pub fn response(self) -> Vec<u8> {
+        let status = self.status();
+        let phrase = match status {
+            431 => "Request Header Fields Too Large",
+            408 => "Request Timeout",
+            _ => "Bad Request",
+        };
+        let body = format!("mirrord-proxy: request refused: {}\n", self.reason().replace('_', " "));
+        format!(
+            "HTTP/1.1 {status} {phrase}\r\ncontent-type: text/plain\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .into_bytes()
+    }
+}
+
+/// What the response to a request will look like, as far as framing goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Normal,
+    /// HEAD: the response has no body whatever its headers say.
+    Head,
+    /// CONNECT: a 2xx response turns the connection into a tunnel.
+    Connect,
+    /// Asks for a protocol upgrade: a 101 turns the connection into a tunnel.
+    Upgrade,
+}
+
+/// A parsed request head.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestHead {
+    /// Bytes of the head, final CRLF included.
+    pub len: usize,
+    pub kind: Kind,
+    pub body: Body,
+}
+
+/// A parsed response head.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResponseHead {
+    pub len: usize,
+    pub status: u16,
+    pub body: Body,
+    /// 101, or 2xx to CONNECT: raw bytes both ways from here on.
+    pub tunnel: bool,
+}
+
+/// Parses a request head at the start of `buf`: `Ok(None)` if incomplete.
+pub fn parse_request(buf: &[u8]) -> Result<Option<RequestHead>, Reject> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut headers);
+    let len = match req.parse(buf) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(httparse::Error::TooManyHeaders) => return Err(Reject::HeadTooLarge),
+        Err(_) => return Err(Reject::Malformed),
+    };
+    let framing = Framing::of(req.headers).map_err(|e| match e {
+        FramingHeader::DuplicateLength => Reject::DuplicateContentLength,
+        FramingHeader::InvalidLength => Reject::InvalidContentLength,
+    })?;
+    let body = match (framing.length, framing.transfer_encoding) {
+        (Some(_), Some(_)) => return Err(Reject::ContentLengthWithTransferEncoding),
+        (None, Some(te)) if req.version == Some(0) || !is_chunked_last(te) => {
+            return Err(Reject::TransferEncodingNotChunked)
+        }
+        (None, Some(_)) => Body::Chunked(Chunked::default()),
+        (Some(0) | None, None) => Body::Empty,
+        (Some(n), None) => Body::Length(n),
+    };
+    let kind = match req.method {
+        Some("HEAD") => Kind::Head,
+        Some("CONNECT") => Kind::Connect,
+        _ if framing.upgrade => Kind::Upgrade,
+        _ => Kind::Normal,
+    };
+    Ok(Some(RequestHead { len, kind, body }))
+}
+
+/// Why a response's framing cannot be trusted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum BadResponse {
+    #[error("malformed response head")]
+    Malformed,
+    #[error("conflicting or invalid Content-Length in response")]
+    ContentLength,
+}
+
+/// Parses a response head to a request of `kind`: `Ok(None)` if incomplete.
+pub fn parse_response(buf: &[u8], kind: Kind) -> Result<Option<ResponseHead>, BadResponse> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut resp = httparse::Response::new(&mut headers);
+    let len = match resp.parse(buf) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(_) => return Err(BadResponse::Malformed),
+    };
+    let status = resp.code.unwrap_or(0);
+    let tunnel = status == 101 || (kind == Kind::Connect && (200..300).contains(&status));
+    let framing = Framing::of(resp.headers).map_err(|_| BadResponse::ContentLength)?;
+    let body = if tunnel || (100..200).contains(&status) || status == 204 || status == 304 || kind == Kind::Head {
+        Body::Empty
+    } else {
+        match (framing.transfer_encoding, framing.length) {
+            (Some(te), _) if is_chunked_last(te) => Body::Chunked(Chunked::default()),
+            (Some(_), _) => Body::UntilClose,
+            (None, Some(0)) => Body::Empty,
+            (None, Some(n)) => Body::Length(n),
+            (None, None) => Body::UntilClose,
+        }
+    };
+    Ok(Some(ResponseHead { len, status, body, tunnel }))
+}
+
+enum FramingHeader {
+    DuplicateLength,
+    InvalidLength,
+}
+
+/// The headers that decide framing.
+struct Framing<'a> {
+    length: Option<u64>,
+    transfer_encoding: Option<&'a [u8]>,
+    upgrade: bool,
+}
+
+impl<'a> Framing<'a> {
+    fn of(headers: &[httparse::Header<'a>]) -> Result<Self, FramingHeader> {
+        let mut f = Framing { length: None, transfer_encoding: None, upgrade: false };
+        let (mut has_upgrade, mut connection_upgrade) = (false, false);
+        for h in headers {
+            let name = h.name;
+            if name.eq_ignore_ascii_case("content-length") {
+                if f.length.is_some() {
+                    return Err(FramingHeader::DuplicateLength);
+                }
+                f.length = Some(parse_length(h.value).ok_or(FramingHeader::InvalidLength)?);
+            } else if name.eq_ignore_ascii_case("transfer-encoding") {
+                // Several Transfer-Encoding lines form one list; the last
+                // coding decides, so keep the last line.
+                f.transfer_encoding = Some(h.value);
+            } else if name.eq_ignore_ascii_case("upgrade") {
+                has_upgrade = true;
+            } else if name.eq_ignore_ascii_case("connection") {
+                connection_upgrade |=
+                    h.value.split(|&b| b == b',').any(|t| t.trim_ascii().eq_ignore_ascii_case(b"upgrade"));
+            }
+        }
+        f.upgrade = has_upgrade && connection_upgrade;
+        Ok(f)
+    }
+}
+
+fn parse_length(value: &[u8]) -> Option<u64> {
+    if value.is_empty() || value.len() > 19 || !value.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(value).ok()?.parse().ok()
+}
+
+fn is_chunked_last(te: &[u8]) -> bool {
+    te.rsplit(|&b| b == b',').next().is_some_and(|last| last.trim_ascii().eq_ignore_ascii_case(b"chunked"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_framing() {
+        let head = b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\nabc";
+        assert_eq!(parse_request(head), Ok(Some(RequestHead { len: 48, kind: Kind::Normal, body: Body::Length(3) })));
+        let chunked = parse_request(b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n").unwrap().unwrap();
+        assert_eq!(chunked.body, Body::Chunked(Chunked::default()));
+        let ws = b"GET /chat HTTP/1.1\r\nUpgrade: websocket\r\nConnection: keep-alive, Upgrade\r\n\r\n";
+        assert_eq!(parse_request(ws).unwrap().unwrap().kind, Kind::Upgrade);
+        assert_eq!(parse_request(b"HEAD / HTTP/1.1\r\n\r\n").unwrap().unwrap().kind, Kind::Head);
+        assert_eq!(parse_request(b"GET / HTTP/1.1\r\nHost: a\r\n"), Ok(None));
+    }
+
+    #[test]
+    fn ambiguous_requests_are_refused() {
+        let cases: [(&[u8], Reject); 7] = [
+            (b"POST / HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\n", Reject::DuplicateContentLength),
+            (b"POST / HTTP/1.1\r\nContent-Length: +3\r\n\r\n", Reject::InvalidContentLength),
+            (b"POST / HTTP/1.1\r\nContent-Length: 3, 3\r\n\r\n", Reject::InvalidContentLength),
+            (
+                b"POST / HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n",
+                Reject::ContentLengthWithTransferEncoding,
+            ),
+            (b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked, gzip\r\n\r\n", Reject::TransferEncodingNotChunked),
+            (b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n", Reject::TransferEncodingNotChunked),
+            (b"GET / HTTP/1.1\r\nBad Header\r\n\r\n", Reject::Malformed),
+        ];
+        for (head, want) in cases {
+            assert_eq!(parse_request(head), Err(want), "{}", String::from_utf8_lossy(head));
+        }
+    }
+
+    #[test]
+    fn response_framing() {
+        let resp = |s: &[u8], k| parse_response(s, k).unwrap().unwrap();
+        assert_eq!(resp(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", Kind::Normal).body, Body::Length(5));
+        assert_eq!(resp(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", Kind::Head).body, Body::Empty);
+        assert_eq!(resp(b"HTTP/1.1 304 Not Modified\r\nContent-Length: 5\r\n\r\n", Kind::Normal).body, Body::Empty);
+        assert_eq!(resp(b"HTTP/1.0 200 OK\r\n\r\n", Kind::Normal).body, Body::UntilClose);
+        assert_eq!(
+            resp(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n", Kind::Normal).body,
+            Body::Chunked(Chunked::default())
+        );
+        let switched = resp(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n", Kind::Upgrade);
+        assert!(switched.tunnel && switched.body == Body::Empty);
+        assert!(resp(b"HTTP/1.1 200 OK\r\n\r\n", Kind::Connect).tunnel);
+        let cont = resp(b"HTTP/1.1 100 Continue\r\n\r\n", Kind::Normal);
+        assert_eq!((cont.status, cont.body, cont.tunnel), (100, Body::Empty, false));
+        assert_eq!(
+            parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n", Kind::Normal),
+            Err(BadResponse::ContentLength)
+        );
+    }
+}

@@ -1,0 +1,216 @@
+//! HTTP/1 passthrough that keeps request boundaries.
+//!
+//! The bytes of each message are forwarded exactly as they arrived: heads are
+//! parsed in place ([`head`]) only to learn the framing of the body that
+//! follows ([`body`]) and to refuse what the app might frame differently. So
+//! the app sees byte-for-byte what the client sent (header case and order
+//! included), every request on a keep-alive connection is known by its
+//! boundaries (where per-request routing hooks in), and the cost per request
+//! is one parse per direction.
+//!
+//! Two pumps run in the connection's task: [`request`] (client → app) and
+//! [`response`] (app → client). They share a queue of what each response
+//! answers, so that HEAD and upgrade responses are framed right and a refusal
+//! is written only after every earlier response is complete.
+
+pub mod body;
+pub mod head;
+mod request;
+mod response;
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use bytes::{Buf, Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::{oneshot, Notify};
+use tracing::debug;
+
+use crate::inbound::Limits;
+use crate::metrics::Metrics;
+use crate::shutdown::Shutdown;
+use crate::{socket, upstream};
+use head::{Kind, Reject};
+
+/// Read buffers start small (idle keep-alive connections are common) and
+/// grow up to this while a read keeps filling them (bulk bodies).
+const INITIAL_BUFFER: usize = 8 * 1024;
+const MAX_BUFFER: usize = 64 * 1024;
+
+/// What one HTTP/1 connection needs.
+#[derive(Debug, Clone)]
+pub struct Conn {
+    pub dst: SocketAddr,
+    pub limits: Limits,
+    pub metrics: Arc<Metrics>,
+    pub shutdown: Shutdown,
+}
+
+/// How a pump ended.
+#[derive(Debug, PartialEq, Eq)]
+enum Done {
+    /// Its source closed cleanly and the close was passed on; the other
+    /// direction may go on.
+    Eof,
+    /// The whole connection must end now.
+    Close,
+}
+
+/// Queued by the request pump, consumed in order by the response pump.
+#[derive(Debug)]
+enum Pending {
+    /// A request was forwarded; its response is awaited. Upgrade and CONNECT
+    /// requests learn whether the app switched protocols.
+    Response { kind: Kind, switched: Option<oneshot::Sender<bool>> },
+    /// Answer this refusal once every earlier response is complete, then close.
+    Reject(Reject),
+    /// Close once every earlier response is complete (shutdown).
+    Close,
+}
+
+#[derive(Debug, Default)]
+struct Shared {
+    queue: Mutex<VecDeque<Pending>>,
+    changed: Notify,
+}
+
+impl Shared {
+    fn queue(&self) -> std::sync::MutexGuard<'_, VecDeque<Pending>> {
+        // Both pumps run in one task; a poisoned lock can only follow a
+        // panic that already ended this connection's task.
+        self.queue.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn push(&self, pending: Pending) {
+        self.queue().push_back(pending);
+        self.changed.notify_one();
+    }
+}
+
+/// Proxies one HTTP/1 client connection whose first bytes are `prefix`.
+pub async fn serve(mut client: TcpStream, prefix: Bytes, conn: Conn) {
+    let mut app = match socket::connect(conn.dst).await {
+        Ok(app) => app,
+        Err(source) => {
+            let e = upstream::Error::Connect { dst: conn.dst, source };
+            debug!("{e}");
+            conn.metrics.error(e.reason());
+            let _ = client.write_all(&bad_gateway(&e)).await;
+            let _ = client.shutdown().await;
+            return;
+        }
+    };
+    let shared = Shared::default();
+    let (client_rd, client_wr) = client.split();
+    let (app_rd, app_wr) = app.split();
+    let requests = request::pump(client_rd, app_wr, prefix, &shared, &conn);
+    let responses = response::pump(app_rd, client_wr, &shared, &conn);
+    tokio::pin!(requests, responses);
+    tokio::select! {
+        done = &mut requests => if done == Done::Eof { responses.await; },
+        done = &mut responses => if done == Done::Eof { requests.await; },
+    }
+}
+
+/// A complete 502 response naming the proxy, for when the app cannot be reached.
+pub fn bad_gateway(e: &upstream::Error) -> Vec<u8> {
+    let body = format!("mirrord-proxy: {e}\n");
+    format!(
+        "HTTP/1.1 502 Bad Gateway\r\ncontent-type: text/plain; charset=utf-8\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+/// Reads more into `buf`, growing it while reads keep filling it.
+async fn fill<R: AsyncRead + Unpin>(rd: &mut R, buf: &mut BytesMut) -> std::io::Result<usize> {
+    let spare = buf.capacity() - buf.len();
+    if spare < 1024 {
+        let want = if buf.capacity() >= INITIAL_BUFFER { (buf.capacity() * 2).min(MAX_BUFFER) } else { INITIAL_BUFFER };
+        buf.reserve(want.saturating_sub(buf.len()).max(1024));
+    }
+    rd.read_buf(buf).await
+}
+
+/// Writes the first `n` bytes of `buf` and drops them from it.
+async fn forward<W: AsyncWrite + Unpin>(wr: &mut W, buf: &mut BytesMut, n: usize) -> std::io::Result<()> {
+    if n > 0 {
+        wr.write_all(&buf[..n]).await?;
+        buf.advance(n);
+    }
+    Ok(())
+}
+
+/// How forwarding one message ended.
+#[derive(Debug)]
+enum Message {
+    /// The whole message was forwarded.
+    Complete,
+    /// The source closed before the message ended (for a body delimited by
+    /// close, that is its end); the FIN was passed on.
+    SourceClosed,
+    /// The body's framing is broken.
+    Invalid(body::FramingError),
+    /// A read or write failed.
+    Failed,
+}
+
+/// Forwards one message: `head_len` head bytes at the front of `buf`, then
+/// its body as it arrives.
+async fn forward_message<R, W>(
+    rd: &mut R,
+    wr: &mut W,
+    buf: &mut BytesMut,
+    head_len: usize,
+    mut body: body::Body,
+) -> Message
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut ready = head_len;
+    loop {
+        let (used, done) = match body.advance(&buf[ready..]) {
+            Ok(progress) => progress,
+            Err(e) => return Message::Invalid(e),
+        };
+        ready += used;
+        if forward(wr, buf, ready).await.is_err() {
+            return Message::Failed;
+        }
+        ready = 0;
+        if done {
+            return Message::Complete;
+        }
+        match fill(rd, buf).await {
+            Ok(0) => {
+                let _ = wr.shutdown().await;
+                return Message::SourceClosed;
+            }
+            Ok(_) => {}
+            Err(_) => return Message::Failed,
+        }
+    }
+}
+
+/// After a protocol switch: whatever is buffered, then raw bytes until EOF,
+/// which is passed on as a FIN.
+async fn tunnel<R, W>(rd: &mut R, wr: &mut W, buf: &mut BytesMut) -> Done
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    loop {
+        let n = buf.len();
+        if forward(wr, buf, n).await.is_err() {
+            return Done::Close;
+        }
+        match fill(rd, buf).await {
+            Ok(0) => return if wr.shutdown().await.is_ok() { Done::Eof } else { Done::Close },
+            Ok(_) => {}
+            Err(_) => return Done::Close,
+        }
+    }
+}
