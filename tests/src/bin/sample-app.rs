@@ -8,6 +8,8 @@
 //! - `--tcp-echo ADDR`: echoes bytes; on the client's FIN, finishes and closes.
 //! - `--greeting ADDR`: a server-first protocol: sends a greeting line on
 //!   accept, then echoes.
+//!
+//! Prints `listening KIND ADDR` per listener, then `ready`, on stdout.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -36,16 +38,15 @@ struct Args {
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let mut tasks = Vec::new();
-    for addr in args.http {
-        tasks.push(tokio::spawn(serve(TcpListener::bind(addr).await?, Kind::Http)));
+    let kinds = args.http.iter().map(|a| (a, Kind::Http));
+    let kinds = kinds.chain(args.tcp_echo.iter().map(|a| (a, Kind::Echo)));
+    for (addr, kind) in kinds.chain(args.greeting.iter().map(|a| (a, Kind::Greeting))) {
+        let listener = TcpListener::bind(addr).await?;
+        // Tests bind port 0 and read the real address from here.
+        println!("listening {kind:?} {}", listener.local_addr()?);
+        tasks.push(tokio::spawn(serve(listener, kind)));
     }
-    for addr in args.tcp_echo {
-        tasks.push(tokio::spawn(serve(TcpListener::bind(addr).await?, Kind::Echo)));
-    }
-    for addr in args.greeting {
-        tasks.push(tokio::spawn(serve(TcpListener::bind(addr).await?, Kind::Greeting)));
-    }
-    eprintln!("sample-app ready");
+    println!("ready");
     for t in tasks {
         t.await?;
     }

@@ -1,0 +1,104 @@
+//! The sidecar in explicit mode on loopback, run in-process: no root needed.
+//! For protocol edge cases that do not need a pod around them.
+
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Child, Command, Stdio};
+
+use clap::Parser;
+use mirrord_proxy::run::{RunArgs, Running};
+
+/// A sidecar running on its own thread and runtime until dropped.
+#[derive(Debug)]
+pub struct Sidecar {
+    pub addr: SocketAddr,
+    pub admin: SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+#[derive(Debug, Parser)]
+struct Flags {
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+impl Sidecar {
+    /// Starts `mirrord-proxy run --upstream UPSTREAM` with extra flags, on
+    /// ports chosen by the kernel.
+    pub fn start(upstream: SocketAddr, extra: &[&str]) -> Sidecar {
+        let mut argv = vec!["run", "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"];
+        let upstream = upstream.to_string();
+        argv.extend(["--upstream", &upstream]);
+        argv.extend_from_slice(extra);
+        let args = Flags::try_parse_from(argv).expect("valid flags").run;
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+        let running = runtime.block_on(async { Running::bind(&args) }).expect("bind");
+        let addr = running.inbound_addrs()[0];
+        let admin = running.admin_addr().expect("admin address");
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            runtime.block_on(running.serve(async {
+                let _ = rx.await;
+            }))
+        });
+        Sidecar { addr, admin, stop: Some(tx), thread: Some(thread) }
+    }
+
+    /// The admin server's `/metrics` text.
+    pub fn metrics(&self) -> String {
+        use std::io::{Read, Write};
+        let mut s = TcpStream::connect(self.admin).expect("admin");
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").expect("write");
+        let mut out = String::new();
+        s.read_to_string(&mut out).expect("read");
+        out
+    }
+}
+
+impl Drop for Sidecar {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The sample app on a loopback port chosen by the kernel, killed on drop.
+#[derive(Debug)]
+pub struct App {
+    pub addr: SocketAddr,
+    child: Child,
+}
+
+impl App {
+    /// Starts the sample app's HTTP server on 127.0.0.1:0.
+    pub fn start(bin: &str) -> App {
+        let mut child = Command::new(bin)
+            .args(["--http", "127.0.0.1:0"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("sample-app");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let mut addr = None;
+        for line in BufReader::new(stdout).lines() {
+            let line = line.expect("sample-app output");
+            if line == "ready" {
+                break;
+            }
+            addr = line.rsplit(' ').next().and_then(|a| a.parse().ok());
+        }
+        App { addr: addr.expect("sample-app printed its address"), child }
+    }
+}
+
+impl Drop for App {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

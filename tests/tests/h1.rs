@@ -1,0 +1,146 @@
+//! HTTP/1 edge cases through the sidecar in explicit mode on loopback (no
+//! root): every transcript through the sidecar must equal the transcript of
+//! the same bytes sent straight to the app.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use mirrord_tests::loopback::{App, Sidecar};
+
+fn app() -> App {
+    App::start(env!("CARGO_BIN_EXE_sample-app"))
+}
+
+/// Sends `request` in one write, reads until the server closes.
+fn transcript(addr: SocketAddr, request: &[u8]) -> String {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(request).unwrap();
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).unwrap();
+    // The only thing allowed to differ: the app's Date header and the peer
+    // port it reports. Neither is touched by the sidecar; they vary per run.
+    String::from_utf8_lossy(&out)
+        .lines()
+        .filter(|l| !l.to_ascii_lowercase().starts_with("date:"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn metric(sidecar: &Sidecar, line: &str) -> bool {
+    sidecar.metrics().lines().any(|l| l == line)
+}
+
+#[test]
+fn pipelined_requests_with_head_and_chunked_bodies_are_byte_identical() {
+    let app = app();
+    let sidecar = Sidecar::start(app.addr, &[]);
+    let request = b"GET /a HTTP/1.1\r\nHost: x\r\nX-Mixed-Case: Yes\r\n\r\n\
+HEAD /b HTTP/1.1\r\nHost: x\r\n\r\n\
+POST /c HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3;ext=1\r\nabc\r\n4\r\ndefg\r\n0\r\nX-Trailer: t\r\n\r\n\
+POST /d HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello\
+GET /e HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+    let direct = transcript(app.addr, request);
+    let proxied = transcript(sidecar.addr, request);
+    assert_eq!(direct.matches("HTTP/1.1 200 OK").count(), 5, "{direct}");
+    assert_eq!(direct, proxied);
+    assert!(proxied.contains("\"body\":\"abcdefg\""), "{proxied}");
+    let line =
+        format!("mirrord_proxy_requests_total{{port=\"{}\",protocol=\"http1\",status=\"2xx\"}} 5", app.addr.port());
+    assert!(metric(&sidecar, &line), "{}", sidecar.metrics());
+}
+
+#[test]
+fn declined_upgrade_keeps_the_connection_http() {
+    let app = app();
+    let sidecar = Sidecar::start(app.addr, &[]);
+    let request = b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n\
+GET /after HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+    let direct = transcript(app.addr, request);
+    assert_eq!(direct.matches("HTTP/1.1 200 OK").count(), 2, "{direct}");
+    assert_eq!(direct, transcript(sidecar.addr, request));
+}
+
+#[test]
+fn expect_100_continue_reaches_the_client() {
+    let app = app();
+    let sidecar = Sidecar::start(app.addr, &[]);
+    let body = "x".repeat(100_000);
+    let start = Instant::now();
+    let out = Command::new("curl")
+        .args(["-sS", "--noproxy", "*", "--expect100-timeout", "30", "-H", "Expect: 100-continue"])
+        .args(["--data-binary", &body, &format!("http://{}/upload", sidecar.addr)])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains(&body));
+    // Without the 100 passing through, curl waits out its 30 s timeout.
+    assert!(start.elapsed() < Duration::from_secs(15), "100 Continue was held back");
+}
+
+#[test]
+fn close_delimited_response_is_forwarded_whole() {
+    // An HTTP/1.0 app that ends its body by closing the connection.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().take(2) {
+            let mut s = stream.unwrap();
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") && s.read(&mut byte).unwrap() == 1 {
+                head.push(byte[0]);
+            }
+            s.write_all(b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\nbody until the connection closes")
+                .unwrap();
+        }
+    });
+    let sidecar = Sidecar::start(addr, &[]);
+    let request = b"GET / HTTP/1.0\r\nHost: x\r\n\r\n";
+    let direct = transcript(addr, request);
+    assert!(direct.ends_with("body until the connection closes"), "{direct}");
+    assert_eq!(direct, transcript(sidecar.addr, request));
+}
+
+#[test]
+fn broken_chunked_body_ends_the_connection() {
+    let app = app();
+    let sidecar = Sidecar::start(app.addr, &[]);
+    let out = transcript(
+        sidecar.addr,
+        b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\nhello\r\n0\r\n\r\n",
+    );
+    assert!(!out.contains("200 OK"), "{out}");
+    assert!(metric(&sidecar, "mirrord_proxy_errors_total{reason=\"invalid_chunked_body\"} 1"));
+}
+
+#[test]
+fn slow_request_head_gets_408() {
+    let app = app();
+    let sidecar = Sidecar::start(app.addr, &["--header-read-timeout", "300ms"]);
+    let mut s = TcpStream::connect(sidecar.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    assert!(out.starts_with("HTTP/1.1 408 Request Timeout"), "{out}");
+    assert!(out.contains("mirrord-proxy"), "{out}");
+    assert!(metric(&sidecar, "mirrord_proxy_errors_total{reason=\"header_read_timeout\"} 1"));
+}
+
+#[test]
+fn refusal_waits_for_earlier_responses() {
+    let app = app();
+    let sidecar = Sidecar::start(app.addr, &[]);
+    let out = transcript(
+        sidecar.addr,
+        b"GET /slow/200 HTTP/1.1\r\nHost: x\r\n\r\nPOST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nx",
+    );
+    let ok = out.find("HTTP/1.1 200 OK").expect("first response");
+    let refused = out.find("HTTP/1.1 400 Bad Request").expect("refusal");
+    assert!(ok < refused, "the refusal overtook the earlier response:\n{out}");
+}
