@@ -84,8 +84,13 @@ impl Shared {
     }
 
     fn push(&self, pending: Pending) {
+        // Only a refusal or close needs the response pump's attention now;
+        // for a forwarded request, the app's answer wakes it.
+        let wake = !matches!(pending, Pending::Response { .. });
         self.queue().push_back(pending);
-        self.changed.notify_one();
+        if wake {
+            self.changed.notify_one();
+        }
     }
 }
 
