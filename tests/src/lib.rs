@@ -16,6 +16,7 @@ pub mod loopback;
 pub mod netns;
 pub mod pod;
 
+use std::io::Write;
 use std::path::PathBuf;
 
 /// Whether root-only tests can run. Outside CI they skip with a message; under
@@ -28,7 +29,8 @@ pub fn root_or_skip(test: &str) -> bool {
     if std::env::var("CI").is_ok_and(|v| v == "true") {
         panic!("{test} needs root (network namespaces, iptables) and CI=true: run the suite as root");
     }
-    eprintln!("SKIPPED {test}: needs root for network namespaces and iptables (runs in CI as root)");
+    // Straight to stderr, not eprintln!, which the test harness captures.
+    let _ = writeln!(std::io::stderr(), "SKIPPED {test}: needs root for network namespaces and iptables (runs in CI as root)");
     false
 }
 
