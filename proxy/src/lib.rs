@@ -16,7 +16,15 @@ pub mod metrics;
 pub mod ports;
 pub mod rewind;
 pub mod run;
+pub mod session;
 pub mod shutdown;
 pub mod socket;
 pub mod tcp;
+pub mod tunnel;
 pub mod upstream;
+
+/// The tunnel's gRPC API, generated from `proto/mirrord/tunnel/v1/tunnel.proto`.
+#[allow(clippy::all, missing_debug_implementations)]
+pub mod proto {
+    tonic::include_proto!("mirrord.tunnel.v1");
+}

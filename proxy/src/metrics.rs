@@ -61,6 +61,7 @@ pub struct Metrics {
     pub open_connections: Family<ConnLabels, Gauge>,
     pub requests: Family<RequestLabels, Counter>,
     pub errors: Family<ErrorLabels, Counter>,
+    pub sessions: Gauge,
 }
 
 impl Default for Metrics {
@@ -82,7 +83,9 @@ impl Default for Metrics {
             requests.clone(),
         );
         registry.register("errors", "Connections or requests that failed, by reason", errors.clone());
-        Metrics { registry, connections, open_connections, requests, errors }
+        let sessions = Gauge::default();
+        registry.register("sessions", "Developer sessions connected", sessions.clone());
+        Metrics { registry, connections, open_connections, requests, errors, sessions }
     }
 }
 

@@ -30,7 +30,10 @@ pub fn root_or_skip(test: &str) -> bool {
         panic!("{test} needs root (network namespaces, iptables) and CI=true: run the suite as root");
     }
     // Straight to stderr, not eprintln!, which the test harness captures.
-    let _ = writeln!(std::io::stderr(), "SKIPPED {test}: needs root for network namespaces and iptables (runs in CI as root)");
+    let _ = writeln!(
+        std::io::stderr(),
+        "SKIPPED {test}: needs root for network namespaces and iptables (runs in CI as root)"
+    );
     false
 }
 

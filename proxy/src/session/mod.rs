@@ -1,0 +1,223 @@
+//! Developer sessions as the data path sees them: who is connected, with
+//! which config, in which order; and the routing decision for a connection
+//! or request (pass through, steal to one session, mirror to some).
+//!
+//! Sessions are kept in connect order, so precedence among overlapping steal
+//! filters is deterministic: the first connected wins. The list is swapped
+//! whole on every change; the data path reads it without holding a lock
+//! across anything, and skips it entirely when no session is connected.
+
+mod exchange;
+mod plan;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+
+use mirrord_config::{Config, Mode};
+use tokio::sync::mpsc;
+
+pub use exchange::{Exchange, Slot};
+pub use plan::{conflict, describe, plan};
+
+use crate::ports::PortList;
+use crate::proto::{self, session_event};
+
+/// Events waiting for a session's client; beyond this, mirrored copies are
+/// dropped and stolen traffic waits.
+const EVENT_QUEUE: usize = 1024;
+
+/// One connected developer session.
+#[derive(Debug)]
+pub struct Session {
+    /// Connect order.
+    pub seq: u64,
+    /// Secret that names the session's exchanges.
+    pub secret: String,
+    /// As the client introduced itself.
+    pub name: String,
+    pub config: Config,
+    events: mpsc::Sender<Result<proto::SessionEvent, tonic::Status>>,
+    slots: Mutex<HashMap<u64, Slot>>,
+    next_id: AtomicU64,
+    /// Sessions already told that this one took their match (told once each).
+    told_about: Mutex<Vec<u64>>,
+}
+
+impl Session {
+    pub fn new(
+        seq: u64,
+        secret: String,
+        name: String,
+        config: Config,
+    ) -> (Arc<Self>, mpsc::Receiver<Result<proto::SessionEvent, tonic::Status>>) {
+        let (events, rx) = mpsc::channel(EVENT_QUEUE);
+        let session = Session {
+            seq,
+            secret,
+            name,
+            config,
+            events,
+            slots: Mutex::default(),
+            next_id: AtomicU64::new(1),
+            told_about: Mutex::default(),
+        };
+        (Arc::new(session), rx)
+    }
+
+    fn slots(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Slot>> {
+        // The map is only inserted into and removed from; a panic elsewhere
+        // cannot leave it half-updated.
+        self.slots.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Sends an event on the session stream: waiting for room when `wait`
+    /// (stolen traffic), dropping it when full otherwise (copies).
+    pub async fn send(&self, event: session_event::Kind, wait: bool) -> bool {
+        let event = Ok(proto::SessionEvent { kind: Some(event) });
+        if wait {
+            self.events.send(event).await.is_ok()
+        } else {
+            self.events.try_send(event).is_ok()
+        }
+    }
+
+    /// Announces an intercepted request or connection and returns the data
+    /// path's ends of its exchange. `None` when the session is gone or, for
+    /// a copy, too far behind.
+    pub async fn open(&self, port: u16, mode: proto::Mode, kind: proto::incoming::Kind) -> Option<Exchange> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (exchange, slot) = exchange::pair();
+        self.slots().insert(id, slot);
+        let incoming = proto::Incoming { id, port: u32::from(port), mode: mode as i32, kind: Some(kind) };
+        if self.send(session_event::Kind::Incoming(incoming), mode == proto::Mode::Steal).await {
+            Some(exchange)
+        } else {
+            self.slots().remove(&id);
+            None
+        }
+    }
+
+    /// The client attached to exchange `id`: hands over its slot.
+    pub fn attach(&self, id: u64) -> Option<Slot> {
+        self.slots().remove(&id)
+    }
+
+    /// Tells this session, once per other session, that a request matching
+    /// its filter went to `winner`, which connected first.
+    pub fn tell_lost_match(&self, winner: &Session, port: u16) {
+        let mut told = self.told_about.lock().unwrap_or_else(|p| p.into_inner());
+        if told.contains(&winner.seq) {
+            return;
+        }
+        told.push(winner.seq);
+        let message = format!(
+            "a request on port {port} matched your filter but went to session {:?}, which connected first and whose filter matches it too",
+            winner.name
+        );
+        let _ = self
+            .events
+            .try_send(Ok(proto::SessionEvent { kind: Some(session_event::Kind::Notice(proto::Notice { message })) }));
+    }
+}
+
+/// Where a connection or request goes.
+#[derive(Debug, Default)]
+pub struct Decision {
+    pub steal: Option<Arc<Session>>,
+    pub mirrors: Vec<Arc<Session>>,
+}
+
+impl Decision {
+    pub fn is_passthrough(&self) -> bool {
+        self.steal.is_none() && self.mirrors.is_empty()
+    }
+}
+
+/// What a request looks like to a filter.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestView<'a> {
+    pub method: &'a str,
+    pub path: &'a str,
+    pub headers: &'a [(&'a str, &'a [u8])],
+}
+
+/// All connected sessions, in connect order.
+#[derive(Debug, Default)]
+pub struct Sessions {
+    list: RwLock<Arc<Vec<Arc<Session>>>>,
+    count: AtomicUsize,
+    next_seq: AtomicU64,
+    /// Ports the sidecar intercepts, when known (for plans and conflicts).
+    pub known_ports: PortList,
+}
+
+impl Sessions {
+    pub fn new(known_ports: PortList) -> Self {
+        Sessions { known_ports, ..Sessions::default() }
+    }
+
+    pub fn next_seq(&self) -> u64 {
+        self.next_seq.fetch_add(1, Ordering::Relaxed)
+    }
+
+    pub fn snapshot(&self) -> Arc<Vec<Arc<Session>>> {
+        self.list.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Adds a session unless it conflicts with a connected one (`Err` says why).
+    pub fn add(&self, session: Arc<Session>) -> Result<(), String> {
+        let mut list = self.list.write().unwrap_or_else(|p| p.into_inner());
+        if let Some(reason) = list.iter().find_map(|other| conflict(other, &session, &self.known_ports)) {
+            return Err(reason);
+        }
+        let mut next = (**list).clone();
+        next.push(session);
+        self.count.store(next.len(), Ordering::Release);
+        *list = Arc::new(next);
+        Ok(())
+    }
+
+    /// Removes a session: from the next routing decision on, it is gone.
+    pub fn remove(&self, seq: u64) {
+        let mut list = self.list.write().unwrap_or_else(|p| p.into_inner());
+        let next: Vec<_> = list.iter().filter(|s| s.seq != seq).cloned().collect();
+        self.count.store(next.len(), Ordering::Release);
+        *list = Arc::new(next);
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.count.load(Ordering::Acquire) == 0
+    }
+
+    /// Routing for a new connection, or for one request when `request` is
+    /// given. A session whose `http_filter` covers this port only takes
+    /// requests that match it, never a connection that is not HTTP.
+    pub fn decide(&self, port: u16, request: Option<RequestView<'_>>) -> Decision {
+        let mut decision = Decision::default();
+        if self.is_empty() {
+            return decision;
+        }
+        for session in self.snapshot().iter() {
+            let incoming = &session.config.incoming;
+            if !incoming.applies_to(port) {
+                continue;
+            }
+            let matches = match (incoming.filter_for(port), request) {
+                (None, _) => true,
+                (Some(f), Some(r)) => f.matches(r.method, r.path, r.headers.iter().copied()),
+                (Some(_), None) => false,
+            };
+            if !matches {
+                continue;
+            }
+            match (incoming.mode, &decision.steal) {
+                (Mode::Steal, None) => decision.steal = Some(session.clone()),
+                (Mode::Steal, Some(winner)) => session.tell_lost_match(winner, port),
+                (Mode::Mirror, _) => decision.mirrors.push(session.clone()),
+                (Mode::Off, _) => {}
+            }
+        }
+        decision
+    }
+}

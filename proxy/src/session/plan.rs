@@ -1,0 +1,137 @@
+//! What a session will do, port by port, in words; and which sessions cannot
+//! be connected side by side.
+
+use std::collections::BTreeSet;
+
+use mirrord_config::{Config, Mode, PortSelection};
+
+use super::Session;
+use crate::ports::PortList;
+use crate::proto::PortPlan;
+
+/// What `config` does on `port`.
+pub fn describe(config: &Config, port: u16) -> String {
+    let incoming = &config.incoming;
+    if !incoming.applies_to(port) {
+        return "untouched".to_owned();
+    }
+    let verb = if incoming.mode == Mode::Steal { "steal" } else { "mirror" };
+    let local = incoming.local_port(port);
+    let target = if local == port { String::new() } else { format!(" (to local port {local})") };
+    match incoming.filter_for(port) {
+        Some(filter) => format!("{verb} requests matching {filter}{target}"),
+        None => format!("{verb} all traffic{target}"),
+    }
+}
+
+/// The plan for a session: one line per port the sidecar is known to
+/// intercept (`known`), or per port the config names plus "other ports"
+/// when the sidecar intercepts every port. Warnings for likely mistakes.
+pub fn plan(config: &Config, known: &PortList) -> (Vec<PortPlan>, Vec<String>) {
+    let mut warnings = Vec::new();
+    let ports: BTreeSet<u16> = match known {
+        PortList::Some(ports) => ports.clone(),
+        PortList::All => named_ports(config),
+    };
+    let mut lines: Vec<PortPlan> =
+        ports.iter().map(|&p| PortPlan { port: u32::from(p), action: describe(config, p) }).collect();
+    if *known == PortList::All {
+        // Port 0 stands for every other port.
+        lines.push(PortPlan { port: 0, action: describe(config, 0) });
+    }
+    if let (Some(filter), PortList::Some(pod_ports)) = (&config.incoming.http_filter, known) {
+        if filter.ports.is_disjoint(pod_ports) {
+            let list = |s: &BTreeSet<u16>| s.iter().map(u16::to_string).collect::<Vec<_>>().join(", ");
+            warnings.push(format!(
+                "http_filter.ports [{}] match none of the pod's ports [{}]: the filter will match nothing; set http_filter.ports to the ports that carry HTTP",
+                list(&filter.ports),
+                list(pod_ports)
+            ));
+        }
+    }
+    if config.incoming.mode == Mode::Off {
+        warnings.push("incoming traffic is off: this session receives nothing".to_owned());
+    }
+    (lines, warnings)
+}
+
+fn named_ports(config: &Config) -> BTreeSet<u16> {
+    let mut ports = BTreeSet::new();
+    if let PortSelection::Only(p) | PortSelection::Except(p) = &config.incoming.ports {
+        ports.extend(p);
+    }
+    if let Some(f) = &config.incoming.http_filter {
+        ports.extend(&f.ports);
+    }
+    ports.extend(config.incoming.port_mapping.keys());
+    ports
+}
+
+/// Why `new` cannot connect while `existing` is: both would steal the same
+/// port without a filter. Checked on the ports the sidecar is known to
+/// intercept, or else on the ports both configs name; elsewhere the first
+/// connected wins and the other is told when it loses a match.
+pub fn conflict(existing: &Session, new: &Session, known: &PortList) -> Option<String> {
+    let (a, b) = (&existing.config.incoming, &new.config.incoming);
+    if a.mode != Mode::Steal || b.mode != Mode::Steal {
+        return None;
+    }
+    let candidates: BTreeSet<u16> = match known {
+        PortList::Some(ports) => ports.clone(),
+        PortList::All => named_ports(&existing.config).intersection(&named_ports(&new.config)).copied().collect(),
+    };
+    let port = candidates
+        .into_iter()
+        .find(|&p| a.applies_to(p) && b.applies_to(p) && a.filter_for(p).is_none() && b.filter_for(p).is_none())?;
+    Some(format!(
+        "port {port} is already stolen whole by session {:?}; two sessions cannot both steal a port without a filter: add an http_filter (for example a header that names you) or choose other ports",
+        existing.name
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(json: &str) -> Config {
+        Config::from_json(json).unwrap()
+    }
+
+    fn session(name: &str, json: &str) -> Session {
+        let (s, _rx) = Session::new(0, String::new(), name.to_owned(), config(json));
+        Arc::try_unwrap(s).unwrap()
+    }
+
+    use std::sync::Arc;
+
+    #[test]
+    fn describes_ports() {
+        let c = config(
+            r#"{"feature":{"network":{"incoming":{"mode":"steal","http_filter":{"header_filter":"x-user: alice"},"port_mapping":[[3000,80]]}}}}"#,
+        );
+        assert_eq!(describe(&c, 80), "steal requests matching header \"x-user: alice\" (to local port 3000)");
+        assert_eq!(describe(&c, 9090), "steal all traffic");
+        let known = PortList::Some([80, 9090].into());
+        let (lines, warnings) = plan(&c, &known);
+        assert_eq!(lines.len(), 2);
+        assert!(warnings.is_empty());
+        let (_, warnings) = plan(&c, &PortList::Some([3000].into()));
+        assert!(warnings[0].contains("match none of the pod's ports [3000]"), "{warnings:?}");
+    }
+
+    #[test]
+    fn unfiltered_steals_of_one_port_conflict_filtered_ones_do_not() {
+        let known = PortList::Some([80].into());
+        let steal = r#"{"feature":{"network":{"incoming":"steal"}}}"#;
+        let alice =
+            r#"{"feature":{"network":{"incoming":{"mode":"steal","http_filter":{"header_filter":"x-user: alice"}}}}}"#;
+        let bob =
+            r#"{"feature":{"network":{"incoming":{"mode":"steal","http_filter":{"header_filter":"x-user: bob"}}}}}"#;
+        let reason = conflict(&session("a", steal), &session("b", steal), &known).unwrap();
+        assert!(reason.starts_with("port 80 is already stolen whole by session \"a\""), "{reason}");
+        assert!(conflict(&session("a", alice), &session("b", bob), &known).is_none());
+        assert!(conflict(&session("a", steal), &session("b", r#"{}"#), &known).is_none());
+        // Unknown pod ports: only ports both configs name can conflict.
+        assert!(conflict(&session("a", steal), &session("b", steal), &PortList::All).is_none());
+    }
+}

@@ -1,0 +1,216 @@
+//! The tunnel's gRPC service: sessions open and close here, and each
+//! intercepted request or connection is carried by an Exchange call.
+//!
+//! Served on 127.0.0.1 inside the pod, reached through the API server's
+//! port-forward (RBAC: `pods/portforward`); since every container of the pod
+//! shares that loopback, a session may also have to present a token.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use mirrord_config::Config;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::{Stream, StreamExt};
+use tonic::{Request, Response, Status, Streaming};
+use tracing::{info, Instrument};
+
+use crate::metrics::Metrics;
+use crate::proto::{self, exchange_frame, session_event, session_request};
+use crate::session::{plan, Session, Sessions};
+
+/// The protocol this sidecar speaks, and the oldest client it accepts.
+pub const PROTOCOL_VERSION: u32 = 1;
+pub const MIN_PROTOCOL_VERSION: u32 = 1;
+
+/// The service.
+#[derive(Debug, Clone)]
+pub struct Tunnel {
+    pub sessions: Arc<Sessions>,
+    /// Sessions must present this token when set.
+    pub token: Option<Arc<str>>,
+    pub metrics: Arc<Metrics>,
+}
+
+type ExchangeStream = Pin<Box<dyn Stream<Item = Result<proto::ExchangeFrame, Status>> + Send>>;
+
+/// Removes the session from routing when the session call ends, however it ends.
+struct Registered {
+    sessions: Arc<Sessions>,
+    session: Arc<Session>,
+    metrics: Arc<Metrics>,
+}
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        self.sessions.remove(self.session.seq);
+        self.metrics.sessions.dec();
+        info!("session closed; its traffic is the app's again");
+    }
+}
+
+#[tonic::async_trait]
+impl proto::tunnel_server::Tunnel for Tunnel {
+    type SessionStream = ReceiverStream<Result<proto::SessionEvent, Status>>;
+    type ExchangeStream = ExchangeStream;
+
+    async fn session(
+        &self,
+        request: Request<Streaming<proto::SessionRequest>>,
+    ) -> Result<Response<Self::SessionStream>, Status> {
+        let mut inbound = request.into_inner();
+        let hello = match inbound.message().await? {
+            Some(proto::SessionRequest { kind: Some(session_request::Kind::Hello(hello)) }) => hello,
+            _ => return Err(Status::invalid_argument("expected Hello as the first message of a session")),
+        };
+        check_version(&hello)?;
+        self.check_token(&hello.token)?;
+        let config = Config::from_json(&hello.config_json)
+            .map_err(|e| Status::failed_precondition(format!("invalid session config: {e}")))?;
+        let name = client_name(&hello.client_name);
+        let summary = config.to_string();
+        let (session, events) = Session::new(self.sessions.next_seq(), random_secret()?, name.clone(), config);
+        self.sessions.add(session.clone()).map_err(Status::failed_precondition)?;
+        self.metrics.sessions.inc();
+        let span = tracing::info_span!("session", client = %name);
+        span.in_scope(|| info!(%summary, "session opened"));
+        let registered =
+            Registered { sessions: self.sessions.clone(), session: session.clone(), metrics: self.metrics.clone() };
+        let (ports, warnings) = plan(&session.config, &self.sessions.known_ports);
+        let plan = proto::Plan {
+            session_id: session.secret.clone(),
+            ports,
+            warnings,
+            sidecar_version: env!("CARGO_PKG_VERSION").to_owned(),
+        };
+        session.send(session_event::Kind::Plan(plan), true).await;
+        tokio::spawn(
+            async move {
+                loop {
+                    match inbound.message().await {
+                        Ok(Some(proto::SessionRequest { kind: Some(session_request::Kind::Bye(_)) }))
+                        | Ok(None)
+                        | Err(_) => break,
+                        Ok(Some(_)) => {}
+                    }
+                }
+                let session = registered.session.clone();
+                drop(registered);
+                session.send(session_event::Kind::Closed(proto::Closed {}), false).await;
+            }
+            .instrument(span),
+        );
+        Ok(Response::new(ReceiverStream::new(events)))
+    }
+
+    async fn exchange(
+        &self,
+        request: Request<Streaming<proto::ExchangeFrame>>,
+    ) -> Result<Response<Self::ExchangeStream>, Status> {
+        let mut inbound = request.into_inner();
+        let attach = match inbound.message().await? {
+            Some(proto::ExchangeFrame { kind: Some(exchange_frame::Kind::Attach(a)) }) => a,
+            _ => return Err(Status::invalid_argument("expected Attach as the first frame of an exchange")),
+        };
+        let session = self
+            .sessions
+            .snapshot()
+            .iter()
+            .find(|s| constant_time_eq(s.secret.as_bytes(), attach.session_id.as_bytes()))
+            .cloned()
+            .ok_or_else(|| Status::not_found("no such session: it has ended"))?;
+        let slot = session
+            .attach(attach.id)
+            .ok_or_else(|| Status::not_found(format!("no exchange {} in this session", attach.id)))?;
+        let from_client = slot.from_client;
+        tokio::spawn(async move {
+            while let Ok(Some(frame)) = inbound.message().await {
+                if let Some(kind) = frame.kind {
+                    if from_client.send(kind).await.is_err() {
+                        break;
+                    }
+                }
+            }
+        });
+        let outbound = ReceiverStream::new(slot.to_client).map(|kind| Ok(proto::ExchangeFrame { kind: Some(kind) }));
+        Ok(Response::new(Box::pin(outbound)))
+    }
+}
+
+impl Tunnel {
+    fn check_token(&self, presented: &str) -> Result<(), Status> {
+        match &self.token {
+            Some(token) if !constant_time_eq(token.as_bytes(), presented.as_bytes()) => {
+                Err(Status::unauthenticated("this sidecar requires a session token, and the one given does not match"))
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+fn check_version(hello: &proto::Hello) -> Result<(), Status> {
+    let v = hello.protocol_version;
+    let client = if hello.client_version.is_empty() { "unknown" } else { &hello.client_version };
+    if v < MIN_PROTOCOL_VERSION {
+        return Err(Status::failed_precondition(format!(
+            "mirrord-cli {client} speaks tunnel protocol {v}, this sidecar ({}) needs {MIN_PROTOCOL_VERSION} to {PROTOCOL_VERSION}: upgrade mirrord-cli",
+            env!("CARGO_PKG_VERSION")
+        )));
+    }
+    if v > PROTOCOL_VERSION {
+        return Err(Status::failed_precondition(format!(
+            "mirrord-cli {client} speaks tunnel protocol {v}, this sidecar ({}) only up to {PROTOCOL_VERSION}: upgrade the sidecar (re-create the pod with a newer injector) or use an older mirrord-cli",
+            env!("CARGO_PKG_VERSION")
+        )));
+    }
+    Ok(())
+}
+
+/// A printable, bounded client name for logs and other sessions' notices.
+fn client_name(raw: &str) -> String {
+    let name: String = raw.chars().filter(|c| !c.is_control()).take(64).collect();
+    if name.is_empty() {
+        "anonymous".to_owned()
+    } else {
+        name
+    }
+}
+
+/// Compares without an early exit, so timing does not reveal a prefix.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    let mut diff = a.len() ^ b.len();
+    for (i, x) in a.iter().enumerate() {
+        diff |= usize::from(x ^ b.get(i).copied().unwrap_or(!x));
+    }
+    diff == 0
+}
+
+fn random_secret() -> Result<String, Status> {
+    let mut bytes = [0u8; 16];
+    // SAFETY: getrandom writes at most `len` bytes into the buffer.
+    let n = unsafe { libc::getrandom(bytes.as_mut_ptr().cast(), bytes.len(), 0) };
+    if n != bytes.len() as isize {
+        return Err(Status::internal("no randomness for a session id"));
+    }
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn constant_time_comparison() {
+        assert!(constant_time_eq(b"secret", b"secret"));
+        assert!(!constant_time_eq(b"secret", b"secreT"));
+        assert!(!constant_time_eq(b"secret", b"secret-longer"));
+        assert!(!constant_time_eq(b"", b"x"));
+        assert!(constant_time_eq(b"", b""));
+    }
+
+    #[test]
+    fn names_are_bounded_and_printable() {
+        assert_eq!(client_name("alice\n\u{1b}[31m"), "alice[31m");
+        assert_eq!(client_name(""), "anonymous");
+        assert_eq!(client_name(&"x".repeat(100)).len(), 64);
+    }
+}
