@@ -186,10 +186,10 @@ def main():
         procs.start(["iperf3", "-s", "-p", str(ports["iperf"])])
         sidecar = procs.start([f"{RELEASE}/mirrord-proxy", "run", "--threads", "1",
                                "--listen", f"127.0.0.1:{ports['sidecar']}", "--upstream", f"127.0.0.1:{ports['app']}",
-                               "--admin", f"127.0.0.1:{ports['admin']}"])
+                               "--admin", f"127.0.0.1:{ports['admin']}", "--tunnel", "127.0.0.1:0"])
         procs.start([f"{RELEASE}/mirrord-proxy", "run", "--threads", "1",
                      "--listen", f"127.0.0.1:{ports['sidecar_tcp']}", "--upstream", f"127.0.0.1:{ports['iperf']}",
-                     "--admin", f"127.0.0.1:{ports['admin_tcp']}"])
+                     "--admin", f"127.0.0.1:{ports['admin_tcp']}", "--tunnel", "127.0.0.1:0"])
         procs.start(["nginx", "-c", nginx_conf(tmp, ports["nginx"], ports["nginx_h2"], ports["app"])])
         procs.start(["haproxy", "-f", haproxy_conf(tmp, ports["haproxy"], ports["haproxy_h2"], ports["haproxy_tcp"],
                                                   ports["app"], ports["iperf"])])

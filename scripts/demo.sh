@@ -11,7 +11,7 @@ app=$((port + 1)) admin=$((port + 2))
 cargo build --release -q -p mirrord-proxy -p mirrord-tests --bins
 target/release/sample-app --http "127.0.0.1:$app" 2>/dev/null &
 app_pid=$!
-target/release/mirrord-proxy run --listen "127.0.0.1:$port" --upstream "127.0.0.1:$app" --admin "127.0.0.1:$admin" &
+target/release/mirrord-proxy run --listen "127.0.0.1:$port" --upstream "127.0.0.1:$app" --admin "127.0.0.1:$admin" --tunnel 127.0.0.1:0 &
 proxy_pid=$!
 trap 'kill $app_pid $proxy_pid 2>/dev/null; wait 2>/dev/null' EXIT
 until curl -sf "http://127.0.0.1:$admin/ready" >/dev/null; do sleep 0.05; done

@@ -17,6 +17,7 @@ use crate::h1;
 use crate::http::{self, Proxy};
 use crate::metrics::{ConnLabels, Metrics, Protocol};
 use crate::rewind::Rewind;
+use crate::session::Sessions;
 use crate::shutdown::Shutdown;
 use crate::socket;
 use crate::upstream::Upstream;
@@ -47,6 +48,8 @@ pub struct Inbound {
     pub destination: Destination,
     /// Ports never inspected for HTTP.
     pub opaque_ports: BTreeSet<u16>,
+    /// Connected developer sessions.
+    pub sessions: Arc<Sessions>,
     /// Ports that belong to the sidecar itself: a connection redirected to
     /// one of them would loop, and is refused.
     pub own_ports: BTreeSet<u16>,
@@ -116,7 +119,13 @@ async fn handle(mut stream: TcpStream, inbound: Arc<Inbound>, shutdown: Shutdown
     debug!(%dst, protocol = protocol.as_str(), "proxying");
     match protocol {
         Protocol::Http1 => {
-            let conn = h1::Conn { dst, limits: inbound.limits, metrics: inbound.metrics.clone(), shutdown };
+            let conn = h1::Conn {
+                dst,
+                limits: inbound.limits,
+                metrics: inbound.metrics.clone(),
+                shutdown,
+                sessions: inbound.sessions.clone(),
+            };
             h1::serve(stream, prefix, conn).await;
         }
         Protocol::Http2 => {

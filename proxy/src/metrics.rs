@@ -49,6 +49,13 @@ pub struct RequestLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct InterceptLabels {
+    pub port: u16,
+    /// `steal` or `mirror`.
+    pub mode: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ErrorLabels {
     pub reason: &'static str,
 }
@@ -62,6 +69,8 @@ pub struct Metrics {
     pub requests: Family<RequestLabels, Counter>,
     pub errors: Family<ErrorLabels, Counter>,
     pub sessions: Gauge,
+    pub intercepted: Family<InterceptLabels, Counter>,
+    pub mirror_dropped: Counter,
 }
 
 impl Default for Metrics {
@@ -85,11 +94,27 @@ impl Default for Metrics {
         registry.register("errors", "Connections or requests that failed, by reason", errors.clone());
         let sessions = Gauge::default();
         registry.register("sessions", "Developer sessions connected", sessions.clone());
-        Metrics { registry, connections, open_connections, requests, errors, sessions }
+        let intercepted = Family::default();
+        registry.register(
+            "intercepted",
+            "Requests and connections stolen or mirrored to a session",
+            intercepted.clone(),
+        );
+        let mirror_dropped = Counter::default();
+        registry.register(
+            "mirror_dropped",
+            "Mirrored copies dropped because the session could not keep up",
+            mirror_dropped.clone(),
+        );
+        Metrics { registry, connections, open_connections, requests, errors, sessions, intercepted, mirror_dropped }
     }
 }
 
 impl Metrics {
+    pub fn intercepted(&self, port: u16, mode: &'static str) {
+        self.intercepted.get_or_create(&InterceptLabels { port, mode }).inc();
+    }
+
     pub fn error(&self, reason: &'static str) {
         self.errors.get_or_create(&ErrorLabels { reason }).inc();
     }

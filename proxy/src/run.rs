@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use mirrord_config::names::{ADMIN_PORT, INBOUND_PORT, PROXY_PORTS};
+use mirrord_config::names::{ADMIN_PORT, INBOUND_PORT, PROXY_PORTS, TUNNEL_PORT};
 use mirrord_config::parse_duration;
 use tokio::net::TcpListener;
 use tracing::{info, warn};
@@ -15,8 +15,11 @@ use crate::admin::{self, Admin};
 use crate::inbound::{self, Destination, Inbound, Limits};
 use crate::metrics::Metrics;
 use crate::ports::PortList;
+use crate::proto::tunnel_server::TunnelServer;
+use crate::session::Sessions;
 use crate::shutdown;
 use crate::socket;
+use crate::tunnel::Tunnel;
 
 /// Flags of `mirrord-proxy run`.
 #[derive(Debug, Clone, clap::Args)]
@@ -48,6 +51,18 @@ pub struct RunArgs {
     /// On SIGTERM, how long in-flight requests and connections may take to finish.
     #[arg(long, value_name = "DURATION", default_value = "20s", value_parser = parse_duration)]
     pub grace_period: Duration,
+    /// Address of the session tunnel (gRPC). Keep it on loopback: sessions
+    /// reach it through the Kubernetes port-forward.
+    #[arg(long, value_name = "ADDR", default_value_t = SocketAddr::from(([127, 0, 0, 1], TUNNEL_PORT)))]
+    pub tunnel: SocketAddr,
+    /// File holding a token that sessions must present (every container of
+    /// the pod shares the tunnel's loopback).
+    #[arg(long, value_name = "PATH")]
+    pub token_file: Option<std::path::PathBuf>,
+    /// The pod ports the init container redirects (for session plans and
+    /// conflict checks): a list, or `*` when unknown.
+    #[arg(long, value_name = "PORTS", default_value = "*")]
+    pub ports: PortList,
     /// Worker threads of the runtime (1 runs everything on the main thread).
     #[arg(long, default_value_t = 1)]
     pub threads: usize,
@@ -60,6 +75,10 @@ pub enum Error {
     Bind { addr: SocketAddr, source: std::io::Error },
     #[error("--max-header-size {0} is too small: expected at least 1024 bytes")]
     HeaderSize(usize),
+    #[error("cannot read --token-file {path}: {source}")]
+    Token { path: std::path::PathBuf, source: std::io::Error },
+    #[error("--token-file {0} is empty: expected a token")]
+    EmptyToken(std::path::PathBuf),
 }
 
 /// A sidecar whose sockets are bound; [`Running::serve`] runs it.
@@ -67,6 +86,8 @@ pub enum Error {
 pub struct Running {
     listeners: Vec<TcpListener>,
     admin_listener: TcpListener,
+    tunnel_listener: TcpListener,
+    tunnel: Tunnel,
     inbound: Arc<Inbound>,
     admin: Arc<Admin>,
     grace_period: Duration,
@@ -80,12 +101,17 @@ impl Running {
         }
         let listeners = bind_inbound(&args.listen)?;
         let admin_listener = socket::listen(args.admin).map_err(|source| Error::Bind { addr: args.admin, source })?;
+        let tunnel_listener =
+            socket::listen(args.tunnel).map_err(|source| Error::Bind { addr: args.tunnel, source })?;
         let metrics = Arc::new(Metrics::default());
+        let sessions = Arc::new(Sessions::new(args.ports.clone()));
+        let tunnel = Tunnel { sessions: sessions.clone(), token: read_token(args)?, metrics: metrics.clone() };
         let mut own_ports: std::collections::BTreeSet<u16> = PROXY_PORTS.into_iter().collect();
         own_ports.extend(listeners.iter().filter_map(|l| l.local_addr().ok()).map(|a| a.port()));
         let inbound = Inbound {
             destination: args.upstream.map_or(Destination::Original, Destination::Fixed),
             opaque_ports: args.opaque_ports.ports(),
+            sessions,
             own_ports,
             limits: Limits {
                 detect_timeout: args.detect_timeout,
@@ -98,6 +124,8 @@ impl Running {
         Ok(Running {
             listeners,
             admin_listener,
+            tunnel_listener,
+            tunnel,
             inbound: Arc::new(inbound),
             admin: Arc::new(admin),
             grace_period: args.grace_period,
@@ -113,19 +141,28 @@ impl Running {
         self.admin_listener.local_addr().ok()
     }
 
+    pub fn tunnel_addr(&self) -> Option<SocketAddr> {
+        self.tunnel_listener.local_addr().ok()
+    }
+
     /// Serves until `stop` resolves, then drains within the grace period.
     pub async fn serve(self, stop: impl Future<Output = ()>) {
         let (trigger, shutdown) = shutdown::channel();
         let addrs = self.inbound_addrs();
+        let tunnel_addr = self.tunnel_addr();
         for listener in self.listeners {
             tokio::spawn(inbound::accept_loop(listener, self.inbound.clone(), shutdown.clone()));
         }
         tokio::spawn(admin::serve(self.admin_listener, self.admin.clone(), shutdown.clone()));
+        tokio::spawn(serve_tunnel(self.tunnel_listener, self.tunnel, shutdown.signal()));
         drop(shutdown);
         self.admin.ready.store(true, Ordering::Relaxed);
         match self.inbound.destination {
             Destination::Fixed(up) => info!(?addrs, upstream = %up, "listening (explicit mode)"),
             Destination::Original => info!(?addrs, "listening for redirected connections"),
+        }
+        if let Some(tunnel) = tunnel_addr {
+            info!(%tunnel, "session tunnel listening");
         }
         stop.await;
         self.admin.ready.store(false, Ordering::Relaxed);
@@ -136,6 +173,32 @@ impl Running {
             warn!("grace period over; closing the remaining connections");
         }
     }
+}
+
+/// Serves the session tunnel. HTTP/2 keepalive both ways: a peer silent for
+/// about three seconds (laptop asleep, CLI stopped, link gone) is dropped,
+/// which ends its session.
+async fn serve_tunnel(listener: TcpListener, tunnel: Tunnel, stop: impl Future<Output = ()>) {
+    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+    let result = tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_secs(1)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(2)))
+        .add_service(TunnelServer::new(tunnel))
+        .serve_with_incoming_shutdown(incoming, stop)
+        .await;
+    if let Err(e) = result {
+        warn!("session tunnel stopped: {e}");
+    }
+}
+
+fn read_token(args: &RunArgs) -> Result<Option<Arc<str>>, Error> {
+    let Some(path) = &args.token_file else { return Ok(None) };
+    let text = std::fs::read_to_string(path).map_err(|source| Error::Token { path: path.clone(), source })?;
+    let token = text.trim();
+    if token.is_empty() {
+        return Err(Error::EmptyToken(path.clone()));
+    }
+    Ok(Some(Arc::from(token)))
 }
 
 /// Binds the inbound addresses. With none given, binds the redirect port on

@@ -32,6 +32,14 @@ impl Shutdown {
         let _ = self.signal.wait_for(|s| *s).await;
     }
 
+    /// Resolves once shutdown has begun, without holding up the drain.
+    pub fn signal(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut signal = self.signal.clone();
+        async move {
+            let _ = signal.wait_for(|s| *s).await;
+        }
+    }
+
     pub fn is_signalled(&self) -> bool {
         *self.signal.borrow()
     }

@@ -27,7 +27,7 @@ impl Sidecar {
     /// Starts `mirrord-proxy run --upstream UPSTREAM` with extra flags, on
     /// ports chosen by the kernel.
     pub fn start(upstream: SocketAddr, extra: &[&str]) -> Sidecar {
-        let mut argv = vec!["run", "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"];
+        let mut argv = vec!["run", "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0", "--tunnel", "127.0.0.1:0"];
         let upstream = upstream.to_string();
         argv.extend(["--upstream", &upstream]);
         argv.extend_from_slice(extra);

@@ -33,16 +33,30 @@ impl Body {
     /// Consumes the bytes of `data` that belong to this body. Returns how many
     /// and whether the body is complete after them.
     pub fn advance(&mut self, data: &[u8]) -> Result<(usize, bool), FramingError> {
-        match self {
-            Body::Empty => Ok((0, true)),
+        self.advance_decoded(data, &mut |_| {})
+    }
+
+    /// Like [`Body::advance`], also handing the body's content (without
+    /// chunked framing) to `content`, for whoever needs the decoded body.
+    pub fn advance_decoded(
+        &mut self,
+        data: &[u8],
+        content: &mut dyn FnMut(&[u8]),
+    ) -> Result<(usize, bool), FramingError> {
+        let (n, done) = match self {
+            Body::Empty => return Ok((0, true)),
             Body::Length(remaining) => {
                 let n = (*remaining).min(data.len() as u64);
                 *remaining -= n;
-                Ok((n as usize, *remaining == 0))
+                (n as usize, *remaining == 0)
             }
-            Body::Chunked(c) => c.advance(data),
-            Body::UntilClose => Ok((data.len(), false)),
+            Body::Chunked(c) => return c.advance(data, content),
+            Body::UntilClose => (data.len(), false),
+        };
+        if n > 0 {
+            content(&data[..n]);
         }
+        Ok((n, done))
     }
 }
 
@@ -81,12 +95,13 @@ pub struct Chunked {
 }
 
 impl Chunked {
-    fn advance(&mut self, data: &[u8]) -> Result<(usize, bool), FramingError> {
+    fn advance(&mut self, data: &[u8], content: &mut dyn FnMut(&[u8])) -> Result<(usize, bool), FramingError> {
         let mut i = 0;
         while i < data.len() && self.state != State::Done {
             if self.state == State::Data {
                 let n = self.size.min((data.len() - i) as u64);
                 self.size -= n;
+                content(&data[i..i + n as usize]);
                 i += n as usize;
                 if self.size == 0 {
                     self.state = State::DataCr;
@@ -196,6 +211,18 @@ mod tests {
         ];
         for (data, want) in cases {
             assert_eq!(chunked().advance(data), Err(want), "{:?}", String::from_utf8_lossy(data));
+        }
+    }
+
+    #[test]
+    fn decoded_content_drops_the_chunk_framing() {
+        let data = b"5\r\nhello\r\n6;x=y\r\n world\r\n0\r\nx-t: 1\r\n\r\n";
+        for split in 0..=data.len() {
+            let mut body = chunked();
+            let mut content = Vec::new();
+            body.advance_decoded(&data[..split], &mut |c| content.extend_from_slice(c)).unwrap();
+            body.advance_decoded(&data[split..], &mut |c| content.extend_from_slice(c)).unwrap();
+            assert_eq!(content, b"hello world", "split at {split}");
         }
     }
 

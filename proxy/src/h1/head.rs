@@ -79,6 +79,10 @@ pub struct RequestHead {
     pub len: usize,
     pub kind: Kind,
     pub body: Body,
+    /// HTTP/1.0: no chunked responses; the connection closes unless kept alive.
+    pub http10: bool,
+    /// The client will not send another request on this connection.
+    pub close: bool,
 }
 
 /// A parsed response head.
@@ -120,7 +124,9 @@ pub fn parse_request(buf: &[u8]) -> Result<Option<RequestHead>, Reject> {
         _ if framing.upgrade => Kind::Upgrade,
         _ => Kind::Normal,
     };
-    Ok(Some(RequestHead { len, kind, body }))
+    let http10 = req.version == Some(0);
+    let close = framing.close || (http10 && !framing.keep_alive);
+    Ok(Some(RequestHead { len, kind, body, http10, close }))
 }
 
 /// Why a response's framing cannot be trusted.
@@ -168,11 +174,13 @@ struct Framing<'a> {
     length: Option<u64>,
     transfer_encoding: Option<&'a [u8]>,
     upgrade: bool,
+    close: bool,
+    keep_alive: bool,
 }
 
 impl<'a> Framing<'a> {
     fn of(headers: &[httparse::Header<'a>]) -> Result<Self, FramingHeader> {
-        let mut f = Framing { length: None, transfer_encoding: None, upgrade: false };
+        let mut f = Framing { length: None, transfer_encoding: None, upgrade: false, close: false, keep_alive: false };
         let (mut has_upgrade, mut connection_upgrade) = (false, false);
         for h in headers {
             let name = h.name;
@@ -188,8 +196,11 @@ impl<'a> Framing<'a> {
             } else if name.eq_ignore_ascii_case("upgrade") {
                 has_upgrade = true;
             } else if name.eq_ignore_ascii_case("connection") {
-                connection_upgrade |=
-                    h.value.split(|&b| b == b',').any(|t| t.trim_ascii().eq_ignore_ascii_case(b"upgrade"));
+                for token in h.value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+                    connection_upgrade |= token.eq_ignore_ascii_case(b"upgrade");
+                    f.close |= token.eq_ignore_ascii_case(b"close");
+                    f.keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
+                }
             }
         }
         f.upgrade = has_upgrade && connection_upgrade;
@@ -215,7 +226,13 @@ mod tests {
     #[test]
     fn request_framing() {
         let head = b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\nabc";
-        assert_eq!(parse_request(head), Ok(Some(RequestHead { len: 48, kind: Kind::Normal, body: Body::Length(3) })));
+        let want = RequestHead { len: 48, kind: Kind::Normal, body: Body::Length(3), http10: false, close: false };
+        assert_eq!(parse_request(head), Ok(Some(want)));
+        let old = parse_request(b"GET / HTTP/1.0\r\n\r\n").unwrap().unwrap();
+        assert!(old.http10 && old.close);
+        let kept = parse_request(b"GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n").unwrap().unwrap();
+        assert!(!kept.close);
+        assert!(parse_request(b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n").unwrap().unwrap().close);
         let chunked = parse_request(b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n").unwrap().unwrap();
         assert_eq!(chunked.body, Body::Chunked(Chunked::default()));
         let ws = b"GET /chat HTTP/1.1\r\nUpgrade: websocket\r\nConnection: keep-alive, Upgrade\r\n\r\n";

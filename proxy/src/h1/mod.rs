@@ -17,6 +17,8 @@ pub mod body;
 pub mod head;
 mod request;
 mod response;
+mod route;
+mod stolen;
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -30,6 +32,7 @@ use tracing::debug;
 
 use crate::inbound::Limits;
 use crate::metrics::Metrics;
+use crate::session::Sessions;
 use crate::shutdown::Shutdown;
 use crate::{socket, upstream};
 use head::{Kind, Reject};
@@ -46,6 +49,7 @@ pub struct Conn {
     pub limits: Limits,
     pub metrics: Arc<Metrics>,
     pub shutdown: Shutdown,
+    pub sessions: Arc<Sessions>,
 }
 
 /// How a pump ended.
@@ -66,6 +70,8 @@ enum Pending {
     Response { kind: Kind, switched: Option<oneshot::Sender<bool>> },
     /// Answer this refusal once every earlier response is complete, then close.
     Reject(Reject),
+    /// A session answers this one instead of the app.
+    Stolen(stolen::Stolen),
     /// Close once every earlier response is complete (shutdown).
     Close,
 }
@@ -84,8 +90,8 @@ impl Shared {
     }
 
     fn push(&self, pending: Pending) {
-        // Only a refusal or close needs the response pump's attention now;
-        // for a forwarded request, the app's answer wakes it.
+        // A refusal, close or stolen request needs the response pump's
+        // attention now; for a forwarded request, the app's answer wakes it.
         let wake = !matches!(pending, Pending::Response { .. });
         self.queue().push_back(pending);
         if wake {
@@ -146,58 +152,6 @@ async fn forward<W: AsyncWrite + Unpin>(wr: &mut W, buf: &mut BytesMut, n: usize
         buf.advance(n);
     }
     Ok(())
-}
-
-/// How forwarding one message ended.
-#[derive(Debug)]
-enum Message {
-    /// The whole message was forwarded.
-    Complete,
-    /// The source closed before the message ended (for a body delimited by
-    /// close, that is its end); the FIN was passed on.
-    SourceClosed,
-    /// The body's framing is broken.
-    Invalid(body::FramingError),
-    /// A read or write failed.
-    Failed,
-}
-
-/// Forwards one message: `head_len` head bytes at the front of `buf`, then
-/// its body as it arrives.
-async fn forward_message<R, W>(
-    rd: &mut R,
-    wr: &mut W,
-    buf: &mut BytesMut,
-    head_len: usize,
-    mut body: body::Body,
-) -> Message
-where
-    R: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin,
-{
-    let mut ready = head_len;
-    loop {
-        let (used, done) = match body.advance(&buf[ready..]) {
-            Ok(progress) => progress,
-            Err(e) => return Message::Invalid(e),
-        };
-        ready += used;
-        if forward(wr, buf, ready).await.is_err() {
-            return Message::Failed;
-        }
-        ready = 0;
-        if done {
-            return Message::Complete;
-        }
-        match fill(rd, buf).await {
-            Ok(0) => {
-                let _ = wr.shutdown().await;
-                return Message::SourceClosed;
-            }
-            Ok(_) => {}
-            Err(_) => return Message::Failed,
-        }
-    }
 }
 
 /// After a protocol switch: whatever is buffered, then raw bytes until EOF,

@@ -1,13 +1,19 @@
-//! Client → app: one request at a time, head checked, bytes forwarded as read.
+//! Client → app (or session): one request at a time, head checked, bytes
+//! forwarded as read.
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::{timeout_at, Instant};
 use tracing::debug;
 
+use super::body::Body;
 use super::head::{parse_request, Kind, Reject, RequestHead};
-use super::{fill, forward_message, tunnel, Conn, Done, Message, Pending, Shared, INITIAL_BUFFER};
+use super::route::{route, Copies, Routed};
+use super::stolen::Stolen;
+use super::{fill, forward, tunnel, Conn, Done, Pending, Shared, INITIAL_BUFFER};
+use crate::proto::exchange_frame::Kind as Frame;
+use crate::proto::End;
 
 enum Next {
     Head(RequestHead),
@@ -40,6 +46,8 @@ where
             }
             Next::Failed => return Done::Close,
         };
+        let Routed { steal, mut copies } =
+            if conn.sessions.is_empty() { Routed::default() } else { route(conn, &buf[..head.len], &head).await };
         let (switched_tx, switched_rx) = match head.kind {
             Kind::Upgrade | Kind::Connect => {
                 let (tx, rx) = oneshot::channel();
@@ -47,25 +55,36 @@ where
             }
             _ => (None, None),
         };
-        shared.push(Pending::Response { kind: head.kind, switched: switched_tx });
-        match forward_message(&mut rd, &mut wr, &mut buf, head.len, head.body).await {
-            Message::Complete => {}
-            // The client gave up mid-body; its FIN was passed on.
-            Message::SourceClosed => return Done::Eof,
-            Message::Invalid(e) => {
-                // The head is already with the app: the only safe answer to a
-                // broken body is to end the connection.
-                debug!("invalid chunked request body: {e}");
-                conn.metrics.error(Reject::InvalidChunkedBody.reason());
-                return Done::Close;
+        let (close, kind) = (head.close, head.kind);
+        let done = match steal {
+            Some(exchange) => {
+                let stolen =
+                    Stolen { from_client: exchange.from_client, kind, http10: head.http10, switched: switched_tx };
+                shared.push(Pending::Stolen(stolen));
+                if close {
+                    shared.push(Pending::Close);
+                }
+                buf.advance(head.len);
+                let sink: Sink<'_, W> = Sink::Session(Some(exchange.to_client));
+                pass_body(&mut rd, sink, &mut buf, 0, head.body, &mut copies, conn).await
             }
-            Message::Failed => return Done::Close,
-        }
+            None => {
+                shared.push(Pending::Response { kind, switched: switched_tx });
+                pass_body(&mut rd, Sink::App(&mut wr), &mut buf, head.len, head.body, &mut copies, conn).await
+            }
+        };
+        let session = match done {
+            Passed::Complete(session) => session,
+            Passed::Stop(done) => return done,
+        };
         if let Some(rx) = switched_rx {
             // Nothing after an upgrade request may be parsed as HTTP until the
-            // app has said whether it switched protocols.
+            // answer says whether the protocol switched.
             if rx.await.unwrap_or(false) {
-                return tunnel(&mut rd, &mut wr, &mut buf).await;
+                return match session {
+                    Some(to_client) => tunnel_to_session(&mut rd, &mut buf, to_client).await,
+                    None => tunnel(&mut rd, &mut wr, &mut buf).await,
+                };
             }
         }
     }
@@ -109,6 +128,116 @@ async fn next_head<R: AsyncRead + Unpin>(
                 debug!("client read failed: {e}");
                 return Next::Failed;
             }
+        }
+    }
+}
+
+/// Where a request's bytes go.
+enum Sink<'a, W> {
+    /// The app gets the raw bytes, head included.
+    App(&'a mut W),
+    /// A session gets the decoded body; `None` once it has gone away (the
+    /// body is still read to the end, to keep the connection's framing).
+    Session(Option<mpsc::Sender<Frame>>),
+}
+
+enum Passed {
+    /// The request is through; the session's sender, for an upgrade.
+    Complete(Option<mpsc::Sender<Frame>>),
+    Stop(Done),
+}
+
+/// Passes `head_len` raw head bytes at the front of `buf` (for the app) and
+/// the body that follows, copying the decoded body to mirroring sessions.
+async fn pass_body<R, W>(
+    rd: &mut R,
+    mut sink: Sink<'_, W>,
+    buf: &mut BytesMut,
+    head_len: usize,
+    mut body: Body,
+    copies: &mut Copies,
+    conn: &Conn,
+) -> Passed
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut ready = head_len;
+    let decode = matches!(sink, Sink::Session(_)) || !copies.is_empty();
+    loop {
+        let mut content: Vec<Bytes> = Vec::new();
+        let progress = if decode {
+            body.advance_decoded(&buf[ready..], &mut |c| content.push(Bytes::copy_from_slice(c)))
+        } else {
+            body.advance(&buf[ready..])
+        };
+        let (used, done) = match progress {
+            Ok(progress) => progress,
+            Err(e) => {
+                // The head is already on its way: the only safe answer to a
+                // broken body is to end the connection.
+                debug!("invalid chunked request body: {e}");
+                conn.metrics.error(Reject::InvalidChunkedBody.reason());
+                return Passed::Stop(Done::Close);
+            }
+        };
+        ready += used;
+        match &mut sink {
+            Sink::App(wr) => {
+                if forward(wr, buf, ready).await.is_err() {
+                    return Passed::Stop(Done::Close);
+                }
+            }
+            Sink::Session(_) => buf.advance(ready),
+        }
+        ready = 0;
+        for chunk in content {
+            let frame = Frame::Data(chunk);
+            copies.send(&frame, conn);
+            if let Sink::Session(Some(tx)) = &sink {
+                if tx.send(frame).await.is_err() {
+                    sink = Sink::Session(None);
+                }
+            }
+        }
+        if done {
+            copies.send(&Frame::End(End {}), conn);
+            return Passed::Complete(match sink {
+                Sink::Session(Some(tx)) => tx.send(Frame::End(End {})).await.ok().map(|()| tx),
+                _ => None,
+            });
+        }
+        match fill(rd, buf).await {
+            Ok(0) => {
+                // The client gave up mid-body: pass its FIN on.
+                if let Sink::App(wr) = &mut sink {
+                    let _ = wr.shutdown().await;
+                }
+                return Passed::Stop(Done::Eof);
+            }
+            Ok(_) => {}
+            Err(_) => return Passed::Stop(Done::Close),
+        }
+    }
+}
+
+/// After a stolen upgrade was accepted: the client's bytes go to the session.
+async fn tunnel_to_session<R: AsyncRead + Unpin>(
+    rd: &mut R,
+    buf: &mut BytesMut,
+    to_client: mpsc::Sender<Frame>,
+) -> Done {
+    loop {
+        if !buf.is_empty() && to_client.send(Frame::Data(buf.split().freeze())).await.is_err() {
+            return Done::Close;
+        }
+        match fill(rd, buf).await {
+            Ok(0) => {
+                let _ = to_client.send(Frame::End(End {})).await;
+                return Done::Eof;
+            }
+            Ok(_) => {}
+            Err(_) => return Done::Close,
         }
     }
 }

@@ -3,12 +3,15 @@
 use bytes::BytesMut;
 use prometheus_client::metrics::counter::Counter;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::sync::mpsc;
 use tracing::debug;
 
 use super::body::Body;
 use super::head::{parse_response, Kind};
-use super::{fill, forward_message, tunnel, Conn, Done, Message, Pending, Shared, INITIAL_BUFFER, MAX_BUFFER};
+use super::stolen::{self, After};
+use super::{body, fill, forward, tunnel, Conn, Done, Pending, Shared, INITIAL_BUFFER, MAX_BUFFER};
 use crate::metrics::{status_class, Protocol, RequestLabels};
+use crate::proto::exchange_frame::Kind as Frame;
 
 pub(super) async fn pump<R, W>(mut rd: R, mut wr: W, shared: &Shared, conn: &Conn) -> Done
 where
@@ -20,6 +23,18 @@ where
     loop {
         if let Some(done) = due_refusal(&mut wr, shared, conn).await {
             return done;
+        }
+        if let Some(stolen) = due_stolen(shared) {
+            let (status, after) = stolen::respond(&mut wr, stolen).await;
+            count(&mut counters, conn, status);
+            match after {
+                After::Continue => continue,
+                After::Close => {
+                    let _ = wr.shutdown().await;
+                    return Done::Close;
+                }
+                After::Tunnel(from_client) => return tunnel_from_session(&mut wr, from_client).await,
+            }
         }
         if buf.is_empty() {
             // Between responses: wait for the app, or for a queued refusal.
@@ -100,4 +115,96 @@ async fn due_refusal<W: AsyncWrite + Unpin>(wr: &mut W, shared: &Shared, conn: &
     }
     let _ = wr.shutdown().await;
     Some(Done::Close)
+}
+
+/// Counts a final response, with the counter handles cached per connection.
+fn count(counters: &mut [Option<Counter>; 5], conn: &Conn, status: u16) {
+    let idx = usize::from(status / 100).clamp(1, 5) - 1;
+    counters[idx]
+        .get_or_insert_with(|| {
+            let labels =
+                RequestLabels { port: conn.dst.port(), protocol: Protocol::Http1, status: status_class(status) };
+            conn.metrics.requests.get_or_create(&labels).clone()
+        })
+        .inc();
+}
+
+/// The stolen request next in line, if it is next.
+fn due_stolen(shared: &Shared) -> Option<stolen::Stolen> {
+    let mut queue = shared.queue();
+    if !matches!(queue.front(), Some(Pending::Stolen(_))) {
+        return None;
+    }
+    match queue.pop_front() {
+        Some(Pending::Stolen(stolen)) => Some(stolen),
+        _ => None,
+    }
+}
+
+/// After a stolen upgrade: the session's bytes go to the client.
+async fn tunnel_from_session<W: AsyncWrite + Unpin>(wr: &mut W, mut from_client: mpsc::Receiver<Frame>) -> Done {
+    loop {
+        match from_client.recv().await {
+            Some(Frame::Data(data)) => {
+                if wr.write_all(&data).await.is_err() {
+                    return Done::Close;
+                }
+            }
+            Some(Frame::End(_)) => return if wr.shutdown().await.is_ok() { Done::Eof } else { Done::Close },
+            Some(_) => {}
+            None => return Done::Close,
+        }
+    }
+}
+
+/// How forwarding one message ended.
+#[derive(Debug)]
+enum Message {
+    /// The whole message was forwarded.
+    Complete,
+    /// The source closed before the message ended (for a body delimited by
+    /// close, that is its end); the FIN was passed on.
+    SourceClosed,
+    /// The body's framing is broken.
+    Invalid(body::FramingError),
+    /// A read or write failed.
+    Failed,
+}
+
+/// Forwards one message: `head_len` head bytes at the front of `buf`, then
+/// its body as it arrives.
+async fn forward_message<R, W>(
+    rd: &mut R,
+    wr: &mut W,
+    buf: &mut BytesMut,
+    head_len: usize,
+    mut body: body::Body,
+) -> Message
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut ready = head_len;
+    loop {
+        let (used, done) = match body.advance(&buf[ready..]) {
+            Ok(progress) => progress,
+            Err(e) => return Message::Invalid(e),
+        };
+        ready += used;
+        if forward(wr, buf, ready).await.is_err() {
+            return Message::Failed;
+        }
+        ready = 0;
+        if done {
+            return Message::Complete;
+        }
+        match fill(rd, buf).await {
+            Ok(0) => {
+                let _ = wr.shutdown().await;
+                return Message::SourceClosed;
+            }
+            Ok(_) => {}
+            Err(_) => return Message::Failed,
+        }
+    }
 }

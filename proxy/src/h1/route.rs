@@ -1,0 +1,89 @@
+//! Per-request routing on an HTTP/1 connection: which session, if any, steals
+//! the request, and which get a copy.
+
+use bytes::Bytes;
+use tokio::sync::mpsc;
+
+use super::head::RequestHead;
+use super::Conn;
+use crate::proto::{self, exchange_frame::Kind as Frame, incoming};
+use crate::session::{Exchange, RequestView};
+
+const MAX_HEADERS: usize = 128;
+
+/// Where one request goes besides (or instead of) the app.
+#[derive(Debug, Default)]
+pub(super) struct Routed {
+    /// The session that answers instead of the app.
+    pub steal: Option<Exchange>,
+    pub copies: Copies,
+}
+
+/// Lossy copies to mirroring sessions: a session that cannot keep up loses
+/// its copy (counted), and never slows the request down.
+#[derive(Debug, Default)]
+pub(super) struct Copies {
+    targets: Vec<mpsc::Sender<Frame>>,
+}
+
+impl Copies {
+    pub fn is_empty(&self) -> bool {
+        self.targets.is_empty()
+    }
+
+    pub fn send(&mut self, frame: &Frame, conn: &Conn) {
+        self.targets.retain(|target| match target.try_send(frame.clone()) {
+            Ok(()) => true,
+            Err(_) => {
+                conn.metrics.mirror_dropped.inc();
+                false
+            }
+        });
+    }
+}
+
+/// Decides and opens the exchanges for the request whose head is `head_bytes`.
+pub(super) async fn route(conn: &Conn, head_bytes: &[u8], head: &RequestHead) -> Routed {
+    let mut routed = Routed::default();
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut headers);
+    // The head was parsed before; a failure here cannot happen, and would
+    // mean passing the request through untouched.
+    let Ok(httparse::Status::Complete(_)) = req.parse(head_bytes) else { return routed };
+    let (method, uri) = (req.method.unwrap_or_default(), req.path.unwrap_or_default());
+    let pairs: Vec<(&str, &[u8])> = req.headers.iter().map(|h| (h.name, h.value)).collect();
+    let port = conn.dst.port();
+    let decision = conn.sessions.decide(port, Some(RequestView { method, path: uri, headers: &pairs }));
+    if decision.is_passthrough() {
+        return routed;
+    }
+    let request = proto::HttpRequest {
+        method: method.to_owned(),
+        uri: uri.to_owned(),
+        version: if head.http10 { proto::HttpVersion::Http10 } else { proto::HttpVersion::Http11 } as i32,
+        headers: pairs
+            .iter()
+            .map(|(n, v)| proto::Header { name: (*n).to_owned(), value: Bytes::copy_from_slice(v) })
+            .collect(),
+        body: Bytes::new(),
+        body_complete: head.body == super::body::Body::Empty,
+    };
+    for session in &decision.mirrors {
+        match session.open(port, proto::Mode::Mirror, incoming::Kind::Http(request.clone())).await {
+            Some(exchange) => {
+                conn.metrics.intercepted(port, "mirror");
+                routed.copies.targets.push(exchange.to_client);
+            }
+            None => {
+                conn.metrics.mirror_dropped.inc();
+            }
+        }
+    }
+    if let Some(session) = decision.steal {
+        routed.steal = session.open(port, proto::Mode::Steal, incoming::Kind::Http(request)).await;
+        if routed.steal.is_some() {
+            conn.metrics.intercepted(port, "steal");
+        }
+    }
+    routed
+}
