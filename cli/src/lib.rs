@@ -4,6 +4,9 @@
 //! maps the outcome to an exit code (see [`ExitCode`]).
 
 pub mod commands;
+mod deliver;
+mod local;
+mod status;
 
 /// Documented exit codes of `mirrord-cli`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -14,4 +17,6 @@ pub enum ExitCode {
     Failure = 1,
     /// The config (or a flag) is invalid; nothing was attempted.
     InvalidConfig = 2,
+    /// The sidecar refused the session (conflict, version, token).
+    Refused = 3,
 }

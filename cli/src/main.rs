@@ -1,9 +1,11 @@
 use clap::{Parser, Subcommand};
 use mirrord_cli::commands::config::{self, ConfigCommand};
+use mirrord_cli::commands::connect::{self, ConnectArgs};
 
 /// mirrord: run your local process as part of a Kubernetes service.
 ///
-/// Exit codes: 0 success, 1 run-time failure, 2 invalid config or flags.
+/// Exit codes: 0 success, 1 run-time failure (sidecar unreachable, tunnel
+/// lost), 2 invalid config or flags, 3 session refused by the sidecar.
 #[derive(Debug, Parser)]
 #[command(name = "mirrord-cli", version)]
 struct Cli {
@@ -16,6 +18,8 @@ enum Command {
     /// Check a session config or print its schema.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Open a session on a sidecar and deliver its traffic to the local app.
+    Connect(ConnectArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -27,8 +31,33 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(if e.use_stderr() { 2 } else { 0 });
         }
     };
-    let code = match &cli.command {
-        Command::Config(cmd) => config::run(cmd, &mut std::io::stdout(), &mut std::io::stderr()),
+    let code = match cli.command {
+        Command::Config(cmd) => config::run(&cmd, &mut std::io::stdout(), &mut std::io::stderr()),
+        Command::Connect(args) => {
+            match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+                Ok(rt) => rt.block_on(connect::run(args, ctrl_c())),
+                Err(e) => {
+                    eprintln!("error: cannot start the runtime: {e}");
+                    mirrord_cli::ExitCode::Failure
+                }
+            }
+        }
     };
     std::process::ExitCode::from(code as u8)
+}
+
+/// Ctrl-C or SIGTERM.
+async fn ctrl_c() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
 }

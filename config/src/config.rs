@@ -80,6 +80,13 @@ impl Config {
     }
 }
 
+impl Default for Config {
+    /// The config of an empty file: mirror everything, no pause.
+    fn default() -> Self {
+        Config { pause: false, target: None, incoming: Incoming::unfiltered(Mode::Mirror) }
+    }
+}
+
 impl From<RawMode> for Mode {
     fn from(m: RawMode) -> Self {
         match m {

@@ -23,7 +23,7 @@ mod target;
 pub use config::{Config, Incoming, Mode, PortSelection};
 pub use duration::parse_duration;
 pub use filter::{Filter, HttpFilter};
-pub use load::{Error, Format};
+pub use load::{to_json_value, Error, Format};
 pub use target::{Target, TargetKind};
 
 /// The JSON schema of the session config, generated from [`raw::RawConfig`].

@@ -101,6 +101,17 @@ impl Config {
     }
 }
 
+/// The config text as a JSON value, whatever its format: how the CLI sends
+/// it to the sidecar. The text should have been validated with
+/// [`Config::parse`] first, for errors with positions.
+pub fn to_json_value(text: &str, format: Format) -> Result<serde_json::Value, String> {
+    match format {
+        Format::Json => serde_json::from_str(&blank_trailing_commas(text)).map_err(|e| e.to_string()),
+        Format::Yaml => serde_yaml::from_str(text).map_err(|e| e.to_string()),
+        Format::Toml => toml::from_str(text).map_err(|e| e.to_string()),
+    }
+}
+
 type ParseFailure = (Option<(usize, usize)>, String, String);
 
 fn parse_raw(text: &str, format: Format) -> Result<RawConfig, ParseFailure> {

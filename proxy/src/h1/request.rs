@@ -58,8 +58,13 @@ where
         let (close, kind) = (head.close, head.kind);
         let done = match steal {
             Some(exchange) => {
-                let stolen =
-                    Stolen { from_client: exchange.from_client, kind, http10: head.http10, switched: switched_tx };
+                let stolen = Stolen {
+                    from_client: exchange.from_client,
+                    kind,
+                    http10: head.http10,
+                    switched: switched_tx,
+                    keep_open: exchange.to_client.clone(),
+                };
                 shared.push(Pending::Stolen(stolen));
                 if close {
                     shared.push(Pending::Close);

@@ -17,6 +17,10 @@ pub(super) struct Stolen {
     pub http10: bool,
     /// For an upgrade: whether the session's app switched protocols.
     pub switched: Option<oneshot::Sender<bool>>,
+    /// Keeps the exchange's sidecar-to-client direction open until the
+    /// answer is complete: if it ended first, the call would end with it.
+    #[allow(dead_code)] // never read: dropping it is what ends the call
+    pub keep_open: mpsc::Sender<Frame>,
 }
 
 /// What the connection does after the answer.

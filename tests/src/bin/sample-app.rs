@@ -32,11 +32,15 @@ struct Args {
     tcp_echo: Vec<SocketAddr>,
     #[arg(long)]
     greeting: Vec<SocketAddr>,
+    /// Reported in every HTTP answer as "app", to tell two instances apart.
+    #[arg(long, default_value = "app")]
+    name: String,
 }
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    let name: &'static str = Box::leak(args.name.clone().into_boxed_str());
     let mut tasks = Vec::new();
     let kinds = args.http.iter().map(|a| (a, Kind::Http));
     let kinds = kinds.chain(args.tcp_echo.iter().map(|a| (a, Kind::Echo)));
@@ -44,7 +48,7 @@ async fn main() -> anyhow::Result<()> {
         let listener = TcpListener::bind(addr).await?;
         // Tests bind port 0 and read the real address from here.
         println!("listening {kind:?} {}", listener.local_addr()?);
-        tasks.push(tokio::spawn(serve(listener, kind)));
+        tasks.push(tokio::spawn(serve(listener, kind, name)));
     }
     println!("ready");
     for t in tasks {
@@ -60,13 +64,13 @@ enum Kind {
     Greeting,
 }
 
-async fn serve(listener: TcpListener, kind: Kind) {
+async fn serve(listener: TcpListener, kind: Kind, name: &'static str) {
     loop {
         let Ok((stream, peer)) = listener.accept().await else { continue };
         let _ = stream.set_nodelay(true);
         tokio::spawn(async move {
             match kind {
-                Kind::Http => drop(http(stream, peer).await),
+                Kind::Http => drop(http(stream, peer, name).await),
                 Kind::Echo => drop(echo(stream, None).await),
                 Kind::Greeting => drop(echo(stream, Some(b"220 sample-app ready\r\n")).await),
             }
@@ -88,15 +92,15 @@ async fn echo(mut stream: TcpStream, greeting: Option<&[u8]>) -> std::io::Result
     }
 }
 
-async fn http(stream: TcpStream, peer: SocketAddr) -> anyhow::Result<()> {
-    let svc = hyper::service::service_fn(move |req| respond(req, peer));
+async fn http(stream: TcpStream, peer: SocketAddr, name: &'static str) -> anyhow::Result<()> {
+    let svc = hyper::service::service_fn(move |req| respond(req, peer, name));
     hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
         .serve_connection_with_upgrades(TokioIo::new(stream), svc)
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))
 }
 
-async fn respond(req: Request<Incoming>, peer: SocketAddr) -> Result<Response<Full<Bytes>>, Infallible> {
+async fn respond(req: Request<Incoming>, peer: SocketAddr, name: &str) -> Result<Response<Full<Bytes>>, Infallible> {
     let (parts, body) = req.into_parts();
     let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
     let path = parts.uri.path().to_owned();
@@ -116,6 +120,7 @@ async fn respond(req: Request<Incoming>, peer: SocketAddr) -> Result<Response<Fu
         "headers": headers,
         "body": String::from_utf8_lossy(&body),
         "peer_ip": peer.ip().to_string(),
+        "app": name,
     });
     let mut resp = Response::new(Full::new(Bytes::from(echo.to_string())));
     *resp.status_mut() = http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::OK);

@@ -1,0 +1,219 @@
+//! `mirrord-cli connect`: open a session on a sidecar and deliver its
+//! traffic to the local app until Ctrl-C (or until the tunnel is lost).
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use mirrord_config::Config;
+use mirrord_proxy::proto::tunnel_client::TunnelClient;
+use mirrord_proxy::proto::{self, session_event, session_request, Bye, Hello, SessionRequest};
+use mirrord_proxy::tunnel::PROTOCOL_VERSION;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::deliver::Delivery;
+use crate::local::Clients;
+use crate::status::{LogFormat, Status};
+use crate::ExitCode;
+
+/// Flags of `mirrord-cli connect`.
+#[derive(Debug, clap::Args)]
+pub struct ConnectArgs {
+    /// The sidecar's session tunnel, HOST:PORT (a port-forward of the pod's 18010).
+    #[arg(long, value_name = "HOST:PORT")]
+    pub addr: String,
+    /// Session config (JSON, YAML or TOML).
+    #[arg(short = 'f', long = "config-file", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Token, when the sidecar requires one.
+    #[arg(long, value_name = "TOKEN")]
+    pub token: Option<String>,
+    /// How this session is named to other sessions (default: user@host).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Address of the local app.
+    #[arg(long, value_name = "IP", default_value = "127.0.0.1")]
+    pub local_host: IpAddr,
+    /// `text`: the plan and a live status line; `json`: one event per line on stdout.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+/// Runs a session to its end.
+pub async fn run(args: ConnectArgs, stop: impl std::future::Future<Output = ()>) -> ExitCode {
+    let status = Arc::new(Status::new(args.log_format));
+    let config = match &args.config {
+        Some(path) => match Config::load(path) {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::InvalidConfig;
+            }
+        },
+        None => Config::default(),
+    };
+    let config_json = match &args.config {
+        Some(path) => raw_json(path),
+        None => Ok("{}".to_owned()),
+    };
+    let config_json = match config_json {
+        Ok(j) => j,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::InvalidConfig;
+        }
+    };
+    let channel = match connect(&args.addr).await {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: cannot reach the sidecar at {}: {e}", args.addr);
+            return ExitCode::Failure;
+        }
+    };
+    let mut client = TunnelClient::new(channel);
+    let (requests, rx) = mpsc::channel(4);
+    let hello = Hello {
+        protocol_version: PROTOCOL_VERSION,
+        client_name: args.name.clone().unwrap_or_else(default_name),
+        config_json,
+        token: args.token.clone().unwrap_or_default(),
+        client_version: env!("CARGO_PKG_VERSION").to_owned(),
+    };
+    let _ = requests.send(SessionRequest { kind: Some(session_request::Kind::Hello(hello)) }).await;
+    let mut events = match client.session(ReceiverStream::new(rx)).await {
+        Ok(r) => r.into_inner(),
+        Err(e) => return refused(&e),
+    };
+    let plan = match events.message().await {
+        Ok(Some(proto::SessionEvent { kind: Some(session_event::Kind::Plan(plan)) })) => plan,
+        Ok(_) => {
+            eprintln!("error: the sidecar did not answer with a plan");
+            return ExitCode::Failure;
+        }
+        Err(e) => return refused(&e),
+    };
+    print_plan(&status, &plan, &args.addr);
+    let delivery = Arc::new(Delivery {
+        client,
+        session_id: plan.session_id.clone(),
+        clients: Clients::default(),
+        status: status.clone(),
+        config,
+        local_host: args.local_host,
+    });
+    serve(events, delivery, status, requests, stop).await
+}
+
+async fn serve(
+    mut events: tonic::Streaming<proto::SessionEvent>,
+    delivery: Arc<Delivery>,
+    status: Arc<Status>,
+    requests: mpsc::Sender<SessionRequest>,
+    stop: impl std::future::Future<Output = ()>,
+) -> ExitCode {
+    tokio::pin!(stop);
+    let mut ticker = tokio::time::interval(Duration::from_millis(500));
+    loop {
+        tokio::select! {
+            event = events.message() => match event {
+                Ok(Some(proto::SessionEvent { kind: Some(kind) })) => match kind {
+                    session_event::Kind::Incoming(incoming) => {
+                        tokio::spawn(delivery.clone().handle(incoming));
+                    }
+                    session_event::Kind::Notice(n) => {
+                        status.say(&serde_json::json!({"event": "notice", "message": n.message}), &format!("notice: {}", n.message));
+                    }
+                    session_event::Kind::Closed(_) => return ExitCode::Ok,
+                    session_event::Kind::Plan(_) => {}
+                },
+                Ok(Some(_)) => {}
+                Ok(None) | Err(_) => {
+                    status.say(&serde_json::json!({"event": "lost"}), "error: the tunnel to the sidecar was lost; the session has ended");
+                    return ExitCode::Failure;
+                }
+            },
+            _ = ticker.tick() => status.redraw(),
+            () = &mut stop => break,
+        }
+    }
+    // Ctrl-C: ask the sidecar to drop this session's rules, and wait until it
+    // says the traffic is the app's again.
+    let _ = requests.send(SessionRequest { kind: Some(session_request::Kind::Bye(Bye {})) }).await;
+    let closed = tokio::time::timeout(Duration::from_secs(3), async {
+        while let Ok(Some(event)) = events.message().await {
+            if matches!(event.kind, Some(session_event::Kind::Closed(_))) {
+                return true;
+            }
+        }
+        false
+    })
+    .await
+    .unwrap_or(false);
+    let text = if closed { "session closed: traffic goes to the app again" } else { "session ended" };
+    status.say(&serde_json::json!({"event": "closed", "acknowledged": closed}), text);
+    ExitCode::Ok
+}
+
+async fn connect(addr: &str) -> Result<Channel, String> {
+    let endpoint = Endpoint::from_shared(format!("http://{addr}"))
+        .map_err(|e| format!("invalid address {addr:?}: {e}"))?
+        .connect_timeout(Duration::from_secs(5))
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(1))
+        .keep_alive_timeout(Duration::from_secs(2))
+        .keep_alive_while_idle(true);
+    endpoint.connect().await.map_err(|e| {
+        let mut msg = e.to_string();
+        let mut source = std::error::Error::source(&e);
+        while let Some(s) = source {
+            msg.push_str(&format!(": {s}"));
+            source = s.source();
+        }
+        msg
+    })
+}
+
+fn refused(e: &tonic::Status) -> ExitCode {
+    eprintln!("error: the sidecar refused the session: {}", e.message());
+    match e.code() {
+        tonic::Code::FailedPrecondition | tonic::Code::Unauthenticated | tonic::Code::InvalidArgument => {
+            ExitCode::Refused
+        }
+        _ => ExitCode::Failure,
+    }
+}
+
+fn print_plan(status: &Status, plan: &proto::Plan, addr: &str) {
+    let ports: Vec<_> = plan.ports.iter().map(|p| serde_json::json!({"port": p.port, "action": p.action})).collect();
+    let mut text = format!("session open on {addr} (sidecar {})", plan.sidecar_version);
+    for p in &plan.ports {
+        let port = if p.port == 0 { "other ports".to_owned() } else { format!("port {}", p.port) };
+        text.push_str(&format!("\n  {port}: {}", p.action));
+    }
+    for w in &plan.warnings {
+        text.push_str(&format!("\n  warning: {w}"));
+    }
+    let event = serde_json::json!({"event": "plan", "ports": ports, "warnings": plan.warnings});
+    status.say(&event, &text);
+}
+
+/// The config as the sidecar gets it: JSON, whatever format the file is in.
+fn raw_json(path: &std::path::Path) -> Result<String, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read config {}: {e}", path.display()))?;
+    let format = mirrord_config::Format::from_path(path).map_err(|e| e.to_string())?;
+    let value = mirrord_config::to_json_value(&text, format).map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok(value.to_string())
+}
+
+fn default_name() -> String {
+    let user = std::env::var("USER").unwrap_or_else(|_| "someone".to_owned());
+    let host = std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_owned()).unwrap_or_default();
+    if host.is_empty() {
+        user
+    } else {
+        format!("{user}@{host}")
+    }
+}

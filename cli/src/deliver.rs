@@ -1,0 +1,247 @@
+//! Delivering one intercepted request or connection to the local app, over
+//! its Exchange call: request body in, response (steal) or nothing (mirror)
+//! out.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{HeaderName, HeaderValue, Method, Request, Uri};
+use http_body_util::{BodyExt, StreamBody};
+use hyper::body::Frame;
+use mirrord_proxy::proto::exchange_frame::Kind as Wire;
+use mirrord_proxy::proto::tunnel_client::TunnelClient;
+use mirrord_proxy::proto::{self, incoming, Attach, End, ExchangeFrame, Failure, Header, HttpVersion, ResponseHead};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::StreamExt;
+use tonic::transport::Channel;
+
+use crate::local::Clients;
+use crate::status::Status;
+
+/// Headers that describe one hop, not the message.
+const HOP_BY_HOP: [&str; 8] =
+    ["connection", "keep-alive", "proxy-connection", "transfer-encoding", "te", "trailer", "upgrade", "host"];
+
+/// What delivering needs.
+#[derive(Debug)]
+pub struct Delivery {
+    pub client: TunnelClient<Channel>,
+    pub session_id: String,
+    pub clients: Clients,
+    pub status: Arc<Status>,
+    pub config: mirrord_config::Config,
+    pub local_host: std::net::IpAddr,
+}
+
+impl Delivery {
+    /// Handles one Incoming to the end.
+    pub async fn handle(self: Arc<Self>, incoming: proto::Incoming) {
+        let port = u16::try_from(incoming.port).unwrap_or(0);
+        let steal = incoming.mode == proto::Mode::Steal as i32;
+        let local = SocketAddr::new(self.local_host, self.config.incoming.local_port(port));
+        let (tx, rx) = mpsc::channel::<ExchangeFrame>(16);
+        let attach = Wire::Attach(Attach { session_id: self.session_id.clone(), id: incoming.id });
+        let _ = tx.send(ExchangeFrame { kind: Some(attach) }).await;
+        let mut client = self.client.clone();
+        let inbound = match client.exchange(ReceiverStream::new(rx)).await {
+            Ok(response) => response.into_inner(),
+            Err(e) => {
+                self.status.error(port, &format!("exchange {} could not be opened: {}", incoming.id, e.message()));
+                return;
+            }
+        };
+        let frames = read_frames(inbound);
+        let result = match incoming.kind {
+            Some(incoming::Kind::Http(request)) => self.http(request, local, frames, &tx, steal).await,
+            Some(incoming::Kind::Tcp(tcp)) => tcp_stream(tcp.data, local, frames, &tx).await,
+            None => Err("empty announcement".to_owned()),
+        };
+        match result {
+            Ok(status) => self.status.delivered(port, steal, status),
+            Err(e) => {
+                self.status.error(port, &e);
+                if steal {
+                    let _ = tx.send(frame(Wire::Failure(Failure { message: format!("mirrord-cli: {e}") }))).await;
+                }
+            }
+        }
+    }
+
+    async fn http(
+        &self,
+        request: proto::HttpRequest,
+        local: SocketAddr,
+        inbound: mpsc::Receiver<Wire>,
+        tx: &mpsc::Sender<ExchangeFrame>,
+        steal: bool,
+    ) -> Result<Option<u16>, String> {
+        let http2 = request.version == HttpVersion::Http2 as i32;
+        let req = build_request(&request, local, inbound)?;
+        let client = self.clients.get(local, http2);
+        let response = client
+            .request(req)
+            .await
+            .map_err(|e| format!("cannot reach the local app at {local}: {}", error_chain(&e)))?;
+        let status = response.status().as_u16();
+        if !steal {
+            // A copy: the answer only counts.
+            let _ = response.into_body().collect().await;
+            return Ok(Some(status));
+        }
+        let headers = response
+            .headers()
+            .iter()
+            .filter(|(n, _)| !HOP_BY_HOP.contains(&n.as_str()) || n.as_str() == "host")
+            .map(|(n, v)| Header { name: n.as_str().to_owned(), value: Bytes::copy_from_slice(v.as_bytes()) })
+            .collect();
+        send(tx, Wire::Response(ResponseHead { status: u32::from(status), headers })).await?;
+        let mut body = response.into_body();
+        while let Some(next) = body.frame().await {
+            let next = next.map_err(|e| format!("the local app's response broke off: {e}"))?;
+            match next.into_data() {
+                Ok(data) => send(tx, Wire::Data(data)).await?,
+                Err(other) => {
+                    if let Ok(trailers) = other.into_trailers() {
+                        send(tx, Wire::Trailers(proto::Trailers { headers: to_wire(&trailers) })).await?;
+                    }
+                }
+            }
+        }
+        send(tx, Wire::End(End {})).await?;
+        Ok(Some(status))
+    }
+}
+
+/// Reads the sidecar's side of an exchange into a channel. The call is kept
+/// open until the sidecar ends it: dropping it early would reset the stream
+/// and lose what this side still has to send.
+fn read_frames(mut inbound: tonic::Streaming<ExchangeFrame>) -> mpsc::Receiver<Wire> {
+    let (tx, rx) = mpsc::channel(16);
+    tokio::spawn(async move {
+        let mut forwarding = true;
+        while let Some(Ok(frame)) = inbound.next().await {
+            if let (true, Some(kind)) = (forwarding, frame.kind) {
+                forwarding = tx.send(kind).await.is_ok();
+            }
+        }
+    });
+    rx
+}
+
+fn frame(kind: Wire) -> ExchangeFrame {
+    ExchangeFrame { kind: Some(kind) }
+}
+
+async fn send(tx: &mpsc::Sender<ExchangeFrame>, kind: Wire) -> Result<(), String> {
+    tx.send(frame(kind)).await.map_err(|_| "the tunnel closed".to_owned())
+}
+
+fn to_wire(headers: &http::HeaderMap) -> Vec<Header> {
+    headers
+        .iter()
+        .map(|(n, v)| Header { name: n.as_str().to_owned(), value: Bytes::copy_from_slice(v.as_bytes()) })
+        .collect()
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}
+
+/// The request for the local app, its body streamed from the exchange.
+fn build_request(
+    request: &proto::HttpRequest,
+    local: SocketAddr,
+    inbound: mpsc::Receiver<Wire>,
+) -> Result<Request<crate::local::Body>, String> {
+    let method =
+        Method::from_bytes(request.method.as_bytes()).map_err(|_| format!("invalid method {:?}", request.method))?;
+    let host = request
+        .headers
+        .iter()
+        .find(|h| h.name.eq_ignore_ascii_case("host"))
+        .and_then(|h| std::str::from_utf8(&h.value).ok())
+        .map(str::to_owned);
+    let uri: Uri = if request.uri.starts_with('/') {
+        format!("http://{}{}", host.clone().unwrap_or_else(|| local.to_string()), request.uri)
+    } else {
+        request.uri.clone()
+    }
+    .parse()
+    .map_err(|e| format!("invalid request target {:?}: {e}", request.uri))?;
+    let mut builder = Request::builder().method(method).uri(uri);
+    for h in &request.headers {
+        let name = h.name.to_ascii_lowercase();
+        if HOP_BY_HOP.contains(&name.as_str()) && name != "host" {
+            continue;
+        }
+        if let (Ok(n), Ok(v)) = (HeaderName::from_bytes(name.as_bytes()), HeaderValue::from_bytes(&h.value)) {
+            builder = builder.header(n, v);
+        }
+    }
+    let body = if request.body_complete {
+        http_body_util::Empty::new().map_err(|never| match never {}).boxed_unsync()
+    } else {
+        let frames = ReceiverStream::new(inbound).map_while(|frame| match frame {
+            Wire::Data(data) => Some(Ok(Frame::data(data))),
+            Wire::Trailers(t) => Some(Ok(Frame::trailers(from_wire(&t.headers)))),
+            _ => None,
+        });
+        StreamBody::new(frames).boxed_unsync()
+    };
+    builder.body(body).map_err(|e| format!("cannot build the request: {e}"))
+}
+
+fn from_wire(headers: &[Header]) -> http::HeaderMap {
+    headers
+        .iter()
+        .filter_map(|h| {
+            Some((HeaderName::from_bytes(h.name.as_bytes()).ok()?, HeaderValue::from_bytes(&h.value).ok()?))
+        })
+        .collect()
+}
+
+/// A whole TCP connection: bytes both ways until both sides are done.
+async fn tcp_stream(
+    first: Bytes,
+    local: SocketAddr,
+    mut inbound: mpsc::Receiver<Wire>,
+    tx: &mpsc::Sender<ExchangeFrame>,
+) -> Result<Option<u16>, String> {
+    let stream = TcpStream::connect(local).await.map_err(|e| format!("cannot reach the local app at {local}: {e}"))?;
+    let _ = stream.set_nodelay(true);
+    let (mut rd, mut wr) = stream.into_split();
+    wr.write_all(&first).await.map_err(|e| e.to_string())?;
+    let to_local = async move {
+        while let Some(frame) = inbound.recv().await {
+            match frame {
+                Wire::Data(data) if wr.write_all(&data).await.is_err() => break,
+                Wire::End(_) => break,
+                _ => {}
+            }
+        }
+        let _ = wr.shutdown().await;
+    };
+    let from_local = async {
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            match rd.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => send(tx, Wire::Data(Bytes::copy_from_slice(&buf[..n]))).await?,
+            }
+        }
+        send(tx, Wire::End(End {})).await
+    };
+    let (_, sent) = tokio::join!(to_local, from_local);
+    sent.map(|()| None)
+}
