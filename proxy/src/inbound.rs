@@ -16,10 +16,12 @@ use crate::detect::{self, Detected};
 use crate::h1;
 use crate::http::{self, Proxy};
 use crate::metrics::{ConnLabels, Metrics, Protocol};
+use crate::proto::{self, incoming};
 use crate::rewind::Rewind;
-use crate::session::Sessions;
+use crate::session::{Copies, Sessions};
 use crate::shutdown::Shutdown;
 use crate::socket;
+use crate::tcp;
 use crate::upstream::Upstream;
 
 /// Where proxied connections go.
@@ -132,11 +134,20 @@ async fn handle(mut stream: TcpStream, inbound: Arc<Inbound>, shutdown: Shutdown
             let proxy = Proxy { upstream: Arc::new(Upstream::new(dst)), metrics: inbound.metrics.clone(), shutdown };
             http::serve_h2(Rewind::new(prefix, stream), proxy, &inbound.limits).await;
         }
-        Protocol::Tcp => forward_tcp(stream, prefix, dst, &inbound.metrics).await,
+        Protocol::Tcp => forward_tcp(stream, prefix, dst, &inbound).await,
     }
 }
 
-async fn forward_tcp(mut client: TcpStream, prefix: Bytes, dst: SocketAddr, metrics: &Metrics) {
+async fn forward_tcp(mut client: TcpStream, prefix: Bytes, dst: SocketAddr, inbound: &Inbound) {
+    let (port, metrics) = (dst.port(), &inbound.metrics);
+    let decision = inbound.sessions.decide(port, None);
+    if let Some(session) = &decision.steal {
+        let announce = incoming::Kind::Tcp(proto::TcpConnection { data: prefix.clone() });
+        if let Some(exchange) = session.open(port, proto::Mode::Steal, announce).await {
+            metrics.intercepted(port, "steal");
+            return tcp::to_session(client, exchange).await;
+        }
+    }
     let mut app = match socket::connect(dst).await {
         Ok(s) => s,
         Err(e) => {
@@ -152,7 +163,25 @@ async fn forward_tcp(mut client: TcpStream, prefix: Bytes, dst: SocketAddr, metr
         debug!("write to the app failed: {e}");
         return;
     }
-    if let Err(e) = crate::tcp::splice(&mut client, &mut app).await {
+    let mut copies = Copies::default();
+    for session in &decision.mirrors {
+        let announce = incoming::Kind::Tcp(proto::TcpConnection { data: prefix.clone() });
+        match session.open(port, proto::Mode::Mirror, announce).await {
+            Some(exchange) => {
+                metrics.intercepted(port, "mirror");
+                copies.add(exchange.to_client);
+            }
+            None => {
+                metrics.mirror_dropped.inc();
+            }
+        }
+    }
+    let result = if copies.is_empty() {
+        tcp::splice(&mut client, &mut app).await.map(drop)
+    } else {
+        tcp::copy_mirrored(&mut client, &mut app, copies, metrics).await
+    };
+    if let Err(e) = result {
         debug!("TCP connection ended: {e}");
     }
 }

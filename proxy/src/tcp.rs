@@ -7,9 +7,15 @@
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
+use bytes::Bytes;
 use socket2::SockRef;
-use tokio::io::{AsyncRead, AsyncWrite, Interest};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, Interest};
 use tokio::net::TcpStream;
+
+use crate::metrics::Metrics;
+use crate::proto::exchange_frame::Kind as Frame;
+use crate::proto::End;
+use crate::session::{Copies, Exchange};
 
 /// Per-direction copy buffer for the fallback and for upgraded HTTP
 /// connections. tokio's default of 8 KiB halves loopback throughput.
@@ -98,5 +104,75 @@ async fn one_way(src: &TcpStream, dst: &TcpStream, pipe: Pipe) -> io::Result<u64
             }
         }
         total += queued as u64;
+    }
+}
+
+/// Like [`copy`], with the client's bytes also copied to mirroring sessions.
+pub async fn copy_mirrored(
+    client: &mut TcpStream,
+    app: &mut TcpStream,
+    mut copies: Copies,
+    metrics: &Metrics,
+) -> io::Result<()> {
+    let (mut client_rd, mut client_wr) = client.split();
+    let (mut app_rd, mut app_wr) = app.split();
+    let upstream = async {
+        let mut buf = vec![0u8; COPY_BUFFER];
+        loop {
+            let n = client_rd.read(&mut buf).await?;
+            if n == 0 {
+                copies.send(&Frame::End(End {}), metrics);
+                return app_wr.shutdown().await;
+            }
+            app_wr.write_all(&buf[..n]).await?;
+            copies.send(&Frame::Data(Bytes::copy_from_slice(&buf[..n])), metrics);
+        }
+    };
+    let downstream = async {
+        tokio::io::copy(&mut app_rd, &mut client_wr).await?;
+        client_wr.shutdown().await
+    };
+    tokio::try_join!(upstream, downstream).map(drop)
+}
+
+/// A whole connection stolen by a session: the client's bytes go to the
+/// session, the session's to the client. If the session goes away, the
+/// client gets a reset, as it would from a crashed server.
+pub async fn to_session(mut client: TcpStream, exchange: Exchange) {
+    let Exchange { to_client, mut from_client } = exchange;
+    let (mut rd, mut wr) = client.split();
+    let upstream = async {
+        let mut buf = vec![0u8; COPY_BUFFER];
+        loop {
+            match rd.read(&mut buf).await {
+                Ok(0) | Err(_) => {
+                    let _ = to_client.send(Frame::End(End {})).await;
+                    return;
+                }
+                Ok(n) => {
+                    if to_client.send(Frame::Data(Bytes::copy_from_slice(&buf[..n]))).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    };
+    let downstream = async {
+        loop {
+            match from_client.recv().await {
+                Some(Frame::Data(data)) => {
+                    if wr.write_all(&data).await.is_err() {
+                        return false;
+                    }
+                }
+                Some(Frame::End(_)) => return wr.shutdown().await.is_ok(),
+                Some(_) => {}
+                None => return false,
+            }
+        }
+    };
+    let ((), clean) = tokio::join!(upstream, downstream);
+    if !clean {
+        let _ = SockRef::from(&client).set_linger(Some(std::time::Duration::ZERO));
     }
 }

@@ -15,6 +15,8 @@
 pub mod loopback;
 pub mod netns;
 pub mod pod;
+pub mod relay;
+pub mod session;
 
 use std::io::Write;
 use std::path::PathBuf;

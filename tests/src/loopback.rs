@@ -70,29 +70,33 @@ impl Drop for Sidecar {
 /// The sample app on a loopback port chosen by the kernel, killed on drop.
 #[derive(Debug)]
 pub struct App {
+    /// The first listener's address.
     pub addr: SocketAddr,
+    /// Every listener's address, in the order of the flags.
+    pub addrs: Vec<SocketAddr>,
     child: Child,
 }
 
 impl App {
     /// Starts the sample app's HTTP server on 127.0.0.1:0.
     pub fn start(bin: &str) -> App {
-        let mut child = Command::new(bin)
-            .args(["--http", "127.0.0.1:0"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("sample-app");
+        Self::start_with(bin, &["--http", "127.0.0.1:0"])
+    }
+
+    /// Starts the sample app with these flags (use port 0 in addresses).
+    pub fn start_with(bin: &str, args: &[&str]) -> App {
+        let mut child =
+            Command::new(bin).args(args).stdout(Stdio::piped()).stderr(Stdio::null()).spawn().expect("sample-app");
         let stdout = child.stdout.take().expect("piped stdout");
-        let mut addr = None;
+        let mut addrs = Vec::new();
         for line in BufReader::new(stdout).lines() {
             let line = line.expect("sample-app output");
             if line == "ready" {
                 break;
             }
-            addr = line.rsplit(' ').next().and_then(|a| a.parse().ok());
+            addrs.extend(line.rsplit(' ').next().and_then(|a| a.parse::<SocketAddr>().ok()));
         }
-        App { addr: addr.expect("sample-app printed its address"), child }
+        App { addr: *addrs.first().expect("sample-app printed its address"), addrs, child }
     }
 }
 

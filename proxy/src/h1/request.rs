@@ -9,11 +9,12 @@ use tracing::debug;
 
 use super::body::Body;
 use super::head::{parse_request, Kind, Reject, RequestHead};
-use super::route::{route, Copies, Routed};
+use super::route::{route, Routed};
 use super::stolen::Stolen;
 use super::{fill, forward, tunnel, Conn, Done, Pending, Shared, INITIAL_BUFFER};
 use crate::proto::exchange_frame::Kind as Frame;
 use crate::proto::End;
+use crate::session::Copies;
 
 enum Next {
     Head(RequestHead),
@@ -198,7 +199,7 @@ where
         ready = 0;
         for chunk in content {
             let frame = Frame::Data(chunk);
-            copies.send(&frame, conn);
+            copies.send(&frame, &conn.metrics);
             if let Sink::Session(Some(tx)) = &sink {
                 if tx.send(frame).await.is_err() {
                     sink = Sink::Session(None);
@@ -206,7 +207,7 @@ where
             }
         }
         if done {
-            copies.send(&Frame::End(End {}), conn);
+            copies.send(&Frame::End(End {}), &conn.metrics);
             return Passed::Complete(match sink {
                 Sink::Session(Some(tx)) => tx.send(Frame::End(End {})).await.ok().map(|()| tx),
                 _ => None,

@@ -2,12 +2,11 @@
 //! the request, and which get a copy.
 
 use bytes::Bytes;
-use tokio::sync::mpsc;
 
 use super::head::RequestHead;
 use super::Conn;
-use crate::proto::{self, exchange_frame::Kind as Frame, incoming};
-use crate::session::{Exchange, RequestView};
+use crate::proto::{self, incoming};
+use crate::session::{Copies, Exchange, RequestView};
 
 const MAX_HEADERS: usize = 128;
 
@@ -17,29 +16,6 @@ pub(super) struct Routed {
     /// The session that answers instead of the app.
     pub steal: Option<Exchange>,
     pub copies: Copies,
-}
-
-/// Lossy copies to mirroring sessions: a session that cannot keep up loses
-/// its copy (counted), and never slows the request down.
-#[derive(Debug, Default)]
-pub(super) struct Copies {
-    targets: Vec<mpsc::Sender<Frame>>,
-}
-
-impl Copies {
-    pub fn is_empty(&self) -> bool {
-        self.targets.is_empty()
-    }
-
-    pub fn send(&mut self, frame: &Frame, conn: &Conn) {
-        self.targets.retain(|target| match target.try_send(frame.clone()) {
-            Ok(()) => true,
-            Err(_) => {
-                conn.metrics.mirror_dropped.inc();
-                false
-            }
-        });
-    }
 }
 
 /// Decides and opens the exchanges for the request whose head is `head_bytes`.
@@ -72,7 +48,7 @@ pub(super) async fn route(conn: &Conn, head_bytes: &[u8], head: &RequestHead) ->
         match session.open(port, proto::Mode::Mirror, incoming::Kind::Http(request.clone())).await {
             Some(exchange) => {
                 conn.metrics.intercepted(port, "mirror");
-                routed.copies.targets.push(exchange.to_client);
+                routed.copies.add(exchange.to_client);
             }
             None => {
                 conn.metrics.mirror_dropped.inc();

@@ -28,3 +28,30 @@ pub fn pair() -> (Exchange, Slot) {
     let (from_tx, from_rx) = mpsc::channel(FRAMES);
     (Exchange { to_client: to_tx, from_client: from_rx }, Slot { to_client: to_rx, from_client: from_tx })
 }
+
+/// Lossy copies to mirroring sessions: a session that cannot keep up loses
+/// its copy (counted), and never slows the original down.
+#[derive(Debug, Default)]
+pub struct Copies {
+    targets: Vec<mpsc::Sender<Frame>>,
+}
+
+impl Copies {
+    pub fn add(&mut self, target: mpsc::Sender<Frame>) {
+        self.targets.push(target);
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.targets.is_empty()
+    }
+
+    pub fn send(&mut self, frame: &Frame, metrics: &crate::metrics::Metrics) {
+        self.targets.retain(|target| match target.try_send(frame.clone()) {
+            Ok(()) => true,
+            Err(_) => {
+                metrics.mirror_dropped.inc();
+                false
+            }
+        });
+    }
+}

@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use mirrord_config::{Config, Mode};
 use tokio::sync::mpsc;
 
-pub use exchange::{Exchange, Slot};
+pub use exchange::{Copies, Exchange, Slot};
 pub use plan::{conflict, describe, plan};
 
 use crate::ports::PortList;

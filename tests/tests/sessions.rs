@@ -1,0 +1,268 @@
+//! Sessions end to end in the pod simulation: the sidecar in a pod, the CLI
+//! on the "laptop" (this namespace) reaching the tunnel through a relay that
+//! enters the pod's network namespace, as kubelet's port-forward does; a
+//! "remote" app in the pod and a "local" app on the laptop; curl and raw
+//! sockets as clients. Needs root; skips outside CI otherwise.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{Read, Write};
+use std::time::{Duration, Instant};
+
+use mirrord_tests::loopback::App;
+use mirrord_tests::pod::{Pod, Side};
+use mirrord_tests::relay::Relay;
+use mirrord_tests::session::Cli;
+use mirrord_tests::{root_or_skip, workspace_bin};
+
+struct World {
+    pod: Pod,
+    local: App,
+    relay: Relay,
+}
+
+/// A pod with the remote app on :80 and the sidecar; a local app; a relay.
+fn world(test: &str, local_args: &[&str]) -> Option<World> {
+    if !root_or_skip(test) {
+        return None;
+    }
+    let mut pod = Pod::new();
+    pod.start_app(&["--http", "0.0.0.0:80", "--tcp-echo", "0.0.0.0:9000", "--name", "remote"], pod.addr(80));
+    pod.init(&["--ports", "80,9000"]);
+    pod.start_sidecar(&["--ports", "80,9000"]);
+    let local = App::start_with(workspace_bin("sample-app").to_str().unwrap(), local_args);
+    let relay = Relay::start(&pod.pod_ns, mirrord_config::names::TUNNEL_PORT).unwrap();
+    Some(World { pod, local, relay })
+}
+
+fn steal_config(filter: &str, local_port: u16) -> String {
+    format!(
+        r#"{{"feature":{{"network":{{"incoming":{{"mode":"steal","ports":[80],"http_filter":{{"header_filter":"{filter}"}},"port_mapping":[[{local_port},80]]}}}}}}}}"#
+    )
+}
+
+/// Which app answered: "remote", "local", …
+fn answered_by(pod: &Pod, headers: &[&str]) -> String {
+    let mut args = vec!["-sS", "--max-time", "10", "--noproxy", "*"];
+    for h in headers {
+        args.extend(["-H", h]);
+    }
+    let url = format!("http://{}/who", pod.pod_ip);
+    args.push(&url);
+    let out = pod.exec(Side::Node, "curl", &args);
+    let body = String::from_utf8_lossy(&out.stdout).into_owned();
+    serde_json::from_str::<serde_json::Value>(&body)
+        .map(|v| v["app"].as_str().unwrap_or_default().to_owned())
+        .unwrap_or(body)
+}
+
+/// Reads one response with a Content-Length body from a keep-alive connection.
+fn read_response_body(s: &mut std::net::TcpStream) -> String {
+    let mut data = Vec::new();
+    let mut byte = [0u8; 1];
+    while !data.ends_with(b"\r\n\r\n") {
+        assert_eq!(s.read(&mut byte).unwrap(), 1, "connection closed mid-head");
+        data.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&data).to_ascii_lowercase();
+    let len: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .map(|v| v.trim().parse().unwrap())
+        .expect("content-length");
+    let mut body = vec![0u8; len];
+    s.read_exact(&mut body).unwrap();
+    String::from_utf8_lossy(&body).into_owned()
+}
+
+fn metric(pod: &Pod, line: &str) -> bool {
+    pod.metrics().lines().any(|l| l == line)
+}
+
+#[test]
+fn header_filter_steals_matching_requests_also_on_an_open_keepalive_connection() {
+    let Some(w) = world(
+        "header_filter_steals_matching_requests_also_on_an_open_keepalive_connection",
+        &["--http", "127.0.0.1:0", "--name", "local"],
+    ) else {
+        return;
+    };
+    let mut keepalive = w.pod.connect_from_node(w.pod.addr(80));
+    keepalive.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut ask = |user: &str| -> String {
+        write!(keepalive, "GET /k HTTP/1.1\r\nHost: pod\r\nX-User: {user}\r\n\r\n").unwrap();
+        let body = read_response_body(&mut keepalive);
+        serde_json::from_str::<serde_json::Value>(&body)
+            .map(|v| v["app"].as_str().unwrap_or_default().to_owned())
+            .unwrap_or(body)
+    };
+    assert_eq!(ask("alice"), "remote", "before the session");
+
+    let mut cli = Cli::connect(w.relay.addr, "alice", &steal_config("x-user: alice", w.local.addr.port()));
+    let plan = cli.wait_plan();
+    assert_eq!(
+        plan["ports"][0]["action"],
+        format!("steal requests matching header \"x-user: alice\" (to local port {})", w.local.addr.port())
+    );
+    assert_eq!(ask("alice"), "local", "the open keep-alive connection's next matching request must be stolen");
+    assert_eq!(ask("bob"), "remote");
+    assert_eq!(answered_by(&w.pod, &["X-User: alice"]), "local");
+    assert_eq!(answered_by(&w.pod, &[]), "remote");
+    assert!(metric(&w.pod, "mirrord_proxy_intercepted_total{port=\"80\",mode=\"steal\"} 2"), "{}", w.pod.metrics());
+
+    // Ctrl-C: the traffic is the app's again before the CLI exits.
+    cli.signal(libc::SIGINT);
+    assert!(cli.wait_for(Duration::from_secs(5), |e| e["event"] == "closed" && e["acknowledged"] == true).is_some());
+    assert_eq!(cli.child.wait().unwrap().code(), Some(0));
+    assert_eq!(answered_by(&w.pod, &["X-User: alice"]), "remote");
+}
+
+#[test]
+fn two_sessions_with_different_filters_each_get_only_their_own() {
+    let Some(w) = world(
+        "two_sessions_with_different_filters_each_get_only_their_own",
+        &["--http", "127.0.0.1:0", "--name", "alice-laptop", "--http", "127.0.0.1:0"],
+    ) else {
+        return;
+    };
+    let bob_app = App::start_with(
+        workspace_bin("sample-app").to_str().unwrap(),
+        &["--http", "127.0.0.1:0", "--name", "bob-laptop"],
+    );
+    let mut alice =
+        Cli::connect(w.relay.addr, "alice", &steal_config("baggage: .*mirrord-session=alice", w.local.addr.port()));
+    alice.wait_plan();
+    let mut bob =
+        Cli::connect(w.relay.addr, "bob", &steal_config("baggage: .*mirrord-session=bob", bob_app.addr.port()));
+    bob.wait_plan();
+    for _ in 0..3 {
+        assert_eq!(answered_by(&w.pod, &["baggage: k=v,mirrord-session=alice"]), "alice-laptop");
+        assert_eq!(answered_by(&w.pod, &["baggage: mirrord-session=bob"]), "bob-laptop");
+        assert_eq!(answered_by(&w.pod, &[]), "remote");
+    }
+}
+
+#[test]
+fn second_unfiltered_steal_of_a_port_is_refused() {
+    let Some(w) = world("second_unfiltered_steal_of_a_port_is_refused", &["--http", "127.0.0.1:0"]) else { return };
+    let config = format!(
+        r#"{{"feature":{{"network":{{"incoming":{{"mode":"steal","port_mapping":[[{},80]]}}}}}}}}"#,
+        w.local.addr.port()
+    );
+    let mut first = Cli::connect(w.relay.addr, "first", &config);
+    first.wait_plan();
+    let mut second = Cli::connect(w.relay.addr, "second", &config);
+    let (code, err) = second.finish();
+    assert_eq!(code, Some(3), "{err}");
+    assert!(err.contains("port 80 is already stolen whole by session \"first\""), "{err}");
+}
+
+#[test]
+fn mirror_copies_reach_the_local_app_while_the_remote_answers() {
+    let Some(w) = world(
+        "mirror_copies_reach_the_local_app_while_the_remote_answers",
+        &["--http", "127.0.0.1:0", "--name", "local"],
+    ) else {
+        return;
+    };
+    let config = format!(
+        r#"{{"feature":{{"network":{{"incoming":{{"mode":"mirror","port_mapping":[[{},80]]}}}}}}}}"#,
+        w.local.addr.port()
+    );
+    let mut cli = Cli::connect(w.relay.addr, "mirror", &config);
+    cli.wait_plan();
+    assert_eq!(answered_by(&w.pod, &["X-Copy: 1"]), "remote");
+    let copy = cli.wait_for(Duration::from_secs(5), |e| e["event"] == "delivered" && e["mode"] == "mirror");
+    assert_eq!(copy.expect("the local app got the copy")["status"], 200);
+    assert!(metric(&w.pod, "mirrord_proxy_intercepted_total{port=\"80\",mode=\"mirror\"} 1"));
+}
+
+#[test]
+fn unfiltered_steal_takes_whole_tcp_connections() {
+    let Some(w) = world("unfiltered_steal_takes_whole_tcp_connections", &["--greeting", "127.0.0.1:0"]) else { return };
+    let config = format!(
+        r#"{{"feature":{{"network":{{"incoming":{{"mode":"steal","ports":[9000],"port_mapping":[[{},9000]]}}}}}}}}"#,
+        w.local.addr.port()
+    );
+    let mut cli = Cli::connect(w.relay.addr, "tcp", &config);
+    cli.wait_plan();
+    let mut s = w.pod.connect_from_node(w.pod.addr(9000));
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(b"hello\r\n").unwrap();
+    let mut got = [0u8; 29];
+    s.read_exact(&mut got).unwrap();
+    // The local app greets first, then echoes: the remote one only echoes.
+    assert_eq!(&got, b"220 sample-app ready\r\nhello\r\n");
+}
+
+#[test]
+fn killed_cli_gives_the_traffic_back_at_once() {
+    let Some(w) = world("killed_cli_gives_the_traffic_back_at_once", &["--http", "127.0.0.1:0", "--name", "local"])
+    else {
+        return;
+    };
+    let mut cli = Cli::connect(w.relay.addr, "doomed", &steal_config("x-user: alice", w.local.addr.port()));
+    cli.wait_plan();
+    assert_eq!(answered_by(&w.pod, &["X-User: alice"]), "local");
+    // A request in flight at the local app when the CLI dies.
+    let pod_ip = w.pod.pod_ip;
+    let node = w.pod.node_ns.clone();
+    let in_flight = std::thread::spawn(move || {
+        let url = format!("http://{pod_ip}/slow/3000");
+        std::process::Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &node,
+                "curl",
+                "-sS",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "-H",
+                "X-User: alice",
+                &url,
+            ])
+            .output()
+            .unwrap()
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let killed = Instant::now();
+    cli.signal(libc::SIGKILL);
+    let mut answered = None;
+    while killed.elapsed() < Duration::from_secs(5) {
+        if answered_by(&w.pod, &["X-User: alice"]) == "remote" {
+            answered = Some(killed.elapsed());
+            break;
+        }
+    }
+    let took = answered.expect("the app never got its traffic back");
+    eprintln!("traffic back to the app {took:?} after SIGKILL of the CLI");
+    assert!(took < Duration::from_millis(250), "took {took:?}");
+    let status = String::from_utf8_lossy(&in_flight.join().unwrap().stdout).into_owned();
+    assert_eq!(status, "502", "the in-flight stolen request must fail fast with 502");
+}
+
+#[test]
+fn stopped_cli_ends_its_session_within_the_keepalive_bound() {
+    let Some(w) =
+        world("stopped_cli_ends_its_session_within_the_keepalive_bound", &["--http", "127.0.0.1:0", "--name", "local"])
+    else {
+        return;
+    };
+    let mut cli = Cli::connect(w.relay.addr, "sleepy", &steal_config("x-user: alice", w.local.addr.port()));
+    cli.wait_plan();
+    assert!(metric(&w.pod, "mirrord_proxy_sessions 1"));
+    let stopped = Instant::now();
+    cli.signal(libc::SIGSTOP);
+    while !metric(&w.pod, "mirrord_proxy_sessions 0") {
+        assert!(stopped.elapsed() < Duration::from_secs(10), "session still open after 10 s");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let took = stopped.elapsed();
+    eprintln!("silent CLI detected after {took:?}");
+    cli.signal(libc::SIGCONT);
+    assert!(took < Duration::from_millis(3500), "took {took:?}");
+    assert_eq!(answered_by(&w.pod, &["X-User: alice"]), "remote");
+}
