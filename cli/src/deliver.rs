@@ -98,7 +98,8 @@ impl Delivery {
             .filter(|(n, _)| !HOP_BY_HOP.contains(&n.as_str()) || n.as_str() == "host")
             .map(|(n, v)| Header { name: n.as_str().to_owned(), value: Bytes::copy_from_slice(v.as_bytes()) })
             .collect();
-        send(tx, Wire::Response(ResponseHead { status: u32::from(status), headers })).await?;
+        let end_of_stream = hyper::body::Body::is_end_stream(response.body());
+        send(tx, Wire::Response(ResponseHead { status: u32::from(status), headers, end_of_stream })).await?;
         let mut body = response.into_body();
         while let Some(next) = body.frame().await {
             let next = next.map_err(|e| format!("the local app's response broke off: {e}"))?;
@@ -182,7 +183,9 @@ fn build_request(
     let mut builder = Request::builder().method(method).uri(uri);
     for h in &request.headers {
         let name = h.name.to_ascii_lowercase();
-        if HOP_BY_HOP.contains(&name.as_str()) && name != "host" {
+        // `te: trailers` is end to end (gRPC needs it); every other hop-by-hop header is not.
+        let trailers_te = name == "te" && h.value.eq_ignore_ascii_case(b"trailers");
+        if HOP_BY_HOP.contains(&name.as_str()) && name != "host" && !trailers_te {
             continue;
         }
         if let (Ok(n), Ok(v)) = (HeaderName::from_bytes(name.as_bytes()), HeaderValue::from_bytes(&h.value)) {

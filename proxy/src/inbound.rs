@@ -14,7 +14,7 @@ use tracing::{debug, warn, Instrument};
 
 use crate::detect::{self, Detected};
 use crate::h1;
-use crate::http::{self, Proxy};
+use crate::h2::{self, Proxy};
 use crate::metrics::{ConnLabels, Metrics, Protocol};
 use crate::proto::{self, incoming};
 use crate::rewind::Rewind;
@@ -22,7 +22,6 @@ use crate::session::{Copies, Sessions};
 use crate::shutdown::Shutdown;
 use crate::socket;
 use crate::tcp;
-use crate::upstream::Upstream;
 
 /// Where proxied connections go.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -131,8 +130,8 @@ async fn handle(mut stream: TcpStream, inbound: Arc<Inbound>, shutdown: Shutdown
             h1::serve(stream, prefix, conn).await;
         }
         Protocol::Http2 => {
-            let proxy = Proxy { upstream: Arc::new(Upstream::new(dst)), metrics: inbound.metrics.clone(), shutdown };
-            http::serve_h2(Rewind::new(prefix, stream), proxy, &inbound.limits).await;
+            let proxy = Proxy::new(dst, inbound.metrics.clone(), inbound.sessions.clone(), shutdown);
+            h2::serve_h2(Rewind::new(prefix, stream), proxy, &inbound.limits).await;
         }
         Protocol::Tcp => forward_tcp(stream, prefix, dst, &inbound).await,
     }

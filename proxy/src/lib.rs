@@ -7,9 +7,10 @@
 //!   raw TCP as bytes, HTTP per request.
 
 pub mod admin;
+pub mod app;
 pub mod detect;
 pub mod h1;
-pub mod http;
+pub mod h2;
 pub mod inbound;
 pub mod iptables;
 pub mod metrics;
@@ -21,7 +22,6 @@ pub mod shutdown;
 pub mod socket;
 pub mod tcp;
 pub mod tunnel;
-pub mod upstream;
 
 /// The tunnel's gRPC API, generated from `proto/mirrord/tunnel/v1/tunnel.proto`.
 #[allow(clippy::all, missing_debug_implementations)]

@@ -6,18 +6,21 @@ from concurrent import futures
 
 import grpc
 
+# An optional name prefixes every answer, to tell two instances apart.
+PREFIX = (sys.argv[2] + "|").encode() if len(sys.argv) > 2 else b""
+
 
 def unary(request, context):
     context.set_trailing_metadata((("x-trailer", "unary-" + request.decode()),))
     if request == b"fail":
         context.abort(grpc.StatusCode.FAILED_PRECONDITION, "asked to fail")
-    return b"echo:" + request
+    return PREFIX + b"echo:" + request
 
 
 def server_stream(request, context):
     n = int(request)
     for i in range(n):
-        yield f"item-{i}".encode()
+        yield PREFIX + f"item-{i}".encode()
     context.set_trailing_metadata((("x-count", str(n)),))
 
 
@@ -25,7 +28,7 @@ def bidi(requests, context):
     count = 0
     for message in requests:
         count += 1
-        yield b"bidi:" + message
+        yield PREFIX + b"bidi:" + message
     context.set_trailing_metadata((("x-received", str(count)),))
 
 
@@ -40,9 +43,10 @@ def main():
     )
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
     server.add_generic_rpc_handlers((handler,))
-    server.add_insecure_port(sys.argv[1])
+    port = server.add_insecure_port(sys.argv[1])
     server.start()
-    print("grpc app ready", flush=True)
+    # Tests bind port 0 and read the real port from here.
+    print(f"listening {port}", flush=True)
     server.wait_for_termination()
 
 

@@ -266,3 +266,71 @@ fn stopped_cli_ends_its_session_within_the_keepalive_bound() {
     assert!(took < Duration::from_millis(3500), "took {took:?}");
     assert_eq!(answered_by(&w.pod, &["X-User: alice"]), "remote");
 }
+
+/// Starts a Python app in this namespace (the laptop); returns it and the
+/// port it printed.
+fn local_python(script: &str, args: &[&str]) -> (std::process::Child, u16) {
+    use std::io::BufRead;
+    let mut child = std::process::Command::new("python3")
+        .arg(mirrord_tests::apps_dir().join(script))
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let port =
+        line.trim().rsplit(' ').next().and_then(|p| p.parse().ok()).unwrap_or_else(|| panic!("{script}: {line}"));
+    (child, port)
+}
+
+struct Kill(std::process::Child);
+
+impl Drop for Kill {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn grpc_unary_streaming_and_bidi_are_stolen_by_metadata() {
+    if !root_or_skip("grpc_unary_streaming_and_bidi_are_stolen_by_metadata") {
+        return;
+    }
+    let mut pod = Pod::new();
+    let app = mirrord_tests::apps_dir().join("grpc_app.py");
+    pod.spawn(Side::Pod, "grpc-app", "python3", &[app.to_str().unwrap(), "0.0.0.0:50051", "remote"]);
+    mirrord_tests::netns::wait_listening(&pod.pod_ns, pod.addr(50051), Duration::from_secs(20)).unwrap();
+    pod.init(&["--ports", "50051"]);
+    pod.start_sidecar(&["--ports", "50051"]);
+    let (local, local_port) = local_python("grpc_app.py", &["127.0.0.1:0", "local"]);
+    let _local = Kill(local);
+    let relay = Relay::start(&pod.pod_ns, mirrord_config::names::TUNNEL_PORT).unwrap();
+    let config = format!(
+        r#"{{"feature":{{"network":{{"incoming":{{"mode":"steal","http_filter":{{"header_filter":"x-user: alice","ports":[50051]}},"port_mapping":[[{local_port},50051]]}}}}}}}}"#
+    );
+    let mut cli = Cli::connect(relay.addr, "alice", &config);
+    cli.wait_plan();
+    let client = mirrord_tests::apps_dir().join("grpc_client.py");
+    let run = |meta: &[&str]| -> serde_json::Value {
+        let target = pod.addr(50051).to_string();
+        let mut args = vec![client.to_str().unwrap(), &target];
+        args.extend_from_slice(meta);
+        let out = pod.exec(Side::Node, "python3", &args);
+        assert!(out.status.success(), "grpc client: {}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let stolen = run(&["x-user=alice"]);
+    assert_eq!(stolen["unary"]["response"], "local|echo:hello");
+    assert_eq!(stolen["unary"]["trailers"][0][1], "unary-hello");
+    assert_eq!(stolen["unary_fail"]["code"], "FAILED_PRECONDITION");
+    assert_eq!(stolen["unary_fail"]["details"], "asked to fail");
+    assert_eq!(stolen["server_stream"]["items"][4], "local|item-4");
+    assert_eq!(stolen["server_stream"]["trailers"][0][1], "5");
+    assert_eq!(stolen["bidi"]["items"][1], "local|bidi...(70011)");
+    assert_eq!(stolen["bidi"]["trailers"][0][1], "3");
+    let untouched = run(&[]);
+    assert_eq!(untouched["unary"]["response"], "remote|echo:hello");
+}

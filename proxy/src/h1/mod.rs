@@ -34,7 +34,7 @@ use crate::inbound::Limits;
 use crate::metrics::Metrics;
 use crate::session::Sessions;
 use crate::shutdown::Shutdown;
-use crate::{socket, upstream};
+use crate::{app, socket};
 use head::{Kind, Reject};
 
 /// Read buffers start small (idle keep-alive connections are common) and
@@ -105,7 +105,7 @@ pub async fn serve(mut client: TcpStream, prefix: Bytes, conn: Conn) {
     let mut app = match socket::connect(conn.dst).await {
         Ok(app) => app,
         Err(source) => {
-            let e = upstream::Error::Connect { dst: conn.dst, source };
+            let e = app::Error::Connect { dst: conn.dst, source };
             debug!("{e}");
             conn.metrics.error(e.reason());
             let _ = client.write_all(&bad_gateway(&e)).await;
@@ -126,7 +126,7 @@ pub async fn serve(mut client: TcpStream, prefix: Bytes, conn: Conn) {
 }
 
 /// A complete 502 response naming the proxy, for when the app cannot be reached.
-pub fn bad_gateway(e: &upstream::Error) -> Vec<u8> {
+pub fn bad_gateway(e: &app::Error) -> Vec<u8> {
     let body = format!("mirrord-proxy: {e}\n");
     format!(
         "HTTP/1.1 502 Bad Gateway\r\ncontent-type: text/plain; charset=utf-8\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",

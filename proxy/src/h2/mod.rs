@@ -1,6 +1,11 @@
 //! HTTP/2 connections from clients, served by hyper and proxied per stream,
 //! so that each request can be routed on its own (also on an already-open
-//! multiplexed connection). HTTP/1 has its own byte-preserving path, [`crate::h1`].
+//! multiplexed connection): to the app, to a stealing session, with copies
+//! to mirroring sessions. HTTP/1 has its own byte-preserving path, [`crate::h1`].
+
+pub mod body;
+mod intercept;
+pub mod upstream;
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -18,30 +23,34 @@ use tracing::debug;
 
 use crate::inbound::Limits;
 use crate::metrics::{status_class, Metrics, Protocol, RequestLabels};
+use crate::session::Sessions;
 use crate::shutdown::Shutdown;
-use crate::upstream::{self, Upstream};
+use body::FromSession;
+use upstream::Upstream;
 
-/// Response bodies: the app's, streamed through, or one the proxy made.
-pub type Body = Either<Incoming, Full<Bytes>>;
+/// Response bodies: the app's, streamed through; one the proxy made; or one
+/// from a stealing session.
+pub type Body = Either<Incoming, Either<Full<Bytes>, FromSession>>;
 
 /// Everything a request needs to be proxied.
 #[derive(Debug, Clone)]
 pub struct Proxy {
     pub upstream: Arc<Upstream>,
     pub metrics: Arc<Metrics>,
+    pub sessions: Arc<Sessions>,
     pub shutdown: Shutdown,
 }
 
 impl Proxy {
+    pub fn new(dst: std::net::SocketAddr, metrics: Arc<Metrics>, sessions: Arc<Sessions>, shutdown: Shutdown) -> Self {
+        Proxy { upstream: Arc::new(Upstream::new(dst)), metrics, sessions, shutdown }
+    }
+
     async fn handle(self, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
-        let result = self.upstream.send_h2(req).await;
-        let resp = match result {
-            Ok(resp) => resp.map(Either::Left),
-            Err(e) => {
-                debug!("{e}");
-                self.metrics.error(e.reason());
-                bad_gateway(&e)
-            }
+        let resp = if self.sessions.is_empty() {
+            self.to_app(req.map(Either::Left)).await
+        } else {
+            intercept::route(&self, req).await
         };
         let labels = RequestLabels {
             port: self.upstream.dst().port(),
@@ -51,12 +60,24 @@ impl Proxy {
         self.metrics.requests.get_or_create(&labels).inc();
         Ok(resp)
     }
+
+    async fn to_app(&self, req: Request<body::UpBody>) -> Response<Body> {
+        match self.upstream.send_h2(req).await {
+            Ok(resp) => resp.map(Either::Left),
+            Err(e) => {
+                debug!("{e}");
+                self.metrics.error(e.reason());
+                bad_gateway(&e.to_string())
+            }
+        }
+    }
 }
 
 /// The response when the app cannot be reached: it names the proxy, so
 /// nobody mistakes it for the app's own 502.
-pub fn bad_gateway(e: &upstream::Error) -> Response<Body> {
-    let mut resp = Response::new(Either::Right(Full::new(Bytes::from(format!("mirrord-proxy: {e}\n")))));
+pub fn bad_gateway(why: &str) -> Response<Body> {
+    let mut resp =
+        Response::new(Either::Right(Either::Left(Full::new(Bytes::from(format!("mirrord-proxy: {why}\n"))))));
     *resp.status_mut() = StatusCode::BAD_GATEWAY;
     resp.headers_mut().insert(http::header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
     resp

@@ -13,36 +13,16 @@ use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tracing::debug;
 
+use super::body::UpBody;
+use crate::app::Error;
 use crate::socket;
-
-/// Why a request could not be delivered to the app.
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error("cannot connect to the app at {dst}: {source}")]
-    Connect { dst: SocketAddr, source: std::io::Error },
-    #[error("HTTP handshake with the app at {dst} failed: {source}")]
-    Handshake { dst: SocketAddr, source: hyper::Error },
-    #[error("the app at {dst} did not answer: {source}")]
-    Request { dst: SocketAddr, source: hyper::Error },
-}
-
-impl Error {
-    /// Metric reason.
-    pub fn reason(&self) -> &'static str {
-        match self {
-            Error::Connect { .. } => "upstream_connect",
-            Error::Handshake { .. } => "upstream_handshake",
-            Error::Request { .. } => "upstream_request",
-        }
-    }
-}
 
 /// The connection to the app on behalf of one client connection.
 #[derive(Debug)]
 pub struct Upstream {
     dst: SocketAddr,
     /// Cloned by each stream; replaced if the app closed it.
-    h2: Mutex<Option<http2::SendRequest<Incoming>>>,
+    h2: Mutex<Option<http2::SendRequest<UpBody>>>,
 }
 
 impl Upstream {
@@ -55,7 +35,7 @@ impl Upstream {
     }
 
     /// Sends an HTTP/2 request on the shared app connection.
-    pub async fn send_h2(&self, req: Request<Incoming>) -> Result<Response<Incoming>, Error> {
+    pub async fn send_h2(&self, req: Request<UpBody>) -> Result<Response<Incoming>, Error> {
         let dst = self.dst;
         let existing = self.lock_h2().as_ref().filter(|s| !s.is_closed()).cloned();
         let mut sender = match existing {
@@ -70,13 +50,13 @@ impl Upstream {
         sender.send_request(req).await.map_err(|source| Error::Request { dst, source })
     }
 
-    fn lock_h2(&self) -> std::sync::MutexGuard<'_, Option<http2::SendRequest<Incoming>>> {
+    fn lock_h2(&self) -> std::sync::MutexGuard<'_, Option<http2::SendRequest<UpBody>>> {
         // Poisoning only means another stream panicked while swapping the
         // sender; the value is still a valid sender or None.
         self.h2.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    async fn connect_h2(&self) -> Result<http2::SendRequest<Incoming>, Error> {
+    async fn connect_h2(&self) -> Result<http2::SendRequest<UpBody>, Error> {
         let dst = self.dst;
         let stream = socket::connect(dst).await.map_err(|source| Error::Connect { dst, source })?;
         let (sender, conn) = http2::Builder::new(TokioExecutor::new())

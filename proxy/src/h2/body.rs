@@ -1,0 +1,126 @@
+//! Bodies of intercepted HTTP/2 streams: a request body teed to mirroring
+//! sessions on its way to the app, and a response body that arrives from a
+//! session.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderName, HeaderValue};
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::Either;
+use hyper::body::Incoming;
+use tokio::sync::mpsc;
+
+use crate::metrics::Metrics;
+use crate::proto::exchange_frame::Kind as Wire;
+use crate::proto::{End, Header, Trailers};
+use crate::session::Copies;
+
+/// Request bodies sent to the app: as received, or teed to mirrors.
+pub type UpBody = Either<Incoming, Tee>;
+
+/// A request body on its way to the app, copied frame by frame to mirroring
+/// sessions (lossy: [`Copies`] drops a copy rather than wait).
+#[derive(Debug)]
+pub struct Tee {
+    pub inner: Incoming,
+    pub copies: Copies,
+    pub metrics: Arc<Metrics>,
+}
+
+impl Body for Tee {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = &mut *self;
+        let next = std::task::ready!(Pin::new(&mut this.inner).poll_frame(cx));
+        match &next {
+            Some(Ok(frame)) => {
+                if let Some(wire) = to_wire(frame) {
+                    this.copies.send(&wire, &this.metrics);
+                }
+            }
+            None => this.copies.send(&Wire::End(End {}), &this.metrics),
+            Some(Err(_)) => this.copies = Copies::default(),
+        }
+        Poll::Ready(next)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// A body frame as an exchange frame.
+pub fn to_wire(frame: &Frame<Bytes>) -> Option<Wire> {
+    if let Some(data) = frame.data_ref() {
+        return Some(Wire::Data(data.clone()));
+    }
+    frame.trailers_ref().map(|t| Wire::Trailers(Trailers { headers: headers_to_wire(t) }))
+}
+
+pub fn headers_to_wire(headers: &HeaderMap) -> Vec<Header> {
+    headers
+        .iter()
+        .map(|(n, v)| Header { name: n.as_str().to_owned(), value: Bytes::copy_from_slice(v.as_bytes()) })
+        .collect()
+}
+
+pub fn headers_from_wire(headers: &[Header]) -> HeaderMap {
+    headers
+        .iter()
+        .filter_map(|h| {
+            let name = HeaderName::from_bytes(h.name.to_ascii_lowercase().as_bytes()).ok()?;
+            Some((name, HeaderValue::from_bytes(&h.value).ok()?))
+        })
+        .collect()
+}
+
+/// Why a session's response body broke off.
+#[derive(Debug, thiserror::Error)]
+#[error("the session ended in the middle of the response")]
+pub struct Cut;
+
+/// A response body arriving from a session, frame by frame.
+#[derive(Debug)]
+pub struct FromSession {
+    pub from_client: mpsc::Receiver<Wire>,
+    /// Keeps the exchange call open until the answer is complete.
+    pub _keep_open: mpsc::Sender<Wire>,
+    pub done: bool,
+}
+
+impl Body for FromSession {
+    type Data = Bytes;
+    type Error = Cut;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Cut>>> {
+        if self.done {
+            return Poll::Ready(None);
+        }
+        loop {
+            return match std::task::ready!(self.from_client.poll_recv(cx)) {
+                Some(Wire::Data(data)) => Poll::Ready(Some(Ok(Frame::data(data)))),
+                Some(Wire::Trailers(t)) => Poll::Ready(Some(Ok(Frame::trailers(headers_from_wire(&t.headers))))),
+                Some(Wire::End(_)) => {
+                    self.done = true;
+                    Poll::Ready(None)
+                }
+                Some(_) => continue,
+                // The session failed or went away mid-body: the stream is reset.
+                None => Poll::Ready(Some(Err(Cut))),
+            };
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.done
+    }
+}

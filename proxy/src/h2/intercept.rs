@@ -1,0 +1,120 @@
+//! One HTTP/2 stream meeting the sessions: stolen (the session answers),
+//! mirrored (copies on the side), or passed to the app.
+
+use bytes::Bytes;
+use http::{HeaderMap, StatusCode};
+use http_body_util::{BodyExt, Either};
+use hyper::body::Incoming;
+use hyper::{Request, Response};
+use tokio::sync::mpsc;
+
+use super::body::{headers_from_wire, headers_to_wire, to_wire, FromSession, Tee};
+use super::{bad_gateway, Body, Proxy};
+use crate::metrics::Metrics;
+use crate::proto::exchange_frame::Kind as Wire;
+use crate::proto::{self, incoming, End};
+use crate::session::{Copies, Exchange, RequestView};
+
+/// Connection-specific headers, which HTTP/2 forbids.
+const CONNECTION_SPECIFIC: [&str; 5] = ["connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade"];
+
+/// Routes one stream and answers it.
+pub(super) async fn route(proxy: &Proxy, req: Request<Incoming>) -> Response<Body> {
+    let port = proxy.upstream.dst().port();
+    let pairs: Vec<(&str, &[u8])> = req.headers().iter().map(|(n, v)| (n.as_str(), v.as_bytes())).collect();
+    let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
+    let decision =
+        proxy.sessions.decide(port, Some(RequestView { method: req.method().as_str(), path, headers: &pairs }));
+    if decision.is_passthrough() {
+        return proxy.to_app(req.map(Either::Left)).await;
+    }
+    let announce = proto::HttpRequest {
+        method: req.method().as_str().to_owned(),
+        uri: req.uri().to_string(),
+        version: proto::HttpVersion::Http2 as i32,
+        headers: headers_to_wire(req.headers()),
+        body: Bytes::new(),
+        body_complete: hyper::body::Body::is_end_stream(req.body()),
+    };
+    let mut copies = Copies::default();
+    for session in &decision.mirrors {
+        match session.open(port, proto::Mode::Mirror, incoming::Kind::Http(announce.clone())).await {
+            Some(exchange) => {
+                proxy.metrics.intercepted(port, "mirror");
+                copies.add(exchange.to_client);
+            }
+            None => {
+                proxy.metrics.mirror_dropped.inc();
+            }
+        }
+    }
+    let stolen = match decision.steal {
+        Some(session) => session.open(port, proto::Mode::Steal, incoming::Kind::Http(announce)).await,
+        None => None,
+    };
+    match stolen {
+        Some(exchange) => {
+            proxy.metrics.intercepted(port, "steal");
+            steal(req, exchange, copies, proxy.metrics.clone()).await
+        }
+        None => {
+            let metrics = proxy.metrics.clone();
+            proxy.to_app(req.map(|inner| Either::Right(Tee { inner, copies, metrics }))).await
+        }
+    }
+}
+
+/// The session answers. The request body streams to it from a task of its
+/// own, so the answer can begin before the request ends (bidi streaming).
+async fn steal(
+    req: Request<Incoming>,
+    exchange: Exchange,
+    copies: Copies,
+    metrics: std::sync::Arc<Metrics>,
+) -> Response<Body> {
+    let Exchange { to_client, mut from_client } = exchange;
+    let keep_open = to_client.clone();
+    tokio::spawn(request_body(req.into_body(), to_client, copies, metrics));
+    let head = match from_client.recv().await {
+        Some(Wire::Response(head)) => head,
+        Some(Wire::Failure(f)) => return bad_gateway(&format!("the developer's side failed: {}", f.message)),
+        _ => return bad_gateway("the session ended before answering this request"),
+    };
+    let done = head.end_of_stream;
+    let mut resp =
+        Response::new(Either::Right(Either::Right(FromSession { from_client, _keep_open: keep_open, done })));
+    *resp.status_mut() =
+        StatusCode::from_u16(u16::try_from(head.status).unwrap_or(502)).unwrap_or(StatusCode::BAD_GATEWAY);
+    let mut headers: HeaderMap = headers_from_wire(&head.headers);
+    for name in CONNECTION_SPECIFIC {
+        headers.remove(name);
+    }
+    if headers.get("te").is_some_and(|v| v != "trailers") {
+        headers.remove("te");
+    }
+    *resp.headers_mut() = headers;
+    resp
+}
+
+async fn request_body(
+    mut body: Incoming,
+    to_client: mpsc::Sender<Wire>,
+    mut copies: Copies,
+    metrics: std::sync::Arc<Metrics>,
+) {
+    let mut to_client = Some(to_client);
+    while let Some(frame) = body.frame().await {
+        let Ok(frame) = frame else { return };
+        let Some(wire) = to_wire(&frame) else { continue };
+        copies.send(&wire, &metrics);
+        if let Some(tx) = &to_client {
+            if tx.send(wire).await.is_err() {
+                to_client = None;
+            }
+        }
+    }
+    copies.send(&Wire::End(End {}), &metrics);
+    if let Some(tx) = to_client {
+        let _ = tx.send(Wire::End(End {})).await;
+    }
+}
