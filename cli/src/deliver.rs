@@ -80,6 +80,9 @@ impl Delivery {
         steal: bool,
     ) -> Result<Option<u16>, String> {
         let http2 = request.version == HttpVersion::Http2 as i32;
+        if !http2 && steal && is_upgrade(&request) {
+            return upgrade(&request, local, inbound, tx).await;
+        }
         let req = build_request(&request, local, inbound)?;
         let client = self.clients.get(local, http2);
         let response = client
@@ -214,6 +217,86 @@ fn from_wire(headers: &[Header]) -> http::HeaderMap {
         .collect()
 }
 
+fn is_upgrade(request: &proto::HttpRequest) -> bool {
+    let has = |name: &str, token: &str| {
+        request.headers.iter().any(|h| {
+            h.name.eq_ignore_ascii_case(name)
+                && h.value.split(|&b| b == b',').any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
+        })
+    };
+    request.headers.iter().any(|h| h.name.eq_ignore_ascii_case("upgrade")) && has("connection", "upgrade")
+}
+
+/// A stolen upgrade (WebSocket): the request goes to the local app on a
+/// connection of its own; after its 101, bytes flow both ways as they are.
+async fn upgrade(
+    request: &proto::HttpRequest,
+    local: SocketAddr,
+    mut inbound: mpsc::Receiver<Wire>,
+    tx: &mpsc::Sender<ExchangeFrame>,
+) -> Result<Option<u16>, String> {
+    let stream = TcpStream::connect(local).await.map_err(|e| format!("cannot reach the local app at {local}: {e}"))?;
+    let _ = stream.set_nodelay(true);
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+        .await
+        .map_err(|e| format!("HTTP handshake with the local app failed: {e}"))?;
+    tokio::spawn(conn.with_upgrades());
+    let method =
+        Method::from_bytes(request.method.as_bytes()).map_err(|_| format!("invalid method {:?}", request.method))?;
+    let mut builder = Request::builder().method(method).uri(request.uri.as_str());
+    for h in &request.headers {
+        if let (Ok(n), Ok(v)) = (HeaderName::from_bytes(h.name.as_bytes()), HeaderValue::from_bytes(&h.value)) {
+            builder = builder.header(n, v);
+        }
+    }
+    let req =
+        builder.body(http_body_util::Empty::<Bytes>::new()).map_err(|e| format!("cannot build the request: {e}"))?;
+    let mut response = sender.send_request(req).await.map_err(|e| format!("the local app did not answer: {e}"))?;
+    let status = response.status().as_u16();
+    let headers = to_wire(response.headers());
+    let end_of_stream = hyper::body::Body::is_end_stream(response.body());
+    send(tx, Wire::Response(ResponseHead { status: u32::from(status), headers, end_of_stream })).await?;
+    if status != 101 {
+        let body = response.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
+        if !body.is_empty() {
+            send(tx, Wire::Data(body)).await?;
+        }
+        send(tx, Wire::End(End {})).await?;
+        return Ok(Some(status));
+    }
+    let upgraded = hyper::upgrade::on(&mut response).await.map_err(|e| format!("upgrade failed: {e}"))?;
+    let (mut rd, mut wr) = tokio::io::split(hyper_util::rt::TokioIo::new(upgraded));
+    let to_local = async move {
+        while let Some(frame) = inbound.recv().await {
+            match frame {
+                Wire::Data(data) if wr.write_all(&data).await.is_err() => break,
+                // The first End closes the (empty) request body; the tunnel's
+                // own end is the channel closing.
+                _ => {}
+            }
+        }
+        let _ = wr.shutdown().await;
+    };
+    let from_local = pump_to_sidecar(&mut rd, tx);
+    let (_, sent) = tokio::join!(to_local, from_local);
+    sent.map(|()| Some(status))
+}
+
+/// Reads a local stream to its end, as Data frames and a final End.
+async fn pump_to_sidecar<R: tokio::io::AsyncRead + Unpin>(
+    rd: &mut R,
+    tx: &mpsc::Sender<ExchangeFrame>,
+) -> Result<(), String> {
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        match rd.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => send(tx, Wire::Data(Bytes::copy_from_slice(&buf[..n]))).await?,
+        }
+    }
+    send(tx, Wire::End(End {})).await
+}
+
 /// A whole TCP connection: bytes both ways until both sides are done.
 async fn tcp_stream(
     first: Bytes,
@@ -235,16 +318,7 @@ async fn tcp_stream(
         }
         let _ = wr.shutdown().await;
     };
-    let from_local = async {
-        let mut buf = vec![0u8; 64 * 1024];
-        loop {
-            match rd.read(&mut buf).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => send(tx, Wire::Data(Bytes::copy_from_slice(&buf[..n]))).await?,
-            }
-        }
-        send(tx, Wire::End(End {})).await
-    };
+    let from_local = pump_to_sidecar(&mut rd, tx);
     let (_, sent) = tokio::join!(to_local, from_local);
     sent.map(|()| None)
 }

@@ -334,3 +334,33 @@ fn grpc_unary_streaming_and_bidi_are_stolen_by_metadata() {
     let untouched = run(&[]);
     assert_eq!(untouched["unary"]["response"], "remote|echo:hello");
 }
+
+#[test]
+fn matched_websocket_upgrade_hands_the_connection_to_the_session() {
+    if !root_or_skip("matched_websocket_upgrade_hands_the_connection_to_the_session") {
+        return;
+    }
+    let mut pod = Pod::new();
+    let app = mirrord_tests::apps_dir().join("ws_app.py");
+    pod.spawn(Side::Pod, "ws-app", "python3", &[app.to_str().unwrap(), "0.0.0.0:8080", "remote"]);
+    mirrord_tests::netns::wait_listening(&pod.pod_ns, pod.addr(8080), Duration::from_secs(20)).unwrap();
+    pod.init(&["--ports", "8080"]);
+    pod.start_sidecar(&["--ports", "8080"]);
+    let (local, local_port) = local_python("ws_app.py", &["127.0.0.1:0", "local"]);
+    let _local = Kill(local);
+    let relay = Relay::start(&pod.pod_ns, mirrord_config::names::TUNNEL_PORT).unwrap();
+    let config = format!(
+        r#"{{"feature":{{"network":{{"incoming":{{"mode":"steal","http_filter":{{"path_filter":"^/chat/alice","ports":[8080]}},"port_mapping":[[{local_port},8080]]}}}}}}}}"#
+    );
+    let mut cli = Cli::connect(relay.addr, "alice", &config);
+    cli.wait_plan();
+    let client = mirrord_tests::apps_dir().join("ws_client.py");
+    let run = |path: &str, prefix: &str| {
+        let url = format!("ws://{}{path}", pod.addr(8080));
+        let out = pod.exec(Side::Node, "python3", &[client.to_str().unwrap(), &url, prefix]);
+        assert!(out.status.success(), "ws client: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    assert_eq!(run("/chat/alice", "local"), r#"[["str", 11, true], ["bytes", 8, true], ["str", 200006, true]]"#);
+    assert_eq!(run("/chat/bob", "remote"), r#"[["str", 12, true], ["bytes", 8, true], ["str", 200007, true]]"#);
+}
