@@ -20,6 +20,8 @@ enum Command {
     Config(ConfigCommand),
     /// Open a session on a sidecar and deliver its traffic to the local app.
     Connect(ConnectArgs),
+    /// mirrord end to end on this machine: a sidecar, a session, two apps.
+    Demo,
 }
 
 fn main() -> std::process::ExitCode {
@@ -33,17 +35,20 @@ fn main() -> std::process::ExitCode {
     };
     let code = match cli.command {
         Command::Config(cmd) => config::run(&cmd, &mut std::io::stdout(), &mut std::io::stderr()),
-        Command::Connect(args) => {
-            match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
-                Ok(rt) => rt.block_on(connect::run(args, ctrl_c())),
-                Err(e) => {
-                    eprintln!("error: cannot start the runtime: {e}");
-                    mirrord_cli::ExitCode::Failure
-                }
-            }
-        }
+        Command::Connect(args) => block_on(connect::run(args, ctrl_c())),
+        Command::Demo => block_on(mirrord_cli::commands::demo::run()),
     };
     std::process::ExitCode::from(code as u8)
+}
+
+fn block_on(task: impl std::future::Future<Output = mirrord_cli::ExitCode>) -> mirrord_cli::ExitCode {
+    match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+        Ok(rt) => rt.block_on(task),
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            mirrord_cli::ExitCode::Failure
+        }
+    }
 }
 
 /// Ctrl-C or SIGTERM.

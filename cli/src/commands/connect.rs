@@ -40,10 +40,13 @@ pub struct ConnectArgs {
     /// `text`: the plan and a live status line; `json`: one event per line on stdout.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+    /// Told once the session is open and its rules are in place (embedding).
+    #[arg(skip)]
+    pub on_open: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
 /// Runs a session to its end.
-pub async fn run(args: ConnectArgs, stop: impl std::future::Future<Output = ()>) -> ExitCode {
+pub async fn run(mut args: ConnectArgs, stop: impl std::future::Future<Output = ()>) -> ExitCode {
     let status = Arc::new(Status::new(args.log_format));
     let config = match &args.config {
         Some(path) => match Config::load(path) {
@@ -96,6 +99,9 @@ pub async fn run(args: ConnectArgs, stop: impl std::future::Future<Output = ()>)
         Err(e) => return refused(&e),
     };
     print_plan(&status, &plan, &args.addr);
+    if let Some(open) = args.on_open.take() {
+        let _ = open.send(());
+    }
     let delivery = Arc::new(Delivery {
         client,
         session_id: plan.session_id.clone(),
