@@ -22,6 +22,9 @@ use crate::session::{plan, Session, Sessions};
 pub const PROTOCOL_VERSION: u32 = 1;
 pub const MIN_PROTOCOL_VERSION: u32 = 1;
 
+/// After a clean session end, how long announced exchanges may still be attached.
+const SETTLE: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// The service.
 #[derive(Debug, Clone)]
 pub struct Tunnel {
@@ -85,17 +88,21 @@ impl proto::tunnel_server::Tunnel for Tunnel {
         session.send(session_event::Kind::Plan(plan), true).await;
         tokio::spawn(
             async move {
-                loop {
+                let clean = loop {
                     match inbound.message().await {
-                        Ok(Some(proto::SessionRequest { kind: Some(session_request::Kind::Bye(_)) }))
-                        | Ok(None)
-                        | Err(_) => break,
+                        Ok(Some(proto::SessionRequest { kind: Some(session_request::Kind::Bye(_)) })) => break true,
+                        Ok(None) | Err(_) => break false,
                         Ok(Some(_)) => {}
                     }
-                }
+                };
                 let session = registered.session.clone();
                 drop(registered);
-                session.send(session_event::Kind::Closed(proto::Closed {}), false).await;
+                if clean {
+                    // What was announced before Bye may still be attached
+                    // and delivered; after a lost connection, it fails at once.
+                    session.settle(SETTLE).await;
+                    session.send(session_event::Kind::Closed(proto::Closed {}), false).await;
+                }
             }
             .instrument(span),
         );
@@ -113,10 +120,7 @@ impl proto::tunnel_server::Tunnel for Tunnel {
         };
         let session = self
             .sessions
-            .snapshot()
-            .iter()
-            .find(|s| constant_time_eq(s.secret.as_bytes(), attach.session_id.as_bytes()))
-            .cloned()
+            .by_secret(&attach.session_id)
             .ok_or_else(|| Status::not_found("no such session: it has ended"))?;
         let slot = session
             .attach(attach.id)

@@ -122,12 +122,14 @@ async fn serve(
 ) -> ExitCode {
     tokio::pin!(stop);
     let mut ticker = tokio::time::interval(Duration::from_millis(500));
+    let mut deliveries = tokio::task::JoinSet::new();
     loop {
         tokio::select! {
+            Some(_) = deliveries.join_next(), if !deliveries.is_empty() => {}
             event = events.message() => match event {
                 Ok(Some(proto::SessionEvent { kind: Some(kind) })) => match kind {
                     session_event::Kind::Incoming(incoming) => {
-                        tokio::spawn(delivery.clone().handle(incoming));
+                        deliveries.spawn(delivery.clone().handle(incoming));
                     }
                     session_event::Kind::Notice(n) => {
                         status.say(&serde_json::json!({"event": "notice", "message": n.message}), &format!("notice: {}", n.message));
@@ -150,14 +152,22 @@ async fn serve(
     let _ = requests.send(SessionRequest { kind: Some(session_request::Kind::Bye(Bye {})) }).await;
     let closed = tokio::time::timeout(Duration::from_secs(3), async {
         while let Ok(Some(event)) = events.message().await {
-            if matches!(event.kind, Some(session_event::Kind::Closed(_))) {
-                return true;
+            match event.kind {
+                Some(session_event::Kind::Closed(_)) => return true,
+                // Announced before the rules went away: still delivered.
+                Some(session_event::Kind::Incoming(incoming)) => {
+                    deliveries.spawn(delivery.clone().handle(incoming));
+                }
+                _ => {}
             }
         }
         false
     })
     .await
     .unwrap_or(false);
+    // Requests already with the local app finish (copies included).
+    let _ =
+        tokio::time::timeout(Duration::from_secs(5), async { while deliveries.join_next().await.is_some() {} }).await;
     let text = if closed { "session closed: traffic goes to the app again" } else { "session ended" };
     status.say(&serde_json::json!({"event": "closed", "acknowledged": closed}), text);
     ExitCode::Ok

@@ -42,6 +42,8 @@ pub struct Session {
     next_id: AtomicU64,
     /// Sessions already told that this one took their match (told once each).
     told_about: Mutex<Vec<u64>>,
+    /// Signalled whenever the client attaches an exchange.
+    attached: tokio::sync::Notify,
 }
 
 impl Session {
@@ -61,6 +63,7 @@ impl Session {
             slots: Mutex::default(),
             next_id: AtomicU64::new(1),
             told_about: Mutex::default(),
+            attached: tokio::sync::Notify::new(),
         };
         (Arc::new(session), rx)
     }
@@ -100,7 +103,24 @@ impl Session {
 
     /// The client attached to exchange `id`: hands over its slot.
     pub fn attach(&self, id: u64) -> Option<Slot> {
-        self.slots().remove(&id)
+        let slot = self.slots().remove(&id);
+        self.attached.notify_waiters();
+        slot
+    }
+
+    /// After a clean end: lets the client attach what was announced before
+    /// the rules went away, for at most `within`.
+    pub async fn settle(&self, within: std::time::Duration) {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let attached = self.attached.notified();
+            if self.slots().is_empty() {
+                return;
+            }
+            if tokio::time::timeout_at(deadline, attached).await.is_err() {
+                return;
+            }
+        }
     }
 
     /// Tells this session, once per other session, that a request matching
@@ -148,6 +168,9 @@ pub struct Sessions {
     list: RwLock<Arc<Vec<Arc<Session>>>>,
     count: AtomicUsize,
     next_seq: AtomicU64,
+    /// Every session whose exchanges can still be attached, by secret: also
+    /// one that has just left routing and is settling.
+    attachable: Mutex<Vec<std::sync::Weak<Session>>>,
     /// Ports the sidecar intercepts, when known (for plans and conflicts).
     pub known_ports: PortList,
 }
@@ -171,6 +194,9 @@ impl Sessions {
         if let Some(reason) = list.iter().find_map(|other| conflict(other, &session, &self.known_ports)) {
             return Err(reason);
         }
+        let mut attachable = self.attachable.lock().unwrap_or_else(|p| p.into_inner());
+        attachable.retain(|w| w.strong_count() > 0);
+        attachable.push(Arc::downgrade(&session));
         let mut next = (**list).clone();
         next.push(session);
         self.count.store(next.len(), Ordering::Release);
@@ -188,6 +214,15 @@ impl Sessions {
 
     pub fn is_empty(&self) -> bool {
         self.count.load(Ordering::Acquire) == 0
+    }
+
+    /// The live session with this secret, for attaching an exchange.
+    pub fn by_secret(&self, secret: &str) -> Option<Arc<Session>> {
+        let attachable = self.attachable.lock().unwrap_or_else(|p| p.into_inner());
+        attachable
+            .iter()
+            .filter_map(std::sync::Weak::upgrade)
+            .find(|s| crate::tunnel::constant_time_eq(s.secret.as_bytes(), secret.as_bytes()))
     }
 
     /// Routing for a new connection, or for one request when `request` is
