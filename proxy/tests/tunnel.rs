@@ -1,0 +1,223 @@
+//! The tunnel in-process: tonic over `tokio::io::duplex`, no sockets. The
+//! data path's side is driven directly through the session registry.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use hyper_util::rt::TokioIo;
+use mirrord_proxy::metrics::Metrics;
+use mirrord_proxy::ports::PortList;
+use mirrord_proxy::proto::exchange_frame::Kind as Wire;
+use mirrord_proxy::proto::tunnel_client::TunnelClient;
+use mirrord_proxy::proto::tunnel_server::TunnelServer;
+use mirrord_proxy::proto::{self, incoming, session_event, session_request};
+use mirrord_proxy::session::{RequestView, Sessions};
+use mirrord_proxy::tunnel::{Tunnel, PROTOCOL_VERSION};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::{Channel, Endpoint, Uri};
+
+/// Hands out one end of a fresh duplex per connection; the other end goes
+/// to the server.
+#[derive(Clone)]
+struct Duplex(mpsc::UnboundedSender<tokio::io::DuplexStream>);
+
+impl tower_service::Service<Uri> for Duplex {
+    type Response = TokioIo<tokio::io::DuplexStream>;
+    type Error = std::io::Error;
+    type Future = Pin<Box<dyn Future<Output = std::io::Result<Self::Response>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _: Uri) -> Self::Future {
+        let (client, server) = tokio::io::duplex(1 << 16);
+        let sent = self.0.send(server);
+        Box::pin(async move {
+            sent.map_err(|_| std::io::Error::other("server gone"))?;
+            Ok(TokioIo::new(client))
+        })
+    }
+}
+
+struct Fixture {
+    client: TunnelClient<Channel>,
+    sessions: Arc<Sessions>,
+}
+
+async fn fixture(known: &str, token: Option<&str>) -> Fixture {
+    let sessions = Arc::new(Sessions::new(known.parse::<PortList>().unwrap()));
+    let tunnel =
+        Tunnel { sessions: sessions.clone(), token: token.map(Arc::from), metrics: Arc::new(Metrics::default()) };
+    let (tx, rx) = mpsc::unbounded_channel();
+    let incoming =
+        tokio_stream::StreamExt::map(tokio_stream::wrappers::UnboundedReceiverStream::new(rx), Ok::<_, std::io::Error>);
+    tokio::spawn(
+        tonic::transport::Server::builder().add_service(TunnelServer::new(tunnel)).serve_with_incoming(incoming),
+    );
+    let channel = Endpoint::try_from("http://tunnel.test").unwrap().connect_with_connector(Duplex(tx)).await.unwrap();
+    Fixture { client: TunnelClient::new(channel), sessions }
+}
+
+fn hello(config: &str, token: &str, version: u32) -> proto::SessionRequest {
+    proto::SessionRequest {
+        kind: Some(session_request::Kind::Hello(proto::Hello {
+            protocol_version: version,
+            client_name: "test".to_owned(),
+            config_json: config.to_owned(),
+            token: token.to_owned(),
+            client_version: "9.9.9".to_owned(),
+        })),
+    }
+}
+
+/// Opens a session; returns its events and the sender that keeps it open.
+async fn open(
+    f: &mut Fixture,
+    first: proto::SessionRequest,
+) -> Result<(tonic::Streaming<proto::SessionEvent>, mpsc::Sender<proto::SessionRequest>), tonic::Status> {
+    let (tx, rx) = mpsc::channel(4);
+    tx.send(first).await.unwrap();
+    let events = f.client.session(ReceiverStream::new(rx)).await?.into_inner();
+    Ok((events, tx))
+}
+
+async fn plan(events: &mut tonic::Streaming<proto::SessionEvent>) -> Result<proto::Plan, tonic::Status> {
+    match events.message().await?.and_then(|e| e.kind) {
+        Some(session_event::Kind::Plan(p)) => Ok(p),
+        other => panic!("expected a plan, got {other:?}"),
+    }
+}
+
+const STEAL_ALICE: &str =
+    r#"{"feature":{"network":{"incoming":{"mode":"steal","http_filter":{"header_filter":"x-user: alice"}}}}}"#;
+
+/// The status a refused session ends with.
+async fn refusal(f: &mut Fixture, first: proto::SessionRequest) -> tonic::Status {
+    match open(f, first).await {
+        Ok((mut events, _tx)) => plan(&mut events).await.expect_err("the session should be refused"),
+        Err(status) => status,
+    }
+}
+
+#[tokio::test]
+async fn versions_tokens_and_configs_are_checked() {
+    let mut f = fixture("80", Some("s3cret")).await;
+    let status = refusal(&mut f, hello("{}", "s3cret", PROTOCOL_VERSION + 1)).await;
+    assert_eq!(status.code(), tonic::Code::FailedPrecondition);
+    assert!(status.message().contains("upgrade the sidecar"), "{}", status.message());
+
+    let status = refusal(&mut f, hello("{}", "wrong", PROTOCOL_VERSION)).await;
+    assert_eq!(status.code(), tonic::Code::Unauthenticated);
+    assert!(!status.message().contains("s3cret"));
+
+    let bad = r#"{"feature":{"network":{"incoming":{"mode":"steal","http_filter":{"path_filter":"("}}}}}"#;
+    let status = refusal(&mut f, hello(bad, "s3cret", PROTOCOL_VERSION)).await;
+    assert!(
+        status.message().contains("feature.network.incoming.http_filter.path_filter: invalid regex"),
+        "{}",
+        status.message()
+    );
+
+    let (mut events, _tx) = open(&mut f, hello(STEAL_ALICE, "s3cret", PROTOCOL_VERSION)).await.unwrap();
+    let plan = plan(&mut events).await.unwrap();
+    assert_eq!(
+        plan.ports,
+        vec![proto::PortPlan { port: 80, action: "steal requests matching header \"x-user: alice\"".to_owned() }]
+    );
+}
+
+#[tokio::test]
+async fn plan_warns_when_the_filter_ports_miss_the_pod() {
+    let mut f = fixture("3000", None).await;
+    let (mut events, _tx) = open(&mut f, hello(STEAL_ALICE, "", PROTOCOL_VERSION)).await.unwrap();
+    let plan = plan(&mut events).await.unwrap();
+    assert!(
+        plan.warnings[0].contains("http_filter.ports [80, 8080] match none of the pod's ports [3000]"),
+        "{:?}",
+        plan.warnings
+    );
+    assert_eq!(plan.ports[0].action, "steal all traffic");
+}
+
+#[tokio::test]
+async fn an_exchange_carries_a_stolen_request_both_ways() {
+    let mut f = fixture("80", None).await;
+    let (mut events, _keep) = open(&mut f, hello(STEAL_ALICE, "", PROTOCOL_VERSION)).await.unwrap();
+    let plan = plan(&mut events).await.unwrap();
+
+    // The data path: a matching request is routed and announced.
+    let headers: [(&str, &[u8]); 1] = [("x-user", b"alice")];
+    let decision = f.sessions.decide(80, Some(RequestView { method: "POST", path: "/orders", headers: &headers }));
+    let session = decision.steal.expect("alice's filter matches");
+    let request = proto::HttpRequest { method: "POST".to_owned(), uri: "/orders".to_owned(), ..Default::default() };
+    let data_path = session.open(80, proto::Mode::Steal, incoming::Kind::Http(request)).await.unwrap();
+    data_path.to_client.send(Wire::Data(Bytes::from_static(b"request body"))).await.unwrap();
+    data_path.to_client.send(Wire::End(proto::End {})).await.unwrap();
+    let no_match: [(&str, &[u8]); 1] = [("x-user", b"bob")];
+    assert!(f.sessions.decide(80, Some(RequestView { method: "GET", path: "/", headers: &no_match })).is_passthrough());
+
+    // The client side: the announcement, then the exchange.
+    let id = match events.message().await.unwrap().and_then(|e| e.kind) {
+        Some(session_event::Kind::Incoming(i)) => i.id,
+        other => panic!("expected an incoming, got {other:?}"),
+    };
+    let (tx, rx) = mpsc::channel(8);
+    let frame = |kind| proto::ExchangeFrame { kind: Some(kind) };
+    tx.send(frame(Wire::Attach(proto::Attach { session_id: "not-the-secret".to_owned(), id }))).await.unwrap();
+    let denied = f.client.exchange(ReceiverStream::new(rx)).await.unwrap_err();
+    assert_eq!(denied.code(), tonic::Code::NotFound);
+
+    let (tx, rx) = mpsc::channel(8);
+    tx.send(frame(Wire::Attach(proto::Attach { session_id: plan.session_id.clone(), id }))).await.unwrap();
+    let mut inbound = f.client.exchange(ReceiverStream::new(rx)).await.unwrap().into_inner();
+    assert_eq!(inbound.message().await.unwrap().unwrap().kind, Some(Wire::Data(Bytes::from_static(b"request body"))));
+    assert_eq!(inbound.message().await.unwrap().unwrap().kind, Some(Wire::End(proto::End {})));
+    let head = proto::ResponseHead { status: 201, headers: vec![], end_of_stream: false };
+    tx.send(frame(Wire::Response(head.clone()))).await.unwrap();
+    tx.send(frame(Wire::Data(Bytes::from_static(b"created")))).await.unwrap();
+    tx.send(frame(Wire::End(proto::End {}))).await.unwrap();
+
+    let mut from_client = data_path.from_client;
+    assert_eq!(from_client.recv().await, Some(Wire::Response(head)));
+    assert_eq!(from_client.recv().await, Some(Wire::Data(Bytes::from_static(b"created"))));
+    assert_eq!(from_client.recv().await, Some(Wire::End(proto::End {})));
+}
+
+#[tokio::test]
+async fn first_connected_wins_and_the_other_is_told() {
+    let mut f = fixture("80", None).await;
+    let (mut first, _a) = open(&mut f, hello(STEAL_ALICE, "", PROTOCOL_VERSION)).await.unwrap();
+    plan(&mut first).await.unwrap();
+    let (mut second, _b) = open(&mut f, hello(STEAL_ALICE, "", PROTOCOL_VERSION)).await.unwrap();
+    plan(&mut second).await.unwrap();
+    let headers: [(&str, &[u8]); 1] = [("x-user", b"alice")];
+    let view = RequestView { method: "GET", path: "/", headers: &headers };
+    let winner = f.sessions.decide(80, Some(view)).steal.unwrap();
+    assert_eq!(winner.seq, f.sessions.snapshot()[0].seq);
+    f.sessions.decide(80, Some(view));
+    match second.message().await.unwrap().and_then(|e| e.kind) {
+        Some(session_event::Kind::Notice(n)) => assert!(n.message.contains("connected first"), "{}", n.message),
+        other => panic!("expected a notice, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_session_is_gone_from_routing_once_its_call_ends() {
+    let mut f = fixture("80", None).await;
+    let (mut events, tx) = open(&mut f, hello(STEAL_ALICE, "", PROTOCOL_VERSION)).await.unwrap();
+    plan(&mut events).await.unwrap();
+    assert!(!f.sessions.is_empty());
+    tx.send(proto::SessionRequest { kind: Some(session_request::Kind::Bye(proto::Bye {})) }).await.unwrap();
+    match events.message().await.unwrap().and_then(|e| e.kind) {
+        Some(session_event::Kind::Closed(_)) => {}
+        other => panic!("expected closed, got {other:?}"),
+    }
+    assert!(f.sessions.is_empty(), "rules must be gone before Closed is sent");
+}
