@@ -158,6 +158,110 @@ def proc_stat(pid):
     return rss, hwm, cpu
 
 
+def nginx_mirror_conf(tmp, port, app, mirror_target):
+    conf = f"""
+worker_processes 1;
+daemon off;
+pid {tmp}/nginx-mirror.pid;
+error_log /dev/null crit;
+events {{ worker_connections 4096; }}
+http {{
+  access_log off;
+  keepalive_requests 10000000;
+  upstream app {{ server 127.0.0.1:{app}; keepalive 64; }}
+  upstream copy {{ server 127.0.0.1:{mirror_target}; keepalive 64; }}
+  server {{
+    listen 127.0.0.1:{port};
+    location / {{ mirror /mirror; proxy_pass http://app; proxy_http_version 1.1; proxy_set_header Connection ""; }}
+    location = /mirror {{ internal; proxy_pass http://copy$request_uri; proxy_http_version 1.1; proxy_set_header Connection ""; }}
+  }}
+  client_body_temp_path {tmp}; proxy_temp_path {tmp}; fastcgi_temp_path {tmp}; uwsgi_temp_path {tmp}; scgi_temp_path {tmp};
+}}
+"""
+    path = os.path.join(tmp, f"nginx-mirror-{port}.conf")
+    open(path, "w").write(conf)
+    return path
+
+
+class Session:
+    """`mirrord-cli connect` with a config, ended with Ctrl-C."""
+
+    def __init__(self, tunnel, config, tmp):
+        path = os.path.join(tmp, f"session-{time.time_ns()}.json")
+        open(path, "w").write(json.dumps(config))
+        # The developer's side runs on the "laptop" CPU, with the load generator.
+        self.proc = subprocess.Popen(["taskset", "-c", LOAD_CPU, f"{RELEASE}/mirrord-cli", "connect", "--addr", f"127.0.0.1:{tunnel}",
+                                      "-f", path, "--log-format", "json"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        for line in self.proc.stdout:
+            if '"plan"' in line:
+                return
+        raise RuntimeError("the session did not open")
+
+    def close(self):
+        self.proc.send_signal(signal.SIGINT)
+        try:
+            self.proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def session_bench(procs, tmp, seconds, rounds):
+    ports = {k: free_port() for k in ("app", "fast", "slow", "stalled", "sidecar", "admin", "tunnel", "nginx_slow", "nginx_stalled")}
+    procs.start([f"{RELEASE}/sample-app", "--http", f"127.0.0.1:{ports['app']}"])
+    # The local apps are on the "laptop" CPU; nginx's mirror targets are the same processes.
+    procs.start([f"{RELEASE}/sample-app", "--http", f"127.0.0.1:{ports['fast']}"], cpu=LOAD_CPU)
+    procs.start([f"{RELEASE}/sample-app", "--http", f"127.0.0.1:{ports['slow']}", "--delay-ms", "200"], cpu=LOAD_CPU)
+    procs.start([f"{RELEASE}/sample-app", "--http", f"127.0.0.1:{ports['stalled']}", "--delay-ms", "100000000"], cpu=LOAD_CPU)
+    sidecar = procs.start([f"{RELEASE}/mirrord-proxy", "run", "--threads", "1", "--listen", f"127.0.0.1:{ports['sidecar']}",
+                           "--upstream", f"127.0.0.1:{ports['app']}", "--admin", f"127.0.0.1:{ports['admin']}",
+                           "--tunnel", f"127.0.0.1:{ports['tunnel']}", "--ports", str(ports["app"])])
+    procs.start(["nginx", "-c", nginx_mirror_conf(tmp, ports["nginx_slow"], ports["app"], ports["slow"])])
+    procs.start(["nginx", "-c", nginx_mirror_conf(tmp, ports["nginx_stalled"], ports["app"], ports["stalled"])])
+    for k in ports:
+        if k not in ("admin",):
+            wait_port(ports[k])
+
+    def mirror_to(target):
+        return {"feature": {"network": {"incoming": {"mode": "mirror", "port_mapping": [[ports[target], ports["app"]]]}}}}
+
+    primary = {k: [] for k in ("no session", "mirror fast", "mirror slow (200 ms)", "mirror stalled",
+                               "nginx mirror slow (200 ms)", "nginx mirror stalled")}
+    stolen = {"direct to local app": [], "stolen via tunnel": []}
+    for r in range(rounds):
+        print(f"sessions round {r + 1}/{rounds}", file=sys.stderr)
+        primary["no session"].append(oha_latency(ports["sidecar"], seconds, 2000))
+        for name, target in (("mirror fast", "fast"), ("mirror slow (200 ms)", "slow"), ("mirror stalled", "stalled")):
+            session = Session(ports["tunnel"], mirror_to(target), tmp)
+            try:
+                primary[name].append(oha_latency(ports["sidecar"], seconds, 2000))
+            finally:
+                session.close()
+        primary["nginx mirror slow (200 ms)"].append(oha_latency(ports["nginx_slow"], seconds, 2000))
+        primary["nginx mirror stalled"].append(oha_latency(ports["nginx_stalled"], seconds, 2000))
+        stolen["direct to local app"].append(oha_latency(ports["fast"], seconds, 200))
+        steal = {"feature": {"network": {"incoming": {"mode": "steal", "port_mapping": [[ports["fast"], ports["app"]]]}}}}
+        session = Session(ports["tunnel"], steal, tmp)
+        try:
+            stolen["stolen via tunnel"].append(oha_latency(ports["sidecar"], seconds, 200))
+        finally:
+            session.close()
+    _, peak, _ = proc_stat(sidecar.pid)
+    med = statistics.median
+    print("\n== sessions: primary path at 2000 req/s (oha -c16) with a mirror session, p50/p99 ms and errors")
+    base = med([x["p99"] for x in primary["no session"]])
+    for name, runs in primary.items():
+        p50, p99 = med([x["p50"] for x in runs]), med([x["p99"] for x in runs])
+        errors = sum(x["errors"] for x in runs)
+        print(f"  {name:28s} p50={p50:8.3f} p99={p99:9.3f} (p99 x{p99 / base:.2f} of no session) errors={errors}")
+    print(f"  sidecar peak RSS through the mirror runs: {peak:.1f} MiB")
+    print("== sessions: stolen request latency at 200 req/s over the loopback tunnel")
+    d50, d99 = med([x["p50"] for x in stolen["direct to local app"]]), med([x["p99"] for x in stolen["direct to local app"]])
+    s50, s99 = med([x["p50"] for x in stolen["stolen via tunnel"]]), med([x["p99"] for x in stolen["stolen via tunnel"]])
+    print(f"  direct to the local app: p50={d50:.3f} p99={d99:.3f}; stolen: p50={s50:.3f} p99={s99:.3f}")
+    print(f"  added by the tunnel: p50={s50 - d50:.3f} ms, p99={s99 - d99:.3f} ms")
+
+
 def row(name, values, higher_better=True, unit=""):
     best_peer = (max if higher_better else min)(values[k] for k in ("nginx", "haproxy") if k in values)
     parts = []
@@ -172,6 +276,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--seconds", type=int, default=5)
+    ap.add_argument("--only", choices=["proxy", "sessions"], help="run one part only")
     args = ap.parse_args()
     for tool in ("wrk", "oha", "h2load", "iperf3", "nginx", "haproxy", "taskset"):
         if not shutil.which(tool):
@@ -179,6 +284,13 @@ def main():
 
     tmp = tempfile.mkdtemp()
     procs = Procs()
+    if args.only == "sessions":
+        try:
+            session_bench(procs, tmp, args.seconds, args.rounds)
+        finally:
+            procs.stop()
+            shutil.rmtree(tmp, ignore_errors=True)
+        return
     ports = {k: free_port() for k in ("app", "iperf", "sidecar", "sidecar_tcp", "admin", "admin_tcp",
                                        "nginx", "nginx_h2", "haproxy", "haproxy_h2", "haproxy_tcp")}
     try:
@@ -240,6 +352,8 @@ def main():
         row("raw TCP throughput, Gbit/s (iperf3; haproxy mode tcp)", {k: med(v) for k, v in results["tcp"].items()})
         print(f"sidecar memory: idle RSS {idle_rss:.1f} MiB, peak RSS under load {loaded_rss:.1f} MiB")
         print(f"sidecar CPU: {1000 * sidecar_cpu / max(sidecar_reqs, 1) * 1000:.1f} ms per 1000 requests (wrk phase)")
+        if args.only != "proxy":
+            session_bench(procs, tmp, args.seconds, args.rounds)
     finally:
         procs.stop()
         shutil.rmtree(tmp, ignore_errors=True)

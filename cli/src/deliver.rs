@@ -35,7 +35,13 @@ pub struct Delivery {
     pub status: Arc<Status>,
     pub config: mirrord_config::Config,
     pub local_host: std::net::IpAddr,
+    /// Copies being delivered at once; beyond, a copy is dropped (copies
+    /// are lossy by design, and a stalled local app must not pile them up).
+    pub copies: Arc<tokio::sync::Semaphore>,
 }
+
+/// Copies delivered to the local app at once.
+pub const MAX_COPIES_IN_FLIGHT: usize = 256;
 
 impl Delivery {
     /// Handles one Incoming to the end.
@@ -43,23 +49,36 @@ impl Delivery {
         let port = u16::try_from(incoming.port).unwrap_or(0);
         let steal = incoming.mode == proto::Mode::Steal as i32;
         let local = SocketAddr::new(self.local_host, self.config.incoming.local_port(port));
-        let (tx, rx) = mpsc::channel::<ExchangeFrame>(16);
-        let attach = Wire::Attach(Attach { session_id: self.session_id.clone(), id: incoming.id });
-        let _ = tx.send(ExchangeFrame { kind: Some(attach) }).await;
-        let mut client = self.client.clone();
-        let inbound = match client.exchange(ReceiverStream::new(rx)).await {
-            Ok(response) => response.into_inner(),
-            Err(e) => {
-                self.status.error(port, &format!("exchange {} could not be opened: {}", incoming.id, e.message()));
-                return;
+        // A copy of a request without a body comes whole in its announcement.
+        let whole_copy = !steal && matches!(&incoming.kind, Some(incoming::Kind::Http(r)) if r.body_complete);
+        let permit = if steal { None } else { self.copies.clone().try_acquire_owned().ok() };
+        if !steal && permit.is_none() {
+            if !whole_copy {
+                // Attached and dropped at once: the sidecar frees it right away.
+                let _ = self.exchange(incoming.id).await;
+            }
+            self.status.dropped(port);
+            return;
+        }
+        let (tx, frames) = if whole_copy {
+            let (tx, _) = mpsc::channel(1);
+            let (_, frames) = mpsc::channel(1);
+            (tx, frames)
+        } else {
+            match self.exchange(incoming.id).await {
+                Ok((tx, inbound)) => (tx, read_frames(inbound)),
+                Err(e) => {
+                    self.status.error(port, &format!("exchange {} could not be opened: {}", incoming.id, e.message()));
+                    return;
+                }
             }
         };
-        let frames = read_frames(inbound);
         let result = match incoming.kind {
             Some(incoming::Kind::Http(request)) => self.http(request, local, frames, &tx, steal).await,
             Some(incoming::Kind::Tcp(tcp)) => tcp_stream(tcp.data, local, frames, &tx).await,
             None => Err("empty announcement".to_owned()),
         };
+        drop(permit);
         match result {
             Ok(status) => self.status.delivered(port, steal, status),
             Err(e) => {
@@ -69,6 +88,19 @@ impl Delivery {
                 }
             }
         }
+    }
+
+    /// Opens the Exchange call for announcement `id`.
+    async fn exchange(
+        &self,
+        id: u64,
+    ) -> Result<(mpsc::Sender<ExchangeFrame>, tonic::Streaming<ExchangeFrame>), tonic::Status> {
+        let (tx, rx) = mpsc::channel::<ExchangeFrame>(16);
+        let attach = Wire::Attach(Attach { session_id: self.session_id.clone(), id });
+        let _ = tx.send(ExchangeFrame { kind: Some(attach) }).await;
+        let mut client = self.client.clone();
+        let inbound = client.exchange(ReceiverStream::new(rx)).await?.into_inner();
+        Ok((tx, inbound))
     }
 
     async fn http(

@@ -17,6 +17,7 @@ struct PortCounts {
     mirrored: u64,
     stolen: u64,
     errors: u64,
+    dropped: u64,
 }
 
 /// Counters per remote port, and the printer.
@@ -43,6 +44,12 @@ impl Status {
         self.update(port, |c| if steal { c.stolen += 1 } else { c.mirrored += 1 });
         let mode = if steal { "steal" } else { "mirror" };
         self.event(&serde_json::json!({"event": "delivered", "port": port, "mode": mode, "status": status}));
+    }
+
+    /// A copy dropped because too many were still with the local app.
+    pub fn dropped(&self, port: u16) {
+        self.update(port, |c| c.dropped += 1);
+        self.event(&serde_json::json!({"event": "dropped", "port": port}));
     }
 
     pub fn error(&self, port: u16, message: &str) {
@@ -85,7 +92,10 @@ impl Status {
         let ports = self.ports.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let parts: Vec<String> = ports
             .iter()
-            .map(|(p, c)| format!("{p}: {} mirrored, {} stolen, {} errors", c.mirrored, c.stolen, c.errors))
+            .map(|(p, c)| {
+                let dropped = if c.dropped > 0 { format!(", {} copies dropped", c.dropped) } else { String::new() };
+                format!("{p}: {} mirrored, {} stolen, {} errors{dropped}", c.mirrored, c.stolen, c.errors)
+            })
             .collect();
         let text = if parts.is_empty() { "waiting for traffic".to_owned() } else { parts.join(" | ") };
         let _ = write!(std::io::stderr().lock(), "\r\x1b[2K{text}");

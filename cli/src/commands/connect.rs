@@ -109,6 +109,7 @@ pub async fn run(mut args: ConnectArgs, stop: impl std::future::Future<Output = 
         status: status.clone(),
         config,
         local_host: args.local_host,
+        copies: Arc::new(tokio::sync::Semaphore::new(crate::deliver::MAX_COPIES_IN_FLIGHT)),
     });
     serve(events, delivery, status, requests, stop).await
 }

@@ -45,6 +45,15 @@ pub(super) async fn route(conn: &Conn, head_bytes: &[u8], head: &RequestHead) ->
         body_complete: head.body == super::body::Body::Empty,
     };
     for session in &decision.mirrors {
+        if request.body_complete {
+            // Complete in its announcement: no exchange needed.
+            if session.announce_copy(port, request.clone()) {
+                conn.metrics.intercepted(port, "mirror");
+            } else {
+                conn.metrics.mirror_dropped.inc();
+            }
+            continue;
+        }
         match session.open(port, proto::Mode::Mirror, incoming::Kind::Http(request.clone())).await {
             Some(exchange) => {
                 conn.metrics.intercepted(port, "mirror");

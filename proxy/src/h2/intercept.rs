@@ -38,6 +38,15 @@ pub(super) async fn route(proxy: &Proxy, req: Request<Incoming>) -> Response<Bod
     };
     let mut copies = Copies::default();
     for session in &decision.mirrors {
+        if announce.body_complete {
+            // Complete in its announcement: no exchange needed.
+            if session.announce_copy(port, announce.clone()) {
+                proxy.metrics.intercepted(port, "mirror");
+            } else {
+                proxy.metrics.mirror_dropped.inc();
+            }
+            continue;
+        }
         match session.open(port, proto::Mode::Mirror, incoming::Kind::Http(announce.clone())).await {
             Some(exchange) => {
                 proxy.metrics.intercepted(port, "mirror");

@@ -27,6 +27,11 @@ use crate::proto::{self, session_event};
 /// dropped and stolen traffic waits.
 const EVENT_QUEUE: usize = 1024;
 
+/// Exchanges announced but not yet attached, per session. Beyond this the
+/// client is not keeping up: copies are dropped and stolen traffic stays
+/// with the app, so memory stays bounded whatever the client does.
+const MAX_UNATTACHED: usize = 1024;
+
 /// One connected developer session.
 #[derive(Debug)]
 pub struct Session {
@@ -91,7 +96,13 @@ impl Session {
     pub async fn open(&self, port: u16, mode: proto::Mode, kind: proto::incoming::Kind) -> Option<Exchange> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (exchange, slot) = exchange::pair();
-        self.slots().insert(id, slot);
+        {
+            let mut slots = self.slots();
+            if slots.len() >= MAX_UNATTACHED {
+                return None;
+            }
+            slots.insert(id, slot);
+        }
         let incoming = proto::Incoming { id, port: u32::from(port), mode: mode as i32, kind: Some(kind) };
         if self.send(session_event::Kind::Incoming(incoming), mode == proto::Mode::Steal).await {
             Some(exchange)
@@ -99,6 +110,15 @@ impl Session {
             self.slots().remove(&id);
             None
         }
+    }
+
+    /// Announces a copy that is complete in itself (a request without a
+    /// body): no exchange is needed, so none is opened. False when dropped.
+    pub fn announce_copy(&self, port: u16, request: proto::HttpRequest) -> bool {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let kind = Some(proto::incoming::Kind::Http(request));
+        let incoming = proto::Incoming { id, port: u32::from(port), mode: proto::Mode::Mirror as i32, kind };
+        self.events.try_send(Ok(proto::SessionEvent { kind: Some(session_event::Kind::Incoming(incoming)) })).is_ok()
     }
 
     /// The client attached to exchange `id`: hands over its slot.

@@ -35,12 +35,16 @@ struct Args {
     /// Reported in every HTTP answer as "app", to tell two instances apart.
     #[arg(long, default_value = "app")]
     name: String,
+    /// Wait this long before every HTTP answer (a slow consumer).
+    #[arg(long, default_value_t = 0)]
+    delay_ms: u64,
 }
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let name: &'static str = Box::leak(args.name.clone().into_boxed_str());
+    DELAY_MS.store(args.delay_ms, std::sync::atomic::Ordering::Relaxed);
     let mut tasks = Vec::new();
     let kinds = args.http.iter().map(|a| (a, Kind::Http));
     let kinds = kinds.chain(args.tcp_echo.iter().map(|a| (a, Kind::Echo)));
@@ -100,7 +104,13 @@ async fn http(stream: TcpStream, peer: SocketAddr, name: &'static str) -> anyhow
         .map_err(|e| anyhow::anyhow!("{e}"))
 }
 
+static DELAY_MS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 async fn respond(req: Request<Incoming>, peer: SocketAddr, name: &str) -> Result<Response<Full<Bytes>>, Infallible> {
+    let delay = DELAY_MS.load(std::sync::atomic::Ordering::Relaxed);
+    if delay > 0 {
+        tokio::time::sleep(Duration::from_millis(delay)).await;
+    }
     let (parts, body) = req.into_parts();
     let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
     let path = parts.uri.path().to_owned();
