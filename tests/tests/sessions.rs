@@ -364,3 +364,25 @@ fn matched_websocket_upgrade_hands_the_connection_to_the_session() {
     assert_eq!(run("/chat/alice", "local"), r#"[["str", 11, true], ["bytes", 8, true], ["str", 200006, true]]"#);
     assert_eq!(run("/chat/bob", "remote"), r#"[["str", 12, true], ["bytes", 8, true], ["str", 200007, true]]"#);
 }
+
+#[test]
+fn local_app_down_gives_a_502_that_names_mirrord_and_the_session_goes_on() {
+    let Some(w) = world(
+        "local_app_down_gives_a_502_that_names_mirrord_and_the_session_goes_on",
+        &["--http", "127.0.0.1:0", "--name", "local"],
+    ) else {
+        return;
+    };
+    // A port nothing listens on: bind, note, close.
+    let closed_port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut cli = Cli::connect(w.relay.addr, "alice", &steal_config("x-user: alice", closed_port));
+    cli.wait_plan();
+    let url = format!("http://{}/down", w.pod.pod_ip);
+    let out = w.pod.exec(Side::Node, "curl", &["-sS", "-i", "--max-time", "10", "-H", "X-User: alice", &url]);
+    let response = String::from_utf8_lossy(&out.stdout);
+    assert!(response.starts_with("HTTP/1.1 502"), "{response}");
+    assert!(response.contains("mirrord-cli: cannot reach the local app at 127.0.0.1:"), "{response}");
+    assert!(cli.wait_for(Duration::from_secs(5), |e| e["event"] == "error").is_some());
+    assert!(cli.child.try_wait().unwrap().is_none(), "the CLI must keep running");
+    assert_eq!(answered_by(&w.pod, &[]), "remote");
+}
