@@ -386,3 +386,68 @@ fn local_app_down_gives_a_502_that_names_mirrord_and_the_session_goes_on() {
     assert!(cli.child.try_wait().unwrap().is_none(), "the CLI must keep running");
     assert_eq!(answered_by(&w.pod, &[]), "remote");
 }
+
+/// The filters of the documented examples (docs/steal.md), with a
+/// port_mapping added so the local app can listen on a free port.
+#[test]
+fn documented_header_and_path_filters_steal_http1_and_h2c() {
+    let Some(w) =
+        world("documented_header_and_path_filters_steal_http1_and_h2c", &["--http", "127.0.0.1:0", "--name", "local"])
+    else {
+        return;
+    };
+    let port = w.local.addr.port();
+    let header = format!(
+        r#"{{"feature":{{"network":{{"incoming":{{"mode":"steal","ports":[80],"http_filter":{{"header_filter":"X-My-Header: my-header-value","ports":[80,8080]}},"port_mapping":[[{port},80]]}}}}}}}}"#
+    );
+    let mut cli = Cli::connect(w.relay.addr, "docs-header", &header);
+    cli.wait_plan();
+    let who = |args: &[&str]| -> String {
+        let url = format!("http://{}/my/path/1", w.pod.pod_ip);
+        let mut all = vec!["-sS", "--max-time", "10"];
+        all.extend_from_slice(args);
+        all.push(&url);
+        let out = w.pod.exec(Side::Node, "curl", &all);
+        serde_json::from_slice::<serde_json::Value>(&out.stdout)
+            .map(|v| v["app"].as_str().unwrap_or_default().to_owned())
+            .unwrap_or_default()
+    };
+    assert_eq!(who(&["-H", "X-My-Header: my-header-value"]), "local");
+    assert_eq!(who(&["--http2-prior-knowledge", "-H", "x-my-header: MY-HEADER-VALUE"]), "local");
+    assert_eq!(who(&["--http2-prior-knowledge"]), "remote");
+    drop(cli);
+    while !metric(&w.pod, "mirrord_proxy_sessions 0") {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let path = format!(
+        r#"{{"feature":{{"network":{{"incoming":{{"mode":"steal","ports":[80],"http_filter":{{"path_filter":"my/path","ports":[80,8080]}},"port_mapping":[[{port},80]]}}}}}}}}"#
+    );
+    let mut cli = Cli::connect(w.relay.addr, "docs-path", &path);
+    cli.wait_plan();
+    assert_eq!(who(&[]), "local");
+    let out = w.pod.exec(Side::Node, "curl", &["-sS", "--max-time", "10", &format!("http://{}/other", w.pod.pod_ip)]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("\"app\":\"remote\""));
+}
+
+#[test]
+fn mirrored_tcp_connections_copy_the_clients_bytes() {
+    let Some(w) = world("mirrored_tcp_connections_copy_the_clients_bytes", &["--tcp-echo", "127.0.0.1:0"]) else {
+        return;
+    };
+    let config = format!(
+        r#"{{"feature":{{"network":{{"incoming":{{"mode":"mirror","ports":[9000],"port_mapping":[[{},9000]]}}}}}}}}"#,
+        w.local.addr.port()
+    );
+    let mut cli = Cli::connect(w.relay.addr, "tcp-mirror", &config);
+    cli.wait_plan();
+    let mut s = w.pod.connect_from_node(w.pod.addr(9000));
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(b"copy me\n").unwrap();
+    s.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut echoed = String::new();
+    s.read_to_string(&mut echoed).unwrap();
+    assert_eq!(echoed, "copy me\n", "the remote app answers as always");
+    let delivered = cli.wait_for(Duration::from_secs(5), |e| e["event"] == "delivered" && e["mode"] == "mirror");
+    assert!(delivered.is_some(), "the copy reached the local app");
+    assert!(metric(&w.pod, "mirrord_proxy_intercepted_total{port=\"9000\",mode=\"mirror\"} 1"));
+}
