@@ -267,8 +267,7 @@ async fn upgrade(
     mut inbound: mpsc::Receiver<Wire>,
     tx: &mpsc::Sender<ExchangeFrame>,
 ) -> Result<Option<u16>, String> {
-    let stream = TcpStream::connect(local).await.map_err(|e| format!("cannot reach the local app at {local}: {e}"))?;
-    let _ = stream.set_nodelay(true);
+    let stream = connect_local(local).await?;
     let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
         .await
         .map_err(|e| format!("HTTP handshake with the local app failed: {e}"))?;
@@ -329,6 +328,12 @@ async fn pump_to_sidecar<R: tokio::io::AsyncRead + Unpin>(
     send(tx, Wire::End(End {})).await
 }
 
+async fn connect_local(local: SocketAddr) -> Result<TcpStream, String> {
+    let stream = TcpStream::connect(local).await.map_err(|e| format!("cannot reach the local app at {local}: {e}"))?;
+    let _ = stream.set_nodelay(true);
+    Ok(stream)
+}
+
 /// A whole TCP connection: bytes both ways until both sides are done.
 async fn tcp_stream(
     first: Bytes,
@@ -336,9 +341,7 @@ async fn tcp_stream(
     mut inbound: mpsc::Receiver<Wire>,
     tx: &mpsc::Sender<ExchangeFrame>,
 ) -> Result<Option<u16>, String> {
-    let stream = TcpStream::connect(local).await.map_err(|e| format!("cannot reach the local app at {local}: {e}"))?;
-    let _ = stream.set_nodelay(true);
-    let (mut rd, mut wr) = stream.into_split();
+    let (mut rd, mut wr) = connect_local(local).await?.into_split();
     wr.write_all(&first).await.map_err(|e| e.to_string())?;
     let to_local = async move {
         while let Some(frame) = inbound.recv().await {

@@ -294,20 +294,31 @@ impl Drop for Kill {
     }
 }
 
-#[test]
-fn grpc_unary_streaming_and_bidi_are_stolen_by_metadata() {
-    if !root_or_skip("grpc_unary_streaming_and_bidi_are_stolen_by_metadata") {
-        return;
+/// A pod whose app is a Python script ("remote") on `port`, the same script
+/// on the laptop ("local", on a free port), and a relay.
+fn python_world(test: &str, script: &str, port: u16) -> Option<(Pod, Kill, u16, Relay)> {
+    if !root_or_skip(test) {
+        return None;
     }
     let mut pod = Pod::new();
-    let app = mirrord_tests::apps_dir().join("grpc_app.py");
-    pod.spawn(Side::Pod, "grpc-app", "python3", &[app.to_str().unwrap(), "0.0.0.0:50051", "remote"]);
-    mirrord_tests::netns::wait_listening(&pod.pod_ns, pod.addr(50051), Duration::from_secs(20)).unwrap();
-    pod.init(&["--ports", "50051"]);
-    pod.start_sidecar(&["--ports", "50051"]);
-    let (local, local_port) = local_python("grpc_app.py", &["127.0.0.1:0", "local"]);
-    let _local = Kill(local);
+    let app = mirrord_tests::apps_dir().join(script);
+    let listen = format!("0.0.0.0:{port}");
+    pod.spawn(Side::Pod, "python-app", "python3", &[app.to_str().unwrap(), &listen, "remote"]);
+    mirrord_tests::netns::wait_listening(&pod.pod_ns, pod.addr(port), Duration::from_secs(20)).unwrap();
+    pod.init(&["--ports", &port.to_string()]);
+    pod.start_sidecar(&["--ports", &port.to_string()]);
+    let (local, local_port) = local_python(script, &["127.0.0.1:0", "local"]);
     let relay = Relay::start(&pod.pod_ns, mirrord_config::names::TUNNEL_PORT).unwrap();
+    Some((pod, Kill(local), local_port, relay))
+}
+
+#[test]
+fn grpc_unary_streaming_and_bidi_are_stolen_by_metadata() {
+    let Some((pod, _local, local_port, relay)) =
+        python_world("grpc_unary_streaming_and_bidi_are_stolen_by_metadata", "grpc_app.py", 50051)
+    else {
+        return;
+    };
     let config = format!(
         r#"{{"feature":{{"network":{{"incoming":{{"mode":"steal","http_filter":{{"header_filter":"x-user: alice","ports":[50051]}},"port_mapping":[[{local_port},50051]]}}}}}}}}"#
     );
@@ -337,18 +348,11 @@ fn grpc_unary_streaming_and_bidi_are_stolen_by_metadata() {
 
 #[test]
 fn matched_websocket_upgrade_hands_the_connection_to_the_session() {
-    if !root_or_skip("matched_websocket_upgrade_hands_the_connection_to_the_session") {
+    let Some((pod, _local, local_port, relay)) =
+        python_world("matched_websocket_upgrade_hands_the_connection_to_the_session", "ws_app.py", 8080)
+    else {
         return;
-    }
-    let mut pod = Pod::new();
-    let app = mirrord_tests::apps_dir().join("ws_app.py");
-    pod.spawn(Side::Pod, "ws-app", "python3", &[app.to_str().unwrap(), "0.0.0.0:8080", "remote"]);
-    mirrord_tests::netns::wait_listening(&pod.pod_ns, pod.addr(8080), Duration::from_secs(20)).unwrap();
-    pod.init(&["--ports", "8080"]);
-    pod.start_sidecar(&["--ports", "8080"]);
-    let (local, local_port) = local_python("ws_app.py", &["127.0.0.1:0", "local"]);
-    let _local = Kill(local);
-    let relay = Relay::start(&pod.pod_ns, mirrord_config::names::TUNNEL_PORT).unwrap();
+    };
     let config = format!(
         r#"{{"feature":{{"network":{{"incoming":{{"mode":"steal","http_filter":{{"path_filter":"^/chat/alice","ports":[8080]}},"port_mapping":[[{local_port},8080]]}}}}}}}}"#
     );

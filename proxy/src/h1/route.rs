@@ -6,7 +6,7 @@ use bytes::Bytes;
 use super::head::RequestHead;
 use super::Conn;
 use crate::proto::{self, incoming};
-use crate::session::{Copies, Exchange, RequestView};
+use crate::session::{open_copies, Copies, Exchange, RequestView};
 
 const MAX_HEADERS: usize = 128;
 
@@ -44,26 +44,7 @@ pub(super) async fn route(conn: &Conn, head_bytes: &[u8], head: &RequestHead) ->
         body: Bytes::new(),
         body_complete: head.body == super::body::Body::Empty,
     };
-    for session in &decision.mirrors {
-        if request.body_complete {
-            // Complete in its announcement: no exchange needed.
-            if session.announce_copy(port, request.clone()) {
-                conn.metrics.intercepted(port, "mirror");
-            } else {
-                conn.metrics.mirror_dropped.inc();
-            }
-            continue;
-        }
-        match session.open(port, proto::Mode::Mirror, incoming::Kind::Http(request.clone())).await {
-            Some(exchange) => {
-                conn.metrics.intercepted(port, "mirror");
-                routed.copies.add(exchange.to_client);
-            }
-            None => {
-                conn.metrics.mirror_dropped.inc();
-            }
-        }
-    }
+    routed.copies = open_copies(&decision.mirrors, port, &request, &conn.metrics).await;
     if let Some(session) = decision.steal {
         routed.steal = session.open(port, proto::Mode::Steal, incoming::Kind::Http(request)).await;
         if routed.steal.is_some() {

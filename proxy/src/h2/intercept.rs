@@ -13,7 +13,7 @@ use super::{bad_gateway, Body, Proxy};
 use crate::metrics::Metrics;
 use crate::proto::exchange_frame::Kind as Wire;
 use crate::proto::{self, incoming, End};
-use crate::session::{Copies, Exchange, RequestView};
+use crate::session::{open_copies, Copies, Exchange, RequestView};
 
 /// Connection-specific headers, which HTTP/2 forbids.
 const CONNECTION_SPECIFIC: [&str; 5] = ["connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade"];
@@ -36,27 +36,7 @@ pub(super) async fn route(proxy: &Proxy, req: Request<Incoming>) -> Response<Bod
         body: Bytes::new(),
         body_complete: hyper::body::Body::is_end_stream(req.body()),
     };
-    let mut copies = Copies::default();
-    for session in &decision.mirrors {
-        if announce.body_complete {
-            // Complete in its announcement: no exchange needed.
-            if session.announce_copy(port, announce.clone()) {
-                proxy.metrics.intercepted(port, "mirror");
-            } else {
-                proxy.metrics.mirror_dropped.inc();
-            }
-            continue;
-        }
-        match session.open(port, proto::Mode::Mirror, incoming::Kind::Http(announce.clone())).await {
-            Some(exchange) => {
-                proxy.metrics.intercepted(port, "mirror");
-                copies.add(exchange.to_client);
-            }
-            None => {
-                proxy.metrics.mirror_dropped.inc();
-            }
-        }
-    }
+    let copies = open_copies(&decision.mirrors, port, &announce, &proxy.metrics).await;
     let stolen = match decision.steal {
         Some(session) => session.open(port, proto::Mode::Steal, incoming::Kind::Http(announce)).await,
         None => None,

@@ -276,3 +276,34 @@ impl Sessions {
         decision
     }
 }
+
+/// Opens the copies of one HTTP request for the mirroring sessions. A copy
+/// of a request without a body travels whole in its announcement; others get
+/// an exchange for the body. A session too far behind loses its copy.
+pub async fn open_copies(
+    mirrors: &[Arc<Session>],
+    port: u16,
+    request: &proto::HttpRequest,
+    metrics: &crate::metrics::Metrics,
+) -> Copies {
+    let mut copies = Copies::default();
+    for session in mirrors {
+        let opened = if request.body_complete {
+            session.announce_copy(port, request.clone())
+        } else {
+            match session.open(port, proto::Mode::Mirror, proto::incoming::Kind::Http(request.clone())).await {
+                Some(exchange) => {
+                    copies.add(exchange.to_client);
+                    true
+                }
+                None => false,
+            }
+        };
+        if opened {
+            metrics.intercepted(port, "mirror");
+        } else {
+            metrics.mirror_dropped.inc();
+        }
+    }
+    copies
+}
