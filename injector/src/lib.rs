@@ -3,5 +3,9 @@
 //! For every pod that opts in (the `mirrord.dev/inject: "enabled"` annotation
 //! on its template or its Namespace, see [`mirrord_config::names`]), it adds
 //! the `mirrord-proxy init` init container, the `mirrord-proxy run` sidecar
-//! and `shareProcessNamespace: true`. This crate holds the pure `Pod -> Pod`
-//! mutation, the HTTPS server and its TLS.
+//! and `shareProcessNamespace: true`. [`mutate`] is the pure `Pod -> Pod`
+//! mutation; [`patch`] turns the difference into the JSON Patch an admission
+//! response carries.
+
+pub mod mutate;
+pub mod patch;

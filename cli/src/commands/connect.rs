@@ -48,55 +48,16 @@ pub struct ConnectArgs {
 /// Runs a session to its end.
 pub async fn run(mut args: ConnectArgs, stop: impl std::future::Future<Output = ()>) -> ExitCode {
     let status = Arc::new(Status::new(args.log_format));
-    let config = match &args.config {
-        Some(path) => match Config::load(path) {
-            Ok(c) => c,
-            Err(e) => {
-                eprintln!("error: {e}");
-                return ExitCode::InvalidConfig;
-            }
-        },
-        None => Config::default(),
-    };
-    let config_json = match &args.config {
-        Some(path) => raw_json(path),
-        None => Ok("{}".to_owned()),
-    };
-    let config_json = match config_json {
-        Ok(j) => j,
+    let (config, config_json) = match load_config(args.config.as_deref()) {
+        Ok(loaded) => loaded,
         Err(e) => {
             eprintln!("error: {e}");
             return ExitCode::InvalidConfig;
         }
     };
-    let channel = match connect(&args.addr).await {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("error: cannot reach the sidecar at {}: {e}", args.addr);
-            return ExitCode::Failure;
-        }
-    };
-    let mut client = TunnelClient::new(channel);
-    let (requests, rx) = mpsc::channel(4);
-    let hello = Hello {
-        protocol_version: PROTOCOL_VERSION,
-        client_name: args.name.clone().unwrap_or_else(default_name),
-        config_json,
-        token: args.token.clone().unwrap_or_default(),
-        client_version: env!("CARGO_PKG_VERSION").to_owned(),
-    };
-    let _ = requests.send(SessionRequest { kind: Some(session_request::Kind::Hello(hello)) }).await;
-    let mut events = match client.session(ReceiverStream::new(rx)).await {
-        Ok(r) => r.into_inner(),
-        Err(e) => return refused(&e),
-    };
-    let plan = match events.message().await {
-        Ok(Some(proto::SessionEvent { kind: Some(session_event::Kind::Plan(plan)) })) => plan,
-        Ok(_) => {
-            eprintln!("error: the sidecar did not answer with a plan");
-            return ExitCode::Failure;
-        }
-        Err(e) => return refused(&e),
+    let (client, events, requests, plan) = match open(&args, config_json).await {
+        Ok(opened) => opened,
+        Err(code) => return code,
     };
     print_plan(&status, &plan, &args.addr);
     if let Some(open) = args.on_open.take() {
@@ -112,6 +73,46 @@ pub async fn run(mut args: ConnectArgs, stop: impl std::future::Future<Output = 
         copies: Arc::new(tokio::sync::Semaphore::new(crate::deliver::MAX_COPIES_IN_FLIGHT)),
     });
     serve(events, delivery, status, requests, stop).await
+}
+
+/// The validated config, and the JSON the sidecar gets (the empty config
+/// without a file).
+fn load_config(path: Option<&std::path::Path>) -> Result<(Config, String), String> {
+    let Some(path) = path else { return Ok((Config::default(), "{}".to_owned())) };
+    let config = Config::load(path).map_err(|e| e.to_string())?;
+    Ok((config, raw_json(path)?))
+}
+
+type Opened = (TunnelClient<Channel>, tonic::Streaming<proto::SessionEvent>, mpsc::Sender<SessionRequest>, proto::Plan);
+
+/// Connects, says Hello, and waits for the plan. `Err` is the exit code,
+/// after the reason was printed.
+async fn open(args: &ConnectArgs, config_json: String) -> Result<Opened, ExitCode> {
+    let channel = connect(&args.addr).await.map_err(|e| {
+        eprintln!("error: cannot reach the sidecar at {}: {e}", args.addr);
+        ExitCode::Failure
+    })?;
+    let mut client = TunnelClient::new(channel);
+    let (requests, rx) = mpsc::channel(4);
+    let hello = Hello {
+        protocol_version: PROTOCOL_VERSION,
+        client_name: args.name.clone().unwrap_or_else(default_name),
+        config_json,
+        token: args.token.clone().unwrap_or_default(),
+        client_version: env!("CARGO_PKG_VERSION").to_owned(),
+    };
+    let _ = requests.send(SessionRequest { kind: Some(session_request::Kind::Hello(hello)) }).await;
+    let mut events = client.session(ReceiverStream::new(rx)).await.map_err(|e| refused(&e))?.into_inner();
+    match events.message().await {
+        Ok(Some(proto::SessionEvent { kind: Some(session_event::Kind::Plan(plan)) })) => {
+            Ok((client, events, requests, plan))
+        }
+        Ok(_) => {
+            eprintln!("error: the sidecar did not answer with a plan");
+            Err(ExitCode::Failure)
+        }
+        Err(e) => Err(refused(&e)),
+    }
 }
 
 async fn serve(

@@ -1,0 +1,241 @@
+//! The pure `Pod -> Pod` mutation: what the webhook adds to an opted-in pod.
+
+use std::collections::BTreeSet;
+
+use mirrord_config::names::{
+    ADMIN_PORT, ANNOTATION_INJECT, ANNOTATION_OPAQUE_PORTS, ANNOTATION_PAUSE, ANNOTATION_PORTS, ANNOTATION_SKIP_PORTS,
+    ANNOTATION_STATUS, TUNNEL_PORT,
+};
+use serde_json::{json, Map, Value};
+
+/// Name of the iptables init container.
+pub const INIT_NAME: &str = "mirrord-init";
+/// Name of the proxy sidecar.
+pub const SIDECAR_NAME: &str = "mirrord-proxy";
+const DEFAULT_CONTAINER: &str = "kubectl.kubernetes.io/default-container";
+
+/// How the injector is set up (flags of `mirrord-injector`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settings {
+    /// Image of `mirrord-proxy` (init and sidecar).
+    pub image: String,
+    /// Sidecar as a native sidecar (init container with restartPolicy
+    /// Always, Kubernetes 1.29+) or as a classic container.
+    pub native_sidecar: bool,
+}
+
+/// Why a pod is left as it is (also the metric label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Skip {
+    NotOptedIn,
+    OptedOut,
+    HostNetwork,
+    AlreadyInjected,
+    NoPorts,
+    NotAPod,
+}
+
+impl Skip {
+    pub fn reason(self) -> &'static str {
+        match self {
+            Skip::NotOptedIn => "not_opted_in",
+            Skip::OptedOut => "opted_out",
+            Skip::HostNetwork => "host_network",
+            Skip::AlreadyInjected => "already_injected",
+            Skip::NoPorts => "no_ports",
+            Skip::NotAPod => "not_a_pod",
+        }
+    }
+}
+
+/// Why an annotation cannot be honoured.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("annotation {key}: {message}")]
+pub struct Invalid {
+    pub key: &'static str,
+    pub message: String,
+}
+
+/// The mutated pod, or why it is left alone. `namespace_opted_in` says
+/// whether the pod's Namespace carries the opt-in annotation.
+pub fn mutate(pod: &Value, namespace_opted_in: bool, settings: &Settings) -> Result<Result<Value, Skip>, Invalid> {
+    let Some(spec) = pod.get("spec").and_then(Value::as_object) else { return Ok(Err(Skip::NotAPod)) };
+    let annotations = pod.pointer("/metadata/annotations").and_then(Value::as_object);
+    let annotation = |key: &str| annotations.and_then(|a| a.get(key)).and_then(Value::as_str);
+    match annotation(ANNOTATION_INJECT) {
+        Some("disabled") => return Ok(Err(Skip::OptedOut)),
+        Some("enabled") => {}
+        Some(other) => {
+            return Err(Invalid {
+                key: ANNOTATION_INJECT,
+                message: format!("{other:?}: expected \"enabled\" or \"disabled\""),
+            })
+        }
+        None if namespace_opted_in => {}
+        None => return Ok(Err(Skip::NotOptedIn)),
+    }
+    if spec.get("hostNetwork").and_then(Value::as_bool) == Some(true) {
+        return Ok(Err(Skip::HostNetwork));
+    }
+    if names(spec, "initContainers").chain(names(spec, "containers")).any(|n| n == INIT_NAME || n == SIDECAR_NAME) {
+        return Ok(Err(Skip::AlreadyInjected));
+    }
+    let ports = match annotation(ANNOTATION_PORTS) {
+        Some(list) => port_list(ANNOTATION_PORTS, list)?,
+        None => declared_ports(spec),
+    };
+    if ports.is_empty() {
+        return Ok(Err(Skip::NoPorts));
+    }
+    let skip =
+        annotation(ANNOTATION_SKIP_PORTS).map(|l| port_list(ANNOTATION_SKIP_PORTS, l)).transpose()?.unwrap_or_default();
+    let opaque = annotation(ANNOTATION_OPAQUE_PORTS)
+        .map(|l| port_list(ANNOTATION_OPAQUE_PORTS, l))
+        .transpose()?
+        .unwrap_or_default();
+    let pause = match annotation(ANNOTATION_PAUSE) {
+        None | Some("enabled") => true,
+        Some("disabled") => false,
+        Some(other) => {
+            return Err(Invalid {
+                key: ANNOTATION_PAUSE,
+                message: format!("{other:?}: expected \"enabled\" or \"disabled\""),
+            })
+        }
+    };
+    let app_containers: Vec<String> = names(spec, "containers").map(str::to_owned).collect();
+    let mut out = pod.clone();
+    let injected = Injected { ports: &ports, skip: &skip, opaque: &opaque, pause, app_containers: &app_containers };
+    if let Some(object) = out.as_object_mut() {
+        inject(object, &injected, settings);
+    }
+    Ok(Ok(out))
+}
+
+struct Injected<'a> {
+    ports: &'a BTreeSet<u16>,
+    skip: &'a BTreeSet<u16>,
+    opaque: &'a BTreeSet<u16>,
+    pause: bool,
+    app_containers: &'a [String],
+}
+
+fn inject(pod: &mut Map<String, Value>, what: &Injected<'_>, settings: &Settings) {
+    let list = |set: &BTreeSet<u16>| set.iter().map(u16::to_string).collect::<Vec<_>>().join(",");
+    let mut init_args = vec!["init".to_owned(), "--ports".to_owned(), list(what.ports)];
+    if !what.skip.is_empty() {
+        init_args.extend(["--skip-ports".to_owned(), list(what.skip)]);
+    }
+    let mut run_args = vec!["run".to_owned(), "--ports".to_owned(), list(what.ports)];
+    if !what.opaque.is_empty() {
+        run_args.extend(["--opaque-ports".to_owned(), list(what.opaque)]);
+    }
+    let init = json!({
+        "name": INIT_NAME,
+        "image": settings.image,
+        "args": init_args,
+        "resources": {"requests": {"cpu": "10m", "memory": "16Mi"}, "limits": {"memory": "32Mi"}},
+        "securityContext": {
+            "runAsUser": 0, "runAsNonRoot": false, "allowPrivilegeEscalation": false, "readOnlyRootFilesystem": true,
+            "capabilities": {"add": ["NET_ADMIN", "NET_RAW"], "drop": ["ALL"]}
+        }
+    });
+    let mut sidecar = json!({
+        "name": SIDECAR_NAME,
+        "image": settings.image,
+        "args": run_args,
+        "env": [
+            {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+            {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
+            {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
+            {"name": "MIRRORD_APP_CONTAINERS", "value": what.app_containers.join(",")}
+        ],
+        "ports": [{"name": "mirrord-admin", "containerPort": ADMIN_PORT, "protocol": "TCP"}],
+        "readinessProbe": {"httpGet": {"path": "/ready", "port": ADMIN_PORT}, "periodSeconds": 5},
+        "livenessProbe": {"httpGet": {"path": "/live", "port": ADMIN_PORT}, "periodSeconds": 10},
+        "resources": {"requests": {"cpu": "10m", "memory": "16Mi"}, "limits": {"memory": "64Mi"}},
+        "securityContext": {
+            "runAsUser": 65532, "runAsNonRoot": true, "allowPrivilegeEscalation": false, "readOnlyRootFilesystem": true,
+            "capabilities": {"drop": ["ALL"], "add": if what.pause { json!(["KILL"]) } else { json!([]) }}
+        }
+    });
+    if !what.pause {
+        if let Some(caps) = sidecar.pointer_mut("/securityContext/capabilities").and_then(Value::as_object_mut) {
+            caps.remove("add");
+        }
+    }
+    let spec = object(pod, "spec");
+    let inits = array(spec, "initContainers");
+    inits.insert(0, init);
+    if settings.native_sidecar {
+        sidecar["restartPolicy"] = json!("Always");
+        sidecar["startupProbe"] =
+            json!({"httpGet": {"path": "/ready", "port": ADMIN_PORT}, "periodSeconds": 1, "failureThreshold": 30});
+        inits.insert(1, sidecar);
+    } else {
+        array(spec, "containers").push(sidecar);
+    }
+    if what.pause {
+        spec.insert("shareProcessNamespace".to_owned(), json!(true));
+    }
+    let status = json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "ports": what.ports,
+        "initContainers": [INIT_NAME],
+        "sidecar": {"name": SIDECAR_NAME, "native": settings.native_sidecar},
+        "pause": what.pause,
+        "tunnelPort": TUNNEL_PORT,
+    });
+    let first_app = what.app_containers.first().cloned();
+    let annotations = object(object(pod, "metadata"), "annotations");
+    annotations.insert(ANNOTATION_STATUS.to_owned(), json!(status.to_string()));
+    if let Some(app) = first_app {
+        annotations.entry(DEFAULT_CONTAINER.to_owned()).or_insert(json!(app));
+    }
+}
+
+/// The object at `key`, made (or replacing a non-object) when missing.
+fn object<'a>(m: &'a mut Map<String, Value>, key: &str) -> &'a mut Map<String, Value> {
+    let entry = m.entry(key.to_owned()).or_insert_with(|| json!({}));
+    if !entry.is_object() {
+        *entry = json!({});
+    }
+    entry.as_object_mut().unwrap_or_else(|| unreachable!("just made an object"))
+}
+
+fn array<'a>(m: &'a mut Map<String, Value>, key: &str) -> &'a mut Vec<Value> {
+    let entry = m.entry(key.to_owned()).or_insert_with(|| json!([]));
+    if !entry.is_array() {
+        *entry = json!([]);
+    }
+    entry.as_array_mut().unwrap_or_else(|| unreachable!("just made an array"))
+}
+
+fn names<'a>(spec: &'a Map<String, Value>, key: &str) -> impl Iterator<Item = &'a str> {
+    spec.get(key).and_then(Value::as_array).into_iter().flatten().filter_map(|c| c.get("name")?.as_str())
+}
+
+/// TCP ports declared by the pod's containers.
+fn declared_ports(spec: &Map<String, Value>) -> BTreeSet<u16> {
+    spec.get("containers")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .flat_map(|c| c.get("ports").and_then(Value::as_array).into_iter().flatten())
+        .filter(|p| p.get("protocol").and_then(Value::as_str).is_none_or(|proto| proto == "TCP"))
+        .filter_map(|p| p.get("containerPort")?.as_u64())
+        .filter_map(|p| u16::try_from(p).ok())
+        .filter(|p| *p != 0)
+        .collect()
+}
+
+fn port_list(key: &'static str, list: &str) -> Result<BTreeSet<u16>, Invalid> {
+    list.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| match s.parse::<u16>() {
+            Ok(p) if p != 0 => Ok(p),
+            _ => Err(Invalid { key, message: format!("{list:?}: expected comma-separated ports 1-65535, got {s:?}") }),
+        })
+        .collect()
+}
