@@ -1,0 +1,82 @@
+//! What the injector writes is what the data plane runs: a fixture pod is
+//! mutated, and its init container and sidecar are executed in the pod
+//! simulation with exactly the args and env written in the mutated pod.
+//! Needs root; skips outside CI otherwise.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::Path;
+use std::time::Duration;
+
+use mirrord_injector::mutate::{mutate, Settings, INIT_NAME, SIDECAR_NAME};
+use mirrord_tests::pod::{Pod, Side};
+use mirrord_tests::{root_or_skip, workspace_bin};
+use serde_json::Value;
+
+fn container<'a>(pod: &'a Value, list: &str, name: &str) -> &'a Value {
+    pod["spec"][list]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == name)
+        .unwrap_or_else(|| panic!("no {name} in {list}"))
+}
+
+/// `env K=V … mirrord-proxy ARGS…`, the env resolved as the kubelet would
+/// (downward API fields from the simulated pod).
+fn command(c: &Value, pod: &Pod, name: &str) -> Vec<String> {
+    let mut cmd = vec!["env".to_owned()];
+    for e in c["env"].as_array().into_iter().flatten() {
+        let value = match e["valueFrom"]["fieldRef"]["fieldPath"].as_str() {
+            Some("metadata.name") => name.to_owned(),
+            Some("metadata.namespace") => "shop".to_owned(),
+            Some("status.podIP") => pod.pod_ip.to_string(),
+            Some(other) => panic!("unexpected downward API field {other}"),
+            None => e["value"].as_str().unwrap().to_owned(),
+        };
+        cmd.push(format!("{}={value}", e["name"].as_str().unwrap()));
+    }
+    cmd.push(workspace_bin("mirrord-proxy").to_string_lossy().into_owned());
+    cmd.extend(c["args"].as_array().unwrap().iter().map(|a| a.as_str().unwrap().to_owned()));
+    cmd
+}
+
+#[test]
+fn mutated_fixture_runs_in_the_pod_simulation() {
+    if !root_or_skip("mutated_fixture_runs_in_the_pod_simulation") {
+        return;
+    }
+    let fixture =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../injector/tests/fixtures/pods/deployment-two-ports.json");
+    let original: Value = serde_json::from_str(&std::fs::read_to_string(fixture).unwrap()).unwrap();
+    let settings = Settings { image: "mirrord-proxy".to_owned(), native_sidecar: true };
+    let mutated = mutate(&original, false, &settings).unwrap().unwrap();
+
+    let mut pod = Pod::new();
+    pod.start_app(&["--http", "0.0.0.0:8080", "--http", "0.0.0.0:9090", "--name", "api"], pod.addr(9090));
+    let init = command(container(&mutated, "initContainers", INIT_NAME), &pod, "api-x7k2p");
+    let out = pod.exec(Side::Pod, &init[0], &init[1..].iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(out.status.success(), "init as injected: {}", String::from_utf8_lossy(&out.stderr));
+    let sidecar = command(container(&mutated, "initContainers", SIDECAR_NAME), &pod, "api-x7k2p");
+    pod.spawn(Side::Pod, "sidecar", &sidecar[0], &sidecar[1..].iter().map(String::as_str).collect::<Vec<_>>());
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while pod.admin_get("/ready").map(|(s, _)| s) != Some(200) {
+        assert!(std::time::Instant::now() < deadline, "injected sidecar not ready:\n{}", pod.log("sidecar"));
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    for port in [8080, 9090] {
+        let url = format!("http://{}/via-injected", pod.addr(port));
+        let out = pod.exec(Side::Node, "curl", &["-sS", "--max-time", "10", &url]);
+        let body: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+        assert_eq!(body["peer_ip"], pod.pod_ip.to_string(), "port {port} did not pass through the injected sidecar");
+    }
+    let metrics = pod.metrics();
+    assert!(
+        metrics.contains("mirrord_proxy_requests_total{port=\"8080\",protocol=\"http1\",status=\"2xx\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("mirrord_proxy_requests_total{port=\"9090\",protocol=\"http1\",status=\"2xx\"} 1"),
+        "{metrics}"
+    );
+}
