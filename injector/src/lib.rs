@@ -9,3 +9,4 @@
 
 pub mod mutate;
 pub mod patch;
+pub mod review;

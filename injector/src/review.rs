@@ -1,0 +1,160 @@
+//! AdmissionReview `admission.k8s.io/v1`: a request in, a response out.
+//! Every policy outcome is an HTTP 200 carrying the request's uid (allowed,
+//! patched, or allowed unchanged with the reason); only a review that cannot
+//! be read at all is an error, and it says what was expected.
+
+use serde_json::{json, Value};
+
+use crate::mutate::{mutate, Settings, Skip};
+use crate::patch;
+
+/// What happened to one admission, for logs and metrics.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Injected,
+    Skipped(Skip),
+    /// An annotation could not be honoured: the pod is admitted unchanged,
+    /// with a warning that names the annotation.
+    Invalid(String),
+}
+
+impl Outcome {
+    /// Metric label.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Outcome::Injected => "injected",
+            Outcome::Skipped(s) => s.reason(),
+            Outcome::Invalid(_) => "invalid_annotation",
+        }
+    }
+}
+
+/// Why a body is not an AdmissionReview we can answer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid AdmissionReview: {0}")]
+pub struct BadReview(pub String);
+
+/// Answers one AdmissionReview. `namespace_opted_in` tells whether the
+/// request's namespace carries the opt-in annotation.
+pub fn answer(
+    body: &[u8],
+    namespace_opted_in: impl Fn(&str) -> bool,
+    settings: &Settings,
+) -> Result<(Value, Outcome), BadReview> {
+    let review: Value = serde_json::from_slice(body).map_err(|e| BadReview(format!("not JSON: {e}")))?;
+    if review["apiVersion"] != "admission.k8s.io/v1" || review["kind"] != "AdmissionReview" {
+        return Err(BadReview("expected apiVersion admission.k8s.io/v1 and kind AdmissionReview".to_owned()));
+    }
+    let request = &review["request"];
+    let uid = request["uid"].as_str().ok_or_else(|| BadReview("request.uid is missing".to_owned()))?;
+    let is_pod = request["kind"]["kind"] == "Pod" && request["kind"]["group"].as_str().is_none_or(str::is_empty);
+    let object = &request["object"];
+    let namespace = request["namespace"]
+        .as_str()
+        .or_else(|| object.pointer("/metadata/namespace").and_then(Value::as_str))
+        .unwrap_or("");
+    let mut response = json!({ "uid": uid, "allowed": true });
+    let outcome = if !is_pod || request["operation"] != "CREATE" {
+        Outcome::Skipped(Skip::NotAPod)
+    } else {
+        match mutate(object, namespace_opted_in(namespace), settings) {
+            Ok(Ok(mutated)) => {
+                let ops = patch::diff(object, &mutated);
+                response["patchType"] = json!("JSONPatch");
+                response["patch"] = json!(base64(serde_json::to_string(&ops).unwrap_or_default().as_bytes()));
+                Outcome::Injected
+            }
+            Ok(Err(skip)) => Outcome::Skipped(skip),
+            Err(invalid) => {
+                response["warnings"] = json!([format!("mirrord: not injected: {invalid}")]);
+                Outcome::Invalid(invalid.to_string())
+            }
+        }
+    };
+    let answer = json!({ "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "response": response });
+    Ok((answer, outcome))
+}
+
+/// Standard base64 with padding (the encoding of `response.patch`).
+pub fn base64(data: &[u8]) -> String {
+    const TABLE: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
+    for chunk in data.chunks(3) {
+        let b = [chunk[0], chunk.get(1).copied().unwrap_or(0), chunk.get(2).copied().unwrap_or(0)];
+        let n = u32::from(b[0]) << 16 | u32::from(b[1]) << 8 | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(TABLE[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings() -> Settings {
+        Settings { image: "proxy:1".to_owned(), native_sidecar: true }
+    }
+
+    fn review(object: Value) -> Vec<u8> {
+        json!({
+            "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+            "request": {"uid": "705ab4f5-6393-11e8-b7cc-42010a800002", "kind": {"group": "", "version": "v1", "kind": "Pod"},
+                        "operation": "CREATE", "namespace": "shop", "object": object}
+        })
+        .to_string()
+        .into_bytes()
+    }
+
+    #[test]
+    fn base64_matches_the_standard() {
+        assert_eq!(base64(b""), "");
+        assert_eq!(base64(b"f"), "Zg==");
+        assert_eq!(base64(b"fo"), "Zm8=");
+        assert_eq!(base64(b"foo"), "Zm9v");
+        assert_eq!(base64(b"foobar"), "Zm9vYmFy");
+    }
+
+    #[test]
+    fn injected_pod_gets_a_patch_and_the_uid() {
+        let pod = json!({"metadata": {"annotations": {"mirrord.dev/inject": "enabled"}},
+                         "spec": {"containers": [{"name": "app", "image": "a", "ports": [{"containerPort": 80}]}]}});
+        let (answer, outcome) = answer(&review(pod), |_| false, &settings()).unwrap();
+        assert_eq!(outcome, Outcome::Injected);
+        assert_eq!(answer["response"]["uid"], "705ab4f5-6393-11e8-b7cc-42010a800002");
+        assert_eq!(answer["response"]["allowed"], true);
+        assert_eq!(answer["response"]["patchType"], "JSONPatch");
+    }
+
+    #[test]
+    fn namespace_opt_in_and_skips_are_allowed_unchanged() {
+        let pod = json!({"metadata": {}, "spec": {"containers": [{"name": "app", "ports": [{"containerPort": 80}]}]}});
+        let (_, outcome) = answer(&review(pod.clone()), |ns| ns == "shop", &settings()).unwrap();
+        assert_eq!(outcome, Outcome::Injected);
+        let (answer, outcome) = answer(&review(pod), |_| false, &settings()).unwrap();
+        assert_eq!(outcome, Outcome::Skipped(Skip::NotOptedIn));
+        assert!(answer["response"].get("patch").is_none());
+    }
+
+    #[test]
+    fn bad_annotations_are_admitted_with_a_warning() {
+        let pod = json!({"metadata": {"annotations": {"mirrord.dev/inject": "yes"}}, "spec": {"containers": []}});
+        let (answer, outcome) = answer(&review(pod), |_| false, &settings()).unwrap();
+        assert!(matches!(outcome, Outcome::Invalid(_)));
+        assert!(answer["response"]["warnings"][0].as_str().unwrap().contains("mirrord.dev/inject"));
+    }
+
+    #[test]
+    fn unreadable_reviews_say_what_was_expected() {
+        assert!(answer(b"{", |_| false, &settings()).unwrap_err().0.contains("not JSON"));
+        let wrong = json!({"apiVersion": "admission.k8s.io/v1beta1", "kind": "AdmissionReview"}).to_string();
+        assert!(answer(wrong.as_bytes(), |_| false, &settings()).unwrap_err().0.contains("admission.k8s.io/v1"));
+        let no_uid = json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": {}}).to_string();
+        assert!(answer(no_uid.as_bytes(), |_| false, &settings()).unwrap_err().0.contains("uid"));
+    }
+}
