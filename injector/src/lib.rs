@@ -7,6 +7,9 @@
 //! mutation; [`patch`] turns the difference into the JSON Patch an admission
 //! response carries.
 
+pub mod metrics;
 pub mod mutate;
 pub mod patch;
 pub mod review;
+pub mod server;
+pub mod tls;

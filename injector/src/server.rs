@@ -1,0 +1,154 @@
+//! The webhook's HTTPS server: `POST /mutate` answers AdmissionReviews.
+//! Bodies are capped (413 beyond), unreadable reviews get a 400 that says
+//! what was expected, and the process never panics on input.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+use tracing::{debug, info};
+
+use crate::metrics::Metrics;
+use crate::mutate::Settings;
+use crate::review;
+
+/// Largest AdmissionReview accepted (the API server's own request limit is 3 MiB).
+pub const MAX_BODY: usize = 3 * 1024 * 1024;
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What answering needs.
+pub struct Webhook {
+    pub settings: Settings,
+    pub metrics: Arc<Metrics>,
+    /// Whether a namespace carries the opt-in annotation.
+    pub namespace_opted_in: Box<dyn Fn(&str) -> bool + Send + Sync>,
+}
+
+impl std::fmt::Debug for Webhook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Webhook").field("settings", &self.settings).finish_non_exhaustive()
+    }
+}
+
+impl Webhook {
+    async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+        if req.uri().path() != "/mutate" {
+            return Ok(text(StatusCode::NOT_FOUND, "not found: expected POST /mutate"));
+        }
+        if req.method() != Method::POST {
+            return Ok(text(StatusCode::METHOD_NOT_ALLOWED, "expected POST /mutate"));
+        }
+        let started = Instant::now();
+        let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
+            Ok(body) => body.to_bytes(),
+            Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => {
+                self.metrics.admission("error");
+                return Ok(text(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    &format!("AdmissionReview larger than {MAX_BODY} bytes"),
+                ));
+            }
+            Err(e) => {
+                self.metrics.admission("error");
+                return Ok(text(StatusCode::BAD_REQUEST, &format!("cannot read the request body: {e}")));
+            }
+        };
+        let response = match review::answer(&body, |ns| (self.namespace_opted_in)(ns), &self.settings) {
+            Ok((answer, outcome)) => {
+                debug!(outcome = outcome.label(), "admission");
+                self.metrics.admission(outcome.label());
+                let mut resp = Response::new(Full::new(Bytes::from(answer.to_string())));
+                resp.headers_mut()
+                    .insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
+                resp
+            }
+            Err(e) => {
+                self.metrics.admission("error");
+                text(StatusCode::BAD_REQUEST, &e.to_string())
+            }
+        };
+        self.metrics.duration.observe(started.elapsed().as_secs_f64());
+        Ok(response)
+    }
+}
+
+fn text(status: StatusCode, message: &str) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(Bytes::from(format!("mirrord-injector: {message}\n"))));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("text/plain; charset=utf-8"));
+    resp
+}
+
+/// Serves until `stop`, then lets open connections finish their requests.
+pub async fn serve(listener: TcpListener, tls: TlsAcceptor, webhook: Arc<Webhook>, stop: impl Future<Output = ()>) {
+    tokio::pin!(stop);
+    let (done_tx, mut done_rx) = tokio::sync::mpsc::channel::<()>(1);
+    let (closing_tx, closing) = tokio::sync::watch::channel(false);
+    loop {
+        let (stream, _) = tokio::select! {
+            a = listener.accept() => match a {
+                Ok(a) => a,
+                Err(e) => {
+                    debug!("accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut stop => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let (tls, webhook, done, mut closing) = (tls.clone(), webhook.clone(), done_tx.clone(), closing.clone());
+        tokio::spawn(async move {
+            let _done = done;
+            let Ok(Ok(stream)) = tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.accept(stream)).await else { return };
+            let svc = hyper::service::service_fn(move |req| webhook.clone().handle(req));
+            let builder = auto::Builder::new(TokioExecutor::new());
+            let conn = builder.serve_connection(TokioIo::new(stream), svc);
+            tokio::pin!(conn);
+            tokio::select! {
+                _ = conn.as_mut() => {}
+                () = async { let _ = closing.wait_for(|c| *c).await; } => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = conn.await;
+                }
+            }
+        });
+    }
+    info!("shutting down: finishing open admissions");
+    let _ = closing_tx.send(true);
+    drop(done_tx);
+    let _ = tokio::time::timeout(Duration::from_secs(10), done_rx.recv()).await;
+}
+
+/// The plain-HTTP admin endpoints: `/metrics`, `/ready`, `/live`.
+pub async fn admin(listener: TcpListener, metrics: Arc<Metrics>) {
+    while let Ok((stream, _)) = listener.accept().await {
+        let metrics = metrics.clone();
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+                let resp = match req.uri().path() {
+                    "/metrics" => text_raw(StatusCode::OK, metrics.render()),
+                    "/ready" | "/live" => text_raw(StatusCode::OK, "ok\n".to_owned()),
+                    _ => text(StatusCode::NOT_FOUND, "not found: expected /metrics, /ready or /live"),
+                };
+                async move { Ok::<_, Infallible>(resp) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
+        });
+    }
+}
+
+fn text_raw(status: StatusCode, body: String) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(Bytes::from(body)));
+    *resp.status_mut() = status;
+    resp
+}
