@@ -7,6 +7,7 @@
 //! mutation; [`patch`] turns the difference into the JSON Patch an admission
 //! response carries.
 
+pub mod kube;
 pub mod metrics;
 pub mod mutate;
 pub mod patch;
