@@ -58,28 +58,37 @@ class Procs:
             p.wait()
 
 
-def nginx_conf(tmp, port, h2_port, app):
+def nginx_config(tmp, name, upstreams, server):
+    """One nginx worker as a plain reverse proxy; `upstreams` maps names to ports."""
+    blocks = "\n".join(f"  upstream {n} {{ server 127.0.0.1:{p}; keepalive 64; }}" for n, p in upstreams.items())
     conf = f"""
 worker_processes 1;
 daemon off;
-pid {tmp}/nginx.pid;
+pid {tmp}/{name}.pid;
 error_log /dev/null crit;
 events {{ worker_connections 4096; }}
 http {{
   access_log off;
   keepalive_requests 10000000;
-  upstream app {{ server 127.0.0.1:{app}; keepalive 64; }}
+{blocks}
   server {{
-    listen 127.0.0.1:{port};
-    listen 127.0.0.1:{h2_port} http2;
-    location / {{ proxy_pass http://app; proxy_http_version 1.1; proxy_set_header Connection ""; }}
+{server}
   }}
   client_body_temp_path {tmp}; proxy_temp_path {tmp}; fastcgi_temp_path {tmp}; uwsgi_temp_path {tmp}; scgi_temp_path {tmp};
 }}
 """
-    path = os.path.join(tmp, "nginx.conf")
+    path = os.path.join(tmp, f"{name}.conf")
     open(path, "w").write(conf)
     return path
+
+
+PROXY_TO = 'proxy_http_version 1.1; proxy_set_header Connection "";'
+
+
+def nginx_conf(tmp, port, h2_port, app):
+    return nginx_config(tmp, "nginx", {"app": app}, f"""    listen 127.0.0.1:{port};
+    listen 127.0.0.1:{h2_port} http2;
+    location / {{ proxy_pass http://app; {PROXY_TO} }}""")
 
 
 def haproxy_conf(tmp, port, h2_port, tcp_port, app, app_tcp):
@@ -159,28 +168,9 @@ def proc_stat(pid):
 
 
 def nginx_mirror_conf(tmp, port, app, mirror_target):
-    conf = f"""
-worker_processes 1;
-daemon off;
-pid {tmp}/nginx-mirror.pid;
-error_log /dev/null crit;
-events {{ worker_connections 4096; }}
-http {{
-  access_log off;
-  keepalive_requests 10000000;
-  upstream app {{ server 127.0.0.1:{app}; keepalive 64; }}
-  upstream copy {{ server 127.0.0.1:{mirror_target}; keepalive 64; }}
-  server {{
-    listen 127.0.0.1:{port};
-    location / {{ mirror /mirror; proxy_pass http://app; proxy_http_version 1.1; proxy_set_header Connection ""; }}
-    location = /mirror {{ internal; proxy_pass http://copy$request_uri; proxy_http_version 1.1; proxy_set_header Connection ""; }}
-  }}
-  client_body_temp_path {tmp}; proxy_temp_path {tmp}; fastcgi_temp_path {tmp}; uwsgi_temp_path {tmp}; scgi_temp_path {tmp};
-}}
-"""
-    path = os.path.join(tmp, f"nginx-mirror-{port}.conf")
-    open(path, "w").write(conf)
-    return path
+    return nginx_config(tmp, f"nginx-mirror-{port}", {"app": app, "copy": mirror_target}, f"""    listen 127.0.0.1:{port};
+    location / {{ mirror /mirror; proxy_pass http://app; {PROXY_TO} }}
+    location = /mirror {{ internal; proxy_pass http://copy$request_uri; {PROXY_TO} }}""")
 
 
 class Session:
