@@ -90,13 +90,14 @@ impl Api {
         Api::new(&host, port, &token, &read("ca.crt")?)
     }
 
-    async fn call(
+    /// Sends one request; `Err` unless the answer is a success.
+    async fn send(
         &self,
         method: http::Method,
         path: &str,
         content_type: Option<&str>,
         body: Vec<u8>,
-    ) -> Result<Value, Error> {
+    ) -> Result<http::Response<hyper::body::Incoming>, Error> {
         let what = format!("{method} {path}");
         let fail = |message: String| Error::Api { what: what.clone(), message };
         let tcp =
@@ -117,12 +118,47 @@ impl Api {
         }
         let req = req.body(Full::new(Bytes::from(body))).map_err(|e| fail(e.to_string()))?;
         let resp = sender.send_request(req).await.map_err(|e| fail(e.to_string()))?;
-        let status = resp.status();
-        let bytes = resp.into_body().collect().await.map_err(|e| fail(e.to_string()))?.to_bytes();
-        if !status.is_success() {
-            return Err(fail(format!("{status}: {}", String::from_utf8_lossy(&bytes).trim())));
+        if resp.status().is_success() {
+            return Ok(resp);
         }
-        serde_json::from_slice(&bytes).map_err(|e| fail(format!("unreadable answer: {e}")))
+        let status = resp.status();
+        let bytes = resp.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+        Err(fail(format!("{status}: {}", String::from_utf8_lossy(&bytes).trim())))
+    }
+
+    /// One request, its JSON answer.
+    pub(crate) async fn call(
+        &self,
+        method: http::Method,
+        path: &str,
+        content_type: Option<&str>,
+        body: Vec<u8>,
+    ) -> Result<Value, Error> {
+        let what = format!("{method} {path}");
+        let resp = self.send(method, path, content_type, body).await?;
+        let bytes =
+            resp.into_body().collect().await.map_err(|e| Error::Api { what: what.clone(), message: e.to_string() })?;
+        serde_json::from_slice(&bytes.to_bytes())
+            .map_err(|e| Error::Api { what, message: format!("unreadable answer: {e}") })
+    }
+
+    /// A watch: each event (one JSON object per line) is handed to `on_event`
+    /// until the API server ends the stream.
+    pub(crate) async fn watch(&self, path: &str, mut on_event: impl FnMut(Value)) -> Result<(), Error> {
+        let mut body = self.send(http::Method::GET, path, None, Vec::new()).await?.into_body();
+        let mut pending = Vec::new();
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| Error::Api { what: format!("GET {path}"), message: e.to_string() })?;
+            let Ok(data) = frame.into_data() else { continue };
+            pending.extend_from_slice(&data);
+            while let Some(end) = pending.iter().position(|&b| b == b'\n') {
+                let line: Vec<u8> = pending.drain(..=end).collect();
+                if let Ok(event) = serde_json::from_slice::<Value>(&line) {
+                    on_event(event);
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Adds `ca_pem` to the caBundle of every webhook of the

@@ -10,6 +10,7 @@
 pub mod kube;
 pub mod metrics;
 pub mod mutate;
+pub mod namespaces;
 pub mod patch;
 pub mod review;
 pub mod server;

@@ -8,6 +8,7 @@ use anyhow::Context;
 use clap::Parser;
 use mirrord_injector::metrics::Metrics;
 use mirrord_injector::mutate::Settings;
+use mirrord_injector::namespaces::Namespaces;
 use mirrord_injector::server::{self, Webhook};
 use mirrord_injector::tls;
 
@@ -91,11 +92,18 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     let metrics = Arc::new(Metrics::default());
+    let namespaces = Arc::new(Namespaces::default());
+    match mirrord_injector::kube::Api::in_cluster() {
+        Ok(api) => {
+            tokio::spawn(mirrord_injector::namespaces::keep(api, namespaces.clone()));
+        }
+        Err(e) => tracing::warn!("namespace opt-in unavailable ({e}); pods opt in by their own annotation"),
+    }
+    let lookup = namespaces.clone();
     let webhook = Arc::new(Webhook {
         settings: Settings { image: args.image, native_sidecar: !args.classic_sidecar },
         metrics: metrics.clone(),
-        // Namespace opt-in needs the namespace watch; pods opt in by annotation.
-        namespace_opted_in: Box::new(|_| false),
+        namespace_opted_in: Box::new(move |ns| lookup.opted_in(ns)),
     });
     let admin =
         tokio::net::TcpListener::bind(args.admin).await.with_context(|| format!("cannot listen on {}", args.admin))?;
