@@ -239,3 +239,39 @@ fn port_list(key: &'static str, list: &str) -> Result<BTreeSet<u16>, Invalid> {
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pod() -> Value {
+        json!({"metadata": {"annotations": {ANNOTATION_INJECT: "enabled"}},
+               "spec": {"containers": [{"name": "api", "image": "a", "ports": [{"containerPort": 8080}]}]}})
+    }
+
+    #[test]
+    fn classic_mode_appends_the_sidecar_to_the_containers() {
+        let settings = Settings { image: "proxy:1".to_owned(), native_sidecar: false };
+        let out = mutate(&pod(), false, &settings).unwrap().unwrap();
+        let containers: Vec<&str> =
+            out["spec"]["containers"].as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap()).collect();
+        assert_eq!(containers, ["api", SIDECAR_NAME]);
+        let inits = out["spec"]["initContainers"].as_array().unwrap();
+        assert_eq!(inits.len(), 1);
+        assert_eq!(inits[0]["name"], INIT_NAME);
+        assert!(out["spec"]["containers"][1].get("restartPolicy").is_none());
+        assert_eq!(mutate(&out, false, &settings), Ok(Err(Skip::AlreadyInjected)));
+    }
+
+    #[test]
+    fn native_mode_puts_the_sidecar_right_after_the_iptables_init() {
+        let settings = Settings { image: "proxy:1".to_owned(), native_sidecar: true };
+        let mut with_init = pod();
+        with_init["spec"]["initContainers"] = json!([{"name": "migrate", "image": "m"}]);
+        let out = mutate(&with_init, false, &settings).unwrap().unwrap();
+        let inits: Vec<&str> =
+            out["spec"]["initContainers"].as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap()).collect();
+        assert_eq!(inits, [INIT_NAME, SIDECAR_NAME, "migrate"]);
+        assert_eq!(out["spec"]["initContainers"][1]["restartPolicy"], "Always");
+    }
+}
