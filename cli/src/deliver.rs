@@ -23,8 +23,8 @@ use crate::local::Clients;
 use crate::status::Status;
 
 /// Headers that describe one hop, not the message.
-const HOP_BY_HOP: [&str; 8] =
-    ["connection", "keep-alive", "proxy-connection", "transfer-encoding", "te", "trailer", "upgrade", "host"];
+const HOP_BY_HOP: [&str; 7] =
+    ["connection", "keep-alive", "proxy-connection", "transfer-encoding", "te", "trailer", "upgrade"];
 
 /// What delivering needs.
 #[derive(Debug)]
@@ -130,7 +130,7 @@ impl Delivery {
         let headers = response
             .headers()
             .iter()
-            .filter(|(n, _)| !HOP_BY_HOP.contains(&n.as_str()) || n.as_str() == "host")
+            .filter(|(n, _)| !HOP_BY_HOP.contains(&n.as_str()))
             .map(|(n, v)| Header { name: n.as_str().to_owned(), value: Bytes::copy_from_slice(v.as_bytes()) })
             .collect();
         let end_of_stream = hyper::body::Body::is_end_stream(response.body());
@@ -220,7 +220,7 @@ fn build_request(
         let name = h.name.to_ascii_lowercase();
         // `te: trailers` is end to end (gRPC needs it); every other hop-by-hop header is not.
         let trailers_te = name == "te" && h.value.eq_ignore_ascii_case(b"trailers");
-        if HOP_BY_HOP.contains(&name.as_str()) && name != "host" && !trailers_te {
+        if HOP_BY_HOP.contains(&name.as_str()) && !trailers_te {
             continue;
         }
         if let (Ok(n), Ok(v)) = (HeaderName::from_bytes(name.as_bytes()), HeaderValue::from_bytes(&h.value)) {

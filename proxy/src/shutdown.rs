@@ -39,10 +39,6 @@ impl Shutdown {
             let _ = signal.wait_for(|s| *s).await;
         }
     }
-
-    pub fn is_signalled(&self) -> bool {
-        *self.signal.borrow()
-    }
 }
 
 impl Trigger {
