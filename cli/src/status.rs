@@ -26,12 +26,14 @@ pub struct Status {
     format: LogFormat,
     live: bool,
     ports: Mutex<BTreeMap<u16, PortCounts>>,
+    /// App processes stopped, while the app is paused.
+    paused: Mutex<Option<u32>>,
 }
 
 impl Status {
     pub fn new(format: LogFormat) -> Self {
         let live = format == LogFormat::Text && std::io::stderr().is_terminal();
-        Status { format, live, ports: Mutex::default() }
+        Status { format, live, ports: Mutex::default(), paused: Mutex::default() }
     }
 
     fn update(&self, port: u16, f: impl FnOnce(&mut PortCounts)) {
@@ -44,6 +46,11 @@ impl Status {
         self.update(port, |c| if steal { c.stolen += 1 } else { c.mirrored += 1 });
         let mode = if steal { "steal" } else { "mirror" };
         self.event(&serde_json::json!({"event": "delivered", "port": port, "mode": mode, "status": status}));
+    }
+
+    /// The app was paused (with this many processes stopped) or resumed.
+    pub fn paused(&self, processes: Option<u32>) {
+        *self.paused.lock().unwrap_or_else(|p| p.into_inner()) = processes;
     }
 
     /// A copy dropped because too many were still with the local app.
@@ -97,7 +104,10 @@ impl Status {
                 format!("{p}: {} mirrored, {} stolen, {} errors{dropped}", c.mirrored, c.stolen, c.errors)
             })
             .collect();
-        let text = if parts.is_empty() { "waiting for traffic".to_owned() } else { parts.join(" | ") };
+        let mut text = if parts.is_empty() { "waiting for traffic".to_owned() } else { parts.join(" | ") };
+        if let Some(n) = *self.paused.lock().unwrap_or_else(|p| p.into_inner()) {
+            text = format!("app paused ({n} processes) | {text}");
+        }
         let _ = write!(std::io::stderr().lock(), "\r\x1b[2K{text}");
     }
 }

@@ -78,6 +78,18 @@ impl Config {
         };
         Ok(Config { pause: raw.pause, target, incoming })
     }
+
+    /// Likely mistakes in a valid config, in words.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut warnings = Vec::new();
+        if self.pause && self.incoming.mode != Mode::Steal {
+            warnings.push(
+                "pause is on but incoming traffic is not stolen: requests to the pod wait on the paused app until they time out (kubelet's HTTP probes are answered by the sidecar); add \"incoming\": \"steal\" so that the local process answers them"
+                    .to_owned(),
+            );
+        }
+        warnings
+    }
 }
 
 impl Default for Config {

@@ -16,6 +16,7 @@ use crate::detect::{self, Detected};
 use crate::h1;
 use crate::h2::{self, Proxy};
 use crate::metrics::{ConnLabels, Metrics, Protocol};
+use crate::pause::Pause;
 use crate::proto::{self, incoming};
 use crate::rewind::Rewind;
 use crate::session::{Copies, Sessions};
@@ -56,6 +57,8 @@ pub struct Inbound {
     pub own_ports: BTreeSet<u16>,
     pub limits: Limits,
     pub metrics: Arc<Metrics>,
+    /// While it holds the app paused, kubelet's HTTP probes are answered here.
+    pub pause: Arc<Pause>,
 }
 
 /// Accepts until shutdown; each connection runs in its own task.
@@ -126,6 +129,7 @@ async fn handle(mut stream: TcpStream, inbound: Arc<Inbound>, shutdown: Shutdown
                 metrics: inbound.metrics.clone(),
                 shutdown,
                 sessions: inbound.sessions.clone(),
+                pause: inbound.pause.clone(),
             };
             h1::serve(stream, prefix, conn).await;
         }

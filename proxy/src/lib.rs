@@ -14,6 +14,7 @@ pub mod h2;
 pub mod inbound;
 pub mod iptables;
 pub mod metrics;
+pub mod pause;
 pub mod ports;
 pub mod rewind;
 pub mod run;

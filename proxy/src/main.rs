@@ -2,6 +2,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use mirrord_config::names::{ENV_LOG, ENV_LOG_FORMAT};
+use mirrord_proxy::pause::{self, guard};
 use mirrord_proxy::{iptables, run};
 
 /// The mirrord sidecar: iptables init container and inbound proxy.
@@ -18,6 +19,9 @@ enum Command {
     Init(iptables::InitArgs),
     /// Run the sidecar proxy.
     Run(run::RunArgs),
+    /// Resume the app whenever the sidecar exits while it is paused (runs in
+    /// its own container of the pod).
+    Guard(guard::GuardArgs),
 }
 
 fn main() -> ExitCode {
@@ -26,6 +30,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Init(args) => iptables::init(&args).map_err(anyhow::Error::from),
         Command::Run(args) => run_sidecar(args),
+        Command::Guard(args) => guard::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -37,6 +42,7 @@ fn main() -> ExitCode {
 }
 
 fn run_sidecar(args: run::RunArgs) -> anyhow::Result<()> {
+    pause::install_panic_hook(args.pause_scope());
     let runtime = if args.threads <= 1 {
         tokio::runtime::Builder::new_current_thread().enable_all().build()?
     } else {

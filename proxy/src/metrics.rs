@@ -3,6 +3,7 @@
 //! fixed error reason — never a path, header or address.
 
 use std::fmt::Write;
+use std::sync::atomic::AtomicU64;
 
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
@@ -71,6 +72,10 @@ pub struct Metrics {
     pub sessions: Gauge,
     pub intercepted: Family<InterceptLabels, Counter>,
     pub mirror_dropped: Counter,
+    pub paused: Gauge,
+    pub paused_processes: Gauge,
+    pub paused_seconds: Counter<f64, AtomicU64>,
+    pub pause_resumes: Family<ErrorLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -106,13 +111,42 @@ impl Default for Metrics {
             "Mirrored copies dropped because the session could not keep up",
             mirror_dropped.clone(),
         );
-        Metrics { registry, connections, open_connections, requests, errors, sessions, intercepted, mirror_dropped }
+        let paused = Gauge::default();
+        registry.register("paused", "1 while the app is paused for a session, else 0", paused.clone());
+        let paused_processes = Gauge::default();
+        registry.register("paused_processes", "App processes currently stopped", paused_processes.clone());
+        let paused_seconds = Counter::<f64, AtomicU64>::default();
+        registry.register("paused_seconds", "Time the app has spent paused", paused_seconds.clone());
+        let pause_resumes = Family::default();
+        registry.register(
+            "pause_resumes",
+            "Times the app was resumed, by reason (released, lease, terminating, shutdown, startup)",
+            pause_resumes.clone(),
+        );
+        Metrics {
+            registry,
+            connections,
+            open_connections,
+            requests,
+            errors,
+            sessions,
+            intercepted,
+            mirror_dropped,
+            paused,
+            paused_processes,
+            paused_seconds,
+            pause_resumes,
+        }
     }
 }
 
 impl Metrics {
     pub fn intercepted(&self, port: u16, mode: &'static str) {
         self.intercepted.get_or_create(&InterceptLabels { port, mode }).inc();
+    }
+
+    pub fn pause_resumed(&self, reason: &'static str) {
+        self.pause_resumes.get_or_create(&ErrorLabels { reason }).inc();
     }
 
     pub fn error(&self, reason: &'static str) {

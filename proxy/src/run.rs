@@ -14,6 +14,7 @@ use tracing::{info, warn};
 use crate::admin::{self, Admin};
 use crate::inbound::{self, Destination, Inbound, Limits};
 use crate::metrics::Metrics;
+use crate::pause::{self, procs::Scope, Pause};
 use crate::ports::PortList;
 use crate::proto::tunnel_server::TunnelServer;
 use crate::session::Sessions;
@@ -66,6 +67,31 @@ pub struct RunArgs {
     /// Worker threads of the runtime (1 runs everything on the main thread).
     #[arg(long, default_value_t = 1)]
     pub threads: usize,
+    /// Whether sessions may pause the app (needs a shared process namespace).
+    #[arg(long, value_enum, default_value = "enabled", value_name = "enabled|disabled")]
+    pub pause: PauseSetting,
+    /// Containers that are the app, for pause (comma-separated); empty: every
+    /// container of the pod that is not mirrord's.
+    #[arg(long, env = "MIRRORD_APP_CONTAINERS", value_delimiter = ',', value_name = "NAMES")]
+    pub app_containers: Vec<String>,
+    /// The longest a pause may last; then the app is resumed and the
+    /// sessions holding it are told.
+    #[arg(long, value_name = "DURATION", default_value = "30m", value_parser = parse_duration)]
+    pub max_pause: Duration,
+}
+
+/// `--pause`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum PauseSetting {
+    Enabled,
+    Disabled,
+}
+
+impl RunArgs {
+    /// Which processes pause would stop.
+    pub fn pause_scope(&self) -> Scope {
+        Scope { app_containers: self.app_containers.iter().filter(|s| !s.is_empty()).cloned().collect() }
+    }
 }
 
 /// Why the sidecar could not start.
@@ -91,6 +117,7 @@ pub struct Running {
     inbound: Arc<Inbound>,
     admin: Arc<Admin>,
     grace_period: Duration,
+    pause: Arc<Pause>,
 }
 
 impl Running {
@@ -105,7 +132,19 @@ impl Running {
             socket::listen(args.tunnel).map_err(|source| Error::Bind { addr: args.tunnel, source })?;
         let metrics = Arc::new(Metrics::default());
         let sessions = Arc::new(Sessions::new(args.ports.clone()));
-        let tunnel = Tunnel { sessions: sessions.clone(), token: read_token(args)?, metrics: metrics.clone() };
+        let pause = match args.pause {
+            PauseSetting::Enabled => Pause::new(args.pause_scope(), args.max_pause, metrics.clone(), None),
+            PauseSetting::Disabled => Pause::disabled(
+                "pausing is disabled on this pod (annotation mirrord.dev/pause: disabled)",
+                metrics.clone(),
+            ),
+        };
+        let tunnel = Tunnel {
+            sessions: sessions.clone(),
+            token: read_token(args)?,
+            metrics: metrics.clone(),
+            pause: pause.clone(),
+        };
         let mut own_ports: std::collections::BTreeSet<u16> = PROXY_PORTS.into_iter().collect();
         own_ports.extend(listeners.iter().filter_map(|l| l.local_addr().ok()).map(|a| a.port()));
         let inbound = Inbound {
@@ -119,6 +158,7 @@ impl Running {
                 max_head: args.max_header_size,
             },
             metrics: metrics.clone(),
+            pause: pause.clone(),
         };
         let admin = Admin { metrics, ready: false.into() };
         Ok(Running {
@@ -129,6 +169,7 @@ impl Running {
             inbound: Arc::new(inbound),
             admin: Arc::new(admin),
             grace_period: args.grace_period,
+            pause,
         })
     }
 
@@ -147,6 +188,7 @@ impl Running {
 
     /// Serves until `stop` resolves, then drains within the grace period.
     pub async fn serve(self, stop: impl Future<Output = ()>) {
+        self.pause.resume_leftovers();
         let (trigger, shutdown) = shutdown::channel();
         let addrs = self.inbound_addrs();
         let tunnel_addr = self.tunnel_addr();
@@ -164,7 +206,19 @@ impl Running {
         if let Some(tunnel) = tunnel_addr {
             info!(%tunnel, "session tunnel listening");
         }
-        stop.await;
+        // The pause's rescans run here, not in a task of their own: a panic
+        // in them ends the sidecar (and the panic hook resumes the app).
+        let mut ticks = tokio::time::interval(pause::TICK);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tokio::pin!(stop);
+        loop {
+            tokio::select! {
+                () = &mut stop => break,
+                _ = ticks.tick() => self.pause.tick(),
+            }
+        }
+        // First of all: the app must be free to finish its own requests.
+        self.pause.end(pause::Ended::Shutdown);
         self.admin.ready.store(false, Ordering::Relaxed);
         info!(grace_period = ?self.grace_period, "shutting down: finishing in-flight requests");
         if trigger.drain(self.grace_period).await {

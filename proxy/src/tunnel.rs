@@ -15,6 +15,7 @@ use tonic::{Request, Response, Status, Streaming};
 use tracing::{info, Instrument};
 
 use crate::metrics::Metrics;
+use crate::pause::{Hold, Pause};
 use crate::proto::{self, exchange_frame, session_event, session_request};
 use crate::session::{plan, Session, Sessions};
 
@@ -32,20 +33,24 @@ pub struct Tunnel {
     /// Sessions must present this token when set.
     pub token: Option<Arc<str>>,
     pub metrics: Arc<Metrics>,
+    pub pause: Arc<Pause>,
 }
 
 type ExchangeStream = Pin<Box<dyn Stream<Item = Result<proto::ExchangeFrame, Status>> + Send>>;
 
 /// Removes the session from routing when the session call ends, however it ends.
+/// Releases its pause, if it holds one, right after.
 struct Registered {
     sessions: Arc<Sessions>,
     session: Arc<Session>,
     metrics: Arc<Metrics>,
+    hold: Option<Hold>,
 }
 
 impl Drop for Registered {
     fn drop(&mut self) {
         self.sessions.remove(self.session.seq);
+        drop(self.hold.take());
         self.metrics.sessions.dec();
         info!("session closed; its traffic is the app's again");
     }
@@ -74,10 +79,14 @@ impl proto::tunnel_server::Tunnel for Tunnel {
         let (session, events) = Session::new(self.sessions.next_seq(), random_secret()?, name.clone(), config);
         self.sessions.add(session.clone()).map_err(Status::failed_precondition)?;
         self.metrics.sessions.inc();
+        let mut registered = Registered {
+            sessions: self.sessions.clone(),
+            session: session.clone(),
+            metrics: self.metrics.clone(),
+            hold: None,
+        };
         let span = tracing::info_span!("session", client = %name);
         span.in_scope(|| info!(%summary, "session opened"));
-        let registered =
-            Registered { sessions: self.sessions.clone(), session: session.clone(), metrics: self.metrics.clone() };
         let (ports, warnings) = plan(&session.config, &self.sessions.known_ports);
         let plan = proto::Plan {
             session_id: session.secret.clone(),
@@ -86,6 +95,13 @@ impl proto::tunnel_server::Tunnel for Tunnel {
             sidecar_version: env!("CARGO_PKG_VERSION").to_owned(),
         };
         session.send(session_event::Kind::Plan(plan), true).await;
+        if session.config.pause {
+            // After the plan, so that the client hears of the pause in order.
+            registered.hold = Some(
+                span.in_scope(|| self.pause.hold(&session))
+                    .map_err(|why| Status::failed_precondition(format!("pause refused: {why}")))?,
+            );
+        }
         tokio::spawn(
             async move {
                 let clean = loop {

@@ -11,6 +11,7 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use hyper_util::rt::TokioIo;
 use mirrord_proxy::metrics::Metrics;
+use mirrord_proxy::pause::Pause;
 use mirrord_proxy::ports::PortList;
 use mirrord_proxy::proto::exchange_frame::Kind as Wire;
 use mirrord_proxy::proto::tunnel_client::TunnelClient;
@@ -53,8 +54,10 @@ struct Fixture {
 
 async fn fixture(known: &str, token: Option<&str>) -> Fixture {
     let sessions = Arc::new(Sessions::new(known.parse::<PortList>().unwrap()));
-    let tunnel =
-        Tunnel { sessions: sessions.clone(), token: token.map(Arc::from), metrics: Arc::new(Metrics::default()) };
+    let metrics = Arc::new(Metrics::default());
+    let pause =
+        Pause::disabled("pausing is disabled on this pod (annotation mirrord.dev/pause: disabled)", metrics.clone());
+    let tunnel = Tunnel { sessions: sessions.clone(), token: token.map(Arc::from), metrics, pause };
     let (tx, rx) = mpsc::unbounded_channel();
     let incoming =
         tokio_stream::StreamExt::map(tokio_stream::wrappers::UnboundedReceiverStream::new(rx), Ok::<_, std::io::Error>);
@@ -124,6 +127,14 @@ async fn versions_tokens_and_configs_are_checked() {
         "{}",
         status.message()
     );
+
+    let status = refusal(&mut f, hello(r#"{"pause":true}"#, "s3cret", PROTOCOL_VERSION)).await;
+    assert_eq!(status.code(), tonic::Code::FailedPrecondition);
+    assert_eq!(
+        status.message(),
+        "pause refused: pausing is disabled on this pod (annotation mirrord.dev/pause: disabled)"
+    );
+    assert!(f.sessions.is_empty(), "a refused session leaves no rules behind");
 
     let (mut events, _tx) = open(&mut f, hello(STEAL_ALICE, "s3cret", PROTOCOL_VERSION)).await.unwrap();
     let plan = plan(&mut events).await.unwrap();

@@ -24,6 +24,9 @@ pub fn run(cmd: &ConfigCommand, out: &mut dyn Write, err: &mut dyn Write) -> Exi
         ConfigCommand::Check { file } => match Config::load(file) {
             Ok(config) => {
                 let _ = writeln!(out, "{}: ok: {config}", file.display());
+                for w in config.warnings() {
+                    let _ = writeln!(err, "warning: {w}");
+                }
                 ExitCode::Ok
             }
             Err(e @ mirrord_config::Error::Read { .. }) => {

@@ -59,7 +59,7 @@ pub async fn run(mut args: ConnectArgs, stop: impl std::future::Future<Output = 
         Ok(opened) => opened,
         Err(code) => return code,
     };
-    print_plan(&status, &plan, &args.addr);
+    print_plan(&status, &plan, &args.addr, &config);
     if let Some(open) = args.on_open.take() {
         let _ = open.send(());
     }
@@ -136,6 +136,11 @@ async fn serve(
                     session_event::Kind::Notice(n) => {
                         status.say(&serde_json::json!({"event": "notice", "message": n.message}), &format!("notice: {}", n.message));
                     }
+                    session_event::Kind::Pause(p) => {
+                        status.paused(p.paused.then_some(p.processes));
+                        let event = serde_json::json!({"event": "pause", "paused": p.paused, "processes": p.processes, "message": p.message});
+                        status.say(&event, &p.message);
+                    }
                     session_event::Kind::Closed(_) => return ExitCode::Ok,
                     session_event::Kind::Plan(_) => {}
                 },
@@ -204,17 +209,20 @@ fn refused(e: &tonic::Status) -> ExitCode {
     }
 }
 
-fn print_plan(status: &Status, plan: &proto::Plan, addr: &str) {
+fn print_plan(status: &Status, plan: &proto::Plan, addr: &str, config: &Config) {
+    // The sidecar warns too; an older one may not know every warning.
+    let mut warnings = plan.warnings.clone();
+    warnings.extend(config.warnings().into_iter().filter(|w| !plan.warnings.contains(w)));
     let ports: Vec<_> = plan.ports.iter().map(|p| serde_json::json!({"port": p.port, "action": p.action})).collect();
     let mut text = format!("session open on {addr} (sidecar {})", plan.sidecar_version);
     for p in &plan.ports {
         let port = if p.port == 0 { "other ports".to_owned() } else { format!("port {}", p.port) };
         text.push_str(&format!("\n  {port}: {}", p.action));
     }
-    for w in &plan.warnings {
+    for w in &warnings {
         text.push_str(&format!("\n  warning: {w}"));
     }
-    let event = serde_json::json!({"event": "plan", "ports": ports, "warnings": plan.warnings});
+    let event = serde_json::json!({"event": "plan", "ports": ports, "warnings": warnings});
     status.say(&event, &text);
 }
 

@@ -50,6 +50,7 @@ pub struct Conn {
     pub metrics: Arc<Metrics>,
     pub shutdown: Shutdown,
     pub sessions: Arc<Sessions>,
+    pub pause: Arc<crate::pause::Pause>,
 }
 
 /// How a pump ended.
@@ -72,6 +73,9 @@ enum Pending {
     Reject(Reject),
     /// A session answers this one instead of the app.
     Stolen(stolen::Stolen),
+    /// Answered by the sidecar itself once every earlier response is
+    /// complete (a kubelet probe while the app is paused).
+    Local(&'static [u8]),
     /// Close once every earlier response is complete (shutdown).
     Close,
 }

@@ -16,6 +16,17 @@ use crate::proto::exchange_frame::Kind as Frame;
 use crate::proto::End;
 use crate::session::Copies;
 
+/// The answer to a kubelet probe while the app is paused.
+const PROBE_ANSWER: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: 61\r\n\r\nthe app is paused by mirrord; its sidecar answers the probes\n";
+
+/// Whether a request head comes from kubelet's HTTP prober.
+fn is_kube_probe(head: &[u8]) -> bool {
+    let mut headers = [httparse::EMPTY_HEADER; 64];
+    let mut req = httparse::Request::new(&mut headers);
+    matches!(req.parse(head), Ok(httparse::Status::Complete(_)))
+        && req.headers.iter().any(|h| h.name.eq_ignore_ascii_case("user-agent") && h.value.starts_with(b"kube-probe/"))
+}
+
 enum Next {
     Head(RequestHead),
     Eof,
@@ -57,6 +68,16 @@ where
             _ => (None, None),
         };
         let (close, kind) = (head.close, head.kind);
+        if steal.is_none() && conn.pause.is_paused() && head.body == Body::Empty && is_kube_probe(&buf[..head.len]) {
+            // The paused app would not answer, and kubelet would restart it.
+            shared.push(Pending::Local(PROBE_ANSWER));
+            if close {
+                shared.push(Pending::Close);
+                return Done::Eof;
+            }
+            buf.advance(head.len);
+            continue;
+        }
         let done = match steal {
             Some(exchange) => {
                 let stolen = Stolen {

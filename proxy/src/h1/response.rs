@@ -24,6 +24,13 @@ where
         if let Some(done) = due_refusal(&mut wr, shared, conn).await {
             return done;
         }
+        if let Some(answer) = due_local(shared) {
+            if wr.write_all(answer).await.is_err() {
+                return Done::Close;
+            }
+            count(&mut counters, conn, 200);
+            continue;
+        }
         if let Some(stolen) = due_stolen(shared) {
             let (status, after) = stolen::respond(&mut wr, stolen).await;
             count(&mut counters, conn, status);
@@ -127,6 +134,19 @@ fn count(counters: &mut [Option<Counter>; 5], conn: &Conn, status: u16) {
             conn.metrics.requests.get_or_create(&labels).clone()
         })
         .inc();
+}
+
+/// A response of the sidecar's own, if it is next.
+fn due_local(shared: &Shared) -> Option<&'static [u8]> {
+    let mut queue = shared.queue();
+    match queue.front() {
+        Some(Pending::Local(answer)) => {
+            let answer = *answer;
+            queue.pop_front();
+            Some(answer)
+        }
+        _ => None,
+    }
 }
 
 /// The stolen request next in line, if it is next.

@@ -90,6 +90,12 @@ impl Session {
         }
     }
 
+    /// Sends an event that must not wait (state changes); dropped if the
+    /// client is far behind.
+    pub fn notify(&self, event: session_event::Kind) {
+        let _ = self.events.try_send(Ok(proto::SessionEvent { kind: Some(event) }));
+    }
+
     /// Announces an intercepted request or connection and returns the data
     /// path's ends of its exchange. `None` when the session is gone or, for
     /// a copy, too far behind.

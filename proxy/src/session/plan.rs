@@ -52,6 +52,7 @@ pub fn plan(config: &Config, known: &PortList) -> (Vec<PortPlan>, Vec<String>) {
     if config.incoming.mode == Mode::Off {
         warnings.push("incoming traffic is off: this session receives nothing".to_owned());
     }
+    warnings.extend(config.warnings());
     (lines, warnings)
 }
 
@@ -117,6 +118,11 @@ mod tests {
         assert!(warnings.is_empty());
         let (_, warnings) = plan(&c, &PortList::Some([3000].into()));
         assert!(warnings[0].contains("match none of the pod's ports [3000]"), "{warnings:?}");
+        let paused_mirror = config(r#"{"pause":true,"feature":{"network":{"incoming":"mirror"}}}"#);
+        let (_, warnings) = plan(&paused_mirror, &known);
+        assert!(warnings[0].starts_with("pause is on but incoming traffic is not stolen"), "{warnings:?}");
+        let paused_steal = config(r#"{"pause":true,"feature":{"network":{"incoming":"steal"}}}"#);
+        assert!(plan(&paused_steal, &known).1.is_empty());
     }
 
     #[test]

@@ -1,0 +1,96 @@
+//! `mirrord-proxy guard`: resumes the app when the sidecar cannot.
+//!
+//! Runs in its own small container of the pod (a container's processes die
+//! with its main process, so nothing inside the sidecar's container survives
+//! a SIGKILL or an OOM kill of it). It holds a pidfd on the sidecar and wakes
+//! the moment the sidecar exits, however it exits; then resumes every
+//! stopped app process. Between wake-ups it enforces, on its own, what the
+//! sidecar also enforces: the pause lease (plus a margin, so the sidecar
+//! normally ends it first and tells the sessions) and a termination signal
+//! pending on a stopped app.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use mirrord_config::parse_duration;
+use tracing::{info, warn};
+
+use super::procs::{self, Cache, Scope};
+use super::signal::Pidfd;
+use super::{humantime, resume_stopped};
+
+/// How much longer than the lease the guard lets a pause last.
+const LEASE_MARGIN: Duration = Duration::from_secs(10);
+
+/// Flags of `mirrord-proxy guard`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct GuardArgs {
+    /// Containers that are the app (comma-separated); empty: every container
+    /// of the pod that is not mirrord's.
+    #[arg(long, env = "MIRRORD_APP_CONTAINERS", value_delimiter = ',', value_name = "NAMES")]
+    pub app_containers: Vec<String>,
+    /// The longest a pause may last (the sidecar's --max-pause).
+    #[arg(long, value_name = "DURATION", default_value = "30m", value_parser = parse_duration)]
+    pub max_pause: Duration,
+    /// How often the app's processes are checked between sidecar events.
+    #[arg(long, value_name = "DURATION", default_value = "250ms", value_parser = parse_duration)]
+    pub interval: Duration,
+}
+
+/// Runs until killed.
+pub fn run(args: &GuardArgs) -> ! {
+    let scope = Scope { app_containers: args.app_containers.iter().filter(|s| !s.is_empty()).cloned().collect() };
+    let mut cache = Cache::default();
+    let mut sidecar: Option<(i32, Pidfd)> = None;
+    let mut stopped_since: HashMap<(i32, u64), Instant> = HashMap::new();
+    info!(max_pause = %humantime(args.max_pause), "guard started");
+    loop {
+        if sidecar.is_none() {
+            sidecar = find_sidecar();
+            if let Some((pid, _)) = &sidecar {
+                info!(pid, "watching the sidecar");
+            }
+        }
+        match &sidecar {
+            Some((pid, fd)) => {
+                if fd.wait_exit(args.interval) {
+                    let n = resume_stopped(&scope, &mut cache);
+                    warn!(pid, resumed = n, "the sidecar exited; resumed the app's stopped processes");
+                    sidecar = None;
+                    stopped_since.clear();
+                    continue;
+                }
+            }
+            None => std::thread::sleep(args.interval),
+        }
+        let Ok(app) = scope.app_processes(&mut cache) else { continue };
+        let now = Instant::now();
+        stopped_since.retain(|key, _| app.iter().any(|p| p.stopped() && (p.pid, p.start) == *key));
+        for p in app.iter().filter(|p| p.stopped()) {
+            stopped_since.entry((p.pid, p.start)).or_insert(now);
+        }
+        let reason = if sidecar.is_none() && !stopped_since.is_empty() {
+            Some("no sidecar is running")
+        } else if app.iter().any(|p| p.stopped() && procs::termination_pending(p.pid)) {
+            Some("the app was asked to terminate")
+        } else if stopped_since.values().any(|t| now.duration_since(*t) > args.max_pause + LEASE_MARGIN) {
+            Some("the pause outlasted its lease")
+        } else {
+            None
+        };
+        if let Some(reason) = reason {
+            let n = resume_stopped(&scope, &mut cache);
+            warn!(resumed = n, "{reason}: resumed the app's stopped processes");
+            stopped_since.clear();
+        }
+    }
+}
+
+/// The sidecar (`mirrord-proxy run`) in the shared PID namespace.
+fn find_sidecar() -> Option<(i32, Pidfd)> {
+    let dir = std::fs::read_dir("/proc").ok()?;
+    dir.flatten()
+        .filter_map(|e| e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()))
+        .filter(|&pid| procs::command(pid).is_some_and(|(program, sub)| program == "mirrord-proxy" && sub == "run"))
+        .find_map(|pid| Pidfd::open_pid(pid).map(|fd| (pid, fd)))
+}
