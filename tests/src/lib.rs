@@ -14,6 +14,7 @@
 
 pub mod loopback;
 pub mod netns;
+pub mod pidns;
 pub mod pod;
 pub mod relay;
 pub mod session;

@@ -5,9 +5,9 @@
 //! a SIGKILL or an OOM kill of it). It holds a pidfd on the sidecar and wakes
 //! the moment the sidecar exits, however it exits; then resumes every
 //! stopped app process. Between wake-ups it enforces, on its own, what the
-//! sidecar also enforces: the pause lease (plus a margin, so the sidecar
-//! normally ends it first and tells the sessions) and a termination signal
-//! pending on a stopped app.
+//! sidecar also enforces: the pause lease (set a little longer than the
+//! sidecar's, so the sidecar normally ends it first and tells the sessions)
+//! and a termination signal pending on a stopped app.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -19,9 +19,6 @@ use super::procs::{self, Cache, Scope};
 use super::signal::Pidfd;
 use super::{humantime, resume_stopped};
 
-/// How much longer than the lease the guard lets a pause last.
-const LEASE_MARGIN: Duration = Duration::from_secs(10);
-
 /// Flags of `mirrord-proxy guard`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct GuardArgs {
@@ -29,8 +26,10 @@ pub struct GuardArgs {
     /// of the pod that is not mirrord's.
     #[arg(long, env = "MIRRORD_APP_CONTAINERS", value_delimiter = ',', value_name = "NAMES")]
     pub app_containers: Vec<String>,
-    /// The longest a pause may last (the sidecar's --max-pause).
-    #[arg(long, value_name = "DURATION", default_value = "30m", value_parser = parse_duration)]
+    /// The longest the app may stay stopped. Set it a little above the
+    /// sidecar's --max-pause, so that the sidecar normally ends the pause
+    /// first and tells the sessions; this is the backstop when it cannot.
+    #[arg(long, value_name = "DURATION", default_value = "31m", value_parser = parse_duration)]
     pub max_pause: Duration,
     /// How often the app's processes are checked between sidecar events.
     #[arg(long, value_name = "DURATION", default_value = "250ms", value_parser = parse_duration)]
@@ -73,7 +72,7 @@ pub fn run(args: &GuardArgs) -> ! {
             Some("no sidecar is running")
         } else if app.iter().any(|p| p.stopped() && procs::termination_pending(p.pid)) {
             Some("the app was asked to terminate")
-        } else if stopped_since.values().any(|t| now.duration_since(*t) > args.max_pause + LEASE_MARGIN) {
+        } else if stopped_since.values().any(|t| now.duration_since(*t) > args.max_pause) {
             Some("the pause outlasted its lease")
         } else {
             None
