@@ -365,3 +365,143 @@ fn pause_is_refused_when_the_app_is_not_visible() {
     assert!(err.contains("pause refused: no process of the app is visible to the sidecar"), "{err}");
     assert!(pod.metrics().contains("mirrord_proxy_sessions 0"));
 }
+
+/// A small deterministic generator; the seed is printed so a failure can be replayed
+/// with `MIRRORD_TEST_SEED`.
+struct Rng(u64);
+
+impl Rng {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n
+    }
+}
+
+/// Ends a session with Ctrl-C (waiting for the CLI to exit) or SIGKILL.
+fn end(mut cli: Cli, rng: &mut Rng) {
+    if rng.below(2) == 0 {
+        cli.signal(libc::SIGINT);
+        let _ = cli.finish();
+    } else {
+        cli.signal(libc::SIGKILL);
+    }
+}
+
+#[test]
+fn randomized_sequences_never_leave_the_app_stopped() {
+    let Some(mut w) = world("randomized_sequences_never_leave_the_app_stopped", true, &[], &[]) else { return };
+    let seed = std::env::var("MIRRORD_TEST_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64 | 1
+    });
+    eprintln!("MIRRORD_TEST_SEED={seed}");
+    let mut rng = Rng(seed);
+    let mut names = 0u32;
+    let mut counts = [0u32; 5];
+    for sequence in 0..200 {
+        let mut sessions: Vec<Cli> = Vec::new();
+        for _ in 0..1 + rng.below(4) {
+            let op = match rng.below(10) {
+                0..=4 if sessions.len() < 3 => 0,
+                0..=6 if !sessions.is_empty() => 1,
+                7 => 2,
+                8 => 3,
+                _ => 4,
+            };
+            counts[op] += 1;
+            match op {
+                0 => {
+                    names += 1;
+                    let config = format!(
+                        r#"{{"pause":true,"feature":{{"network":{{"incoming":{{"mode":"steal","ports":[80],"http_filter":{{"header_filter":"x-user: u{names}"}},"port_mapping":[[{},80]]}}}}}}}}"#,
+                        w.local.addr.port()
+                    );
+                    let mut cli = Cli::connect(w.relay.addr, &format!("u{names}"), &config);
+                    cli.wait_plan();
+                    cli.wait_for(Duration::from_secs(5), |e| e["event"] == "pause").expect("pause event");
+                    sessions.push(cli);
+                }
+                1 => {
+                    let cli = sessions.remove(rng.below(sessions.len() as u64) as usize);
+                    end(cli, &mut rng);
+                }
+                2 => {
+                    // Someone else continues the app: the pause stops it again.
+                    for pid in w.app.pids() {
+                        // SAFETY: kill(2) of the app this test started.
+                        unsafe { libc::kill(pid as i32, libc::SIGCONT) };
+                    }
+                }
+                3 => {
+                    // The sidecar is killed: the guard resumes; its sessions are gone;
+                    // the container restarts.
+                    // SAFETY: kill(2) of the sidecar this test started.
+                    unsafe { libc::kill(w.sidecar.pids()[0] as i32, libc::SIGKILL) };
+                    w.sidecar.wait(Duration::from_secs(2), |c| c.pids().is_empty()).expect("sidecar gone");
+                    w.resumed_within(Duration::from_millis(500));
+                    sessions.clear();
+                    w.sidecar = start_sidecar(&mut w.procs, &w.pod, &[], &[]);
+                }
+                _ => std::thread::sleep(Duration::from_millis(rng.below(60))),
+            }
+            let ok = if sessions.is_empty() {
+                w.app.wait(Duration::from_secs(1), Container::none_stopped)
+            } else {
+                w.app.wait(Duration::from_secs(1), Container::all_stopped)
+            };
+            assert!(
+                ok.is_some(),
+                "sequence {sequence} (seed {seed}), {} sessions, after op {op}: {:?}",
+                sessions.len(),
+                w.app.states()
+            );
+        }
+        for cli in sessions.drain(..) {
+            end(cli, &mut rng);
+        }
+        let ok = w.app.wait(Duration::from_secs(1), Container::none_stopped);
+        assert!(ok.is_some(), "sequence {sequence} (seed {seed}) left the app stopped: {:?}", w.app.states());
+    }
+    eprintln!(
+        "operations: {} opens, {} ends, {} foreign SIGCONTs, {} sidecar kills, {} waits",
+        counts[0], counts[1], counts[2], counts[3], counts[4]
+    );
+    assert!(w.app.none_stopped());
+}
+
+#[test]
+fn only_the_named_app_containers_are_paused() {
+    if !root_or_skip("only_the_named_app_containers_are_paused") {
+        return;
+    }
+    // Every container named as kubelet names them: the app, another
+    // sidecar of the pod (a service mesh proxy), and mirrord's own.
+    let pod = Pod::new();
+    let mut procs = Processes::new(&pod.pod_ns);
+    let app = procs.spawn("app", true, &[], "sh", &["-c", &app_script()]);
+    let mesh = procs.spawn("istio-proxy", true, &[], "sh", &["-c", "sleep 1000 & sleep 1000"]);
+    netns::wait_listening(&pod.pod_ns, pod.addr(80), Duration::from_secs(10)).expect("app listening");
+    pod.init(&["--ports", "80"]);
+    let env = [("MIRRORD_APP_CONTAINERS", "app")];
+    let sidecar = procs.spawn("mirrord-proxy", true, &env, &proxy(), &["run", "--ports", "80"]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while pod.admin_get("/ready").map(|(s, _)| s) != Some(200) {
+        assert!(Instant::now() < deadline, "sidecar not ready:\n{}", procs.log("mirrord-proxy"));
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let local =
+        App::start_with(workspace_bin("sample-app").to_str().unwrap(), &["--http", "127.0.0.1:0", "--name", "local"]);
+    let relay = Relay::start(&pod.pod_ns, TUNNEL_PORT).unwrap();
+    let mut cli = Cli::connect(relay.addr, "alice", &pause_config("steal", local.addr.port()));
+    cli.wait_plan();
+    let event = cli.wait_for(Duration::from_secs(5), |e| e["event"] == "pause").unwrap();
+    assert!(app.wait(Duration::from_secs(2), Container::all_stopped).is_some(), "{:?}", app.states());
+    let stopped = event["processes"].as_u64().unwrap();
+    assert!(stopped >= 4, "{event}");
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(mesh.none_stopped() && sidecar.none_stopped(), "{:?} {:?}", mesh.states(), sidecar.states());
+    cli.signal(libc::SIGINT);
+    assert!(app.wait(Duration::from_secs(2), Container::none_stopped).is_some());
+    drop(procs);
+}
