@@ -11,8 +11,17 @@ pub const ANNOTATION_SKIP_PORTS: &str = "mirrord.dev/skip-ports";
 pub const ANNOTATION_OPAQUE_PORTS: &str = "mirrord.dev/opaque-ports";
 /// Whether sessions may pause the app (`enabled` by default).
 pub const ANNOTATION_PAUSE: &str = "mirrord.dev/pause";
+/// The longest a session may keep the app paused (a duration such as `30m`).
+pub const ANNOTATION_MAX_PAUSE: &str = "mirrord.dev/max-pause";
 /// Written by the injector: what it injected and by which version.
 pub const ANNOTATION_STATUS: &str = "mirrord.dev/status";
+
+/// The containers mirrord injects.
+pub const CONTAINER_INIT: &str = "mirrord-init";
+pub const CONTAINER_PROXY: &str = "mirrord-proxy";
+pub const CONTAINER_GUARD: &str = "mirrord-guard";
+/// Every container mirrord injects: never the app, never paused.
+pub const INJECTED_CONTAINERS: [&str; 3] = [CONTAINER_INIT, CONTAINER_PROXY, CONTAINER_GUARD];
 
 /// Port the init container's iptables rules redirect inbound traffic to.
 pub const INBOUND_PORT: u16 = 18006;

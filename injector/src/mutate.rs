@@ -2,16 +2,27 @@
 
 use std::collections::BTreeSet;
 
+use std::time::Duration;
+
 use mirrord_config::names::{
-    ADMIN_PORT, ANNOTATION_INJECT, ANNOTATION_OPAQUE_PORTS, ANNOTATION_PAUSE, ANNOTATION_PORTS, ANNOTATION_SKIP_PORTS,
-    ANNOTATION_STATUS, TUNNEL_PORT,
+    ADMIN_PORT, ANNOTATION_INJECT, ANNOTATION_MAX_PAUSE, ANNOTATION_OPAQUE_PORTS, ANNOTATION_PAUSE, ANNOTATION_PORTS,
+    ANNOTATION_SKIP_PORTS, ANNOTATION_STATUS, CONTAINER_GUARD, CONTAINER_INIT, CONTAINER_PROXY, INJECTED_CONTAINERS,
+    TUNNEL_PORT,
 };
+use mirrord_config::parse_duration;
 use serde_json::{json, Map, Value};
 
 /// Name of the iptables init container.
-pub const INIT_NAME: &str = "mirrord-init";
+pub const INIT_NAME: &str = CONTAINER_INIT;
 /// Name of the proxy sidecar.
-pub const SIDECAR_NAME: &str = "mirrord-proxy";
+pub const SIDECAR_NAME: &str = CONTAINER_PROXY;
+/// Name of the pause guard (resumes the app if the sidecar dies).
+pub const GUARD_NAME: &str = CONTAINER_GUARD;
+/// The pause lease when the pod does not set `mirrord.dev/max-pause`.
+const DEFAULT_MAX_PAUSE: Duration = Duration::from_secs(30 * 60);
+/// How much longer the guard lets a pause last than the sidecar does: the
+/// sidecar normally ends it and tells the sessions; the guard is the backstop.
+const GUARD_LEASE_MARGIN: Duration = Duration::from_secs(60);
 const DEFAULT_CONTAINER: &str = "kubectl.kubernetes.io/default-container";
 
 /// How the injector is set up (flags of `mirrord-injector`).
@@ -77,7 +88,7 @@ pub fn mutate(pod: &Value, namespace_opted_in: bool, settings: &Settings) -> Res
     if spec.get("hostNetwork").and_then(Value::as_bool) == Some(true) {
         return Ok(Err(Skip::HostNetwork));
     }
-    if names(spec, "initContainers").chain(names(spec, "containers")).any(|n| n == INIT_NAME || n == SIDECAR_NAME) {
+    if names(spec, "initContainers").chain(names(spec, "containers")).any(|n| INJECTED_CONTAINERS.contains(&n)) {
         return Ok(Err(Skip::AlreadyInjected));
     }
     let ports = match annotation(ANNOTATION_PORTS) {
@@ -93,8 +104,10 @@ pub fn mutate(pod: &Value, namespace_opted_in: bool, settings: &Settings) -> Res
         .map(|l| port_list(ANNOTATION_OPAQUE_PORTS, l))
         .transpose()?
         .unwrap_or_default();
+    // A pod in the node's PID namespace cannot share one of its own.
+    let host_pid = spec.get("hostPID").and_then(Value::as_bool) == Some(true);
     let pause = match annotation(ANNOTATION_PAUSE) {
-        None | Some("enabled") => true,
+        None | Some("enabled") => !host_pid,
         Some("disabled") => false,
         Some(other) => {
             return Err(Invalid {
@@ -103,9 +116,25 @@ pub fn mutate(pod: &Value, namespace_opted_in: bool, settings: &Settings) -> Res
             })
         }
     };
+    let max_pause = match annotation(ANNOTATION_MAX_PAUSE) {
+        None => DEFAULT_MAX_PAUSE,
+        Some(text) => parse_duration(text).ok().filter(|d| !d.is_zero()).ok_or_else(|| Invalid {
+            key: ANNOTATION_MAX_PAUSE,
+            message: format!("{text:?}: expected a duration such as 30m, 2h or 90s"),
+        })?,
+    };
     let app_containers: Vec<String> = names(spec, "containers").map(str::to_owned).collect();
+    let app_uid = app_uid(spec);
     let mut out = pod.clone();
-    let injected = Injected { ports: &ports, skip: &skip, opaque: &opaque, pause, app_containers: &app_containers };
+    let injected = Injected {
+        ports: &ports,
+        skip: &skip,
+        opaque: &opaque,
+        pause,
+        max_pause,
+        app_uid,
+        app_containers: &app_containers,
+    };
     if let Some(object) = out.as_object_mut() {
         inject(object, &injected, settings);
     }
@@ -117,7 +146,40 @@ struct Injected<'a> {
     skip: &'a BTreeSet<u16>,
     opaque: &'a BTreeSet<u16>,
     pause: bool,
+    max_pause: Duration,
+    /// The uid every app container runs as, when the pod says.
+    app_uid: Option<i64>,
     app_containers: &'a [String],
+}
+
+/// The uid the app's containers run as, if the pod spec says and they agree.
+fn app_uid(spec: &Map<String, Value>) -> Option<i64> {
+    let pod_uid = spec.get("securityContext").and_then(|s| s.get("runAsUser")).and_then(Value::as_i64);
+    let mut uids = spec
+        .get("containers")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .map(|c| c.pointer("/securityContext/runAsUser").and_then(Value::as_i64).or(pod_uid));
+    let first = uids.next()??;
+    uids.all(|u| u == Some(first)).then_some(first)
+}
+
+/// Who the sidecar and the guard run as. Without pause: an unprivileged
+/// uid. With pause they must be allowed to signal the app: as the app's own
+/// uid when the pod names it, else as root with every capability dropped
+/// but KILL (capabilities added to a non-root container are not effective
+/// on Kubernetes, which sets no ambient capabilities).
+fn pause_security(what: &Injected<'_>) -> Value {
+    let (uid, caps) = match (what.pause, what.app_uid) {
+        (false, _) => (65532, json!({"drop": ["ALL"]})),
+        (true, Some(uid)) => (uid, json!({"drop": ["ALL"]})),
+        (true, None) => (0, json!({"drop": ["ALL"], "add": ["KILL"]})),
+    };
+    json!({
+        "runAsUser": uid, "runAsNonRoot": uid != 0, "allowPrivilegeEscalation": false, "readOnlyRootFilesystem": true,
+        "capabilities": caps
+    })
 }
 
 fn inject(pod: &mut Map<String, Value>, what: &Injected<'_>, settings: &Settings) {
@@ -129,6 +191,11 @@ fn inject(pod: &mut Map<String, Value>, what: &Injected<'_>, settings: &Settings
     let mut run_args = vec!["run".to_owned(), "--ports".to_owned(), list(what.ports)];
     if !what.opaque.is_empty() {
         run_args.extend(["--opaque-ports".to_owned(), list(what.opaque)]);
+    }
+    if what.pause {
+        run_args.extend(["--max-pause".to_owned(), seconds(what.max_pause)]);
+    } else {
+        run_args.extend(["--pause".to_owned(), "disabled".to_owned()]);
     }
     let init = json!({
         "name": INIT_NAME,
@@ -154,16 +221,18 @@ fn inject(pod: &mut Map<String, Value>, what: &Injected<'_>, settings: &Settings
         "readinessProbe": {"httpGet": {"path": "/ready", "port": ADMIN_PORT}, "periodSeconds": 5},
         "livenessProbe": {"httpGet": {"path": "/live", "port": ADMIN_PORT}, "periodSeconds": 10},
         "resources": {"requests": {"cpu": "10m", "memory": "16Mi"}, "limits": {"memory": "64Mi"}},
-        "securityContext": {
-            "runAsUser": 65532, "runAsNonRoot": true, "allowPrivilegeEscalation": false, "readOnlyRootFilesystem": true,
-            "capabilities": {"drop": ["ALL"], "add": if what.pause { json!(["KILL"]) } else { json!([]) }}
-        }
+        "securityContext": pause_security(what)
     });
-    if !what.pause {
-        if let Some(caps) = sidecar.pointer_mut("/securityContext/capabilities").and_then(Value::as_object_mut) {
-            caps.remove("add");
-        }
-    }
+    let mut guard = what.pause.then(|| {
+        json!({
+            "name": GUARD_NAME,
+            "image": settings.image,
+            "args": ["guard", "--max-pause", seconds(what.max_pause + GUARD_LEASE_MARGIN)],
+            "env": [{"name": "MIRRORD_APP_CONTAINERS", "value": what.app_containers.join(",")}],
+            "resources": {"requests": {"cpu": "5m", "memory": "8Mi"}, "limits": {"memory": "16Mi"}},
+            "securityContext": pause_security(what)
+        })
+    });
     let spec = object(pod, "spec");
     let inits = array(spec, "initContainers");
     inits.insert(0, init);
@@ -172,13 +241,19 @@ fn inject(pod: &mut Map<String, Value>, what: &Injected<'_>, settings: &Settings
         sidecar["startupProbe"] =
             json!({"httpGet": {"path": "/ready", "port": ADMIN_PORT}, "periodSeconds": 1, "failureThreshold": 30});
         inits.insert(1, sidecar);
+        if let Some(mut guard) = guard.take() {
+            guard["restartPolicy"] = json!("Always");
+            inits.insert(2, guard);
+        }
     } else {
-        array(spec, "containers").push(sidecar);
+        let containers = array(spec, "containers");
+        containers.push(sidecar);
+        containers.extend(guard.take());
     }
     if what.pause {
         spec.insert("shareProcessNamespace".to_owned(), json!(true));
     }
-    let status = json!({
+    let mut status = json!({
         "version": env!("CARGO_PKG_VERSION"),
         "ports": what.ports,
         "initContainers": [INIT_NAME],
@@ -186,12 +261,21 @@ fn inject(pod: &mut Map<String, Value>, what: &Injected<'_>, settings: &Settings
         "pause": what.pause,
         "tunnelPort": TUNNEL_PORT,
     });
+    if what.pause {
+        status["guard"] = json!(GUARD_NAME);
+        status["maxPause"] = json!(seconds(what.max_pause));
+    }
     let first_app = what.app_containers.first().cloned();
     let annotations = object(object(pod, "metadata"), "annotations");
     annotations.insert(ANNOTATION_STATUS.to_owned(), json!(status.to_string()));
     if let Some(app) = first_app {
         annotations.entry(DEFAULT_CONTAINER.to_owned()).or_insert(json!(app));
     }
+}
+
+/// A duration as `mirrord-proxy` flags take it.
+fn seconds(d: Duration) -> String {
+    format!("{}s", d.as_secs())
 }
 
 /// The object at `key`, made (or replacing a non-object) when missing.
@@ -255,7 +339,7 @@ mod tests {
         let out = mutate(&pod(), false, &settings).unwrap().unwrap();
         let containers: Vec<&str> =
             out["spec"]["containers"].as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap()).collect();
-        assert_eq!(containers, ["api", SIDECAR_NAME]);
+        assert_eq!(containers, ["api", SIDECAR_NAME, GUARD_NAME]);
         let inits = out["spec"]["initContainers"].as_array().unwrap();
         assert_eq!(inits.len(), 1);
         assert_eq!(inits[0]["name"], INIT_NAME);
@@ -271,7 +355,59 @@ mod tests {
         let out = mutate(&with_init, false, &settings).unwrap().unwrap();
         let inits: Vec<&str> =
             out["spec"]["initContainers"].as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap()).collect();
-        assert_eq!(inits, [INIT_NAME, SIDECAR_NAME, "migrate"]);
+        assert_eq!(inits, [INIT_NAME, SIDECAR_NAME, GUARD_NAME, "migrate"]);
         assert_eq!(out["spec"]["initContainers"][1]["restartPolicy"], "Always");
+        assert_eq!(out["spec"]["initContainers"][2]["restartPolicy"], "Always");
+    }
+
+    fn sidecar(out: &Value) -> &Value {
+        &out["spec"]["initContainers"][1]
+    }
+
+    #[test]
+    fn pause_runs_the_sidecar_and_guard_as_the_app_or_as_root_with_kill_only() {
+        let settings = Settings { image: "proxy:1".to_owned(), native_sidecar: true };
+        let out = mutate(&pod(), false, &settings).unwrap().unwrap();
+        assert_eq!(sidecar(&out)["securityContext"]["runAsUser"], 0);
+        assert_eq!(sidecar(&out)["securityContext"]["capabilities"], json!({"drop": ["ALL"], "add": ["KILL"]}));
+        assert_eq!(out["spec"]["initContainers"][2]["securityContext"], sidecar(&out)["securityContext"]);
+        assert_eq!(out["spec"]["shareProcessNamespace"], true);
+
+        let mut as_app = pod();
+        as_app["spec"]["securityContext"] = json!({"runAsUser": 1000});
+        let out = mutate(&as_app, false, &settings).unwrap().unwrap();
+        assert_eq!(sidecar(&out)["securityContext"]["runAsUser"], 1000);
+        assert_eq!(sidecar(&out)["securityContext"]["runAsNonRoot"], true);
+        assert_eq!(sidecar(&out)["securityContext"]["capabilities"], json!({"drop": ["ALL"]}));
+
+        let mut disabled = pod();
+        disabled["metadata"]["annotations"][ANNOTATION_PAUSE] = json!("disabled");
+        let out = mutate(&disabled, false, &settings).unwrap().unwrap();
+        assert_eq!(sidecar(&out)["securityContext"]["runAsUser"], 65532);
+        assert!(sidecar(&out)["args"].to_string().contains("\"--pause\",\"disabled\""));
+        assert_eq!(out["spec"]["initContainers"].as_array().unwrap().len(), 2, "no guard");
+        assert!(out["spec"].get("shareProcessNamespace").is_none());
+
+        let mut host_pid = pod();
+        host_pid["spec"]["hostPID"] = json!(true);
+        let out = mutate(&host_pid, false, &settings).unwrap().unwrap();
+        assert!(
+            out["spec"].get("shareProcessNamespace").is_none(),
+            "hostPID pods cannot share a namespace of their own"
+        );
+    }
+
+    #[test]
+    fn max_pause_is_passed_to_the_sidecar_and_a_little_more_to_the_guard() {
+        let settings = Settings { image: "proxy:1".to_owned(), native_sidecar: true };
+        let mut p = pod();
+        p["metadata"]["annotations"][ANNOTATION_MAX_PAUSE] = json!("10m");
+        let out = mutate(&p, false, &settings).unwrap().unwrap();
+        assert!(sidecar(&out)["args"].to_string().ends_with("\"--max-pause\",\"600s\"]"), "{}", sidecar(&out)["args"]);
+        assert_eq!(out["spec"]["initContainers"][2]["args"], json!(["guard", "--max-pause", "660s"]));
+        p["metadata"]["annotations"][ANNOTATION_MAX_PAUSE] = json!("soon");
+        let err = mutate(&p, false, &settings).unwrap_err();
+        assert_eq!(err.key, ANNOTATION_MAX_PAUSE);
+        assert_eq!(err.message, "\"soon\": expected a duration such as 30m, 2h or 90s");
     }
 }

@@ -1,6 +1,7 @@
 //! What the injector writes is what the data plane runs: a fixture pod is
-//! mutated, and its init container and sidecar are executed in the pod
-//! simulation with exactly the args and env written in the mutated pod.
+//! mutated, and its init container, sidecar and pause guard are executed in
+//! the pod simulation (shared PID namespace, one cgroup per container) with
+//! exactly the args and env written in the mutated pod.
 //! Needs root; skips outside CI otherwise.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -8,9 +9,12 @@
 use std::path::Path;
 use std::time::Duration;
 
-use mirrord_injector::mutate::{mutate, Settings, INIT_NAME, SIDECAR_NAME};
+use mirrord_injector::mutate::{mutate, Settings, GUARD_NAME, INIT_NAME, SIDECAR_NAME};
+use mirrord_tests::pidns::{Container, Processes};
 use mirrord_tests::pod::{Pod, Side};
-use mirrord_tests::{root_or_skip, workspace_bin};
+use mirrord_tests::relay::Relay;
+use mirrord_tests::session::Cli;
+use mirrord_tests::{netns, root_or_skip, workspace_bin};
 use serde_json::Value;
 
 fn container<'a>(pod: &'a Value, list: &str, name: &str) -> &'a Value {
@@ -52,16 +56,37 @@ fn mutated_fixture_runs_in_the_pod_simulation() {
     let settings = Settings { image: "mirrord-proxy".to_owned(), native_sidecar: true };
     let mutated = mutate(&original, false, &settings).unwrap().unwrap();
 
-    let mut pod = Pod::new();
-    pod.start_app(&["--http", "0.0.0.0:8080", "--http", "0.0.0.0:9090", "--name", "api"], pod.addr(9090));
+    // The pod shares its process namespace, as the mutated spec says; every
+    // container carries kubelet's per-container mount naming it.
+    assert_eq!(mutated["spec"]["shareProcessNamespace"], true);
+    let pod = Pod::new();
+    let mut procs = Processes::new(&pod.pod_ns);
+    let app_name = mutated["spec"]["containers"][0]["name"].as_str().unwrap();
+    let sample = workspace_bin("sample-app");
+    let app = procs.spawn(
+        app_name,
+        true,
+        &[],
+        sample.to_str().unwrap(),
+        &["--http", "0.0.0.0:8080", "--http", "0.0.0.0:9090", "--name", "api"],
+    );
+    netns::wait_listening(&pod.pod_ns, pod.addr(9090), Duration::from_secs(10)).unwrap();
     let init = command(container(&mutated, "initContainers", INIT_NAME), &pod, "api-x7k2p");
     let out = pod.exec(Side::Pod, &init[0], &init[1..].iter().map(String::as_str).collect::<Vec<_>>());
     assert!(out.status.success(), "init as injected: {}", String::from_utf8_lossy(&out.stderr));
-    let sidecar = command(container(&mutated, "initContainers", SIDECAR_NAME), &pod, "api-x7k2p");
-    pod.spawn(Side::Pod, "sidecar", &sidecar[0], &sidecar[1..].iter().map(String::as_str).collect::<Vec<_>>());
+    let sidecar_cmd = command(container(&mutated, "initContainers", SIDECAR_NAME), &pod, "api-x7k2p");
+    let args: Vec<&str> = sidecar_cmd[1..].iter().map(String::as_str).collect();
+    let sidecar = procs.spawn(SIDECAR_NAME, true, &[], &sidecar_cmd[0], &args);
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while pod.admin_get("/ready").map(|(s, _)| s) != Some(200) {
-        assert!(std::time::Instant::now() < deadline, "injected sidecar not ready:\n{}", pod.log("sidecar"));
+        assert!(std::time::Instant::now() < deadline, "injected sidecar not ready:\n{}", procs.log(SIDECAR_NAME));
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let guard_cmd = command(container(&mutated, "initContainers", GUARD_NAME), &pod, "api-x7k2p");
+    let args: Vec<&str> = guard_cmd[1..].iter().map(String::as_str).collect();
+    procs.spawn(GUARD_NAME, true, &[], &guard_cmd[0], &args);
+    while !procs.log(GUARD_NAME).contains("watching the sidecar") {
+        assert!(std::time::Instant::now() < deadline, "injected guard not watching:\n{}", procs.log(GUARD_NAME));
         std::thread::sleep(Duration::from_millis(10));
     }
     for port in [8080, 9090] {
@@ -79,4 +104,15 @@ fn mutated_fixture_runs_in_the_pod_simulation() {
         metrics.contains("mirrord_proxy_requests_total{port=\"9090\",protocol=\"http1\",status=\"2xx\"} 1"),
         "{metrics}"
     );
+
+    // Pause with the injected guard: the sidecar's SIGKILL resumes the app.
+    let relay = Relay::start(&pod.pod_ns, mirrord_config::names::TUNNEL_PORT).unwrap();
+    let mut cli = Cli::connect(relay.addr, "alice", r#"{"pause":true,"feature":{"network":{"incoming":"steal"}}}"#);
+    cli.wait_plan();
+    cli.wait_for(Duration::from_secs(5), |e| e["event"] == "pause").expect("pause event");
+    assert!(app.wait(Duration::from_secs(2), Container::all_stopped).is_some(), "{:?}", app.states());
+    // SAFETY: kill(2) of the sidecar this test started.
+    unsafe { libc::kill(sidecar.pids()[0] as i32, libc::SIGKILL) };
+    assert!(app.wait(Duration::from_secs(1), Container::none_stopped).is_some(), "{:?}", app.states());
+    drop(procs);
 }

@@ -18,8 +18,7 @@ use std::collections::HashMap;
 use std::fs;
 use std::sync::Arc;
 
-/// Names of the containers mirrord injects: never the app.
-pub const INJECTED_CONTAINERS: [&str; 3] = ["mirrord-init", "mirrord-proxy", "mirrord-guard"];
+use mirrord_config::names::INJECTED_CONTAINERS;
 
 /// Signals a pod deletion (or `kubectl delete`, or a rolling update) sends to
 /// ask a container to stop: pending on a stopped process, they mean "resume now".
