@@ -18,7 +18,7 @@ enum Command {
     /// Redirect the pod's inbound ports to the sidecar (the init container).
     Init(iptables::InitArgs),
     /// Run the sidecar proxy.
-    Run(run::RunArgs),
+    Run(Box<run::RunArgs>),
     /// Resume the app whenever the sidecar exits while it is paused (runs in
     /// its own container of the pod).
     Guard(guard::GuardArgs),
@@ -29,7 +29,7 @@ fn main() -> ExitCode {
     init_tracing();
     let result = match cli.command {
         Command::Init(args) => iptables::init(&args).map_err(anyhow::Error::from),
-        Command::Run(args) => run_sidecar(args),
+        Command::Run(args) => run_sidecar(*args),
         Command::Guard(args) => guard::run(&args),
     };
     match result {
