@@ -11,6 +11,9 @@ pub const ANNOTATION_SKIP_PORTS: &str = "mirrord.dev/skip-ports";
 pub const ANNOTATION_OPAQUE_PORTS: &str = "mirrord.dev/opaque-ports";
 /// Whether sessions may pause the app (`enabled` by default).
 pub const ANNOTATION_PAUSE: &str = "mirrord.dev/pause";
+/// The pod's containers that pause stops (comma-separated names; default:
+/// every container but well-known mesh proxies).
+pub const ANNOTATION_PAUSE_CONTAINERS: &str = "mirrord.dev/pause-containers";
 /// The longest a session may keep the app paused (a duration such as `30m`).
 pub const ANNOTATION_MAX_PAUSE: &str = "mirrord.dev/max-pause";
 /// Written by the injector: what it injected and by which version.

@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use mirrord_config::names::{
-    ADMIN_PORT, ANNOTATION_INJECT, ANNOTATION_MAX_PAUSE, ANNOTATION_OPAQUE_PORTS, ANNOTATION_PAUSE, ANNOTATION_PORTS,
+    ADMIN_PORT, ANNOTATION_INJECT, ANNOTATION_MAX_PAUSE, ANNOTATION_OPAQUE_PORTS, ANNOTATION_PAUSE, ANNOTATION_PAUSE_CONTAINERS, ANNOTATION_PORTS,
     ANNOTATION_SKIP_PORTS, ANNOTATION_STATUS, CONTAINER_GUARD, CONTAINER_INIT, CONTAINER_PROXY, INJECTED_CONTAINERS,
     TUNNEL_PORT,
 };
@@ -18,6 +18,9 @@ pub const INIT_NAME: &str = CONTAINER_INIT;
 pub const SIDECAR_NAME: &str = CONTAINER_PROXY;
 /// Name of the pause guard (resumes the app if the sidecar dies).
 pub const GUARD_NAME: &str = CONTAINER_GUARD;
+/// Containers that other webhooks add to carry the pod's traffic: pausing
+/// them would cut the pod off, so they are not the app unless named.
+const MESH_PROXIES: [&str; 2] = ["istio-proxy", "linkerd-proxy"];
 /// The pause lease when the pod does not set `mirrord.dev/max-pause`.
 const DEFAULT_MAX_PAUSE: Duration = Duration::from_secs(30 * 60);
 /// How much longer the guard lets a pause last than the sidecar does: the
@@ -123,7 +126,20 @@ pub fn mutate(pod: &Value, namespace_opted_in: bool, settings: &Settings) -> Res
             message: format!("{text:?}: expected a duration such as 30m, 2h or 90s"),
         })?,
     };
-    let app_containers: Vec<String> = names(spec, "containers").map(str::to_owned).collect();
+    let containers: Vec<String> = names(spec, "containers").map(str::to_owned).collect();
+    let app_containers: Vec<String> = match annotation(ANNOTATION_PAUSE_CONTAINERS) {
+        Some(list) => {
+            let named: Vec<String> = list.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned).collect();
+            if let Some(unknown) = named.iter().find(|n| !containers.contains(n)) {
+                return Err(Invalid {
+                    key: ANNOTATION_PAUSE_CONTAINERS,
+                    message: format!("{unknown:?} is not a container of this pod: expected some of {}", containers.join(", ")),
+                });
+            }
+            named
+        }
+        None => containers.iter().filter(|n| !MESH_PROXIES.contains(&n.as_str())).cloned().collect(),
+    };
     let app_uid = app_uid(spec);
     let mut out = pod.clone();
     let injected = Injected {
@@ -395,6 +411,22 @@ mod tests {
             out["spec"].get("shareProcessNamespace").is_none(),
             "hostPID pods cannot share a namespace of their own"
         );
+    }
+
+    #[test]
+    fn pause_containers_default_to_all_but_mesh_proxies_and_can_be_named() {
+        let settings = Settings { image: "proxy:1".to_owned(), native_sidecar: true };
+        let env = |out: &Value| out["spec"]["initContainers"][1]["env"][3]["value"].as_str().unwrap().to_owned();
+        let mut p = pod();
+        p["spec"]["containers"] = json!([{"name": "api", "image": "a"}, {"name": "worker", "image": "w"},
+                                         {"name": "istio-proxy", "image": "i"}]);
+        p["metadata"]["annotations"][ANNOTATION_PORTS] = json!("8080");
+        assert_eq!(env(&mutate(&p, false, &settings).unwrap().unwrap()), "api,worker");
+        p["metadata"]["annotations"][ANNOTATION_PAUSE_CONTAINERS] = json!("worker");
+        assert_eq!(env(&mutate(&p, false, &settings).unwrap().unwrap()), "worker");
+        p["metadata"]["annotations"][ANNOTATION_PAUSE_CONTAINERS] = json!("wroker");
+        let err = mutate(&p, false, &settings).unwrap_err();
+        assert_eq!(err.message, "\"wroker\" is not a container of this pod: expected some of api, worker, istio-proxy");
     }
 
     #[test]
