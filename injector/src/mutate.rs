@@ -5,9 +5,9 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use mirrord_config::names::{
-    ADMIN_PORT, ANNOTATION_INJECT, ANNOTATION_MAX_PAUSE, ANNOTATION_OPAQUE_PORTS, ANNOTATION_PAUSE, ANNOTATION_PAUSE_CONTAINERS, ANNOTATION_PORTS,
-    ANNOTATION_SKIP_PORTS, ANNOTATION_STATUS, CONTAINER_GUARD, CONTAINER_INIT, CONTAINER_PROXY, INJECTED_CONTAINERS,
-    TUNNEL_PORT,
+    ADMIN_PORT, ANNOTATION_INJECT, ANNOTATION_MAX_PAUSE, ANNOTATION_OPAQUE_PORTS, ANNOTATION_PAUSE,
+    ANNOTATION_PAUSE_CONTAINERS, ANNOTATION_PORTS, ANNOTATION_SKIP_PORTS, ANNOTATION_STATUS, CONTAINER_GUARD,
+    CONTAINER_INIT, CONTAINER_PROXY, INJECTED_CONTAINERS, TUNNEL_PORT,
 };
 use mirrord_config::parse_duration;
 use serde_json::{json, Map, Value};
@@ -129,11 +129,15 @@ pub fn mutate(pod: &Value, namespace_opted_in: bool, settings: &Settings) -> Res
     let containers: Vec<String> = names(spec, "containers").map(str::to_owned).collect();
     let app_containers: Vec<String> = match annotation(ANNOTATION_PAUSE_CONTAINERS) {
         Some(list) => {
-            let named: Vec<String> = list.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned).collect();
+            let named: Vec<String> =
+                list.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned).collect();
             if let Some(unknown) = named.iter().find(|n| !containers.contains(n)) {
                 return Err(Invalid {
                     key: ANNOTATION_PAUSE_CONTAINERS,
-                    message: format!("{unknown:?} is not a container of this pod: expected some of {}", containers.join(", ")),
+                    message: format!(
+                        "{unknown:?} is not a container of this pod: expected some of {}",
+                        containers.join(", ")
+                    ),
                 });
             }
             named

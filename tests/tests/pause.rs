@@ -234,9 +234,10 @@ fn sidecar_panic_resumes_the_app_before_it_exits() {
 
 #[test]
 fn sidecar_sigkill_guard_resumes_and_a_restarted_sidecar_cleans_up() {
-    let Some(mut w) = world("sidecar_sigkill_guard_resumes_and_a_restarted_sidecar_cleans_up", true, &[], &[]) else {
+    let Some(mut w) = world("sidecar_sigkill_guard_resumes_and_a_restarted_sidecar_cleans_up", false, &[], &[]) else {
         return;
     };
+    let guard = start_guard(&mut w.procs, &[]);
     let _cli = w.paused_session("alice");
     w.assert_paused();
     let start = Instant::now();
@@ -246,11 +247,18 @@ fn sidecar_sigkill_guard_resumes_and_a_restarted_sidecar_cleans_up() {
     let took = start.elapsed();
     report("sidecar SIGKILL (guard)", took);
     assert!(took < Duration::from_millis(50), "resumed after {took:?}");
-    assert!(w.procs.log("guard").contains("the sidecar exited; resumed"), "{}", w.procs.log("guard"));
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while !w.procs.log("guard").contains("the sidecar exited; resumed") {
+        assert!(Instant::now() < deadline, "{}", w.procs.log("guard"));
+        std::thread::sleep(Duration::from_millis(10));
+    }
 
     // Without a guard, a killed sidecar leaves the app stopped: the next
     // sidecar resumes it at start-up (a container restart).
-    let _ = std::process::Command::new("pkill").args(["-KILL", "-f", "mirrord-proxy guard"]).status();
+    for pid in guard.pids() {
+        // SAFETY: kill(2) of the guard this test started.
+        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    }
     w.sidecar.wait(Duration::from_secs(2), |c| c.pids().is_empty()).unwrap();
     w.sidecar = start_sidecar(&mut w.procs, &w.pod, &[], &[]);
     let _cli = w.paused_session("bob");
@@ -296,7 +304,11 @@ fn guard_enforces_the_lease_when_the_sidecar_is_wedged() {
     unsafe { libc::kill(sidecar as i32, libc::SIGSTOP) };
     let took = w.resumed_within(Duration::from_secs(3));
     assert!(took > Duration::from_millis(500), "not before the lease: {took:?}");
-    assert!(w.procs.log("guard").contains("the pause outlasted its lease"));
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while !w.procs.log("guard").contains("the pause outlasted its lease") {
+        assert!(Instant::now() < deadline, "{}", w.procs.log("guard"));
+        std::thread::sleep(Duration::from_millis(10));
+    }
     // SAFETY: as above.
     unsafe { libc::kill(sidecar as i32, libc::SIGCONT) };
     drop(cli);

@@ -31,8 +31,10 @@ pub struct GuardArgs {
     /// first and tells the sessions; this is the backstop when it cannot.
     #[arg(long, value_name = "DURATION", default_value = "31m", value_parser = parse_duration)]
     pub max_pause: Duration,
-    /// How often the app's processes are checked between sidecar events.
-    #[arg(long, value_name = "DURATION", default_value = "250ms", value_parser = parse_duration)]
+    /// How often the app's processes are checked, and a (re)started sidecar
+    /// looked for, between sidecar events. A sidecar that paused the app and
+    /// died between two looks is caught at the next one.
+    #[arg(long, value_name = "DURATION", default_value = "100ms", value_parser = parse_duration)]
     pub interval: Duration,
 }
 
@@ -67,6 +69,10 @@ pub fn run(args: &GuardArgs) -> ! {
         stopped_since.retain(|key, _| app.iter().any(|p| p.stopped() && (p.pid, p.start) == *key));
         for p in app.iter().filter(|p| p.stopped()) {
             stopped_since.entry((p.pid, p.start)).or_insert(now);
+        }
+        if sidecar.is_none() && !stopped_since.is_empty() {
+            // A sidecar started since the last look may have paused the app.
+            sidecar = find_sidecar();
         }
         let reason = if sidecar.is_none() && !stopped_since.is_empty() {
             Some("no sidecar is running")

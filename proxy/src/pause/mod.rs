@@ -345,12 +345,14 @@ fn resume_all(scope: &Scope, state: &mut State) -> usize {
     n + resume_stopped(scope, &mut state.cache)
 }
 
-/// SIGCONT to every stopped app process. Returns how many.
+/// SIGCONT to every stopped app process, and to every one a stop signal is
+/// still on its way to (sent just before its sender died: SIGCONT discards
+/// it). Returns how many.
 pub fn resume_stopped(scope: &Scope, cache: &mut Cache) -> usize {
     let Ok(procs) = scope.app_processes(cache) else { return 0 };
     procs
         .iter()
-        .filter(|p| p.stopped())
+        .filter(|p| p.stopped() || procs::stop_pending(p.pid))
         .filter_map(|p| Pidfd::open(p.pid, p.start))
         .filter(|fd| fd.signal(libc::SIGCONT))
         .count()

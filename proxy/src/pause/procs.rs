@@ -73,6 +73,12 @@ fn parse_pending(status: &str) -> u64 {
         .fold(0, |acc, m| acc | m)
 }
 
+/// Whether a stop signal was sent but not yet acted on (the process still
+/// shows as running): it will stop unless SIGCONT comes first.
+pub fn stop_pending(pid: i32) -> bool {
+    pending_signals(pid) & (1u64 << (libc::SIGSTOP - 1)) != 0
+}
+
 /// Whether one of [`TERMINATION_SIGNALS`] waits on the process.
 pub fn termination_pending(pid: i32) -> bool {
     let mask = pending_signals(pid);
