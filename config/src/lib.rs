@@ -21,7 +21,7 @@ mod suggest;
 mod target;
 
 pub use config::{Config, Incoming, Mode, PortSelection};
-pub use duration::parse_duration;
+pub use duration::{format_duration, parse_duration};
 pub use filter::{Filter, HttpFilter};
 pub use load::{to_json_value, Error, Format};
 pub use target::{Target, TargetKind};

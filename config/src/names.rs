@@ -38,6 +38,9 @@ pub const PROXY_PORTS: [u16; 3] = [INBOUND_PORT, TUNNEL_PORT, ADMIN_PORT];
 /// Ports on which `http_filter` applies when the config does not say.
 pub const DEFAULT_HTTP_FILTER_PORTS: [u16; 2] = [80, 8080];
 
+/// Environment variable: the containers that are the app, for pause
+/// (comma-separated; set by the injector on the sidecar and the guard).
+pub const ENV_APP_CONTAINERS: &str = "MIRRORD_APP_CONTAINERS";
 /// Environment variable: the sidecar's log filter (tracing `EnvFilter` syntax).
 pub const ENV_LOG: &str = "MIRRORD_LOG";
 /// Environment variable: log format, `text` or `json`.

@@ -42,7 +42,7 @@ fn main() -> ExitCode {
 }
 
 fn run_sidecar(args: run::RunArgs) -> anyhow::Result<()> {
-    pause::install_panic_hook(args.pause_scope());
+    pause::install_panic_hook(args.scope.scope());
     let runtime = if args.threads <= 1 {
         tokio::runtime::Builder::new_current_thread().enable_all().build()?
     } else {

@@ -14,7 +14,7 @@ use tracing::{info, warn};
 use crate::admin::{self, Admin};
 use crate::inbound::{self, Destination, Inbound, Limits};
 use crate::metrics::Metrics;
-use crate::pause::{self, procs::Scope, Pause};
+use crate::pause::{self, procs::ScopeArgs, Pause};
 use crate::ports::PortList;
 use crate::proto::tunnel_server::TunnelServer;
 use crate::session::Sessions;
@@ -70,10 +70,8 @@ pub struct RunArgs {
     /// Whether sessions may pause the app (needs a shared process namespace).
     #[arg(long, value_enum, default_value = "enabled", value_name = "enabled|disabled")]
     pub pause: PauseSetting,
-    /// Containers that are the app, for pause (comma-separated); empty: every
-    /// container of the pod that is not mirrord's.
-    #[arg(long, env = "MIRRORD_APP_CONTAINERS", value_delimiter = ',', value_name = "NAMES")]
-    pub app_containers: Vec<String>,
+    #[command(flatten)]
+    pub scope: ScopeArgs,
     /// The longest a pause may last; then the app is resumed and the
     /// sessions holding it are told.
     #[arg(long, value_name = "DURATION", default_value = "30m", value_parser = parse_duration)]
@@ -85,13 +83,6 @@ pub struct RunArgs {
 pub enum PauseSetting {
     Enabled,
     Disabled,
-}
-
-impl RunArgs {
-    /// Which processes pause would stop.
-    pub fn pause_scope(&self) -> Scope {
-        Scope { app_containers: self.app_containers.iter().filter(|s| !s.is_empty()).cloned().collect() }
-    }
 }
 
 /// Why the sidecar could not start.
@@ -133,7 +124,7 @@ impl Running {
         let metrics = Arc::new(Metrics::default());
         let sessions = Arc::new(Sessions::new(args.ports.clone()));
         let pause = match args.pause {
-            PauseSetting::Enabled => Pause::new(args.pause_scope(), args.max_pause, metrics.clone(), None),
+            PauseSetting::Enabled => Pause::new(args.scope.scope(), args.max_pause, metrics.clone(), None),
             PauseSetting::Disabled => Pause::disabled(
                 "pausing is disabled on this pod (annotation mirrord.dev/pause: disabled)",
                 metrics.clone(),

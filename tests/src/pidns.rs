@@ -166,6 +166,16 @@ impl Processes {
     pub fn log(&self, name: &str) -> String {
         fs::read_to_string(self.log_path(name)).unwrap_or_default()
     }
+
+    /// Waits until the log of container `name` contains `text`; fails with
+    /// the log after `within`.
+    pub fn wait_log(&self, name: &str, text: &str, within: Duration) {
+        let deadline = Instant::now() + within;
+        while !self.log(name).contains(text) {
+            assert!(Instant::now() < deadline, "no {text:?} in the log of {name}:\n{}", self.log(name));
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
 }
 
 impl Drop for Processes {

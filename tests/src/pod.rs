@@ -168,12 +168,18 @@ impl Pod {
         all.extend_from_slice(args);
         let bin = workspace_bin("mirrord-proxy");
         let pid = self.spawn(Side::Pod, "sidecar", bin.to_str().expect("utf-8 path"), &all);
+        self.wait_ready(|| self.log("sidecar"));
+        pid
+    }
+
+    /// Waits until the sidecar's `/ready` answers 200; fails with `log()`
+    /// (the sidecar's log) after 10 s.
+    pub fn wait_ready(&self, log: impl Fn() -> String) {
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         while self.admin_get("/ready").map(|(s, _)| s) != Some(200) {
-            assert!(std::time::Instant::now() < deadline, "sidecar not ready:\n{}", self.log("sidecar"));
+            assert!(std::time::Instant::now() < deadline, "sidecar not ready:\n{}", log());
             std::thread::sleep(Duration::from_millis(10));
         }
-        pid
     }
 
     /// GET on the sidecar's admin port from inside the pod: (status, body).

@@ -77,18 +77,11 @@ fn mutated_fixture_runs_in_the_pod_simulation() {
     let sidecar_cmd = command(container(&mutated, "initContainers", SIDECAR_NAME), &pod, "api-x7k2p");
     let args: Vec<&str> = sidecar_cmd[1..].iter().map(String::as_str).collect();
     let sidecar = procs.spawn(SIDECAR_NAME, true, &[], &sidecar_cmd[0], &args);
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while pod.admin_get("/ready").map(|(s, _)| s) != Some(200) {
-        assert!(std::time::Instant::now() < deadline, "injected sidecar not ready:\n{}", procs.log(SIDECAR_NAME));
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    pod.wait_ready(|| procs.log(SIDECAR_NAME));
     let guard_cmd = command(container(&mutated, "initContainers", GUARD_NAME), &pod, "api-x7k2p");
     let args: Vec<&str> = guard_cmd[1..].iter().map(String::as_str).collect();
     procs.spawn(GUARD_NAME, true, &[], &guard_cmd[0], &args);
-    while !procs.log(GUARD_NAME).contains("watching the sidecar") {
-        assert!(std::time::Instant::now() < deadline, "injected guard not watching:\n{}", procs.log(GUARD_NAME));
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    procs.wait_log(GUARD_NAME, "watching the sidecar", Duration::from_secs(10));
     for port in [8080, 9090] {
         let url = format!("http://{}/via-injected", pod.addr(port));
         let out = pod.exec(Side::Node, "curl", &["-sS", "--max-time", "10", &url]);

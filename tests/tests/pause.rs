@@ -66,11 +66,7 @@ fn start_sidecar(procs: &mut Processes, pod: &Pod, args: &[&str], env: &[(&str, 
     let mut all = vec!["run", "--ports", "80", "--grace-period", "2s"];
     all.extend_from_slice(args);
     let sidecar = procs.spawn("sidecar", false, env, &proxy(), &all);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while pod.admin_get("/ready").map(|(s, _)| s) != Some(200) {
-        assert!(Instant::now() < deadline, "sidecar not ready:\n{}", procs.log("sidecar"));
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    pod.wait_ready(|| procs.log("sidecar"));
     sidecar
 }
 
@@ -78,11 +74,7 @@ fn start_guard(procs: &mut Processes, args: &[&str]) -> Container {
     let mut all = vec!["guard", "--interval", "50ms"];
     all.extend_from_slice(args);
     let guard = procs.spawn("guard", false, &[], &proxy(), &all);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !procs.log("guard").contains("watching the sidecar") {
-        assert!(Instant::now() < deadline, "guard not watching:\n{}", procs.log("guard"));
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    procs.wait_log("guard", "watching the sidecar", Duration::from_secs(10));
     guard
 }
 
@@ -247,11 +239,7 @@ fn sidecar_sigkill_guard_resumes_and_a_restarted_sidecar_cleans_up() {
     let took = start.elapsed();
     report("sidecar SIGKILL (guard)", took);
     assert!(took < Duration::from_millis(50), "resumed after {took:?}");
-    let deadline = Instant::now() + Duration::from_secs(2);
-    while !w.procs.log("guard").contains("the sidecar exited; resumed") {
-        assert!(Instant::now() < deadline, "{}", w.procs.log("guard"));
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    w.procs.wait_log("guard", "the sidecar exited; resumed", Duration::from_secs(2));
 
     // Without a guard, a killed sidecar leaves the app stopped: the next
     // sidecar resumes it at start-up (a container restart).
@@ -304,11 +292,7 @@ fn guard_enforces_the_lease_when_the_sidecar_is_wedged() {
     unsafe { libc::kill(sidecar as i32, libc::SIGSTOP) };
     let took = w.resumed_within(Duration::from_secs(3));
     assert!(took > Duration::from_millis(500), "not before the lease: {took:?}");
-    let deadline = Instant::now() + Duration::from_secs(2);
-    while !w.procs.log("guard").contains("the pause outlasted its lease") {
-        assert!(Instant::now() < deadline, "{}", w.procs.log("guard"));
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    w.procs.wait_log("guard", "the pause outlasted its lease", Duration::from_secs(2));
     // SAFETY: as above.
     unsafe { libc::kill(sidecar as i32, libc::SIGCONT) };
     drop(cli);
@@ -363,11 +347,7 @@ fn pause_is_refused_when_the_app_is_not_visible() {
     pod.init(&["--ports", "80"]);
     let bin = proxy();
     pod.spawn(Side::Pod, "sidecar", "unshare", &["--pid", "--fork", "--mount-proc", &bin, "run", "--ports", "80"]);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while pod.admin_get("/ready").map(|(s, _)| s) != Some(200) {
-        assert!(Instant::now() < deadline, "sidecar not ready:\n{}", pod.log("sidecar"));
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    pod.wait_ready(|| pod.log("sidecar"));
     let local =
         App::start_with(workspace_bin("sample-app").to_str().unwrap(), &["--http", "127.0.0.1:0", "--name", "local"]);
     let relay = Relay::start(&pod.pod_ns, TUNNEL_PORT).unwrap();
@@ -495,13 +475,9 @@ fn only_the_named_app_containers_are_paused() {
     let mesh = procs.spawn("istio-proxy", true, &[], "sh", &["-c", "sleep 1000 & sleep 1000"]);
     netns::wait_listening(&pod.pod_ns, pod.addr(80), Duration::from_secs(10)).expect("app listening");
     pod.init(&["--ports", "80"]);
-    let env = [("MIRRORD_APP_CONTAINERS", "app")];
+    let env = [(mirrord_config::names::ENV_APP_CONTAINERS, "app")];
     let sidecar = procs.spawn("mirrord-proxy", true, &env, &proxy(), &["run", "--ports", "80"]);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while pod.admin_get("/ready").map(|(s, _)| s) != Some(200) {
-        assert!(Instant::now() < deadline, "sidecar not ready:\n{}", procs.log("mirrord-proxy"));
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    pod.wait_ready(|| procs.log("mirrord-proxy"));
     let local =
         App::start_with(workspace_bin("sample-app").to_str().unwrap(), &["--http", "127.0.0.1:0", "--name", "local"]);
     let relay = Relay::start(&pod.pod_ns, TUNNEL_PORT).unwrap();

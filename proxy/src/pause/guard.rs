@@ -12,20 +12,18 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use mirrord_config::parse_duration;
+use mirrord_config::{format_duration, parse_duration};
 use tracing::{info, warn};
 
-use super::procs::{self, Cache, Scope};
+use super::procs::{self, Cache, ScopeArgs};
+use super::resume_stopped;
 use super::signal::Pidfd;
-use super::{humantime, resume_stopped};
 
 /// Flags of `mirrord-proxy guard`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct GuardArgs {
-    /// Containers that are the app (comma-separated); empty: every container
-    /// of the pod that is not mirrord's.
-    #[arg(long, env = "MIRRORD_APP_CONTAINERS", value_delimiter = ',', value_name = "NAMES")]
-    pub app_containers: Vec<String>,
+    #[command(flatten)]
+    pub scope: ScopeArgs,
     /// The longest the app may stay stopped. Set it a little above the
     /// sidecar's --max-pause, so that the sidecar normally ends the pause
     /// first and tells the sessions; this is the backstop when it cannot.
@@ -40,11 +38,11 @@ pub struct GuardArgs {
 
 /// Runs until killed.
 pub fn run(args: &GuardArgs) -> ! {
-    let scope = Scope { app_containers: args.app_containers.iter().filter(|s| !s.is_empty()).cloned().collect() };
+    let scope = args.scope.scope();
     let mut cache = Cache::default();
     let mut sidecar: Option<(i32, Pidfd)> = None;
     let mut stopped_since: HashMap<(i32, u64), Instant> = HashMap::new();
-    info!(max_pause = %humantime(args.max_pause), "guard started");
+    info!(max_pause = %format_duration(args.max_pause), "guard started");
     loop {
         if sidecar.is_none() {
             sidecar = find_sidecar();
@@ -93,9 +91,8 @@ pub fn run(args: &GuardArgs) -> ! {
 
 /// The sidecar (`mirrord-proxy run`) in the shared PID namespace.
 fn find_sidecar() -> Option<(i32, Pidfd)> {
-    let dir = std::fs::read_dir("/proc").ok()?;
-    dir.flatten()
-        .filter_map(|e| e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()))
+    procs::pids()
+        .ok()?
         .filter(|&pid| procs::command(pid).is_some_and(|(program, sub)| program == "mirrord-proxy" && sub == "run"))
         .find_map(|pid| Pidfd::open_pid(pid).map(|fd| (pid, fd)))
 }

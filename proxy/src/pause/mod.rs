@@ -18,6 +18,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
+use mirrord_config::format_duration;
 use tracing::{info, warn};
 
 use crate::metrics::Metrics;
@@ -143,7 +144,7 @@ impl Pause {
             Some(Ended::Lease) => {
                 return Err(format!(
                     "the current pause reached its lease ({}) and the app was resumed; it can be paused again once the sessions holding it have left",
-                    humantime(self.lease)
+                    format_duration(self.lease)
                 ))
             }
             None => {}
@@ -156,19 +157,15 @@ impl Pause {
                 return Err(self.nothing_to_pause());
             }
             EVER_HELD.store(true, Ordering::Relaxed);
-            state.since = Some(Instant::now());
-            state.last_tick = state.since;
-            self.paused.store(true, Ordering::Relaxed);
-            self.metrics.paused.set(1);
-            self.metrics.paused_processes.set(n as i64);
-            info!(processes = n, lease = %humantime(self.lease), "app paused");
+            self.mark(&mut state, Some(n));
+            info!(processes = n, lease = %format_duration(self.lease), "app paused");
         }
         state.holders.push((session.seq, Arc::downgrade(session)));
         let n = state.stopped.len();
         let message = format!(
             "app paused: {n} process{} stopped; kubelet's HTTP probes not taken by a session are answered by the sidecar meanwhile; the pause ends when the last session holding it leaves, or after {} at most",
             if n == 1 { "" } else { "es" },
-            humantime(self.lease)
+            format_duration(self.lease)
         );
         drop(state);
         notify(session, true, n, message);
@@ -202,12 +199,18 @@ impl Pause {
     }
 
     fn clear(&self, state: &mut State) {
-        state.since = None;
-        state.last_tick = None;
         state.ended = None;
-        self.paused.store(false, Ordering::Relaxed);
-        self.metrics.paused.set(0);
-        self.metrics.paused_processes.set(0);
+        self.mark(state, None);
+    }
+
+    /// Records the app as paused with `n` processes stopped, or running:
+    /// for the rescans, the data path (probes) and the metrics.
+    fn mark(&self, state: &mut State, stopped: Option<usize>) {
+        state.since = stopped.map(|_| Instant::now());
+        state.last_tick = state.since;
+        self.paused.store(stopped.is_some(), Ordering::Relaxed);
+        self.metrics.paused.set(i64::from(stopped.is_some()));
+        self.metrics.paused_processes.set(stopped.map_or(0, |n| n as i64));
     }
 
     /// Ends the pause while sessions still hold it: resumes the app, tells them.
@@ -230,13 +233,10 @@ impl Pause {
         self.account(state);
         let n = resume_all(&self.scope, state);
         state.ended = Some(why);
-        state.since = None;
-        self.paused.store(false, Ordering::Relaxed);
-        self.metrics.paused.set(0);
-        self.metrics.paused_processes.set(0);
+        self.mark(state, None);
         self.metrics.pause_resumed(why.label());
         let message = match why {
-            Ended::Lease => format!("app resumed: the pause reached its lease of {}", humantime(self.lease)),
+            Ended::Lease => format!("app resumed: the pause reached its lease of {}", format_duration(self.lease)),
             Ended::Terminating => {
                 "app resumed: it was asked to terminate (pod deletion or rollout) and must be free to shut down"
                     .to_owned()
@@ -378,34 +378,4 @@ pub fn install_panic_hook(scope: Scope) {
         }
         previous(info);
     }));
-}
-
-/// `30m`, `90s`, `1h30m`.
-pub fn humantime(d: Duration) -> String {
-    let s = d.as_secs();
-    let (h, m, sec) = (s / 3600, s / 60 % 60, s % 60);
-    let mut out = String::new();
-    if h > 0 {
-        out.push_str(&format!("{h}h"));
-    }
-    if m > 0 {
-        out.push_str(&format!("{m}m"));
-    }
-    if sec > 0 || out.is_empty() {
-        out.push_str(&format!("{sec}s"));
-    }
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn durations_in_words() {
-        assert_eq!(humantime(Duration::from_secs(1800)), "30m");
-        assert_eq!(humantime(Duration::from_secs(5400)), "1h30m");
-        assert_eq!(humantime(Duration::from_secs(2)), "2s");
-        assert_eq!(humantime(Duration::ZERO), "0s");
-    }
 }

@@ -18,7 +18,7 @@ use std::collections::HashMap;
 use std::fs;
 use std::sync::Arc;
 
-use mirrord_config::names::INJECTED_CONTAINERS;
+use mirrord_config::names::{ENV_APP_CONTAINERS, INJECTED_CONTAINERS};
 
 /// Signals a pod deletion (or `kubectl delete`, or a rolling update) sends to
 /// ask a container to stop: pending on a stopped process, they mean "resume now".
@@ -127,6 +127,21 @@ pub struct Scope {
     pub app_containers: Vec<String>,
 }
 
+/// `--app-containers`, shared by `run` and `guard`.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct ScopeArgs {
+    /// Containers that are the app, for pause (comma-separated); empty: every
+    /// container of the pod that is not mirrord's.
+    #[arg(long, env = ENV_APP_CONTAINERS, value_delimiter = ',', value_name = "NAMES")]
+    pub app_containers: Vec<String>,
+}
+
+impl ScopeArgs {
+    pub fn scope(&self) -> Scope {
+        Scope { app_containers: self.app_containers.iter().filter(|s| !s.is_empty()).cloned().collect() }
+    }
+}
+
 /// What is known of a cgroup (a container): its name does not change while
 /// the container lives, so it is looked up once.
 #[derive(Debug, Clone)]
@@ -195,13 +210,15 @@ fn comm(pid: i32) -> Option<String> {
     fs::read_to_string(format!("/proc/{pid}/comm")).ok().map(|s| s.trim_end().to_owned())
 }
 
+/// The pids `/proc` lists.
+pub fn pids() -> std::io::Result<impl Iterator<Item = i32>> {
+    Ok(fs::read_dir("/proc")?.flatten().filter_map(|e| e.file_name().to_str().and_then(|s| s.parse().ok())))
+}
+
 /// Every live process of the namespace.
 fn all_processes() -> Result<Vec<Process>, ScopeError> {
-    let dir = fs::read_dir("/proc").map_err(|e| ScopeError::Proc(e.to_string()))?;
     let mut out = Vec::new();
-    for entry in dir.flatten() {
-        let name = entry.file_name();
-        let Some(pid) = name.to_str().and_then(|s| s.parse::<i32>().ok()) else { continue };
+    for pid in pids().map_err(|e| ScopeError::Proc(e.to_string()))? {
         // A process may exit between the listing and these reads: skip it.
         let Some(cgroup) = cgroup(&pid.to_string()) else { continue };
         let Some((state, start)) = stat(pid) else { continue };
