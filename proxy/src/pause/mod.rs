@@ -199,7 +199,10 @@ impl Pause {
     }
 
     fn clear(&self, state: &mut State) {
-        state.ended = None;
+        // A lease or a termination is over with its holders; a shutdown is not.
+        if state.ended != Some(Ended::Shutdown) {
+            state.ended = None;
+        }
         self.mark(state, None);
     }
 
