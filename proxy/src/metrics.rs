@@ -57,7 +57,7 @@ pub struct InterceptLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ErrorLabels {
+pub struct ReasonLabels {
     pub reason: &'static str,
 }
 
@@ -68,14 +68,14 @@ pub struct Metrics {
     pub connections: Family<ConnLabels, Counter>,
     pub open_connections: Family<ConnLabels, Gauge>,
     pub requests: Family<RequestLabels, Counter>,
-    pub errors: Family<ErrorLabels, Counter>,
+    pub errors: Family<ReasonLabels, Counter>,
     pub sessions: Gauge,
     pub intercepted: Family<InterceptLabels, Counter>,
     pub mirror_dropped: Counter,
     pub paused: Gauge,
     pub paused_processes: Gauge,
     pub paused_seconds: Counter<f64, AtomicU64>,
-    pub pause_resumes: Family<ErrorLabels, Counter>,
+    pub pause_resumes: Family<ReasonLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -146,11 +146,11 @@ impl Metrics {
     }
 
     pub fn pause_resumed(&self, reason: &'static str) {
-        self.pause_resumes.get_or_create(&ErrorLabels { reason }).inc();
+        self.pause_resumes.get_or_create(&ReasonLabels { reason }).inc();
     }
 
     pub fn error(&self, reason: &'static str) {
-        self.errors.get_or_create(&ErrorLabels { reason }).inc();
+        self.errors.get_or_create(&ReasonLabels { reason }).inc();
     }
 
     /// Prometheus text exposition format.

@@ -161,9 +161,7 @@ impl Session {
             "a request on port {port} matched your filter but went to session {:?}, which connected first and whose filter matches it too",
             winner.name
         );
-        let _ = self
-            .events
-            .try_send(Ok(proto::SessionEvent { kind: Some(session_event::Kind::Notice(proto::Notice { message })) }));
+        self.notify(session_event::Kind::Notice(proto::Notice { message }));
     }
 }
 
