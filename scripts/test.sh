@@ -1,30 +1,107 @@
 #!/usr/bin/env bash
-# The whole test suite, on a fresh Debian machine with a Rust toolchain.
-# Installs what the tests need (iptables, iproute2, curl, Python clients),
-# builds every binary, and runs every test. The pod-simulation tests need root;
-# as another user they skip with a message (under CI=true they fail instead).
+# The whole test suite. Run it as yourself (it asks sudo for what needs root)
+# or as root (CI):
+#
+#   ./scripts/test.sh [cargo test arguments…]
+#
+# - installs the system tools the tests drive (iptables, iproute2, curl,
+#   python3-venv) with apt when they are missing;
+# - installs the pinned Python clients (tests/requirements.txt) into a virtual
+#   environment under target/, reused while the pins do not change, and puts
+#   it first on PATH so the tests' `python3` is that one;
+# - builds and runs every test binary as you; only the pod simulation
+#   (package mirrord-tests: network namespaces, iptables, cgroups) runs as
+#   root, through scripts/as-root.sh with your toolchain's environment;
+# - fails when the run leaves a process, network namespace, cgroup or host
+#   iptables rule behind (scripts/leftovers.sh).
+#
+# Without root and without sudo the pod simulation skips with a message; under
+# CI=true it fails instead.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+root=$(pwd)
 
+say() { printf '==> %s\n' "$*" >&2; }
+
+# Root for the few steps that need it: directly as root, else through sudo
+# (which asks at most once per run: credentials are cached).
+if [ "$(id -u)" = 0 ]; then
+  as_root() { "$@"; }
+  have_root=1
+elif command -v sudo >/dev/null 2>&1; then
+  as_root() { sudo "$@"; }
+  have_root=1
+else
+  as_root() { return 1; }
+  have_root=0
+fi
+
+for tool in cargo rustc; do
+  command -v "$tool" >/dev/null 2>&1 || {
+    echo "$tool not found on PATH: install a Rust toolchain (https://rustup.rs) and run this script as yourself, not through sudo" >&2
+    exit 1
+  }
+done
+
+# System tools: command -> Debian package.
 need_apt=()
-for tool in iptables:iptables ip:iproute2 curl:curl python3:python3; do
+for tool in iptables:iptables ip:iproute2 curl:curl nsenter:util-linux python3:python3; do
   command -v "${tool%%:*}" >/dev/null 2>&1 || need_apt+=("${tool#*:}")
 done
+# Debian splits venv and ensurepip out of python3.
+if ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
+  need_apt+=(python3-venv)
+fi
 if ((${#need_apt[@]})); then
-  if [ "$(id -u)" = 0 ]; then
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
+  say "installing ${need_apt[*]} (apt)"
+  if ((have_root)); then
+    as_root apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
   else
-    echo "missing: ${need_apt[*]} (install them, or run as root to have them installed)" >&2
+    echo "missing: ${need_apt[*]}; install them (apt-get install ${need_apt[*]}) or run with sudo available" >&2
+    exit 1
   fi
 fi
-python3 -m pip install -q --disable-pip-version-check -r tests/requirements.txt
 
+# The Python clients, in a venv of their own: never a system-wide pip (PEP 668).
+venv="$root/target/test-venv"
+stamp="$venv/.requirements"
+want="$(python3 -c 'import sys; print(sys.version)' | head -n1) $(sha256sum tests/requirements.txt | cut -d' ' -f1)"
+if [ ! -x "$venv/bin/python3" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  say "creating the test venv at target/test-venv"
+  python3 -m venv --clear "$venv"
+  "$venv/bin/python3" -m pip install -q --disable-pip-version-check -r tests/requirements.txt
+  printf '%s\n' "$want" >"$stamp"
+fi
+export PATH="$venv/bin:$PATH"
+
+say "building"
 cargo build --workspace --bins
+cargo test --workspace --no-run "$@"
+
+# Test binaries of the pod simulation run as root, all others as the caller.
+host=$(rustc -vV | sed -n 's/^host: //p')
+runner_var="CARGO_TARGET_$(printf '%s' "$host" | tr 'a-z-' 'A-Z_')_RUNNER"
+export "$runner_var=$root/scripts/as-root.sh"
+# Marks every process the suite starts (and only those), so that what
+# survives it is found.
+marker="$(date +%s)-$$"
+if ((have_root)) && [ "$(id -u)" != 0 ]; then
+  say "the pod simulation runs as root: sudo may ask for your password"
+  sudo -v
+fi
+before=$(mktemp)
 log=$(mktemp)
-trap 'rm -f "$log"' EXIT
+trap 'rm -f "$before" "$log"' EXIT
+if ((have_root)); then as_root "$root/scripts/leftovers.sh" snapshot >"$before"; fi
+
+say "testing"
 status=0
-cargo test --workspace "$@" 2>&1 | tee "$log" || status=$?
+MIRRORD_TEST_RUN="$marker" cargo test --workspace "$@" 2>&1 | tee "$log" || status=$?
 # One total over every test binary.
 awk '/^test result:/ { p += $4; f += $6; s += $8 } END { printf "total: %d passed, %d failed, %d skipped\n", p, f, s }' "$log"
+
+if ((have_root)); then
+  as_root "$root/scripts/leftovers.sh" check "$marker" <"$before" || status=1
+fi
 exit "$status"

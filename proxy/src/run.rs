@@ -228,8 +228,7 @@ async fn serve_tunnel(listener: TcpListener, tunnel: Tunnel, stop: impl Future<O
     let result = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(1)))
         .http2_keepalive_timeout(Some(Duration::from_secs(2)))
-        .add_service(TunnelServer::new(tunnel))
-        .serve_with_incoming_shutdown(incoming, stop)
+        .serve_with_incoming_shutdown(TunnelServer::new(tunnel), incoming, stop)
         .await;
     if let Err(e) = result {
         warn!("session tunnel stopped: {e}");

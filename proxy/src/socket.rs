@@ -2,16 +2,10 @@
 //! redirected connection.
 
 use std::io;
-use std::mem::{size_of, MaybeUninit};
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
-use std::os::fd::AsRawFd;
+use std::net::SocketAddr;
 
 use socket2::{Domain, Protocol, SockRef, Socket, Type};
 use tokio::net::{TcpListener, TcpStream};
-
-/// `SO_ORIGINAL_DST` (linux/netfilter_ipv4.h) and `IP6T_SO_ORIGINAL_DST`
-/// (linux/netfilter_ipv6/ip6_tables.h) share the value 80.
-const SO_ORIGINAL_DST: libc::c_int = 80;
 
 /// Kernel buffer size asked for on proxied sockets: large enough that a
 /// loopback or in-pod hop never limits throughput.
@@ -47,33 +41,58 @@ pub async fn connect(addr: SocketAddr) -> io::Result<TcpStream> {
     Ok(stream)
 }
 
-/// The destination a client asked for before iptables redirected it here.
-/// For a connection that was not redirected this is the local address itself.
-pub fn original_dst(stream: &TcpStream) -> io::Result<SocketAddr> {
-    let fd = stream.as_raw_fd();
-    match stream.local_addr()? {
-        SocketAddr::V4(_) => {
-            let addr: libc::sockaddr_in = getsockopt(fd, libc::SOL_IP)?;
-            let ip = Ipv4Addr::from(u32::from_be(addr.sin_addr.s_addr));
-            Ok(SocketAddrV4::new(ip, u16::from_be(addr.sin_port)).into())
+#[cfg(target_os = "linux")]
+pub use netfilter::original_dst;
+
+/// netfilter's record of where a redirected connection was headed.
+#[cfg(target_os = "linux")]
+mod netfilter {
+    use std::io;
+    use std::mem::{size_of, MaybeUninit};
+    use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
+    use std::os::fd::AsRawFd;
+
+    use tokio::net::TcpStream;
+
+    /// `SO_ORIGINAL_DST` (linux/netfilter_ipv4.h) and `IP6T_SO_ORIGINAL_DST`
+    /// (linux/netfilter_ipv6/ip6_tables.h) share the value 80.
+    const SO_ORIGINAL_DST: libc::c_int = 80;
+
+    /// The destination a client asked for before iptables redirected it here.
+    /// For a connection that was not redirected this is the local address itself.
+    pub fn original_dst(stream: &TcpStream) -> io::Result<SocketAddr> {
+        let fd = stream.as_raw_fd();
+        match stream.local_addr()? {
+            SocketAddr::V4(_) => {
+                let addr: libc::sockaddr_in = getsockopt(fd, libc::SOL_IP)?;
+                let ip = Ipv4Addr::from(u32::from_be(addr.sin_addr.s_addr));
+                Ok(SocketAddrV4::new(ip, u16::from_be(addr.sin_port)).into())
+            }
+            SocketAddr::V6(_) => {
+                let addr: libc::sockaddr_in6 = getsockopt(fd, libc::SOL_IPV6)?;
+                let ip = Ipv6Addr::from(addr.sin6_addr.s6_addr);
+                Ok(SocketAddrV6::new(ip, u16::from_be(addr.sin6_port), addr.sin6_flowinfo, addr.sin6_scope_id).into())
+            }
         }
-        SocketAddr::V6(_) => {
-            let addr: libc::sockaddr_in6 = getsockopt(fd, libc::SOL_IPV6)?;
-            let ip = Ipv6Addr::from(addr.sin6_addr.s6_addr);
-            Ok(SocketAddrV6::new(ip, u16::from_be(addr.sin6_port), addr.sin6_flowinfo, addr.sin6_scope_id).into())
+    }
+
+    fn getsockopt<T>(fd: libc::c_int, level: libc::c_int) -> io::Result<T> {
+        let mut value = MaybeUninit::<T>::zeroed();
+        let mut len = size_of::<T>() as libc::socklen_t;
+        // SAFETY: `value` is a writable buffer of `len` bytes that outlives the
+        // call; the kernel writes at most `len` bytes and reports how many.
+        let rc = unsafe { libc::getsockopt(fd, level, SO_ORIGINAL_DST, value.as_mut_ptr().cast(), &mut len) };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
         }
+        // SAFETY: zero-initialised plain-old-data sockaddr, filled by the kernel.
+        Ok(unsafe { value.assume_init() })
     }
 }
 
-fn getsockopt<T>(fd: libc::c_int, level: libc::c_int) -> io::Result<T> {
-    let mut value = MaybeUninit::<T>::zeroed();
-    let mut len = size_of::<T>() as libc::socklen_t;
-    // SAFETY: `value` is a writable buffer of `len` bytes that outlives the
-    // call; the kernel writes at most `len` bytes and reports how many.
-    let rc = unsafe { libc::getsockopt(fd, level, SO_ORIGINAL_DST, value.as_mut_ptr().cast(), &mut len) };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: zero-initialised plain-old-data sockaddr, filled by the kernel.
-    Ok(unsafe { value.assume_init() })
+/// Redirect mode needs netfilter: elsewhere (a developer's Mac running the
+/// demo) only explicit upstreams exist.
+#[cfg(not(target_os = "linux"))]
+pub fn original_dst(_stream: &TcpStream) -> io::Result<SocketAddr> {
+    Err(io::Error::new(io::ErrorKind::Unsupported, "the original destination (SO_ORIGINAL_DST) is Linux only"))
 }

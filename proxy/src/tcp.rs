@@ -5,11 +5,10 @@
 //! memory. If pipes cannot be had (fd limit), a buffered copy takes over.
 
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
 use bytes::Bytes;
 use socket2::SockRef;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, Interest};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::metrics::Metrics;
@@ -21,9 +20,6 @@ use crate::session::{Copies, Exchange};
 /// connections. tokio's default of 8 KiB halves loopback throughput.
 const COPY_BUFFER: usize = 64 * 1024;
 
-/// Pipe capacity asked for (the kernel default is 64 KiB).
-const PIPE_SIZE: libc::c_int = 256 * 1024;
-
 /// Copies both ways until both sides have closed. A FIN from one side is
 /// passed on as a FIN (half-close), the other direction keeps flowing.
 pub async fn copy<A, B>(a: &mut A, b: &mut B) -> io::Result<(u64, u64)>
@@ -34,76 +30,92 @@ where
     tokio::io::copy_bidirectional_with_sizes(a, b, COPY_BUFFER, COPY_BUFFER).await
 }
 
-/// Like [`copy`], for two TCP sockets, through the kernel.
+/// Like [`copy`], for two TCP sockets, through the kernel (splice(2) on
+/// Linux; elsewhere a plain copy).
 pub async fn splice(a: &mut TcpStream, b: &mut TcpStream) -> io::Result<(u64, u64)> {
-    let (Ok(a_to_b), Ok(b_to_a)) = (Pipe::new(), Pipe::new()) else {
-        return copy(a, b).await;
-    };
-    let (sent, received) = tokio::join!(one_way(a, b, a_to_b), one_way(b, a, b_to_a));
-    Ok((sent?, received?))
-}
-
-struct Pipe {
-    read: OwnedFd,
-    write: OwnedFd,
-}
-
-impl Pipe {
-    fn new() -> io::Result<Self> {
-        let mut fds = [0 as RawFd; 2];
-        // SAFETY: pipe2 writes two fds into the array on success.
-        if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK | libc::O_CLOEXEC) } != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: both fds were just created and are owned by nobody else.
-        let pipe = unsafe { Pipe { read: OwnedFd::from_raw_fd(fds[0]), write: OwnedFd::from_raw_fd(fds[1]) } };
-        // A bigger pipe means fewer splices per byte; the default is fine too.
-        // SAFETY: fcntl on an fd we own.
-        unsafe { libc::fcntl(pipe.write.as_raw_fd(), libc::F_SETPIPE_SZ, PIPE_SIZE) };
-        Ok(pipe)
+    #[cfg(target_os = "linux")]
+    if let (Ok(a_to_b), Ok(b_to_a)) = (kernel::Pipe::new(), kernel::Pipe::new()) {
+        let (sent, received) = tokio::join!(kernel::one_way(a, b, a_to_b), kernel::one_way(b, a, b_to_a));
+        return Ok((sent?, received?));
     }
+    copy(a, b).await
 }
 
-fn splice_fd(from: RawFd, to: RawFd, len: usize) -> io::Result<usize> {
-    let flags = libc::SPLICE_F_MOVE | libc::SPLICE_F_NONBLOCK;
-    // SAFETY: both fds are open for the duration of the call; null offsets
-    // mean "current position", as required for sockets and pipes.
-    let n = unsafe { libc::splice(from, std::ptr::null_mut(), to, std::ptr::null_mut(), len, flags) };
-    if n < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(n as usize)
+/// splice(2): socket → pipe → socket inside the kernel.
+#[cfg(target_os = "linux")]
+mod kernel {
+    use std::io;
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+
+    use socket2::SockRef;
+    use tokio::io::Interest;
+    use tokio::net::TcpStream;
+
+    /// Pipe capacity asked for (the kernel default is 64 KiB).
+    const PIPE_SIZE: libc::c_int = 256 * 1024;
+
+    pub(super) struct Pipe {
+        read: OwnedFd,
+        write: OwnedFd,
     }
-}
 
-/// Moves bytes from `src` to `dst` until EOF, then half-closes `dst`.
-async fn one_way(src: &TcpStream, dst: &TcpStream, pipe: Pipe) -> io::Result<u64> {
-    let mut total = 0u64;
-    loop {
-        let queued = loop {
-            src.readable().await?;
-            let sock = src.as_raw_fd();
-            match src.try_io(Interest::READABLE, || splice_fd(sock, pipe.write.as_raw_fd(), PIPE_SIZE as usize)) {
-                Ok(n) => break n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                Err(e) => return Err(e),
+    impl Pipe {
+        pub(super) fn new() -> io::Result<Self> {
+            let mut fds = [0 as RawFd; 2];
+            // SAFETY: pipe2 writes two fds into the array on success.
+            if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK | libc::O_CLOEXEC) } != 0 {
+                return Err(io::Error::last_os_error());
             }
-        };
-        if queued == 0 {
-            SockRef::from(dst).shutdown(std::net::Shutdown::Write)?;
-            return Ok(total);
+            // SAFETY: both fds were just created and are owned by nobody else.
+            let pipe = unsafe { Pipe { read: OwnedFd::from_raw_fd(fds[0]), write: OwnedFd::from_raw_fd(fds[1]) } };
+            // A bigger pipe means fewer splices per byte; the default is fine too.
+            // SAFETY: fcntl on an fd we own.
+            unsafe { libc::fcntl(pipe.write.as_raw_fd(), libc::F_SETPIPE_SZ, PIPE_SIZE) };
+            Ok(pipe)
         }
-        let mut left = queued;
-        while left > 0 {
-            dst.writable().await?;
-            let sock = dst.as_raw_fd();
-            match dst.try_io(Interest::WRITABLE, || splice_fd(pipe.read.as_raw_fd(), sock, left)) {
-                Ok(n) => left -= n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                Err(e) => return Err(e),
+    }
+
+    fn splice_fd(from: RawFd, to: RawFd, len: usize) -> io::Result<usize> {
+        let flags = libc::SPLICE_F_MOVE | libc::SPLICE_F_NONBLOCK;
+        // SAFETY: both fds are open for the duration of the call; null offsets
+        // mean "current position", as required for sockets and pipes.
+        let n = unsafe { libc::splice(from, std::ptr::null_mut(), to, std::ptr::null_mut(), len, flags) };
+        if n < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(n as usize)
+        }
+    }
+
+    /// Moves bytes from `src` to `dst` until EOF, then half-closes `dst`.
+    pub(super) async fn one_way(src: &TcpStream, dst: &TcpStream, pipe: Pipe) -> io::Result<u64> {
+        let mut total = 0u64;
+        loop {
+            let queued = loop {
+                src.readable().await?;
+                let sock = src.as_raw_fd();
+                match src.try_io(Interest::READABLE, || splice_fd(sock, pipe.write.as_raw_fd(), PIPE_SIZE as usize)) {
+                    Ok(n) => break n,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                    Err(e) => return Err(e),
+                }
+            };
+            if queued == 0 {
+                SockRef::from(dst).shutdown(std::net::Shutdown::Write)?;
+                return Ok(total);
             }
+            let mut left = queued;
+            while left > 0 {
+                dst.writable().await?;
+                let sock = dst.as_raw_fd();
+                match dst.try_io(Interest::WRITABLE, || splice_fd(pipe.read.as_raw_fd(), sock, left)) {
+                    Ok(n) => left -= n,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                    Err(e) => return Err(e),
+                }
+            }
+            total += queued as u64;
         }
-        total += queued as u64;
     }
 }
 

@@ -206,9 +206,10 @@ pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 
 fn random_secret() -> Result<String, Status> {
     let mut bytes = [0u8; 16];
-    // SAFETY: getrandom writes at most `len` bytes into the buffer.
-    let n = unsafe { libc::getrandom(bytes.as_mut_ptr().cast(), bytes.len(), 0) };
-    if n != bytes.len() as isize {
+    // SAFETY: getentropy writes exactly `len` (at most 256) bytes into the
+    // buffer or fails; it exists on Linux (glibc, musl) and macOS alike.
+    let rc = unsafe { libc::getentropy(bytes.as_mut_ptr().cast(), bytes.len()) };
+    if rc != 0 {
         return Err(Status::internal("no randomness for a session id"));
     }
     Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())

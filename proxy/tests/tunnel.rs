@@ -61,9 +61,7 @@ async fn fixture(known: &str, token: Option<&str>) -> Fixture {
     let (tx, rx) = mpsc::unbounded_channel();
     let incoming =
         tokio_stream::StreamExt::map(tokio_stream::wrappers::UnboundedReceiverStream::new(rx), Ok::<_, std::io::Error>);
-    tokio::spawn(
-        tonic::transport::Server::builder().add_service(TunnelServer::new(tunnel)).serve_with_incoming(incoming),
-    );
+    tokio::spawn(tonic::transport::Server::builder().serve_with_incoming(TunnelServer::new(tunnel), incoming));
     let channel = Endpoint::try_from("http://tunnel.test").unwrap().connect_with_connector(Duplex(tx)).await.unwrap();
     Fixture { client: TunnelClient::new(channel), sessions }
 }

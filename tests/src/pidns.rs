@@ -101,7 +101,7 @@ impl Processes {
         fs::create_dir_all(&cgroups).expect("create the pod's cgroup");
         let sandbox = Command::new("nsenter")
             .arg(format!("--net=/run/netns/{pod_ns}"))
-            .args(["--", "unshare", "--pid", "--fork", "--mount-proc"])
+            .args(["--", "unshare", "--pid", "--fork", "--kill-child", "--mount-proc"])
             .arg(workspace_bin("pod-sandbox"))
             .stdin(Stdio::null())
             // unshare complains when PID 1 is killed at the end.

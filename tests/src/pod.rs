@@ -4,6 +4,7 @@
 use std::fs;
 use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -106,12 +107,15 @@ impl Pod {
     }
 
     /// Starts a long-running process in a namespace, logging to a file that
-    /// is printed if the test fails. Returns its pid.
+    /// is printed if the test fails. Returns its pid. It leads a process
+    /// group of its own, which is killed whole on drop: whatever it forked
+    /// (`unshare --fork`'s child, a shell's jobs) ends with it.
     pub fn spawn(&mut self, side: Side, name: &str, program: &str, args: &[&str]) -> u32 {
         let log = fs::File::create(self.log_path(name)).expect("log file");
         let child = Command::new("ip")
             .args(["netns", "exec", self.ns(side), program])
             .args(args)
+            .process_group(0)
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log fd"))
             .stderr(log)
@@ -231,7 +235,8 @@ impl Pod {
 impl Drop for Pod {
     fn drop(&mut self) {
         for (name, child) in &mut self.children {
-            let _ = child.kill();
+            // SAFETY: kill(2) of the process group this pod's child leads.
+            unsafe { libc::kill(-(child.id() as libc::pid_t), libc::SIGKILL) };
             let _ = child.wait();
             if std::thread::panicking() {
                 eprintln!(

@@ -346,7 +346,12 @@ fn pause_is_refused_when_the_app_is_not_visible() {
     pod.start_app(&["--http", "0.0.0.0:80", "--name", "remote"], pod.addr(80));
     pod.init(&["--ports", "80"]);
     let bin = proxy();
-    pod.spawn(Side::Pod, "sidecar", "unshare", &["--pid", "--fork", "--mount-proc", &bin, "run", "--ports", "80"]);
+    pod.spawn(
+        Side::Pod,
+        "sidecar",
+        "unshare",
+        &["--pid", "--fork", "--kill-child", "--mount-proc", &bin, "run", "--ports", "80"],
+    );
     pod.wait_ready(|| pod.log("sidecar"));
     let local =
         App::start_with(workspace_bin("sample-app").to_str().unwrap(), &["--http", "127.0.0.1:0", "--name", "local"]);

@@ -13,8 +13,7 @@ pub struct Pidfd(OwnedFd);
 impl Pidfd {
     /// Opens process `pid` if it is still the one that started at `start`.
     pub fn open(pid: i32, start: u64) -> Option<Pidfd> {
-        // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
-        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+        let fd = sys::pidfd_open(pid);
         if fd < 0 {
             return None;
         }
@@ -36,11 +35,7 @@ impl Pidfd {
 
     /// Sends `signal`; false if the process is gone or may not be signalled.
     pub fn signal(&self, signal: libc::c_int) -> bool {
-        // SAFETY: pidfd_send_signal with a valid pidfd, no siginfo, no flags.
-        let r = unsafe {
-            libc::syscall(libc::SYS_pidfd_send_signal, self.0.as_raw_fd(), signal, std::ptr::null::<()>(), 0)
-        };
-        r == 0
+        sys::pidfd_send_signal(self.0.as_raw_fd(), signal) == 0
     }
 
     /// Waits up to `timeout` for the process to exit; true once it has.
@@ -50,6 +45,32 @@ impl Pidfd {
         // SAFETY: one valid pollfd for the duration of the call.
         let n = unsafe { libc::poll(&mut pfd, 1, ms) };
         n > 0 && pfd.revents & (libc::POLLIN | libc::POLLHUP) != 0
+    }
+}
+
+/// The two system calls, Linux only (as a pod's shared PID namespace is);
+/// elsewhere they fail, so nothing is ever paused.
+#[cfg(target_os = "linux")]
+mod sys {
+    pub fn pidfd_open(pid: i32) -> libc::c_long {
+        // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
+        unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) }
+    }
+
+    pub fn pidfd_send_signal(fd: libc::c_int, signal: libc::c_int) -> libc::c_long {
+        // SAFETY: pidfd_send_signal with a valid pidfd, no siginfo, no flags.
+        unsafe { libc::syscall(libc::SYS_pidfd_send_signal, fd, signal, std::ptr::null::<()>(), 0) }
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+mod sys {
+    pub fn pidfd_open(_pid: i32) -> libc::c_long {
+        -1
+    }
+
+    pub fn pidfd_send_signal(_fd: libc::c_int, _signal: libc::c_int) -> libc::c_long {
+        -1
     }
 }
 
