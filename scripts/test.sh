@@ -23,6 +23,13 @@ root=$(pwd)
 
 say() { printf '==> %s\n' "$*" >&2; }
 
+# A person's PATH on Debian lacks the sbin directories where iptables and ip
+# live; root's has them. The pod simulation runs them as root.
+for dir in /usr/local/sbin /usr/sbin /sbin; do
+  case ":$PATH:" in *":$dir:"*) ;; *) PATH="$PATH:$dir" ;; esac
+done
+export PATH
+
 # Root for the few steps that need it: directly as root, else through sudo
 # (which asks at most once per run: credentials are cached).
 if [ "$(id -u)" = 0 ]; then
@@ -97,7 +104,7 @@ if ((have_root)); then as_root "$root/scripts/leftovers.sh" snapshot >"$before";
 
 say "testing"
 status=0
-MIRRORD_TEST_RUN="$marker" cargo test --workspace "$@" 2>&1 | tee "$log" || status=$?
+MIRRORD_TEST_RUN="$marker" cargo test --workspace --no-fail-fast "$@" 2>&1 | tee "$log" || status=$?
 # One total over every test binary.
 awk '/^test result:/ { p += $4; f += $6; s += $8 } END { printf "total: %d passed, %d failed, %d skipped\n", p, f, s }' "$log"
 

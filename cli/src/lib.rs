@@ -7,6 +7,7 @@ pub mod commands;
 mod deliver;
 mod local;
 mod status;
+pub mod vars;
 
 /// Documented exit codes of `mirrord-cli`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

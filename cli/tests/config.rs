@@ -15,12 +15,14 @@ fn fixture(path: &str) -> String {
 }
 
 #[test]
-fn check_valid_prints_one_line_summary() {
+fn check_valid_prints_the_summary_then_one_line_per_fact() {
     let file = fixture("valid/steal-header.yaml");
     let (code, out, _) = cli(&["config", "check", &file]);
     assert_eq!(code, 0);
-    assert_eq!(out.lines().count(), 1);
-    assert!(out.contains("ok: steal requests matching header \"baggage: .*mirrord-session=alice\""), "{out}");
+    let first = out.lines().next().unwrap();
+    assert!(first.contains("ok: steal HTTP requests matching header \"baggage: .*mirrord-session=alice\""), "{out}");
+    assert!(out.contains("\n  target: deployment/api\n"), "{out}");
+    assert!(out.contains("\n  every port: steal requests matching header"), "{out}");
 }
 
 #[test]
@@ -29,7 +31,7 @@ fn check_invalid_exits_2_with_position_and_key() {
     let (code, out, err) = cli(&["config", "check", &file]);
     assert_eq!(code, 2);
     assert!(out.is_empty());
-    assert!(err.contains("unknown-key-typo.json:6:39: feature.network.incoming.http_filter.heder_filter"), "{err}");
+    assert!(err.contains("unknown-key-typo.json:6:27: feature.network.incoming.http_filter.heder_filter"), "{err}");
     assert!(err.contains("did you mean `header_filter`?"), "{err}");
 }
 

@@ -4,9 +4,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
 use crate::filter::{Filter, HttpFilter};
-use crate::names::DEFAULT_HTTP_FILTER_PORTS;
 use crate::raw::{
-    Port, RawConfig, RawHttpFilter, RawIncoming, RawIncomingDetailed, RawInnerFilter, RawMode, RawTarget,
+    Port, RawConcurrentSteal, RawConfig, RawHttpFilter, RawIncoming, RawIncomingDetailed, RawInnerFilter, RawMode,
+    RawTarget,
 };
 use crate::target::Target;
 
@@ -15,8 +15,10 @@ use crate::target::Target;
 pub struct Config {
     /// Pause the app while the session is connected.
     pub pause: bool,
-    /// The workload to attach to, when given.
+    /// The workload to attach to, when given (`None` also for `targetless`).
     pub target: Option<Target>,
+    /// The namespace given with the target (or alone).
+    pub namespace: Option<String>,
     /// What happens to incoming traffic.
     pub incoming: Incoming,
 }
@@ -45,6 +47,24 @@ pub struct Incoming {
     pub ports: PortSelection,
     /// Remote port → local port, where they differ.
     pub port_mapping: BTreeMap<u16, u16>,
+    /// Local port → the port the local app actually listens on (`listen_ports`).
+    pub listen_ports: BTreeMap<u16, u16>,
+    /// What happens when another session already steals a port whole.
+    pub on_concurrent_steal: ConcurrentSteal,
+}
+
+/// `on_concurrent_steal`: when a port this session would steal whole is
+/// already stolen whole by another session.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ConcurrentSteal {
+    /// This session is refused (the default).
+    #[default]
+    Abort,
+    /// This session goes on without the contested ports, and is told.
+    Continue,
+    /// This session takes the ports; the other session is told and stops
+    /// stealing them.
+    Override,
 }
 
 /// A validation failure: the key path and what was expected.
@@ -64,19 +84,27 @@ const HTTP_FILTER: &str = "feature.network.incoming.http_filter";
 impl Config {
     /// Validates a raw config into typed values.
     pub(crate) fn from_raw(raw: RawConfig) -> Result<Self, Invalid> {
-        let target =
-            match raw.target {
-                None => None,
-                Some(RawTarget::Path(p)) => Some(Target::parse(&p, None).map_err(|m| invalid("target", m))?),
-                Some(RawTarget::Detailed(d)) => Some(Target::parse(&d.path, d.namespace.as_deref()).map_err(|m| {
-                    invalid(if m.contains("namespace") { "target.namespace" } else { "target.path" }, m)
-                })?),
-            };
+        let (path, namespace) = match raw.target {
+            None => (None, None),
+            Some(RawTarget::Path(p)) => (Some(p), None),
+            Some(RawTarget::Detailed(d)) => (d.path, d.namespace),
+        };
+        let key = if namespace.is_some() { "target.namespace" } else { "target" };
+        let target = match &path {
+            Some(p) => Target::parse(p, namespace.as_deref())
+                .map_err(|m| invalid(if m.contains("namespace") { key } else { "target" }, m))?,
+            None => {
+                if let Some(ns) = &namespace {
+                    Target::parse("targetless", Some(ns)).map_err(|m| invalid(key, m))?;
+                }
+                None
+            }
+        };
         let incoming = match raw.feature.network.incoming {
             RawIncoming::Mode(mode) => Incoming::unfiltered(mode.into()),
             RawIncoming::Detailed(d) => Incoming::from_raw(*d)?,
         };
-        Ok(Config { pause: raw.pause, target, incoming })
+        Ok(Config { pause: raw.pause, target, namespace, incoming })
     }
 
     /// Likely mistakes in a valid config, in words.
@@ -95,7 +123,7 @@ impl Config {
 impl Default for Config {
     /// The config of an empty file: mirror everything, no pause.
     fn default() -> Self {
-        Config { pause: false, target: None, incoming: Incoming::unfiltered(Mode::Mirror) }
+        Config { pause: false, target: None, namespace: None, incoming: Incoming::unfiltered(Mode::Mirror) }
     }
 }
 
@@ -111,7 +139,14 @@ impl From<RawMode> for Mode {
 
 impl Incoming {
     fn unfiltered(mode: Mode) -> Self {
-        Incoming { mode, http_filter: None, ports: PortSelection::All, port_mapping: BTreeMap::new() }
+        Incoming {
+            mode,
+            http_filter: None,
+            ports: PortSelection::All,
+            port_mapping: BTreeMap::new(),
+            listen_ports: BTreeMap::new(),
+            on_concurrent_steal: ConcurrentSteal::Abort,
+        }
     }
 
     fn from_raw(d: RawIncomingDetailed) -> Result<Self, Invalid> {
@@ -131,48 +166,83 @@ impl Incoming {
                 "http_filter has no effect with mode \"off\": expected mode \"steal\" or \"mirror\"",
             ));
         }
-        let mut port_mapping = BTreeMap::new();
-        if let Some(pairs) = d.port_mapping {
-            let key = format!("{INCOMING}.port_mapping");
-            if pairs.is_empty() {
-                return Err(invalid(key, "empty list: expected pairs [local, remote] or no port_mapping key"));
-            }
-            for (i, (Port(local), Port(remote))) in pairs.into_iter().enumerate() {
-                if port_mapping.insert(remote, local).is_some() {
-                    return Err(invalid(format!("{key}[{i}]"), format!("remote port {remote} is mapped twice")));
-                }
-            }
-        }
-        Ok(Incoming { mode, http_filter, ports, port_mapping })
+        let port_mapping = pairs(d.port_mapping, "port_mapping", "remote port", |(local, remote)| (remote, local))?;
+        let listen_ports = pairs(d.listen_ports, "listen_ports", "port", |pair| pair)?;
+        let on_concurrent_steal = match d.on_concurrent_steal.unwrap_or_default() {
+            RawConcurrentSteal::Abort => ConcurrentSteal::Abort,
+            RawConcurrentSteal::Continue => ConcurrentSteal::Continue,
+            RawConcurrentSteal::Override => ConcurrentSteal::Override,
+        };
+        Ok(Incoming { mode, http_filter, ports, port_mapping, listen_ports, on_concurrent_steal })
     }
 
-    /// Whether this session's config covers a remote port at all.
+    /// Whether this session takes traffic of a remote port at all.
+    ///
+    /// `incoming.ports` / `ignore_ports` select ports. A filter with
+    /// `http_filter.ports` and no `incoming.ports` takes only those ports:
+    /// every other port stays with the app (never stolen whole because a
+    /// filter was given). A filter without `ports` applies on every port
+    /// taken.
     pub fn applies_to(&self, port: u16) -> bool {
-        self.mode != Mode::Off
-            && match &self.ports {
-                PortSelection::All => true,
-                PortSelection::Only(p) => p.contains(&port),
-                PortSelection::Except(p) => !p.contains(&port),
-            }
+        if self.mode == Mode::Off {
+            return false;
+        }
+        let filter_ports = self.http_filter.as_ref().and_then(|f| f.ports.as_ref());
+        match (&self.ports, filter_ports) {
+            (PortSelection::Only(p), _) => p.contains(&port),
+            (PortSelection::All, Some(f)) => f.contains(&port),
+            (PortSelection::Except(p), Some(f)) => f.contains(&port) && !p.contains(&port),
+            (PortSelection::All, None) => true,
+            (PortSelection::Except(p), None) => !p.contains(&port),
+        }
     }
 
-    /// The filter that applies on `port`, if any (`http_filter` on one of its ports).
+    /// The filter that applies on `port`, if any. `None` on a port the
+    /// session takes means all of its traffic (only on a port that
+    /// `incoming.ports` names outside `http_filter.ports`).
     pub fn filter_for(&self, port: u16) -> Option<&Filter> {
-        self.http_filter.as_ref().filter(|f| f.ports.contains(&port)).map(|f| &f.filter)
+        self.http_filter.as_ref().filter(|f| f.ports.as_ref().is_none_or(|p| p.contains(&port))).map(|f| &f.filter)
     }
 
-    /// The local port that traffic of a remote port is delivered to.
+    /// What this session does on `port`, in words (port 0: any port the
+    /// config does not name).
+    pub fn describe(&self, port: u16) -> String {
+        if !self.applies_to(port) {
+            return "untouched".to_owned();
+        }
+        let verb = if self.mode == Mode::Steal { "steal" } else { "mirror" };
+        let local = self.local_port(port);
+        let target = if local == port || port == 0 { String::new() } else { format!(" (to local port {local})") };
+        match self.filter_for(port) {
+            Some(filter) => format!("{verb} requests matching {filter}{target}"),
+            None => format!("{verb} all traffic{target}"),
+        }
+    }
+
+    /// The ports this config names anywhere (selection, filter, mapping).
+    pub fn named_ports(&self) -> BTreeSet<u16> {
+        let mut ports = BTreeSet::new();
+        if let PortSelection::Only(p) | PortSelection::Except(p) = &self.ports {
+            ports.extend(p);
+        }
+        if let Some(filter_ports) = self.http_filter.as_ref().and_then(|f| f.ports.as_ref()) {
+            ports.extend(filter_ports);
+        }
+        ports.extend(self.port_mapping.keys());
+        ports
+    }
+
+    /// The local port that traffic of a remote port is delivered to:
+    /// `port_mapping`, then `listen_ports`.
     pub fn local_port(&self, remote: u16) -> u16 {
-        self.port_mapping.get(&remote).copied().unwrap_or(remote)
+        let local = self.port_mapping.get(&remote).copied().unwrap_or(remote);
+        self.listen_ports.get(&local).copied().unwrap_or(local)
     }
 }
 
 impl HttpFilter {
     fn from_raw(raw: RawHttpFilter) -> Result<Self, Invalid> {
-        let ports = match raw.ports {
-            Some(p) => port_set(&p, &format!("{HTTP_FILTER}.ports"))?,
-            None => DEFAULT_HTTP_FILTER_PORTS.into_iter().collect(),
-        };
+        let ports = raw.ports.map(|p| port_set(&p, &format!("{HTTP_FILTER}.ports"))).transpose()?;
         let mut found = Vec::new();
         let single =
             |key: &str, value: Option<String>, found: &mut Vec<Filter>, make: fn(&str) -> Result<Filter, String>| {
@@ -201,6 +271,29 @@ impl HttpFilter {
             )),
         }
     }
+}
+
+/// A list of `[a, b]` pairs as a map keyed by `key_of(pair).0`; a key given
+/// twice is an error naming the entry.
+fn pairs(
+    list: Option<Vec<(Port, Port)>>,
+    name: &str,
+    what: &str,
+    key_of: fn((u16, u16)) -> (u16, u16),
+) -> Result<BTreeMap<u16, u16>, Invalid> {
+    let mut map = BTreeMap::new();
+    let Some(list) = list else { return Ok(map) };
+    let key = format!("{INCOMING}.{name}");
+    if list.is_empty() {
+        return Err(invalid(key, "empty list: expected pairs [local, remote] or no key"));
+    }
+    for (i, (Port(a), Port(b))) in list.into_iter().enumerate() {
+        let (k, v) = key_of((a, b));
+        if map.insert(k, v).is_some() {
+            return Err(invalid(format!("{key}[{i}]"), format!("{what} {k} is mapped twice")));
+        }
+    }
+    Ok(map)
 }
 
 fn inner_list(list: Vec<RawInnerFilter>, name: &str) -> Result<Vec<Filter>, Invalid> {
@@ -256,19 +349,39 @@ impl fmt::Display for Config {
         match (&inc.http_filter, inc.mode) {
             (_, Mode::Off) => f.write_str(verb)?,
             (None, _) => write!(f, "{verb} all traffic on {}", inc.ports)?,
-            (Some(h), _) => {
-                write!(
-                    f,
-                    "{verb} requests matching {} on HTTP ports {} and all traffic on ",
-                    h.filter,
-                    list(&h.ports)
-                )?;
-                match &inc.ports {
-                    PortSelection::All => f.write_str("other ports")?,
-                    PortSelection::Only(p) => write!(f, "other ports among {}", list(p))?,
-                    PortSelection::Except(p) => write!(f, "other ports except {}", list(p))?,
+            (Some(h), _) => match (&h.ports, &inc.ports) {
+                (None, ports) => write!(f, "{verb} HTTP requests matching {} on {ports}", h.filter)?,
+                (Some(fp), PortSelection::Only(p)) => {
+                    let filtered: BTreeSet<u16> = fp.intersection(p).copied().collect();
+                    let whole: BTreeSet<u16> = p.difference(fp).copied().collect();
+                    match filtered.is_empty() {
+                        true => write!(
+                            f,
+                            "no HTTP requests matched (http_filter.ports {} are not among incoming.ports)",
+                            list(fp)
+                        )?,
+                        false => write!(f, "{verb} HTTP requests matching {} on ports {}", h.filter, list(&filtered))?,
+                    }
+                    if !whole.is_empty() {
+                        write!(f, "; {verb} all traffic on ports {}", list(&whole))?;
+                    }
                 }
-            }
+                (Some(fp), PortSelection::All) => write!(
+                    f,
+                    "{verb} HTTP requests matching {} on ports {}; other ports untouched",
+                    h.filter,
+                    list(fp)
+                )?,
+                (Some(fp), PortSelection::Except(ignored)) => {
+                    let filtered: BTreeSet<u16> = fp.difference(ignored).copied().collect();
+                    write!(
+                        f,
+                        "{verb} HTTP requests matching {} on ports {}; other ports untouched",
+                        h.filter,
+                        list(&filtered)
+                    )?
+                }
+            },
         }
         for (remote, local) in &inc.port_mapping {
             write!(f, "; remote {remote} -> local {local}")?;

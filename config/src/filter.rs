@@ -1,26 +1,67 @@
 //! HTTP request filters, validated and ready to match.
 //!
-//! Regexes are compiled case-insensitive. A header filter is matched against
-//! each header rendered as `Name: value` (names as they arrive, which for
-//! HTTP/2 and for hyper means lowercase — hence case-insensitive matching);
-//! a path filter against the path without the query string; a method filter
-//! is an exact, case-insensitive method name.
+//! Regexes are compiled case-insensitive, in mirrord's dialect: the `regex`
+//! crate's syntax plus look-around and backreferences (fancy-regex), which
+//! mirrord's documented probe exclusions use (`^User-Agent: (?!kube-probe)`).
+//! A pattern without them runs on `regex` alone (linear time). A header
+//! filter is matched against each header rendered as `Name: value` (names as
+//! they arrive, which for HTTP/2 and for hyper means lowercase — hence
+//! case-insensitive matching); a path filter against the path without the
+//! query string and, when there is one, the path with it (as mirrord does);
+//! a method filter is an exact, case-insensitive method name.
 
 use std::collections::BTreeSet;
 use std::fmt;
 
-use regex::{Regex, RegexBuilder};
+use regex::RegexBuilder;
 
 /// Ceiling on a compiled filter regex, so a config cannot make the sidecar
 /// allocate without bound.
 const REGEX_SIZE_LIMIT: usize = 1 << 20;
+
+/// Ceiling on backtracking steps of a look-around pattern per match: past it
+/// the request does not match (a pathological pattern costs bounded time).
+const BACKTRACK_LIMIT: usize = 100_000;
+
+/// A compiled filter pattern.
+#[derive(Debug, Clone)]
+pub enum Regex {
+    /// Plain regex: linear-time matching.
+    Plain(regex::Regex),
+    /// Uses look-around or backreferences: backtracking, bounded per match.
+    Fancy(Box<fancy_regex::Regex>),
+}
+
+impl Regex {
+    /// Whether the pattern matches somewhere in `text`. A fancy pattern that
+    /// exceeds its backtracking budget does not match.
+    pub fn is_match(&self, text: &str) -> bool {
+        match self {
+            Regex::Plain(re) => re.is_match(text),
+            Regex::Fancy(re) => re.is_match(text).unwrap_or(false),
+        }
+    }
+
+    /// The pattern as written.
+    pub fn as_str(&self) -> &str {
+        match self {
+            Regex::Plain(re) => re.as_str(),
+            Regex::Fancy(re) => re.as_str().strip_prefix("(?i)").unwrap_or(re.as_str()),
+        }
+    }
+
+    /// Whether the pattern needed the backtracking engine.
+    pub fn is_fancy(&self) -> bool {
+        matches!(self, Regex::Fancy(_))
+    }
+}
 
 /// A single filter or a combination.
 #[derive(Debug, Clone)]
 pub enum Filter {
     /// Any header, rendered `Name: value`, matches the regex.
     Header(Regex),
-    /// The path (no query) matches the regex.
+    /// The path without its query, or the path with it, matches the regex.
     Path(Regex),
     /// The method equals this one, ignoring case.
     Method(String),
@@ -35,8 +76,9 @@ pub enum Filter {
 pub struct HttpFilter {
     /// The request filter.
     pub filter: Filter,
-    /// Ports carrying HTTP on which the filter applies.
-    pub ports: BTreeSet<u16>,
+    /// `http_filter.ports`: the ports the filter applies on. `None`: every
+    /// port the session takes (the sidecar detects HTTP per connection).
+    pub ports: Option<BTreeSet<u16>>,
 }
 
 impl Filter {
@@ -46,11 +88,23 @@ impl Filter {
         if pattern.is_empty() {
             return Err("empty regex: expected a pattern such as \"x-user: alice\"".into());
         }
-        RegexBuilder::new(pattern)
-            .case_insensitive(true)
-            .size_limit(REGEX_SIZE_LIMIT)
-            .build()
-            .map_err(|e| format!("invalid regex {pattern:?}: {e}"))
+        let plain = RegexBuilder::new(pattern).case_insensitive(true).size_limit(REGEX_SIZE_LIMIT).build();
+        match plain {
+            Ok(re) => Ok(Regex::Plain(re)),
+            // Look-around and backreferences are syntax errors for `regex`.
+            Err(regex::Error::Syntax(plain_error)) => fancy_regex::RegexBuilder::new(&format!("(?i){pattern}"))
+                .backtrack_limit(BACKTRACK_LIMIT)
+                .delegate_size_limit(REGEX_SIZE_LIMIT)
+                .build()
+                .map(|re| Regex::Fancy(Box::new(re)))
+                .map_err(|fancy_error| match fancy_error {
+                    // Not a fancy construct either: the plain engine's message
+                    // points at the spot.
+                    fancy_regex::Error::ParseError(..) => format!("invalid regex {pattern:?}: {plain_error}"),
+                    other => format!("invalid regex {pattern:?}: {other}"),
+                }),
+            Err(e) => Err(format!("invalid regex {pattern:?}: {e}")),
+        }
     }
 
     /// Validates a method name (an HTTP token).
@@ -73,7 +127,10 @@ impl Filter {
                 let value = String::from_utf8_lossy(value);
                 re.is_match(&format!("{name}: {value}"))
             }),
-            Filter::Path(re) => re.is_match(path.split('?').next().unwrap_or(path)),
+            Filter::Path(re) => match path.split_once('?') {
+                Some((bare, _)) => re.is_match(bare) || re.is_match(path),
+                None => re.is_match(path),
+            },
             Filter::Method(m) => m.eq_ignore_ascii_case(method),
             Filter::AllOf(fs) => fs.iter().all(|f| f.matches(method, path, headers.clone())),
             Filter::AnyOf(fs) => fs.iter().any(|f| f.matches(method, path, headers.clone())),
@@ -129,12 +186,36 @@ mod tests {
     }
 
     #[test]
-    fn path_ignores_query_and_case() {
+    fn path_is_matched_with_and_without_query_ignoring_case() {
         let f = path("my/path");
         assert!(f.matches("GET", "/api/My/Path/1", hdrs(&[])));
-        assert!(!f.matches("GET", "/other?q=my/path", hdrs(&[])));
+        assert!(!f.matches("GET", "/other", hdrs(&[])));
         let anchored = path("^/api$");
-        assert!(anchored.matches("GET", "/api?x=1", hdrs(&[])));
+        assert!(anchored.matches("GET", "/api?x=1", hdrs(&[])), "the bare path matches");
+        let query = path("[?&]debug=1");
+        assert!(query.matches("GET", "/api?debug=1", hdrs(&[])), "the path with its query matches");
+        assert!(!query.matches("GET", "/api?debug=0", hdrs(&[])));
+    }
+
+    #[test]
+    fn look_around_as_in_mirrords_probe_exclusions() {
+        let f = header("^User-Agent: (?!kube-probe)");
+        assert!(f.matches("GET", "/", hdrs(&[("user-agent", "curl/8.5")])));
+        assert!(!f.matches("GET", "/", hdrs(&[("user-agent", "kube-probe/1.31")])));
+        let not_health = path("^(?!/health/)");
+        assert!(not_health.matches("GET", "/api", hdrs(&[])));
+        assert!(!not_health.matches("GET", "/health/ready", hdrs(&[])));
+        assert!(matches!(&not_health, Filter::Path(re) if re.is_fancy() && re.as_str() == "^(?!/health/)"));
+        assert!(matches!(header("x-user: alice"), Filter::Header(re) if !re.is_fancy()));
+        // Backreferences are fancy too.
+        assert!(header(r"^x-pair: (\w+)-\1$").matches("GET", "/", hdrs(&[("x-pair", "ab-AB")])));
+    }
+
+    #[test]
+    fn runaway_backtracking_is_a_non_match_not_a_hang() {
+        let f = path("^(a+)+(?=b)");
+        let long = format!("/{}", "a".repeat(64));
+        assert!(!f.matches("GET", &long, hdrs(&[])));
     }
 
     #[test]
@@ -162,6 +243,8 @@ mod tests {
     fn bad_patterns_are_named() {
         let e = Filter::regex("a(b").unwrap_err();
         assert!(e.starts_with("invalid regex \"a(b\""), "{e}");
+        let e = Filter::regex("(?<!a+)b").unwrap_err();
+        assert!(e.starts_with("invalid regex \"(?<!a+)b\""), "{e}");
         assert!(Filter::regex("").unwrap_err().contains("empty regex"));
         assert!(Filter::method("GE T").unwrap_err().contains("invalid method \"GE T\""));
     }

@@ -1,30 +1,37 @@
 //! The session config a developer writes for `mirrord-cli connect`, and the
 //! names every mirrord component agrees on.
 //!
-//! Loading is two steps, so that nothing invalid ever reaches a sidecar:
-//! [`raw`] mirrors the file exactly as written (JSON, YAML or TOML, keys in the
-//! user's spelling, unknown keys rejected), then [`Config::from_raw`] validates
-//! it into typed values (compiled regexes, port sets, a parsed target). Errors
-//! name the file, the line and column where the format reports one, the key
-//! path, and what was expected.
+//! A developer's existing mirrord config works unchanged. Loading a file
+//! ([`Config::load`]) renders it as a Tera template (`template`), spells out
+//! mirrord's shorthands (`shorthand`), sets aside the keys of mirrord this
+//! project does not use and refuses keys that neither has (`keys`), reads
+//! the canonical form ([`raw`], unknown keys rejected) and validates it into
+//! typed values ([`Config::from_raw`]: compiled regexes, port sets, a parsed
+//! target). Errors name the file, the line and column, the key path, and
+//! what was expected.
 //!
-//! The crate is pure: no async runtime, no network. The sidecar re-validates the
-//! config it receives with the same code ([`Config::from_json`]).
+//! The crate is pure: no async runtime, no network, no environment (the
+//! caller passes [`Vars`]). The sidecar re-validates the canonical JSON it
+//! receives ([`Config::from_json`]), strictly.
 
 mod config;
 mod duration;
 mod filter;
+mod keys;
 mod load;
 pub mod names;
 pub mod raw;
+mod shorthand;
 mod suggest;
 mod target;
+mod template;
 
-pub use config::{Config, Incoming, Mode, PortSelection};
+pub use config::{ConcurrentSteal, Config, Incoming, Mode, PortSelection};
 pub use duration::{format_duration, parse_duration};
-pub use filter::{Filter, HttpFilter};
-pub use load::{to_json_value, Error, Format};
+pub use filter::{Filter, HttpFilter, Regex};
+pub use load::{to_json_value, Error, Format, Loaded};
 pub use target::{Target, TargetKind};
+pub use template::{KeySource, Vars};
 
 /// The JSON schema of the session config, generated from [`raw::RawConfig`].
 pub fn schema() -> serde_json::Value {

@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 use crate::config::{Config, Invalid};
 use crate::raw::RawConfig;
 use crate::suggest::improve_serde_message;
+use crate::template::{self, KeySource, Vars};
+use crate::{keys, shorthand};
 
 /// Config file formats, chosen by file extension.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -76,28 +78,62 @@ impl Error {
     }
 }
 
+/// A config file loaded for a session.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    /// The validated config.
+    pub config: Config,
+    /// Keys of mirrord's config that this project does not use: set aside,
+    /// in file order (outermost key of each).
+    pub ignored: Vec<String>,
+    /// What the sidecar receives: the rendered config in canonical form
+    /// (shorthands spelt out, set-aside keys removed), as JSON.
+    pub json: String,
+    /// The session key the template saw (`{{ key }}`).
+    pub key: String,
+    pub key_source: KeySource,
+}
+
 impl Config {
-    /// Reads and validates a config file; the format comes from its extension.
-    pub fn load(file: &Path) -> Result<Self, Error> {
+    /// Reads, renders and validates a config file; the format comes from
+    /// its extension.
+    pub fn load(file: &Path, vars: &Vars) -> Result<Loaded, Error> {
         let format = Format::from_path(file)?;
         let text = std::fs::read_to_string(file).map_err(|source| Error::Read { file: file.to_owned(), source })?;
-        Self::parse(&text, format, Some(file))
+        Self::parse(&text, format, Some(file), vars)
     }
 
-    /// Validates a config sent as JSON (how the CLI hands it to the sidecar).
-    pub fn from_json(text: &str) -> Result<Self, Error> {
-        Self::parse(text, Format::Json, None)
-    }
-
-    /// Parses and validates config text. `file` only labels errors.
-    pub fn parse(text: &str, format: Format, file: Option<&Path>) -> Result<Self, Error> {
-        let raw = parse_raw(text, format).map_err(|(position, key, message)| {
+    /// Renders and validates config text, as a developer wrote it in any of
+    /// mirrord's forms. `file` only labels errors.
+    pub fn parse(text: &str, format: Format, file: Option<&Path>, vars: &Vars) -> Result<Loaded, Error> {
+        let at = |position, key: String, message| {
             Error::Invalid(Box::new(Located { file: file.map(Path::to_owned), position, key, message }))
+        };
+        let rendered = template::render(text, format, vars).map_err(|(pos, key, message)| at(pos, key, message))?;
+        let text = rendered.text.as_str();
+        let located = |Invalid { key, message }| at(locate(text, &key), key, message);
+        let mut value = parse_value(text, format).map_err(|(pos, key, message)| at(pos, key, message))?;
+        if value.is_null() {
+            value = serde_json::Value::Object(serde_json::Map::new());
+        }
+        shorthand::expand(&mut value).map_err(located)?;
+        let ignored = keys::sift(&mut value).map_err(located)?;
+        let raw: RawConfig = serde_path_to_error::deserialize(&value).map_err(|e| {
+            let key = key_of(e.path());
+            at(locate(text, &key), key, improve_serde_message(&e.inner().to_string()))
         })?;
-        Config::from_raw(raw).map_err(|Invalid { key, message }| {
-            let position = locate(text, &key);
-            Error::Invalid(Box::new(Located { file: file.map(Path::to_owned), position, key, message }))
-        })
+        let config = Config::from_raw(raw).map_err(located)?;
+        let json = value.to_string();
+        Ok(Loaded { config, ignored, json, key: rendered.key, key_source: rendered.key_source })
+    }
+
+    /// Validates the canonical JSON a CLI sends to the sidecar: no template,
+    /// no shorthand, no key this sidecar does not use (the CLI removed
+    /// mirrord's others; one left means the CLI is newer).
+    pub fn from_json(text: &str) -> Result<Self, Error> {
+        let at = |position, key, message| Error::Invalid(Box::new(Located { file: None, position, key, message }));
+        let raw = parse_json(text).map_err(|(position, key, message)| at(position, key, message))?;
+        Config::from_raw(raw).map_err(|Invalid { key, message }| at(locate(text, &key), key, message))
     }
 }
 
@@ -114,37 +150,44 @@ pub fn to_json_value(text: &str, format: Format) -> Result<serde_json::Value, St
 
 type ParseFailure = (Option<(usize, usize)>, String, String);
 
-fn parse_raw(text: &str, format: Format) -> Result<RawConfig, ParseFailure> {
-    parse_format(text, format).map_err(|(pos, key, message)| (pos, key, improve_serde_message(&message)))
+/// The canonical JSON form, strictly: unknown keys are errors.
+fn parse_json(text: &str) -> Result<RawConfig, ParseFailure> {
+    let mut de = serde_json::Deserializer::from_str(text);
+    let raw = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let pos = Some((e.inner().line(), e.inner().column()));
+        (pos, key_of(e.path()), improve_serde_message(&strip_position(&e.inner().to_string())))
+    })?;
+    de.end().map_err(|e| (Some((e.line(), e.column())), String::new(), strip_position(&e.to_string())))?;
+    Ok(raw)
 }
 
-fn parse_format(text: &str, format: Format) -> Result<RawConfig, ParseFailure> {
-    match format {
-        Format::Json => {
-            // The documented examples carry trailing commas; JSON proper does
-            // not allow them. Blanking them keeps every position intact.
-            let text = blank_trailing_commas(text);
-            let mut de = serde_json::Deserializer::from_str(&text);
-            let raw = serde_path_to_error::deserialize(&mut de).map_err(|e| {
-                let pos = Some((e.inner().line(), e.inner().column()));
-                (pos, key_of(e.path()), strip_position(&e.inner().to_string()))
-            })?;
-            de.end().map_err(|e| (Some((e.line(), e.column())), String::new(), strip_position(&e.to_string())))?;
-            Ok(raw)
+/// The file's syntax, into a JSON value; errors with the format's position.
+fn parse_value(text: &str, format: Format) -> Result<serde_json::Value, ParseFailure> {
+    let value: serde_json::Value = match format {
+        // The documented examples carry trailing commas; JSON proper does
+        // not allow them. Blanking them keeps every position intact.
+        Format::Json => serde_json::from_str(&blank_trailing_commas(text))
+            .map_err(|e| (Some((e.line(), e.column())), String::new(), strip_position(&e.to_string())))?,
+        Format::Yaml => serde_yaml::from_str(text).map_err(|e| {
+            (e.location().map(|l| (l.line(), l.column())), String::new(), strip_position(&e.to_string()))
+        })?,
+        Format::Toml => toml::from_str(text).map_err(|e| toml_failure(text, String::new(), &e))?,
+    };
+    match value {
+        serde_json::Value::Object(_) | serde_json::Value::Null => Ok(value),
+        other => {
+            Err((Some((1, 1)), String::new(), format!("expected an object of config keys, found {}", kind(&other))))
         }
-        Format::Yaml => {
-            let de = serde_yaml::Deserializer::from_str(text);
-            serde_path_to_error::deserialize(de).map_err(|e| {
-                let pos = e.inner().location().map(|l| (l.line(), l.column()));
-                let key = key_of(e.path());
-                let message = strip_position(&e.inner().to_string());
-                (pos, key.clone(), strip_key_prefix(&message, &key))
-            })
-        }
-        Format::Toml => {
-            let de = toml::Deserializer::parse(text).map_err(|e| toml_failure(text, String::new(), &e))?;
-            serde_path_to_error::deserialize(de).map_err(|e| toml_failure(text, key_of(e.path()), e.inner()))
-        }
+    }
+}
+
+fn kind(value: &serde_json::Value) -> &'static str {
+    match value {
+        serde_json::Value::Bool(_) => "a boolean",
+        serde_json::Value::Number(_) => "a number",
+        serde_json::Value::String(_) => "a string",
+        serde_json::Value::Array(_) => "a list",
+        _ => "something else",
     }
 }
 
@@ -162,16 +205,6 @@ fn key_of(path: &serde_path_to_error::Path) -> String {
     }
 }
 
-/// serde_yaml prefixes messages with its own rendering of the key path.
-fn strip_key_prefix(message: &str, key: &str) -> String {
-    match message.split_once(": ") {
-        Some((head, rest)) if !head.contains(' ') && key.starts_with(head.split('[').next().unwrap_or(head)) => {
-            rest.to_owned()
-        }
-        _ => message.to_owned(),
-    }
-}
-
 /// serde_json and serde_yaml append " at line L column C"; the position is
 /// reported separately.
 fn strip_position(message: &str) -> String {
@@ -181,7 +214,7 @@ fn strip_position(message: &str) -> String {
     }
 }
 
-fn line_col(text: &str, offset: usize) -> (usize, usize) {
+pub(crate) fn line_col(text: &str, offset: usize) -> (usize, usize) {
     let before = &text[..offset.min(text.len())];
     let line = before.matches('\n').count() + 1;
     let col = before.rfind('\n').map_or(before.len(), |nl| before.len() - nl - 1) + 1;

@@ -35,9 +35,6 @@ pub const ADMIN_PORT: u16 = 18090;
 /// The sidecar's own ports: never redirected, never proxied.
 pub const PROXY_PORTS: [u16; 3] = [INBOUND_PORT, TUNNEL_PORT, ADMIN_PORT];
 
-/// Ports on which `http_filter` applies when the config does not say.
-pub const DEFAULT_HTTP_FILTER_PORTS: [u16; 2] = [80, 8080];
-
 /// Environment variable: the containers that are the app, for pause
 /// (comma-separated; set by the injector on the sidecar and the guard).
 pub const ENV_APP_CONTAINERS: &str = "MIRRORD_APP_CONTAINERS";

@@ -1,8 +1,13 @@
-//! The session config exactly as a developer writes it. Every struct rejects
-//! unknown keys; the JSON schema is generated from these types.
+//! The session config in its canonical form. Every struct rejects unknown
+//! keys; the JSON schema is generated from these types.
 //!
-//! Values here are unvalidated: regexes are still strings and lists may be
-//! empty. [`crate::Config::from_raw`] turns them into typed values.
+//! A file reaches these types after three steps (see [`crate::load`]): its
+//! template is rendered, mirrord's shorthands are spelt out
+//! ([`crate::shorthand`]: `"network": true`, `"ports": 80`, target objects,
+//! …), and mirrord's keys that this project does not use are set aside
+//! ([`crate::keys`]). Values here are unvalidated: regexes are still strings
+//! and lists may be empty. [`crate::Config::from_raw`] turns them into typed
+//! values.
 
 use std::borrow::Cow;
 use std::fmt;
@@ -16,6 +21,13 @@ use serde::{Deserialize, Deserializer};
 #[serde(deny_unknown_fields)]
 #[schemars(title = "mirrord session config")]
 pub struct RawConfig {
+    /// The JSON schema an editor validates the file with; not used here.
+    #[serde(default, rename = "$schema")]
+    pub schema: Option<String>,
+    /// The session key, `{{ key }}` in templates (e.g. in a `baggage` header
+    /// filter). Default: `MIRRORD_KEY`, else a generated one.
+    #[serde(default)]
+    pub key: Option<String>,
     /// Pause the target's app (SIGSTOP) while the session is connected.
     #[serde(default)]
     pub pause: bool,
@@ -42,8 +54,10 @@ pub enum RawTarget {
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawTargetDetailed {
-    /// `kind/name[/container/name]`, e.g. `deployment/api`.
-    pub path: String,
+    /// `kind/name[/container/name]`, e.g. `deployment/api`; `null` or left
+    /// out: no target (only a namespace).
+    #[serde(default)]
+    pub path: Option<String>,
     /// Namespace of the target (default: the kubeconfig's current namespace).
     #[serde(default)]
     pub namespace: Option<String>,
@@ -115,6 +129,25 @@ pub struct RawIncomingDetailed {
     /// `[[local, remote], …]`: deliver traffic of `remote` to `local` on the developer's machine.
     #[serde(default)]
     pub port_mapping: Option<Vec<(Port, Port)>>,
+    /// `[[port, actual], …]`: the local app listens on `actual` where the
+    /// traffic would go to `port` (after `port_mapping`).
+    #[serde(default)]
+    pub listen_ports: Option<Vec<(Port, Port)>>,
+    /// When another session already steals a port whole: `"abort"` (default:
+    /// this session is refused), `"continue"` (this session goes on without
+    /// that port) or `"override"` (this session takes the port over).
+    #[serde(default)]
+    pub on_concurrent_steal: Option<RawConcurrentSteal>,
+}
+
+/// `on_concurrent_steal`.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum RawConcurrentSteal {
+    #[default]
+    Abort,
+    Continue,
+    Override,
 }
 
 /// `http_filter`: one filter at the top (combine several with `all_of` / `any_of`).
@@ -124,7 +157,7 @@ pub struct RawHttpFilter {
     /// Regex matched against each header as `Name: value` (case-insensitive).
     #[serde(default)]
     pub header_filter: Option<String>,
-    /// Regex matched against the request path (case-insensitive, query excluded).
+    /// Regex matched against the request path, without and with its query (case-insensitive).
     #[serde(default)]
     pub path_filter: Option<String>,
     /// HTTP method, e.g. `POST` (case-insensitive).
@@ -136,7 +169,9 @@ pub struct RawHttpFilter {
     /// Matches when any listed filter matches.
     #[serde(default)]
     pub any_of: Option<Vec<RawInnerFilter>>,
-    /// Ports carrying HTTP on which the filter applies. Default `[80, 8080]`.
+    /// Ports on which the filter applies; other ports stay with the app
+    /// unless `incoming.ports` names them. Default: every port the session
+    /// takes (HTTP is detected per connection).
     #[serde(default)]
     pub ports: Option<Vec<Port>>,
 }

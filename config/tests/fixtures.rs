@@ -9,7 +9,7 @@
 
 use std::path::{Path, PathBuf};
 
-use mirrord_config::{Config, Format};
+use mirrord_config::{Config, Format, Vars};
 
 fn fixtures(dir: &str) -> Vec<PathBuf> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(dir);
@@ -23,10 +23,15 @@ fn fixtures(dir: &str) -> Vec<PathBuf> {
     files
 }
 
+/// Template variables that do not depend on the machine.
+fn vars() -> Vars {
+    Vars { key: None, generated_key: "k3y00".into(), git_branch: Some("main".into()) }
+}
+
 fn load(path: &Path) -> Result<Config, mirrord_config::Error> {
     let text = std::fs::read_to_string(path).unwrap();
     let name = Path::new(path.file_name().unwrap());
-    Config::parse(&text, Format::from_path(path).unwrap(), Some(name))
+    Config::parse(&text, Format::from_path(path).unwrap(), Some(name), &vars()).map(|l| l.config)
 }
 
 /// Compares against the golden file, or rewrites it under UPDATE_GOLDEN=1.
@@ -80,7 +85,7 @@ fn documented_examples_load() {
         for block in text.split("```json\n").skip(1) {
             let json = block.split("```").next().unwrap();
             examples += 1;
-            if let Err(e) = Config::parse(json, Format::Json, Some(&path)) {
+            if let Err(e) = Config::parse(json, Format::Json, Some(&path), &vars()) {
                 panic!("example in {} does not load: {e}\n{json}", path.display());
             }
         }

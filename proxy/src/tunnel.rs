@@ -20,7 +20,11 @@ use crate::proto::{self, exchange_frame, session_event, session_request};
 use crate::session::{plan, Session, Sessions};
 
 /// The protocol this sidecar speaks, and the oldest client it accepts.
-pub const PROTOCOL_VERSION: u32 = 1;
+///
+/// 2: `http_filter` without `ports` applies on every port the session takes
+/// (1 filtered 80 and 8080 only and took every other port whole), so a
+/// client of 2 must not meet a sidecar of 1.
+pub const PROTOCOL_VERSION: u32 = 2;
 pub const MIN_PROTOCOL_VERSION: u32 = 1;
 
 /// After a clean session end, how long announced exchanges may still be attached.
@@ -72,8 +76,7 @@ impl proto::tunnel_server::Tunnel for Tunnel {
         };
         check_version(&hello)?;
         self.check_token(&hello.token)?;
-        let config = Config::from_json(&hello.config_json)
-            .map_err(|e| Status::failed_precondition(format!("invalid session config: {e}")))?;
+        let config = Config::from_json(&hello.config_json).map_err(|e| config_refused(&e, &hello))?;
         let name = client_name(&hello.client_name);
         let summary = config.to_string();
         let (session, events) = Session::new(self.sessions.next_seq(), random_secret()?, name.clone(), config);
@@ -183,6 +186,21 @@ fn check_version(hello: &proto::Hello) -> Result<(), Status> {
         )));
     }
     Ok(())
+}
+
+/// Why a session config is refused. The CLI validated it already, so a key
+/// this sidecar does not know means the CLI is newer: say which to upgrade.
+fn config_refused(e: &mirrord_config::Error, hello: &proto::Hello) -> Status {
+    let unknown = e.located().is_some_and(|l| l.message.starts_with("unknown key"));
+    if !unknown {
+        return Status::failed_precondition(format!("invalid session config: {e}"));
+    }
+    let client = if hello.client_version.is_empty() { "unknown" } else { &hello.client_version };
+    Status::failed_precondition(format!(
+        "invalid session config: {e}: mirrord-cli {client} uses a key this sidecar ({}) does not know: upgrade the sidecar (re-create the pod with a newer injector) or use mirrord-cli {}",
+        env!("CARGO_PKG_VERSION"),
+        env!("CARGO_PKG_VERSION")
+    ))
 }
 
 /// A printable, bounded client name for logs and other sessions' notices.

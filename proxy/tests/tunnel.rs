@@ -126,6 +126,13 @@ async fn versions_tokens_and_configs_are_checked() {
         status.message()
     );
 
+    // A key this sidecar does not know: the CLI is newer.
+    let newer = r#"{"feature":{"network":{"incoming":{"mode":"steal","some_future_key":true}}}}"#;
+    let status = refusal(&mut f, hello(newer, "s3cret", PROTOCOL_VERSION)).await;
+    assert_eq!(status.code(), tonic::Code::FailedPrecondition);
+    assert!(status.message().contains("unknown key `some_future_key`"), "{}", status.message());
+    assert!(status.message().contains("upgrade the sidecar"), "{}", status.message());
+
     let status = refusal(&mut f, hello(r#"{"pause":true}"#, "s3cret", PROTOCOL_VERSION)).await;
     assert_eq!(status.code(), tonic::Code::FailedPrecondition);
     assert_eq!(
@@ -143,16 +150,28 @@ async fn versions_tokens_and_configs_are_checked() {
 }
 
 #[tokio::test]
-async fn plan_warns_when_the_filter_ports_miss_the_pod() {
+async fn a_filter_never_steals_a_port_whole() {
+    // No http_filter.ports: the filter applies on the pod's port 3000.
     let mut f = fixture("3000", None).await;
     let (mut events, _tx) = open(&mut f, hello(STEAL_ALICE, "", PROTOCOL_VERSION)).await.unwrap();
+    let filtered = plan(&mut events).await.unwrap();
+    assert!(filtered.warnings.is_empty(), "{:?}", filtered.warnings);
+    assert_eq!(filtered.ports[0].action, "steal requests matching header \"x-user: alice\"");
+
+    // http_filter.ports naming none of the pod's ports: the session takes
+    // nothing, and is told so.
+    let mut f = fixture("3000", None).await;
+    let only_80 = r#"{"feature":{"network":{"incoming":{"mode":"steal","http_filter":{"header_filter":"x-user: alice","ports":[80]}}}}}"#;
+    let (mut events, _tx) = open(&mut f, hello(only_80, "", PROTOCOL_VERSION)).await.unwrap();
     let plan = plan(&mut events).await.unwrap();
     assert!(
-        plan.warnings[0].contains("http_filter.ports [80, 8080] match none of the pod's ports [3000]"),
+        plan.warnings[0].starts_with(
+            "http_filter.ports [80] match none of the pod's ports [3000]: the filter matches nothing and this session receives no traffic"
+        ),
         "{:?}",
         plan.warnings
     );
-    assert_eq!(plan.ports[0].action, "steal all traffic");
+    assert_eq!(plan.ports[0].action, "untouched");
 }
 
 #[tokio::test]

@@ -76,11 +76,20 @@ pub async fn run(mut args: ConnectArgs, stop: impl std::future::Future<Output = 
 }
 
 /// The validated config, and the JSON the sidecar gets (the empty config
-/// without a file).
+/// without a file). Keys of mirrord's that are set aside are listed once.
 fn load_config(path: Option<&std::path::Path>) -> Result<(Config, String), String> {
     let Some(path) = path else { return Ok((Config::default(), "{}".to_owned())) };
-    let config = Config::load(path).map_err(|e| e.to_string())?;
-    Ok((config, raw_json(path)?))
+    let loaded = Config::load(path, &crate::vars::from_environment()).map_err(|e| e.to_string())?;
+    if !loaded.ignored.is_empty() {
+        eprintln!("note: ignored here (mirrord keys this project does not use): {}", loaded.ignored.join(", "));
+    }
+    if loaded.key_source == mirrord_config::KeySource::Generated && loaded.json.contains(&loaded.key) {
+        eprintln!(
+            "note: session key {} was generated for this run (set MIRRORD_KEY or \"key\" to choose it)",
+            loaded.key
+        );
+    }
+    Ok((loaded.config, loaded.json))
 }
 
 type Opened = (TunnelClient<Channel>, tonic::Streaming<proto::SessionEvent>, mpsc::Sender<SessionRequest>, proto::Plan);
@@ -227,13 +236,6 @@ fn print_plan(status: &Status, plan: &proto::Plan, addr: &str, config: &Config) 
 }
 
 /// The config as the sidecar gets it: JSON, whatever format the file is in.
-fn raw_json(path: &std::path::Path) -> Result<String, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read config {}: {e}", path.display()))?;
-    let format = mirrord_config::Format::from_path(path).map_err(|e| e.to_string())?;
-    let value = mirrord_config::to_json_value(&text, format).map_err(|e| format!("{}: {e}", path.display()))?;
-    Ok(value.to_string())
-}
-
 fn default_name() -> String {
     let user = std::env::var("USER").unwrap_or_else(|_| "someone".to_owned());
     let host = std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_owned()).unwrap_or_default();

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeSet;
 
-use mirrord_config::{Config, Mode, PortSelection};
+use mirrord_config::{Config, Mode};
 
 use super::Session;
 use crate::ports::PortList;
@@ -11,17 +11,7 @@ use crate::proto::PortPlan;
 
 /// What `config` does on `port`.
 pub fn describe(config: &Config, port: u16) -> String {
-    let incoming = &config.incoming;
-    if !incoming.applies_to(port) {
-        return "untouched".to_owned();
-    }
-    let verb = if incoming.mode == Mode::Steal { "steal" } else { "mirror" };
-    let local = incoming.local_port(port);
-    let target = if local == port { String::new() } else { format!(" (to local port {local})") };
-    match incoming.filter_for(port) {
-        Some(filter) => format!("{verb} requests matching {filter}{target}"),
-        None => format!("{verb} all traffic{target}"),
-    }
+    config.incoming.describe(port)
 }
 
 /// The plan for a session: one line per port the sidecar is known to
@@ -39,15 +29,8 @@ pub fn plan(config: &Config, known: &PortList) -> (Vec<PortPlan>, Vec<String>) {
         // Port 0 stands for every other port.
         lines.push(PortPlan { port: 0, action: describe(config, 0) });
     }
-    if let (Some(filter), PortList::Some(pod_ports)) = (&config.incoming.http_filter, known) {
-        if filter.ports.is_disjoint(pod_ports) {
-            let list = |s: &BTreeSet<u16>| s.iter().map(u16::to_string).collect::<Vec<_>>().join(", ");
-            warnings.push(format!(
-                "http_filter.ports [{}] match none of the pod's ports [{}]: the filter will match nothing; set http_filter.ports to the ports that carry HTTP",
-                list(&filter.ports),
-                list(pod_ports)
-            ));
-        }
+    if let PortList::Some(pod_ports) = known {
+        warnings.extend(filter_ports_warning(config, pod_ports));
     }
     if config.incoming.mode == Mode::Off {
         warnings.push("incoming traffic is off: this session receives nothing".to_owned());
@@ -56,16 +39,29 @@ pub fn plan(config: &Config, known: &PortList) -> (Vec<PortPlan>, Vec<String>) {
     (lines, warnings)
 }
 
+/// `http_filter.ports` that name none of the pod's intercepted ports: what
+/// that means for this session, in words.
+fn filter_ports_warning(config: &Config, pod_ports: &BTreeSet<u16>) -> Option<String> {
+    let filter_ports = config.incoming.http_filter.as_ref()?.ports.as_ref()?;
+    if !filter_ports.is_disjoint(pod_ports) {
+        return None;
+    }
+    let list = |s: &BTreeSet<u16>| s.iter().map(u16::to_string).collect::<Vec<_>>().join(", ");
+    let whole: BTreeSet<u16> = pod_ports.iter().copied().filter(|&p| config.incoming.applies_to(p)).collect();
+    let outcome = if whole.is_empty() {
+        "the filter matches nothing and this session receives no traffic".to_owned()
+    } else {
+        format!("the filter matches nothing; ports {} are taken whole because incoming.ports names them", list(&whole))
+    };
+    Some(format!(
+        "http_filter.ports [{}] match none of the pod's ports [{}]: {outcome}; list the pod's HTTP ports in http_filter.ports, or leave it out to filter HTTP on every port",
+        list(filter_ports),
+        list(pod_ports)
+    ))
+}
+
 fn named_ports(config: &Config) -> BTreeSet<u16> {
-    let mut ports = BTreeSet::new();
-    if let PortSelection::Only(p) | PortSelection::Except(p) = &config.incoming.ports {
-        ports.extend(p);
-    }
-    if let Some(f) = &config.incoming.http_filter {
-        ports.extend(&f.ports);
-    }
-    ports.extend(config.incoming.port_mapping.keys());
-    ports
+    config.incoming.named_ports()
 }
 
 /// Why `new` cannot connect while `existing` is: both would steal the same
@@ -111,18 +107,43 @@ mod tests {
             r#"{"feature":{"network":{"incoming":{"mode":"steal","http_filter":{"header_filter":"x-user: alice"},"port_mapping":[[3000,80]]}}}}"#,
         );
         assert_eq!(describe(&c, 80), "steal requests matching header \"x-user: alice\" (to local port 3000)");
-        assert_eq!(describe(&c, 9090), "steal all traffic");
+        // Without http_filter.ports the filter applies on every port: a
+        // filtered config never steals a port whole.
+        assert_eq!(describe(&c, 9090), "steal requests matching header \"x-user: alice\"");
         let known = PortList::Some([80, 9090].into());
         let (lines, warnings) = plan(&c, &known);
         assert_eq!(lines.len(), 2);
         assert!(warnings.is_empty());
-        let (_, warnings) = plan(&c, &PortList::Some([3000].into()));
-        assert!(warnings[0].contains("match none of the pod's ports [3000]"), "{warnings:?}");
         let paused_mirror = config(r#"{"pause":true,"feature":{"network":{"incoming":"mirror"}}}"#);
         let (_, warnings) = plan(&paused_mirror, &known);
         assert!(warnings[0].starts_with("pause is on but incoming traffic is not stolen"), "{warnings:?}");
         let paused_steal = config(r#"{"pause":true,"feature":{"network":{"incoming":"steal"}}}"#);
         assert!(plan(&paused_steal, &known).1.is_empty());
+    }
+
+    #[test]
+    fn filter_ports_keep_other_ports_with_the_app_unless_incoming_ports_names_them() {
+        let only_80 = config(
+            r#"{"feature":{"network":{"incoming":{"mode":"steal","http_filter":{"header_filter":"x-user: alice","ports":[80]}}}}}"#,
+        );
+        assert_eq!(describe(&only_80, 80), "steal requests matching header \"x-user: alice\"");
+        assert_eq!(describe(&only_80, 9090), "untouched");
+        let named = config(
+            r#"{"feature":{"network":{"incoming":{"mode":"steal","ports":[80,9090],"http_filter":{"header_filter":"x-user: alice","ports":[80]}}}}}"#,
+        );
+        assert_eq!(describe(&named, 9090), "steal all traffic");
+        assert_eq!(describe(&named, 3000), "untouched");
+        // The filter's ports are none of the pod's: say what happens.
+        let (_, warnings) = plan(&only_80, &PortList::Some([3000].into()));
+        assert!(
+            warnings[0].starts_with("http_filter.ports [80] match none of the pod's ports [3000]: the filter matches nothing and this session receives no traffic"),
+            "{warnings:?}"
+        );
+        let whole = config(
+            r#"{"feature":{"network":{"incoming":{"mode":"steal","ports":[3000],"http_filter":{"header_filter":"x-user: alice","ports":[80]}}}}}"#,
+        );
+        let (_, warnings) = plan(&whole, &PortList::Some([3000].into()));
+        assert!(warnings[0].contains("ports 3000 are taken whole because incoming.ports names them"), "{warnings:?}");
     }
 
     #[test]
@@ -136,6 +157,8 @@ mod tests {
         let reason = conflict(&session("a", steal), &session("b", steal), &known).unwrap();
         assert!(reason.starts_with("port 80 is already stolen whole by session \"a\""), "{reason}");
         assert!(conflict(&session("a", alice), &session("b", bob), &known).is_none());
+        // Two header filters never conflict, on an HTTP port or any other.
+        assert!(conflict(&session("a", alice), &session("b", bob), &PortList::Some([80, 5432].into())).is_none());
         assert!(conflict(&session("a", steal), &session("b", r#"{}"#), &known).is_none());
         // Unknown pod ports: only ports both configs name can conflict.
         assert!(conflict(&session("a", steal), &session("b", steal), &PortList::All).is_none());
