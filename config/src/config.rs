@@ -229,6 +229,9 @@ impl Incoming {
             ports.extend(filter_ports);
         }
         ports.extend(self.port_mapping.keys());
+        // listen_ports names local ports; traffic reaches them from the
+        // remote port of the same number unless port_mapping says otherwise.
+        ports.extend(self.listen_ports.keys().filter(|local| !self.port_mapping.values().any(|l| l == *local)));
         ports
     }
 
@@ -385,6 +388,12 @@ impl fmt::Display for Config {
         }
         for (remote, local) in &inc.port_mapping {
             write!(f, "; remote {remote} -> local {local}")?;
+        }
+        for (local, actual) in &inc.listen_ports {
+            write!(f, "; local {local} listened on at {actual}")?;
+        }
+        if inc.on_concurrent_steal != ConcurrentSteal::Abort {
+            write!(f, "; on concurrent steal: {:?}", inc.on_concurrent_steal)?;
         }
         write!(f, "; pause {}", if self.pause { "on" } else { "off" })?;
         if let Some(t) = &self.target {

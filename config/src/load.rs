@@ -89,6 +89,8 @@ pub struct Loaded {
     /// What the sidecar receives: the rendered config in canonical form
     /// (shorthands spelt out, set-aside keys removed), as JSON.
     pub json: String,
+    /// Whether the file is a template (uses `{{ … }}` or `{% … %}`).
+    pub templated: bool,
     /// The session key the template saw (`{{ key }}`).
     pub key: String,
     pub key_source: KeySource,
@@ -124,7 +126,14 @@ impl Config {
         })?;
         let config = Config::from_raw(raw).map_err(located)?;
         let json = value.to_string();
-        Ok(Loaded { config, ignored, json, key: rendered.key, key_source: rendered.key_source })
+        Ok(Loaded {
+            config,
+            ignored,
+            json,
+            templated: rendered.templated,
+            key: rendered.key,
+            key_source: rendered.key_source,
+        })
     }
 
     /// Validates the canonical JSON a CLI sends to the sidecar: no template,
@@ -142,7 +151,7 @@ impl Config {
 /// [`Config::parse`] first, for errors with positions.
 pub fn to_json_value(text: &str, format: Format) -> Result<serde_json::Value, String> {
     match format {
-        Format::Json => serde_json::from_str(&blank_trailing_commas(text)).map_err(|e| e.to_string()),
+        Format::Json => serde_json::from_str(&blank_trailing_commas(&blank_comments(text))).map_err(|e| e.to_string()),
         Format::Yaml => serde_yaml::from_str(text).map_err(|e| e.to_string()),
         Format::Toml => toml::from_str(text).map_err(|e| e.to_string()),
     }
@@ -164,9 +173,10 @@ fn parse_json(text: &str) -> Result<RawConfig, ParseFailure> {
 /// The file's syntax, into a JSON value; errors with the format's position.
 fn parse_value(text: &str, format: Format) -> Result<serde_json::Value, ParseFailure> {
     let value: serde_json::Value = match format {
-        // The documented examples carry trailing commas; JSON proper does
-        // not allow them. Blanking them keeps every position intact.
-        Format::Json => serde_json::from_str(&blank_trailing_commas(text))
+        // The documented examples carry trailing commas, and editors treat
+        // mirrord.json as JSON with comments; JSON proper allows neither.
+        // Blanking them keeps every position intact.
+        Format::Json => serde_json::from_str(&blank_trailing_commas(&blank_comments(text)))
             .map_err(|e| (Some((e.line(), e.column())), String::new(), strip_position(&e.to_string())))?,
         Format::Yaml => serde_yaml::from_str(text).map_err(|e| {
             (e.location().map(|l| (l.line(), l.column())), String::new(), strip_position(&e.to_string()))
@@ -219,6 +229,45 @@ pub(crate) fn line_col(text: &str, offset: usize) -> (usize, usize) {
     let line = before.matches('\n').count() + 1;
     let col = before.rfind('\n').map_or(before.len(), |nl| before.len() - nl - 1) + 1;
     (line, col)
+}
+
+/// Replaces `// …` and `/* … */` comments outside strings by spaces
+/// (keeping line breaks, so positions stay those of the file).
+fn blank_comments(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = bytes.to_vec();
+    let (mut i, mut in_string, mut escaped) = (0, false, false);
+    while i < bytes.len() {
+        let b = bytes[i];
+        if in_string {
+            match (escaped, b) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_string = false,
+                _ => {}
+            }
+        } else if b == b'"' {
+            in_string = true;
+        } else if b == b'/' && matches!(bytes.get(i + 1), Some(b'/' | b'*')) {
+            let block = bytes[i + 1] == b'*';
+            let end = if block {
+                text[i + 2..].find("*/").map_or(bytes.len(), |e| i + 2 + e + 2)
+            } else {
+                text[i..].find('\n').map_or(bytes.len(), |e| i + e)
+            };
+            for c in &mut out[i..end] {
+                if *c != b'\n' {
+                    *c = b' ';
+                }
+            }
+            i = end;
+            continue;
+        }
+        i += 1;
+    }
+    // Whole comments (all of their bytes, multi-byte characters included)
+    // became spaces, so the text is still UTF-8.
+    String::from_utf8(out).unwrap_or_else(|_| text.to_owned())
 }
 
 /// Replaces each comma that is followed (after whitespace) by `}` or `]`, and
@@ -283,6 +332,17 @@ mod tests {
         assert_eq!(blank_trailing_commas("{\"a\": [1,2,],}"), "{\"a\": [1,2 ] }");
         assert_eq!(blank_trailing_commas("{\"a\": \",}\"}"), "{\"a\": \",}\"}");
         assert_eq!(blank_trailing_commas("{\"a\": \"\\\",}\"}"), "{\"a\": \"\\\",}\"}");
+    }
+
+    #[test]
+    fn comments_blanked_outside_strings_only() {
+        let text = "{\n  // a comment: \"x\"\n  \"url\": \"http://a/*b*/\", /* block\n over lines */ \"b\": 1\n}";
+        let blanked = blank_comments(text);
+        assert_eq!(blanked.len(), text.len());
+        let value: serde_json::Value = serde_json::from_str(&blanked).unwrap();
+        assert_eq!(value, serde_json::json!({"url": "http://a/*b*/", "b": 1}));
+        assert_eq!(blanked.lines().count(), text.lines().count());
+        assert_eq!(blank_comments("{} // é"), "{}      ", "one space per byte");
     }
 
     #[test]

@@ -35,6 +35,8 @@ pub enum KeySource {
 #[derive(Debug, Clone)]
 pub struct Rendered {
     pub text: String,
+    /// Whether the file uses Tera at all (`{{`, `{%`).
+    pub templated: bool,
     pub key: String,
     pub key_source: KeySource,
 }
@@ -48,25 +50,45 @@ pub(crate) fn render(text: &str, format: Format, vars: &Vars) -> Result<Rendered
     if let Some(branch) = &vars.git_branch {
         context.insert("git_branch", branch);
     }
-    let (key, key_source) = match (&vars.key, raw_key(text, format)) {
-        (Some(key), _) => (key.clone(), KeySource::Environment),
-        (None, Some(raw)) => (one_off(&raw, &context).map_err(|e| failure("key", &e))?, KeySource::File),
-        (None, None) => (vars.generated_key.clone(), KeySource::Generated),
+    let (key, key_source) = match &vars.key {
+        Some(key) => (key.clone(), KeySource::Environment),
+        None => match file_key(text, format, &context)? {
+            Some(key) => (key, KeySource::File),
+            None => (vars.generated_key.clone(), KeySource::Generated),
+        },
     };
     context.insert("key", &key);
+    let templated = text.contains("{{") || text.contains("{%");
     let text = one_off(text, &context).map_err(|e| failure("", &e))?;
-    Ok(Rendered { text, key, key_source })
+    Ok(Rendered { text, templated, key, key_source })
 }
 
 fn one_off(text: &str, context: &tera::Context) -> Result<String, tera::Error> {
     tera::Tera::one_off(text, context, false)
 }
 
-/// The root `key` field as written, read before rendering (the file may
-/// not parse until it is rendered; then there is no key to read).
-fn raw_key(text: &str, format: Format) -> Option<String> {
-    let value = crate::load::to_json_value(text, format).ok()?;
-    value.get("key")?.as_str().map(str::to_owned)
+/// Stands for the key while the file's own `key` is worked out.
+const KEY_PENDING: &str = "mirrord-key-pending-7f3a9c0e";
+
+/// The file's root `key`, rendered: the whole file is rendered once with
+/// the key pending and the `key` field read from the result. (mirrord reads
+/// the field before rendering, which silently falls back to a generated key
+/// when any other field's template makes the raw file unparsable.)
+fn file_key(text: &str, format: Format, context: &tera::Context) -> Result<Option<String>, Failure> {
+    if !text.contains("key") {
+        return Ok(None);
+    }
+    let mut pending = context.clone();
+    pending.insert("key", KEY_PENDING);
+    let rendered = one_off(text, &pending).map_err(|e| failure("", &e))?;
+    let Ok(value) = crate::load::to_json_value(&rendered, format) else { return Ok(None) };
+    match value.get("key").and_then(|k| k.as_str()) {
+        Some(key) if key.contains(KEY_PENDING) => {
+            Err((None, "key".to_owned(), "template: the key cannot refer to {{ key }} itself".to_owned()))
+        }
+        Some(key) => Ok(Some(key.to_owned())),
+        None => Ok(None),
+    }
 }
 
 /// Tera's message with its causes, and the position it gives (`--> L:C`).
@@ -115,6 +137,12 @@ mod tests {
         assert_eq!(render(text, Format::Json, &env).unwrap().key, "alice");
         let r = render(r#"{"f": "{{ key }}"}"#, Format::Json, &vars()).unwrap();
         assert_eq!((r.text.as_str(), r.key_source), (r#"{"f": "a1b2c"}"#, KeySource::Generated));
+        // Another field's template makes the raw file invalid JSON: the
+        // file's key still counts.
+        let text = r#"{"key": "k-{{ git_branch }}", "t": "{{ get_env(name="X_SURELY_UNSET", default="d/a") }}"}"#;
+        assert_eq!(render(text, Format::Json, &vars()).unwrap().key, "k-feat/x");
+        let (_, key, message) = render(r#"{"key": "{{ key }}"}"#, Format::Json, &vars()).unwrap_err();
+        assert_eq!((key.as_str(), message.as_str()), ("key", "template: the key cannot refer to {{ key }} itself"));
     }
 
     #[test]

@@ -67,7 +67,9 @@ pub fn report(file: &Path, loaded: &Loaded) -> String {
         KeySource::File => "from the file's key",
         KeySource::Generated => "generated for this run; set MIRRORD_KEY or \"key\" to choose it",
     };
-    text.push_str(&format!("  session key: {} ({source})\n", loaded.key));
+    if loaded.templated {
+        text.push_str(&format!("  session key: {} ({source})\n", loaded.key));
+    }
     if !loaded.ignored.is_empty() {
         text.push_str(&format!(
             "  ignored here (mirrord keys this project does not use): {}\n",

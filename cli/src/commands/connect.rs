@@ -83,7 +83,7 @@ fn load_config(path: Option<&std::path::Path>) -> Result<(Config, String), Strin
     if !loaded.ignored.is_empty() {
         eprintln!("note: ignored here (mirrord keys this project does not use): {}", loaded.ignored.join(", "));
     }
-    if loaded.key_source == mirrord_config::KeySource::Generated && loaded.json.contains(&loaded.key) {
+    if loaded.templated && loaded.key_source == mirrord_config::KeySource::Generated {
         eprintln!(
             "note: session key {} was generated for this run (set MIRRORD_KEY or \"key\" to choose it)",
             loaded.key
