@@ -392,8 +392,10 @@ impl fmt::Display for Config {
         for (local, actual) in &inc.listen_ports {
             write!(f, "; local {local} listened on at {actual}")?;
         }
-        if inc.on_concurrent_steal != ConcurrentSteal::Abort {
-            write!(f, "; on concurrent steal: {:?}", inc.on_concurrent_steal)?;
+        match inc.on_concurrent_steal {
+            ConcurrentSteal::Abort => {}
+            ConcurrentSteal::Continue => f.write_str("; on concurrent steal: continue")?,
+            ConcurrentSteal::Override => f.write_str("; on concurrent steal: override")?,
         }
         write!(f, "; pause {}", if self.pause { "on" } else { "off" })?;
         if let Some(t) = &self.target {

@@ -80,7 +80,7 @@ impl proto::tunnel_server::Tunnel for Tunnel {
         let name = client_name(&hello.client_name);
         let summary = config.to_string();
         let (session, events) = Session::new(self.sessions.next_seq(), random_secret()?, name.clone(), config);
-        self.sessions.add(session.clone()).map_err(Status::failed_precondition)?;
+        let contested = self.sessions.add(session.clone()).map_err(Status::failed_precondition)?;
         self.metrics.sessions.inc();
         let mut registered = Registered {
             sessions: self.sessions.clone(),
@@ -90,7 +90,8 @@ impl proto::tunnel_server::Tunnel for Tunnel {
         };
         let span = tracing::info_span!("session", client = %name);
         span.in_scope(|| info!(%summary, "session opened"));
-        let (ports, warnings) = plan(&session.config, &self.sessions.known_ports);
+        let (ports, mut warnings) = plan(&session, &self.sessions.known_ports);
+        warnings.extend(contested);
         let plan = proto::Plan {
             session_id: session.secret.clone(),
             ports,

@@ -7,6 +7,7 @@
 //! whole on every change; the data path reads it without holding a lock
 //! across anything, and skips it entirely when no session is connected.
 
+mod contest;
 mod exchange;
 mod plan;
 
@@ -17,6 +18,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use mirrord_config::{Config, Mode};
 use tokio::sync::mpsc;
 
+pub use contest::Yielded;
 pub use exchange::{Copies, Exchange, Slot};
 pub use plan::{conflict, describe, plan};
 
@@ -49,6 +51,8 @@ pub struct Session {
     told_about: Mutex<Vec<u64>>,
     /// Signalled whenever the client attaches an exchange.
     attached: tokio::sync::Notify,
+    /// Ports given up to another session (`on_concurrent_steal`).
+    pub yielded: Yielded,
 }
 
 impl Session {
@@ -69,8 +73,15 @@ impl Session {
             next_id: AtomicU64::new(1),
             told_about: Mutex::default(),
             attached: tokio::sync::Notify::new(),
+            yielded: Yielded::default(),
         };
         (Arc::new(session), rx)
+    }
+
+    /// Whether this session takes traffic of `port`: its config covers it
+    /// and it has not given the port up to another session.
+    pub fn takes(&self, port: u16) -> bool {
+        self.config.incoming.applies_to(port) && !self.yielded.contains(port)
     }
 
     fn slots(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Slot>> {
@@ -212,12 +223,12 @@ impl Sessions {
         self.list.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    /// Adds a session unless it conflicts with a connected one (`Err` says why).
-    pub fn add(&self, session: Arc<Session>) -> Result<(), String> {
+    /// Adds a session, resolving ports it would steal whole beside another
+    /// session as its `on_concurrent_steal` says (`Err`: refused, and why).
+    /// `Ok` holds what its plan should say about contested ports.
+    pub fn add(&self, session: Arc<Session>) -> Result<Vec<String>, String> {
         let mut list = self.list.write().unwrap_or_else(|p| p.into_inner());
-        if let Some(reason) = list.iter().find_map(|other| conflict(other, &session, &self.known_ports)) {
-            return Err(reason);
-        }
+        let warnings = contest::admit(&list, &session, &self.known_ports)?;
         let mut attachable = self.attachable.lock().unwrap_or_else(|p| p.into_inner());
         attachable.retain(|w| w.strong_count() > 0);
         attachable.push(Arc::downgrade(&session));
@@ -225,13 +236,16 @@ impl Sessions {
         next.push(session);
         self.count.store(next.len(), Ordering::Release);
         *list = Arc::new(next);
-        Ok(())
+        Ok(warnings)
     }
 
     /// Removes a session: from the next routing decision on, it is gone.
     pub fn remove(&self, seq: u64) {
         let mut list = self.list.write().unwrap_or_else(|p| p.into_inner());
         let next: Vec<_> = list.iter().filter(|s| s.seq != seq).cloned().collect();
+        if let Some(gone) = list.iter().find(|s| s.seq == seq) {
+            contest::release(&next, gone);
+        }
         self.count.store(next.len(), Ordering::Release);
         *list = Arc::new(next);
     }
@@ -259,7 +273,7 @@ impl Sessions {
         }
         for session in self.snapshot().iter() {
             let incoming = &session.config.incoming;
-            if !incoming.applies_to(port) {
+            if !session.takes(port) {
                 continue;
             }
             let matches = match (incoming.filter_for(port), request) {

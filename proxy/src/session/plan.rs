@@ -17,14 +17,18 @@ pub fn describe(config: &Config, port: u16) -> String {
 /// The plan for a session: one line per port the sidecar is known to
 /// intercept (`known`), or per port the config names plus "other ports"
 /// when the sidecar intercepts every port. Warnings for likely mistakes.
-pub fn plan(config: &Config, known: &PortList) -> (Vec<PortPlan>, Vec<String>) {
+pub fn plan(session: &Session, known: &PortList) -> (Vec<PortPlan>, Vec<String>) {
+    let config = &session.config;
     let mut warnings = Vec::new();
     let ports: BTreeSet<u16> = match known {
         PortList::Some(ports) => ports.clone(),
         PortList::All => named_ports(config),
     };
-    let mut lines: Vec<PortPlan> =
-        ports.iter().map(|&p| PortPlan { port: u32::from(p), action: describe(config, p) }).collect();
+    let action = |p: u16| match session.yielded.holder(p) {
+        Some(holder) => format!("untouched (stolen whole by session {holder:?})"),
+        None => describe(config, p),
+    };
+    let mut lines: Vec<PortPlan> = ports.iter().map(|&p| PortPlan { port: u32::from(p), action: action(p) }).collect();
     if *known == PortList::All {
         // Port 0 stands for every other port.
         lines.push(PortPlan { port: 0, action: describe(config, 0) });
@@ -64,26 +68,37 @@ fn named_ports(config: &Config) -> BTreeSet<u16> {
     config.incoming.named_ports()
 }
 
-/// Why `new` cannot connect while `existing` is: both would steal the same
-/// port without a filter. Checked on the ports the sidecar is known to
-/// intercept, or else on the ports both configs name; elsewhere the first
-/// connected wins and the other is told when it loses a match.
-pub fn conflict(existing: &Session, new: &Session, known: &PortList) -> Option<String> {
+/// The ports `existing` and `new` would both steal whole (no filter on
+/// either): on the ports the sidecar is known to intercept, or else on the
+/// ports both configs name; elsewhere the first connected wins and the
+/// other is told when it loses a match. A port `existing` gave up does not
+/// count.
+pub fn conflicting_ports(existing: &Session, new: &Session, known: &PortList) -> Vec<u16> {
     let (a, b) = (&existing.config.incoming, &new.config.incoming);
     if a.mode != Mode::Steal || b.mode != Mode::Steal {
-        return None;
+        return Vec::new();
     }
     let candidates: BTreeSet<u16> = match known {
         PortList::Some(ports) => ports.clone(),
         PortList::All => named_ports(&existing.config).intersection(&named_ports(&new.config)).copied().collect(),
     };
-    let port = candidates
+    candidates
         .into_iter()
-        .find(|&p| a.applies_to(p) && b.applies_to(p) && a.filter_for(p).is_none() && b.filter_for(p).is_none())?;
-    Some(format!(
-        "port {port} is already stolen whole by session {:?}; two sessions cannot both steal a port without a filter: add an http_filter (for example a header that names you) or choose other ports",
+        .filter(|&p| existing.takes(p) && b.applies_to(p) && a.filter_for(p).is_none() && b.filter_for(p).is_none())
+        .collect()
+}
+
+/// The refusal when `on_concurrent_steal` is `abort`.
+pub fn conflict_reason(existing: &Session, port: u16) -> String {
+    format!(
+        "port {port} is already stolen whole by session {:?}; two sessions cannot both steal a port without a filter: add an http_filter (for example a header that names you), choose other ports, or set on_concurrent_steal to \"continue\" or \"override\"",
         existing.name
-    ))
+    )
+}
+
+/// Why `new` cannot connect while `existing` is, when it would abort.
+pub fn conflict(existing: &Session, new: &Session, known: &PortList) -> Option<String> {
+    conflicting_ports(existing, new, known).first().map(|&port| conflict_reason(existing, port))
 }
 
 #[cfg(test)]
@@ -92,6 +107,11 @@ mod tests {
 
     fn config(json: &str) -> Config {
         Config::from_json(json).unwrap()
+    }
+
+    fn plan(c: &Config, known: &PortList) -> (Vec<PortPlan>, Vec<String>) {
+        let (s, _rx) = Session::new(0, String::new(), "s".to_owned(), c.clone());
+        super::plan(&s, known)
     }
 
     fn session(name: &str, json: &str) -> Session {
