@@ -11,4 +11,6 @@ if ((${#missing[@]})); then
 fi
 command -v oha >/dev/null 2>&1 || cargo install oha --locked
 cargo build --release -q -p mirrord-proxy -p mirrord-tests --bins
+# Filter cost per request (plain vs look-around regexes), in-process.
+cargo run --release -q -p mirrord-config --example filter_cost
 exec python3 bench/bench.py "$@"

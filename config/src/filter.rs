@@ -23,6 +23,12 @@ const REGEX_SIZE_LIMIT: usize = 1 << 20;
 /// the request does not match (a pathological pattern costs bounded time).
 const BACKTRACK_LIMIT: usize = 100_000;
 
+thread_local! {
+    /// `Name: value` of the header being matched: one buffer per thread
+    /// instead of an allocation per header per request.
+    static HEADER_LINE: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
+}
+
 /// A compiled filter pattern.
 #[derive(Debug, Clone)]
 pub enum Regex {
@@ -123,9 +129,18 @@ impl Filter {
         H: Iterator<Item = (&'h str, &'h [u8])> + Clone,
     {
         match self {
-            Filter::Header(re) => headers.into_iter().any(|(name, value)| {
-                let value = String::from_utf8_lossy(value);
-                re.is_match(&format!("{name}: {value}"))
+            Filter::Header(re) => HEADER_LINE.with(|line| {
+                let mut line = line.borrow_mut();
+                headers.into_iter().any(|(name, value)| {
+                    line.clear();
+                    line.push_str(name);
+                    line.push_str(": ");
+                    match std::str::from_utf8(value) {
+                        Ok(v) => line.push_str(v),
+                        Err(_) => line.push_str(&String::from_utf8_lossy(value)),
+                    }
+                    re.is_match(&line)
+                })
             }),
             Filter::Path(re) => match path.split_once('?') {
                 Some((bare, _)) => re.is_match(bare) || re.is_match(path),
