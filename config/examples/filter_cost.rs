@@ -6,6 +6,9 @@
 //!
 //!     cargo run --release -p mirrord-config --example filter_cost
 
+// A benchmark: a broken filter literal should stop it loudly.
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
 use std::hint::black_box;
 use std::time::Instant;
 
