@@ -8,18 +8,17 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use prometheus_client::metrics::gauge::Gauge;
-use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tracing::{debug, warn, Instrument};
 
 use crate::detect::{self, Detected};
 use crate::h1;
 use crate::h2::{self, Proxy};
+use crate::limits::Limits;
 use crate::metrics::{ConnLabels, Metrics, Protocol};
 use crate::pause::Pause;
-use crate::proto::{self, incoming};
 use crate::rewind::Rewind;
-use crate::session::{Copies, Sessions};
+use crate::session::Sessions;
 use crate::shutdown::Shutdown;
 use crate::socket;
 use crate::tcp;
@@ -31,17 +30,6 @@ pub enum Destination {
     Original,
     /// One fixed upstream (explicit mode, no iptables).
     Fixed(SocketAddr),
-}
-
-/// Time and size limits on what clients send.
-#[derive(Debug, Clone, Copy)]
-pub struct Limits {
-    /// How long to wait for bytes that decide the protocol.
-    pub detect_timeout: Duration,
-    /// How long an HTTP/1 client may take to send a complete request head.
-    pub header_read_timeout: Duration,
-    /// Largest request head accepted (431 beyond).
-    pub max_head: usize,
 }
 
 /// Shared state of the inbound side.
@@ -137,55 +125,7 @@ async fn handle(mut stream: TcpStream, inbound: Arc<Inbound>, shutdown: Shutdown
             let proxy = Proxy::new(dst, inbound.metrics.clone(), inbound.sessions.clone(), shutdown);
             h2::serve_h2(Rewind::new(prefix, stream), proxy, &inbound.limits).await;
         }
-        Protocol::Tcp => forward_tcp(stream, prefix, dst, &inbound).await,
-    }
-}
-
-async fn forward_tcp(mut client: TcpStream, prefix: Bytes, dst: SocketAddr, inbound: &Inbound) {
-    let (port, metrics) = (dst.port(), &inbound.metrics);
-    let decision = inbound.sessions.decide(port, None);
-    if let Some(session) = &decision.steal {
-        let announce = incoming::Kind::Tcp(proto::TcpConnection { data: prefix.clone() });
-        if let Some(exchange) = session.open(port, proto::Mode::Steal, announce).await {
-            metrics.intercepted(port, "steal");
-            return tcp::to_session(client, exchange).await;
-        }
-    }
-    let mut app = match socket::connect(dst).await {
-        Ok(s) => s,
-        Err(e) => {
-            debug!(%dst, "cannot connect to the app: {e}");
-            metrics.error("upstream_connect");
-            // Reset rather than close: the client sees the same refusal it
-            // would have seen without the sidecar.
-            let _ = socket2::SockRef::from(&client).set_linger(Some(Duration::ZERO));
-            return;
-        }
-    };
-    if let Err(e) = app.write_all(&prefix).await {
-        debug!("write to the app failed: {e}");
-        return;
-    }
-    let mut copies = Copies::default();
-    for session in &decision.mirrors {
-        let announce = incoming::Kind::Tcp(proto::TcpConnection { data: prefix.clone() });
-        match session.open(port, proto::Mode::Mirror, announce).await {
-            Some(exchange) => {
-                metrics.intercepted(port, "mirror");
-                copies.add(exchange.to_client);
-            }
-            None => {
-                metrics.mirror_dropped.inc();
-            }
-        }
-    }
-    let result = if copies.is_empty() {
-        tcp::splice(&mut client, &mut app).await.map(drop)
-    } else {
-        tcp::copy_mirrored(&mut client, &mut app, copies, metrics).await
-    };
-    if let Err(e) = result {
-        debug!("TCP connection ended: {e}");
+        Protocol::Tcp => tcp::forward(stream, prefix, dst, &inbound.sessions, &inbound.metrics).await,
     }
 }
 

@@ -13,6 +13,7 @@ pub mod h1;
 pub mod h2;
 pub mod inbound;
 pub mod iptables;
+pub mod limits;
 pub mod metrics;
 pub mod pause;
 pub mod ports;

@@ -12,7 +12,8 @@ use tokio::net::TcpListener;
 use tracing::{info, warn};
 
 use crate::admin::{self, Admin};
-use crate::inbound::{self, Destination, Inbound, Limits};
+use crate::inbound::{self, Destination, Inbound};
+use crate::limits::Limits;
 use crate::metrics::Metrics;
 use crate::pause::{self, procs::ScopeArgs, Pause};
 use crate::ports::PortList;

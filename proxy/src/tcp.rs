@@ -13,12 +13,56 @@ use tokio::net::TcpStream;
 
 use crate::metrics::Metrics;
 use crate::proto::exchange_frame::Kind as Frame;
-use crate::proto::End;
-use crate::session::{Copies, Exchange};
+use crate::proto::{self, incoming, End};
+use crate::session::{open_copies, open_steal, Copies, Exchange, Sessions};
 
 /// Per-direction copy buffer for the fallback and for upgraded HTTP
 /// connections. tokio's default of 8 KiB halves loopback throughput.
 const COPY_BUFFER: usize = 64 * 1024;
+
+/// Proxies a raw TCP connection (its first bytes already read, `prefix`):
+/// stolen whole by a session, or passed to the app at `dst` with copies of
+/// the client's bytes for mirroring sessions.
+pub async fn forward(
+    mut client: TcpStream,
+    prefix: Bytes,
+    dst: std::net::SocketAddr,
+    sessions: &Sessions,
+    metrics: &Metrics,
+) {
+    let port = dst.port();
+    let announce = || incoming::Kind::Tcp(proto::TcpConnection { data: prefix.clone() });
+    let decision = sessions.decide(port, None);
+    if let Some(session) = &decision.steal {
+        if let Some(exchange) = open_steal(session, port, announce(), metrics).await {
+            return to_session(client, exchange).await;
+        }
+    }
+    let mut app = match crate::socket::connect(dst).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::debug!(%dst, "cannot connect to the app: {e}");
+            metrics.error("upstream_connect");
+            // Reset rather than close: the client sees the same refusal it
+            // would have seen without the sidecar.
+            let _ = SockRef::from(&client).set_linger(Some(std::time::Duration::ZERO));
+            return;
+        }
+    };
+    if let Err(e) = app.write_all(&prefix).await {
+        tracing::debug!("write to the app failed: {e}");
+        return;
+    }
+    let copies = open_copies(&decision.mirrors, port, &announce(), metrics).await;
+    let result = if copies.is_empty() {
+        splice(&mut client, &mut app).await.map(drop)
+    } else {
+        copy_mirrored(&mut client, &mut app, copies, metrics).await
+    };
+    if let Err(e) = result {
+        tracing::debug!("TCP connection ended: {e}");
+    }
+}
 
 /// Copies both ways until both sides have closed. A FIN from one side is
 /// passed on as a FIN (half-close), the other direction keeps flowing.

@@ -30,7 +30,7 @@ use tokio::net::TcpStream;
 use tokio::sync::{oneshot, Notify};
 use tracing::debug;
 
-use crate::inbound::Limits;
+use crate::limits::Limits;
 use crate::metrics::Metrics;
 use crate::session::Sessions;
 use crate::shutdown::Shutdown;

@@ -9,12 +9,13 @@ use tracing::debug;
 
 use super::body::Body;
 use super::head::{parse_request, Kind, Reject, RequestHead};
-use super::route::{route, Routed};
+use super::route::route;
 use super::stolen::Stolen;
 use super::{fill, forward, tunnel, Conn, Done, Pending, Shared, INITIAL_BUFFER};
 use crate::proto::exchange_frame::Kind as Frame;
 use crate::proto::End;
 use crate::session::Copies;
+use crate::session::Routed;
 
 /// The answer to a kubelet probe while the app is paused.
 const PROBE_ANSWER: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: 61\r\n\r\nthe app is paused by mirrord; its sidecar answers the probes\n";

@@ -5,35 +5,21 @@ use bytes::Bytes;
 
 use super::head::RequestHead;
 use super::Conn;
-use crate::proto::{self, incoming};
-use crate::session::{open_copies, Copies, Exchange, RequestView};
+use crate::proto;
+use crate::session::{route_request, RequestView, Routed};
 
 const MAX_HEADERS: usize = 128;
 
-/// Where one request goes besides (or instead of) the app.
-#[derive(Debug, Default)]
-pub(super) struct Routed {
-    /// The session that answers instead of the app.
-    pub steal: Option<Exchange>,
-    pub copies: Copies,
-}
-
 /// Decides and opens the exchanges for the request whose head is `head_bytes`.
 pub(super) async fn route(conn: &Conn, head_bytes: &[u8], head: &RequestHead) -> Routed {
-    let mut routed = Routed::default();
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut headers);
     // The head was parsed before; a failure here cannot happen, and would
     // mean passing the request through untouched.
-    let Ok(httparse::Status::Complete(_)) = req.parse(head_bytes) else { return routed };
+    let Ok(httparse::Status::Complete(_)) = req.parse(head_bytes) else { return Routed::default() };
     let (method, uri) = (req.method.unwrap_or_default(), req.path.unwrap_or_default());
     let pairs: Vec<(&str, &[u8])> = req.headers.iter().map(|h| (h.name, h.value)).collect();
-    let port = conn.dst.port();
-    let decision = conn.sessions.decide(port, Some(RequestView { method, path: uri, headers: &pairs }));
-    if decision.is_passthrough() {
-        return routed;
-    }
-    let request = proto::HttpRequest {
+    let announce = || proto::HttpRequest {
         method: method.to_owned(),
         uri: uri.to_owned(),
         version: if head.http10 { proto::HttpVersion::Http10 } else { proto::HttpVersion::Http11 } as i32,
@@ -44,12 +30,6 @@ pub(super) async fn route(conn: &Conn, head_bytes: &[u8], head: &RequestHead) ->
         body: Bytes::new(),
         body_complete: head.body == super::body::Body::Empty,
     };
-    routed.copies = open_copies(&decision.mirrors, port, &request, &conn.metrics).await;
-    if let Some(session) = decision.steal {
-        routed.steal = session.open(port, proto::Mode::Steal, incoming::Kind::Http(request)).await;
-        if routed.steal.is_some() {
-            conn.metrics.intercepted(port, "steal");
-        }
-    }
-    routed
+    let view = RequestView { method, path: uri, headers: &pairs };
+    route_request(&conn.sessions, conn.dst.port(), view, announce, &conn.metrics).await
 }

@@ -12,8 +12,8 @@ use super::body::{headers_from_wire, headers_to_wire, to_wire, FromSession, Tee}
 use super::{bad_gateway, Body, Proxy};
 use crate::metrics::Metrics;
 use crate::proto::exchange_frame::Kind as Wire;
-use crate::proto::{self, incoming, End};
-use crate::session::{open_copies, Copies, Exchange, RequestView};
+use crate::proto::{self, End};
+use crate::session::{route_request, Copies, Exchange, RequestView, Routed};
 
 /// Connection-specific headers, which HTTP/2 forbids.
 const CONNECTION_SPECIFIC: [&str; 5] = ["connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade"];
@@ -23,12 +23,8 @@ pub(super) async fn route(proxy: &Proxy, req: Request<Incoming>) -> Response<Bod
     let port = proxy.upstream.dst().port();
     let pairs: Vec<(&str, &[u8])> = req.headers().iter().map(|(n, v)| (n.as_str(), v.as_bytes())).collect();
     let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
-    let decision =
-        proxy.sessions.decide(port, Some(RequestView { method: req.method().as_str(), path, headers: &pairs }));
-    if decision.is_passthrough() {
-        return proxy.to_app(req.map(Either::Left)).await;
-    }
-    let announce = proto::HttpRequest {
+    let view = RequestView { method: req.method().as_str(), path, headers: &pairs };
+    let announce = || proto::HttpRequest {
         method: req.method().as_str().to_owned(),
         uri: req.uri().to_string(),
         version: proto::HttpVersion::Http2 as i32,
@@ -36,16 +32,10 @@ pub(super) async fn route(proxy: &Proxy, req: Request<Incoming>) -> Response<Bod
         body: Bytes::new(),
         body_complete: hyper::body::Body::is_end_stream(req.body()),
     };
-    let copies = open_copies(&decision.mirrors, port, &announce, &proxy.metrics).await;
-    let stolen = match decision.steal {
-        Some(session) => session.open(port, proto::Mode::Steal, incoming::Kind::Http(announce)).await,
-        None => None,
-    };
+    let Routed { steal: stolen, copies } = route_request(&proxy.sessions, port, view, announce, &proxy.metrics).await;
     match stolen {
-        Some(exchange) => {
-            proxy.metrics.intercepted(port, "steal");
-            steal(req, exchange, copies, proxy.metrics.clone()).await
-        }
+        Some(exchange) => steal(req, exchange, copies, proxy.metrics.clone()).await,
+        None if copies.is_empty() => proxy.to_app(req.map(Either::Left)).await,
         None => {
             let metrics = proxy.metrics.clone();
             proxy.to_app(req.map(|inner| Either::Right(Tee { inner, copies, metrics }))).await

@@ -21,7 +21,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tracing::debug;
 
-use crate::inbound::Limits;
+use crate::limits::Limits;
 use crate::metrics::{status_class, Metrics, Protocol, RequestLabels};
 use crate::session::Sessions;
 use crate::shutdown::Shutdown;

@@ -10,6 +10,7 @@
 mod contest;
 mod exchange;
 mod plan;
+mod route;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -21,6 +22,7 @@ use tokio::sync::mpsc;
 pub use contest::Yielded;
 pub use exchange::{Copies, Exchange, Slot};
 pub use plan::{conflict, describe, plan};
+pub use route::{open_copies, open_steal, route_request, Routed};
 
 use crate::ports::PortList;
 use crate::proto::{self, session_event};
@@ -293,35 +295,4 @@ impl Sessions {
         }
         decision
     }
-}
-
-/// Opens the copies of one HTTP request for the mirroring sessions. A copy
-/// of a request without a body travels whole in its announcement; others get
-/// an exchange for the body. A session too far behind loses its copy.
-pub async fn open_copies(
-    mirrors: &[Arc<Session>],
-    port: u16,
-    request: &proto::HttpRequest,
-    metrics: &crate::metrics::Metrics,
-) -> Copies {
-    let mut copies = Copies::default();
-    for session in mirrors {
-        let opened = if request.body_complete {
-            session.announce_copy(port, request.clone())
-        } else {
-            match session.open(port, proto::Mode::Mirror, proto::incoming::Kind::Http(request.clone())).await {
-                Some(exchange) => {
-                    copies.add(exchange.to_client);
-                    true
-                }
-                None => false,
-            }
-        };
-        if opened {
-            metrics.intercepted(port, "mirror");
-        } else {
-            metrics.mirror_dropped.inc();
-        }
-    }
-    copies
 }

@@ -1,0 +1,15 @@
+//! Time and size limits on what clients send (a leaf: every protocol path
+//! reads them, none is imported for them).
+
+use std::time::Duration;
+
+/// Time and size limits on what clients send.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// How long to wait for bytes that decide the protocol.
+    pub detect_timeout: Duration,
+    /// How long an HTTP/1 client may take to send a complete request head.
+    pub header_read_timeout: Duration,
+    /// Largest request head accepted (431 beyond).
+    pub max_head: usize,
+}

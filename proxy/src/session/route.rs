@@ -1,0 +1,78 @@
+//! The one routing step every protocol path takes: decide which sessions
+//! take a request or connection, announce it to them, open the copies for
+//! the mirroring ones and the exchange of the stealing one, and count it.
+//! HTTP/1 and HTTP/2 requests go through [`route_request`]; a raw TCP
+//! connection decides first, opens its steal, and opens its copies only
+//! once the app has accepted the connection ([`open_steal`], [`open_copies`]).
+
+use std::sync::Arc;
+
+use super::{Copies, Exchange, RequestView, Session, Sessions};
+use crate::metrics::Metrics;
+use crate::proto::{self, incoming};
+
+/// What happens to one request besides (or instead of) the app.
+#[derive(Debug, Default)]
+pub struct Routed {
+    /// The session that answers instead of the app.
+    pub steal: Option<Exchange>,
+    /// Copies for the mirroring sessions.
+    pub copies: Copies,
+}
+
+/// Routes one HTTP request. `announce` builds the request as sessions see
+/// it; it runs only when some session takes the request.
+pub async fn route_request(
+    sessions: &Sessions,
+    port: u16,
+    view: RequestView<'_>,
+    announce: impl FnOnce() -> proto::HttpRequest,
+    metrics: &Metrics,
+) -> Routed {
+    let decision = sessions.decide(port, Some(view));
+    if decision.is_passthrough() {
+        return Routed::default();
+    }
+    let request = incoming::Kind::Http(announce());
+    let copies = open_copies(&decision.mirrors, port, &request, metrics).await;
+    let steal = match decision.steal {
+        Some(session) => open_steal(&session, port, request, metrics).await,
+        None => None,
+    };
+    Routed { steal, copies }
+}
+
+/// Opens the exchange of a stolen request or connection; `None` when the
+/// session is gone (the app then answers).
+pub async fn open_steal(session: &Session, port: u16, announce: incoming::Kind, metrics: &Metrics) -> Option<Exchange> {
+    let exchange = session.open(port, proto::Mode::Steal, announce).await;
+    if exchange.is_some() {
+        metrics.intercepted(port, "steal");
+    }
+    exchange
+}
+
+/// Opens the copies for the mirroring sessions. A request without a body
+/// travels whole in its announcement; others get an exchange for the body
+/// (or the connection's bytes). A session too far behind loses its copy.
+pub async fn open_copies(mirrors: &[Arc<Session>], port: u16, announce: &incoming::Kind, metrics: &Metrics) -> Copies {
+    let mut copies = Copies::default();
+    for session in mirrors {
+        let opened = match announce {
+            incoming::Kind::Http(request) if request.body_complete => session.announce_copy(port, request.clone()),
+            _ => match session.open(port, proto::Mode::Mirror, announce.clone()).await {
+                Some(exchange) => {
+                    copies.add(exchange.to_client);
+                    true
+                }
+                None => false,
+            },
+        };
+        if opened {
+            metrics.intercepted(port, "mirror");
+        } else {
+            metrics.mirror_dropped.inc();
+        }
+    }
+    copies
+}
