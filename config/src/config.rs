@@ -204,6 +204,12 @@ impl Incoming {
         self.http_filter.as_ref().filter(|f| f.ports.as_ref().is_none_or(|p| p.contains(&port))).map(|f| &f.filter)
     }
 
+    /// Whether deciding on a request on `port` needs its body (a body
+    /// filter applies there).
+    pub fn needs_body(&self, port: u16) -> bool {
+        self.applies_to(port) && self.filter_for(port).is_some_and(Filter::needs_body)
+    }
+
     /// What this session does on `port`, in words (port 0: any port the
     /// config does not name).
     pub fn describe(&self, port: u16) -> String {
@@ -258,13 +264,18 @@ impl HttpFilter {
         single("header_filter", raw.header_filter, &mut found, |v| Filter::regex(v).map(Filter::Header))?;
         single("path_filter", raw.path_filter, &mut found, |v| Filter::regex(v).map(Filter::Path))?;
         single("method_filter", raw.method_filter, &mut found, |v| Filter::method(v).map(Filter::Method))?;
+        if let Some(b) = raw.body_filter {
+            found.push(
+                Filter::body(&b.query, &b.matches).map_err(|m| invalid(format!("{HTTP_FILTER}.body_filter"), m))?,
+            );
+        }
         if let Some(list) = raw.all_of {
             found.push(Filter::AllOf(inner_list(list, "all_of")?));
         }
         if let Some(list) = raw.any_of {
             found.push(Filter::AnyOf(inner_list(list, "any_of")?));
         }
-        let expected = "header_filter, path_filter, method_filter, all_of or any_of";
+        let expected = "header_filter, path_filter, method_filter, body_filter, all_of or any_of";
         match found.len() {
             0 => Err(invalid(HTTP_FILTER, format!("no filter given: expected one of {expected}"))),
             1 => Ok(HttpFilter { filter: found.remove(0), ports }),
@@ -308,11 +319,14 @@ fn inner_list(list: Vec<RawInnerFilter>, name: &str) -> Result<Vec<Filter>, Inva
         .enumerate()
         .map(|(i, f)| {
             let key = format!("{key}[{i}]");
-            let filter = match (f.header, f.path, f.method) {
-                (Some(h), None, None) => Filter::regex(&h).map(Filter::Header),
-                (None, Some(p), None) => Filter::regex(&p).map(Filter::Path),
-                (None, None, Some(m)) => Filter::method(&m).map(Filter::Method),
-                _ => Err("expected exactly one of header, path or method".to_owned()),
+            let body = (f.body, f.query, f.matches);
+            let filter = match (f.header, f.path, f.method, body) {
+                (Some(h), None, None, (None, None, None)) => Filter::regex(&h).map(Filter::Header),
+                (None, Some(p), None, (None, None, None)) => Filter::regex(&p).map(Filter::Path),
+                (None, None, Some(m), (None, None, None)) => Filter::method(&m).map(Filter::Method),
+                (None, None, None, (Some(_), Some(q), Some(m))) => Filter::body(&q, &m),
+                _ => Err("expected exactly one of header, path or method, or a body filter (body, query and matches)"
+                    .to_owned()),
             };
             filter.map_err(|m| invalid(key, m))
         })

@@ -71,10 +71,67 @@ pub enum Filter {
     Path(Regex),
     /// The method equals this one, ignoring case.
     Method(String),
+    /// The body is JSON and one value the query selects matches.
+    Body(Box<BodyFilter>),
     /// Every filter matches.
     AllOf(Vec<Filter>),
     /// At least one filter matches.
     AnyOf(Vec<Filter>),
+}
+
+/// mirrord's JSON body filter: the body parsed as JSON, `query` (JSONPath,
+/// RFC 9535, with mirrord's `typeof` function) selects values, and the
+/// filter matches when one of them matches `matches` (strings as they are,
+/// other values as JSON text). A body that is absent, not JSON, or larger
+/// than the sidecar buffers for filters does not match.
+#[derive(Debug, Clone)]
+pub struct BodyFilter {
+    pub query: serde_json_path::JsonPath,
+    /// The query as written, for messages.
+    pub query_text: String,
+    pub matches: Regex,
+}
+
+/// A request body as filters see it: parsed as JSON at most once per
+/// request, and only if a body filter asks.
+#[derive(Debug, Default)]
+pub struct RequestBody<'a> {
+    bytes: Option<&'a [u8]>,
+    json: std::cell::OnceCell<Option<serde_json::Value>>,
+}
+
+impl<'a> RequestBody<'a> {
+    /// The whole body, or `None` when it was not read (too large, not
+    /// complete in time).
+    pub fn new(bytes: Option<&'a [u8]>) -> Self {
+        RequestBody { bytes, json: std::cell::OnceCell::new() }
+    }
+
+    fn json(&self) -> Option<&serde_json::Value> {
+        self.json.get_or_init(|| self.bytes.and_then(|b| serde_json::from_slice(b).ok())).as_ref()
+    }
+}
+
+/// `typeof(nodes)`, the JSONPath function extension mirrord provides:
+/// `"null" | "bool" | "number" | "string" | "array" | "object"`, or nothing
+/// when the nodes differ in type.
+#[serde_json_path::function(name = "typeof")]
+fn type_of(nodes: serde_json_path::functions::NodesType) -> serde_json_path::functions::ValueType {
+    use serde_json::Value;
+    use serde_json_path::functions::ValueType;
+    let name = |v: &Value| match v {
+        Value::Null => "null",
+        Value::Bool(_) => "bool",
+        Value::Number(_) => "number",
+        Value::String(_) => "string",
+        Value::Array(_) => "array",
+        Value::Object(_) => "object",
+    };
+    let mut names = nodes.iter().map(|v| name(v));
+    match names.next() {
+        Some(first) if names.all(|n| n == first) => ValueType::Value(Value::String(first.to_owned())),
+        _ => ValueType::Nothing,
+    }
 }
 
 /// `http_filter`: which requests, on which ports.
@@ -113,6 +170,23 @@ impl Filter {
         }
     }
 
+    /// Compiles a JSON body filter. `Err` names what is wrong.
+    pub(crate) fn body(query: &str, matches: &str) -> Result<Filter, String> {
+        let parsed = serde_json_path::JsonPath::parse(query)
+            .map_err(|e| format!("invalid JSONPath query {query:?}: {e}: expected e.g. \"$.user.id\""))?;
+        let matches = Filter::regex(matches)?;
+        Ok(Filter::Body(Box::new(BodyFilter { query: parsed, query_text: query.to_owned(), matches })))
+    }
+
+    /// Whether matching needs the request body.
+    pub fn needs_body(&self) -> bool {
+        match self {
+            Filter::Body(_) => true,
+            Filter::AllOf(fs) | Filter::AnyOf(fs) => fs.iter().any(Filter::needs_body),
+            _ => false,
+        }
+    }
+
     /// Validates a method name (an HTTP token).
     pub(crate) fn method(name: &str) -> Result<String, String> {
         let is_tchar = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c);
@@ -125,6 +199,14 @@ impl Filter {
     /// Whether a request matches. `headers` yields `(name, value)` pairs and
     /// is cloned when a combination needs to look at them again.
     pub fn matches<'h, H>(&self, method: &str, path: &str, headers: H) -> bool
+    where
+        H: Iterator<Item = (&'h str, &'h [u8])> + Clone,
+    {
+        self.matches_with_body(method, path, headers, &RequestBody::default())
+    }
+
+    /// [`Filter::matches`] for a request whose body was read (body filters).
+    pub fn matches_with_body<'h, H>(&self, method: &str, path: &str, headers: H, body: &RequestBody<'_>) -> bool
     where
         H: Iterator<Item = (&'h str, &'h [u8])> + Clone,
     {
@@ -147,8 +229,14 @@ impl Filter {
                 None => re.is_match(path),
             },
             Filter::Method(m) => m.eq_ignore_ascii_case(method),
-            Filter::AllOf(fs) => fs.iter().all(|f| f.matches(method, path, headers.clone())),
-            Filter::AnyOf(fs) => fs.iter().any(|f| f.matches(method, path, headers.clone())),
+            Filter::Body(b) => body.json().is_some_and(|json| {
+                b.query.query(json).all().into_iter().any(|v| match v {
+                    serde_json::Value::String(s) => b.matches.is_match(s),
+                    other => b.matches.is_match(&other.to_string()),
+                })
+            }),
+            Filter::AllOf(fs) => fs.iter().all(|f| f.matches_with_body(method, path, headers.clone(), body)),
+            Filter::AnyOf(fs) => fs.iter().any(|f| f.matches_with_body(method, path, headers.clone(), body)),
         }
     }
 }
@@ -169,6 +257,7 @@ impl fmt::Display for Filter {
             Filter::Header(re) => write!(f, "header {:?}", re.as_str()),
             Filter::Path(re) => write!(f, "path {:?}", re.as_str()),
             Filter::Method(m) => write!(f, "method {m}"),
+            Filter::Body(b) => write!(f, "JSON body {} matching {:?}", b.query_text, b.matches.as_str()),
             Filter::AllOf(fs) => join(f, fs, " and "),
             Filter::AnyOf(fs) => join(f, fs, " or "),
         }
@@ -245,6 +334,37 @@ mod tests {
         assert!(any.matches("GET", "/", hdrs(&[("x-user", "alice")])));
         assert!(!any.matches("GET", "/", hdrs(&[("x-user", "bob")])));
         assert_eq!(any.to_string(), "(method POST or header \"x-user: alice\")");
+    }
+
+    fn body_filter(query: &str, matches: &str) -> Filter {
+        Filter::body(query, matches).unwrap()
+    }
+
+    fn with_body(f: &Filter, body: &str) -> bool {
+        f.matches_with_body("POST", "/", hdrs(&[]), &RequestBody::new(Some(body.as_bytes())))
+    }
+
+    #[test]
+    fn json_body_filters_as_mirrord_documents_them() {
+        let books = body_filter("$.library.books[*]", r"^\d{3,5}$");
+        assert!(books.needs_body());
+        assert!(with_body(&books, r#"{"library":{"books":[34555,1233,234,23432]}}"#));
+        assert!(!with_body(&books, r#"{"library":{"books":[12,123456]}}"#));
+        assert!(!with_body(&books, "not json"), "a body that is not JSON does not match");
+        assert!(!books.matches("POST", "/", hdrs(&[])), "a body that was not read does not match");
+        let numbers = body_filter("$.books[?(typeof(@) == 'number')]", "4$");
+        assert!(with_body(&numbers, r#"{"books":[1111,2222,4444]}"#));
+        assert!(!with_body(&numbers, r#"{"books":["1111","2222","4444"]}"#), "typeof tells strings from numbers");
+        let user = body_filter("$.user.id", "^alice$");
+        assert!(with_body(&user, r#"{"user":{"id":"Alice"}}"#), "case-insensitive like every filter");
+        let all = Filter::AllOf(vec![path("^/orders"), user.clone()]);
+        assert!(all.needs_body());
+        let body = RequestBody::new(Some(br#"{"user":{"id":"alice"}}"#.as_slice()));
+        assert!(all.matches_with_body("POST", "/orders", hdrs(&[]), &body));
+        assert!(!all.matches_with_body("POST", "/users", hdrs(&[]), &body));
+        assert_eq!(user.to_string(), "JSON body $.user.id matching \"^alice$\"");
+        assert!(Filter::body("$.a[", "x").unwrap_err().starts_with("invalid JSONPath query \"$.a[\""));
+        assert!(!path("x").needs_body());
     }
 
     #[test]

@@ -28,7 +28,7 @@ mod template;
 
 pub use config::{ConcurrentSteal, Config, Incoming, Mode, PortSelection};
 pub use duration::{format_duration, parse_duration};
-pub use filter::{Filter, HttpFilter, Regex};
+pub use filter::{BodyFilter, Filter, HttpFilter, Regex, RequestBody};
 pub use load::{to_json_value, Error, Format, Loaded};
 pub use target::{Target, TargetKind};
 pub use template::{KeySource, Vars};

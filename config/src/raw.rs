@@ -163,6 +163,9 @@ pub struct RawHttpFilter {
     /// HTTP method, e.g. `POST` (case-insensitive).
     #[serde(default)]
     pub method_filter: Option<String>,
+    /// JSON body filter: `{"body": "json", "query": JSONPath, "matches": regex}`.
+    #[serde(default)]
+    pub body_filter: Option<RawBodyFilter>,
     /// Matches when every listed filter matches.
     #[serde(default)]
     pub all_of: Option<Vec<RawInnerFilter>>,
@@ -176,10 +179,30 @@ pub struct RawHttpFilter {
     pub ports: Option<Vec<Port>>,
 }
 
-/// One element of `all_of` / `any_of`: exactly one of `header`, `path`, `method`.
+/// A filter on the request body; only JSON bodies (`"body": "json"`).
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-#[schemars(extend("minProperties" = 1, "maxProperties" = 1))]
+pub struct RawBodyFilter {
+    /// The body's format: `"json"`.
+    pub body: RawBodyFormat,
+    /// JSONPath (RFC 9535) selecting values in the body, e.g. `$.user.id`.
+    pub query: String,
+    /// Regex one selected value must match (non-strings as JSON text).
+    pub matches: String,
+}
+
+/// Body formats a body filter understands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum RawBodyFormat {
+    Json,
+}
+
+/// One element of `all_of` / `any_of`: exactly one of `header`, `path`,
+/// `method`, or a body filter (`body`, `query` and `matches` together).
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(extend("minProperties" = 1, "maxProperties" = 3))]
 pub struct RawInnerFilter {
     /// Regex matched against each header as `Name: value`.
     #[serde(default)]
@@ -190,6 +213,15 @@ pub struct RawInnerFilter {
     /// HTTP method.
     #[serde(default)]
     pub method: Option<String>,
+    /// Body format of a body filter: `"json"`.
+    #[serde(default)]
+    pub body: Option<RawBodyFormat>,
+    /// JSONPath of a body filter.
+    #[serde(default)]
+    pub query: Option<String>,
+    /// Regex of a body filter.
+    #[serde(default)]
+    pub matches: Option<String>,
 }
 
 /// A TCP port, 1–65535. Deserialized from any integer so that an out-of-range

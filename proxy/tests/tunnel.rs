@@ -182,14 +182,18 @@ async fn an_exchange_carries_a_stolen_request_both_ways() {
 
     // The data path: a matching request is routed and announced.
     let headers: [(&str, &[u8]); 1] = [("x-user", b"alice")];
-    let decision = f.sessions.decide(80, Some(RequestView { method: "POST", path: "/orders", headers: &headers }));
+    let decision =
+        f.sessions.decide(80, Some(RequestView { method: "POST", path: "/orders", headers: &headers, body: None }));
     let session = decision.steal.expect("alice's filter matches");
     let request = proto::HttpRequest { method: "POST".to_owned(), uri: "/orders".to_owned(), ..Default::default() };
     let data_path = session.open(80, proto::Mode::Steal, incoming::Kind::Http(request)).await.unwrap();
     data_path.to_client.send(Wire::Data(Bytes::from_static(b"request body"))).await.unwrap();
     data_path.to_client.send(Wire::End(proto::End {})).await.unwrap();
     let no_match: [(&str, &[u8]); 1] = [("x-user", b"bob")];
-    assert!(f.sessions.decide(80, Some(RequestView { method: "GET", path: "/", headers: &no_match })).is_passthrough());
+    assert!(f
+        .sessions
+        .decide(80, Some(RequestView { method: "GET", path: "/", headers: &no_match, body: None }))
+        .is_passthrough());
 
     // The client side: the announcement, then the exchange.
     let id = match events.message().await.unwrap().and_then(|e| e.kind) {
@@ -226,7 +230,7 @@ async fn first_connected_wins_and_the_other_is_told() {
     let (mut second, _b) = open(&mut f, hello(STEAL_ALICE, "", PROTOCOL_VERSION)).await.unwrap();
     plan(&mut second).await.unwrap();
     let headers: [(&str, &[u8]); 1] = [("x-user", b"alice")];
-    let view = RequestView { method: "GET", path: "/", headers: &headers };
+    let view = RequestView { method: "GET", path: "/", headers: &headers, body: None };
     let winner = f.sessions.decide(80, Some(view)).steal.unwrap();
     assert_eq!(winner.seq, f.sessions.snapshot()[0].seq);
     f.sessions.decide(80, Some(view));

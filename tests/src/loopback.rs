@@ -13,6 +13,8 @@ use mirrord_proxy::run::{RunArgs, Running};
 pub struct Sidecar {
     pub addr: SocketAddr,
     pub admin: SocketAddr,
+    /// The session tunnel.
+    pub tunnel: SocketAddr,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -36,13 +38,14 @@ impl Sidecar {
         let running = runtime.block_on(async { Running::bind(&args) }).expect("bind");
         let addr = running.inbound_addrs()[0];
         let admin = running.admin_addr().expect("admin address");
+        let tunnel = running.tunnel_addr().expect("tunnel address");
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let thread = std::thread::spawn(move || {
             runtime.block_on(running.serve(async {
                 let _ = rx.await;
             }))
         });
-        Sidecar { addr, admin, stop: Some(tx), thread: Some(thread) }
+        Sidecar { addr, admin, tunnel, stop: Some(tx), thread: Some(thread) }
     }
 
     /// The admin server's `/metrics` text.

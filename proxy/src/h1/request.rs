@@ -15,7 +15,7 @@ use super::{fill, forward, tunnel, Conn, Done, Pending, Shared, INITIAL_BUFFER};
 use crate::proto::exchange_frame::Kind as Frame;
 use crate::proto::End;
 use crate::session::Copies;
-use crate::session::Routed;
+use crate::session::{Routed, BODY_FILTER_CAP, BODY_FILTER_WAIT};
 
 /// The answer to a kubelet probe while the app is paused.
 const PROBE_ANSWER: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: 61\r\n\r\nthe app is paused by mirrord; its sidecar answers the probes\n";
@@ -59,8 +59,15 @@ where
             }
             Next::Failed => return Done::Close,
         };
-        let Routed { steal, mut copies } =
-            if conn.sessions.is_empty() { Routed::default() } else { route(conn, &buf[..head.len], &head).await };
+        let Routed { steal, mut copies } = if conn.sessions.is_empty() {
+            Routed::default()
+        } else {
+            let body = match conn.sessions.need_body(conn.dst.port()) {
+                true => body_for_filters(&mut rd, &mut buf, &head).await,
+                false => None,
+            };
+            route(conn, &buf[..head.len], &head, body.as_deref()).await
+        };
         let (switched_tx, switched_rx) = match head.kind {
             Kind::Upgrade | Kind::Connect => {
                 let (tx, rx) = oneshot::channel();
@@ -156,6 +163,30 @@ async fn next_head<R: AsyncRead + Unpin>(
                 debug!("client read failed: {e}");
                 return Next::Failed;
             }
+        }
+    }
+}
+
+/// Reads the rest of a request body into `buf` (where it stays, to be
+/// forwarded as always) when it fits under [`BODY_FILTER_CAP`] and arrives
+/// within [`BODY_FILTER_WAIT`]; returns it decoded, for body filters.
+/// `None`: not read (too large, too slow, broken framing, or the client
+/// stopped sending); the request is routed without it.
+async fn body_for_filters<R: AsyncRead + Unpin>(rd: &mut R, buf: &mut BytesMut, head: &RequestHead) -> Option<Vec<u8>> {
+    if matches!(head.body, Body::Length(n) if n > BODY_FILTER_CAP as u64) {
+        return None;
+    }
+    let deadline = Instant::now() + BODY_FILTER_WAIT;
+    loop {
+        let (mut framing, mut decoded) = (head.body.clone(), Vec::new());
+        match framing.advance_decoded(&buf[head.len..], &mut |c| decoded.extend_from_slice(c)) {
+            Ok((_, true)) => return Some(decoded),
+            Ok((_, false)) if buf.len() - head.len < BODY_FILTER_CAP => {}
+            _ => return None,
+        }
+        match timeout_at(deadline, fill(rd, buf)).await {
+            Ok(Ok(n)) if n > 0 => {}
+            _ => return None,
         }
     }
 }

@@ -11,7 +11,8 @@ use crate::session::{route_request, RequestView, Routed};
 const MAX_HEADERS: usize = 128;
 
 /// Decides and opens the exchanges for the request whose head is `head_bytes`.
-pub(super) async fn route(conn: &Conn, head_bytes: &[u8], head: &RequestHead) -> Routed {
+/// `body` is the whole request body when it was read for body filters.
+pub(super) async fn route(conn: &Conn, head_bytes: &[u8], head: &RequestHead, body: Option<&[u8]>) -> Routed {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut headers);
     // The head was parsed before; a failure here cannot happen, and would
@@ -30,6 +31,6 @@ pub(super) async fn route(conn: &Conn, head_bytes: &[u8], head: &RequestHead) ->
         body: Bytes::new(),
         body_complete: head.body == super::body::Body::Empty,
     };
-    let view = RequestView { method, path: uri, headers: &pairs };
+    let view = RequestView { method, path: uri, headers: &pairs, body };
     route_request(&conn.sessions, conn.dst.port(), view, announce, &conn.metrics).await
 }

@@ -2,6 +2,7 @@
 //! sessions on its way to the app, and a response body that arrives from a
 //! session.
 
+use std::collections::VecDeque;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -18,14 +19,92 @@ use crate::proto::exchange_frame::Kind as Wire;
 use crate::proto::{End, Header, Trailers};
 use crate::session::Copies;
 
-/// Request bodies sent to the app: as received, or teed to mirrors.
+/// Request bodies sent to the app: as received (no session), or through
+/// the sessions' step (read ahead for body filters, teed to mirrors).
 pub type UpBody = Either<Incoming, Tee>;
+
+/// A request body whose first frames may have been read ahead (for body
+/// filters), then the rest as it arrives. A failure met while reading ahead
+/// is passed on at its place in the stream, so nobody receives a truncated
+/// body as complete.
+#[derive(Debug)]
+pub struct Replay {
+    read: VecDeque<Frame<Bytes>>,
+    failed: Option<hyper::Error>,
+    rest: Option<Incoming>,
+}
+
+impl Replay {
+    pub fn new(body: Incoming) -> Self {
+        Replay { read: VecDeque::new(), failed: None, rest: Some(body) }
+    }
+
+    /// Reads the body ahead while it ends within `cap` data bytes and
+    /// `within`; returns its data when it ended. `None`: not all of it was
+    /// read; what was read is still passed on first.
+    pub async fn read_ahead(&mut self, cap: usize, within: std::time::Duration) -> Option<Vec<u8>> {
+        let deadline = tokio::time::Instant::now() + within;
+        let mut data = Vec::new();
+        loop {
+            let Some(rest) = self.rest.as_mut() else { return Some(data) };
+            if data.len() > cap {
+                return None;
+            }
+            match tokio::time::timeout_at(deadline, http_body_util::BodyExt::frame(rest)).await {
+                Err(_) => return None,
+                Ok(None) => self.rest = None,
+                Ok(Some(Err(e))) => {
+                    self.failed = Some(e);
+                    self.rest = None;
+                    return None;
+                }
+                Ok(Some(Ok(frame))) => {
+                    if let Some(d) = frame.data_ref() {
+                        data.extend_from_slice(d);
+                    }
+                    self.read.push_back(frame);
+                }
+            }
+        }
+    }
+}
+
+impl Body for Replay {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = &mut *self;
+        if let Some(frame) = this.read.pop_front() {
+            return Poll::Ready(Some(Ok(frame)));
+        }
+        if let Some(e) = this.failed.take() {
+            return Poll::Ready(Some(Err(e)));
+        }
+        match this.rest.as_mut() {
+            Some(rest) => Pin::new(rest).poll_frame(cx),
+            None => Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.read.is_empty() && self.failed.is_none() && self.rest.as_ref().is_none_or(Body::is_end_stream)
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match (&self.rest, self.read.is_empty() && self.failed.is_none()) {
+            (Some(rest), true) => rest.size_hint(),
+            (None, true) => SizeHint::with_exact(0),
+            _ => SizeHint::default(),
+        }
+    }
+}
 
 /// A request body on its way to the app, copied frame by frame to mirroring
 /// sessions (lossy: [`Copies`] drops a copy rather than wait).
 #[derive(Debug)]
 pub struct Tee {
-    pub inner: Incoming,
+    pub inner: Replay,
     pub copies: Copies,
     pub metrics: Arc<Metrics>,
 }

@@ -8,34 +8,41 @@ use hyper::body::Incoming;
 use hyper::{Request, Response};
 use tokio::sync::mpsc;
 
-use super::body::{headers_from_wire, headers_to_wire, to_wire, FromSession, Tee};
+use super::body::{headers_from_wire, headers_to_wire, to_wire, FromSession, Replay, Tee};
 use super::{bad_gateway, Body, Proxy};
 use crate::metrics::Metrics;
 use crate::proto::exchange_frame::Kind as Wire;
 use crate::proto::{self, End};
-use crate::session::{route_request, Copies, Exchange, RequestView, Routed};
+use crate::session::{route_request, Copies, Exchange, RequestView, Routed, BODY_FILTER_CAP, BODY_FILTER_WAIT};
 
 /// Connection-specific headers, which HTTP/2 forbids.
 const CONNECTION_SPECIFIC: [&str; 5] = ["connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade"];
 
-/// Routes one stream and answers it.
+/// Routes one stream and answers it. When a session's body filter applies
+/// on this port, the body is read ahead first (up to [`BODY_FILTER_CAP`]).
 pub(super) async fn route(proxy: &Proxy, req: Request<Incoming>) -> Response<Body> {
     let port = proxy.upstream.dst().port();
-    let pairs: Vec<(&str, &[u8])> = req.headers().iter().map(|(n, v)| (n.as_str(), v.as_bytes())).collect();
-    let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
-    let view = RequestView { method: req.method().as_str(), path, headers: &pairs };
+    let (parts, body) = req.into_parts();
+    let mut body = Replay::new(body);
+    let read = match proxy.sessions.need_body(port) {
+        true => body.read_ahead(BODY_FILTER_CAP, BODY_FILTER_WAIT).await,
+        false => None,
+    };
+    let pairs: Vec<(&str, &[u8])> = parts.headers.iter().map(|(n, v)| (n.as_str(), v.as_bytes())).collect();
+    let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    let view = RequestView { method: parts.method.as_str(), path, headers: &pairs, body: read.as_deref() };
     let announce = || proto::HttpRequest {
-        method: req.method().as_str().to_owned(),
-        uri: req.uri().to_string(),
+        method: parts.method.as_str().to_owned(),
+        uri: parts.uri.to_string(),
         version: proto::HttpVersion::Http2 as i32,
-        headers: headers_to_wire(req.headers()),
+        headers: headers_to_wire(&parts.headers),
         body: Bytes::new(),
-        body_complete: hyper::body::Body::is_end_stream(req.body()),
+        body_complete: hyper::body::Body::is_end_stream(&body),
     };
     let Routed { steal: stolen, copies } = route_request(&proxy.sessions, port, view, announce, &proxy.metrics).await;
+    let req = Request::from_parts(parts, body);
     match stolen {
         Some(exchange) => steal(req, exchange, copies, proxy.metrics.clone()).await,
-        None if copies.is_empty() => proxy.to_app(req.map(Either::Left)).await,
         None => {
             let metrics = proxy.metrics.clone();
             proxy.to_app(req.map(|inner| Either::Right(Tee { inner, copies, metrics }))).await
@@ -46,7 +53,7 @@ pub(super) async fn route(proxy: &Proxy, req: Request<Incoming>) -> Response<Bod
 /// The session answers. The request body streams to it from a task of its
 /// own, so the answer can begin before the request ends (bidi streaming).
 async fn steal(
-    req: Request<Incoming>,
+    req: Request<Replay>,
     exchange: Exchange,
     copies: Copies,
     metrics: std::sync::Arc<Metrics>,
@@ -76,7 +83,7 @@ async fn steal(
 }
 
 async fn request_body(
-    mut body: Incoming,
+    mut body: Replay,
     to_client: mpsc::Sender<Wire>,
     mut copies: Copies,
     metrics: std::sync::Arc<Metrics>,

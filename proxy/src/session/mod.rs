@@ -16,7 +16,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
-use mirrord_config::{Config, Mode};
+use mirrord_config::{Config, Mode, RequestBody};
 use tokio::sync::mpsc;
 
 pub use contest::Yielded;
@@ -197,7 +197,18 @@ pub struct RequestView<'a> {
     pub method: &'a str,
     pub path: &'a str,
     pub headers: &'a [(&'a str, &'a [u8])],
+    /// The whole body, when it was read for a body filter.
+    pub body: Option<&'a [u8]>,
 }
+
+/// The most of a request body buffered for body filters. A longer body (or
+/// one not complete within the head's read timeout) is not read first: body
+/// filters do not match it, and it streams as always.
+pub const BODY_FILTER_CAP: usize = 64 * 1024;
+
+/// How long a request body may take to arrive before it is routed without
+/// it (body filters then do not match).
+pub const BODY_FILTER_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// All connected sessions, in connect order.
 #[derive(Debug, Default)]
@@ -252,6 +263,11 @@ impl Sessions {
         *list = Arc::new(next);
     }
 
+    /// Whether some session's filter on `port` needs the request body.
+    pub fn need_body(&self, port: u16) -> bool {
+        !self.is_empty() && self.snapshot().iter().any(|s| s.takes(port) && s.config.incoming.needs_body(port))
+    }
+
     pub fn is_empty(&self) -> bool {
         self.count.load(Ordering::Acquire) == 0
     }
@@ -280,7 +296,9 @@ impl Sessions {
             }
             let matches = match (incoming.filter_for(port), request) {
                 (None, _) => true,
-                (Some(f), Some(r)) => f.matches(r.method, r.path, r.headers.iter().copied()),
+                (Some(f), Some(r)) => {
+                    f.matches_with_body(r.method, r.path, r.headers.iter().copied(), &RequestBody::new(r.body))
+                }
                 (Some(_), None) => false,
             };
             if !matches {
