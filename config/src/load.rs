@@ -231,34 +231,46 @@ pub(crate) fn line_col(text: &str, offset: usize) -> (usize, usize) {
     (line, col)
 }
 
+/// Tracks whether the bytes of JSON text are inside a string literal.
+#[derive(Default)]
+struct Strings {
+    inside: bool,
+    escaped: bool,
+}
+
+impl Strings {
+    /// Whether `b`, the next byte, belongs to a string literal (quotes included).
+    fn holds(&mut self, b: u8) -> bool {
+        if self.inside {
+            match (self.escaped, b) {
+                (true, _) => self.escaped = false,
+                (false, b'\\') => self.escaped = true,
+                (false, b'"') => self.inside = false,
+                _ => {}
+            }
+            true
+        } else {
+            self.inside = b == b'"';
+            self.inside
+        }
+    }
+}
+
 /// Replaces `// …` and `/* … */` comments outside strings by spaces
 /// (keeping line breaks, so positions stay those of the file).
 fn blank_comments(text: &str) -> String {
     let bytes = text.as_bytes();
     let mut out = bytes.to_vec();
-    let (mut i, mut in_string, mut escaped) = (0, false, false);
+    let (mut i, mut strings) = (0, Strings::default());
     while i < bytes.len() {
-        let b = bytes[i];
-        if in_string {
-            match (escaped, b) {
-                (true, _) => escaped = false,
-                (false, b'\\') => escaped = true,
-                (false, b'"') => in_string = false,
-                _ => {}
-            }
-        } else if b == b'"' {
-            in_string = true;
-        } else if b == b'/' && matches!(bytes.get(i + 1), Some(b'/' | b'*')) {
-            let block = bytes[i + 1] == b'*';
-            let end = if block {
+        if !strings.holds(bytes[i]) && bytes[i] == b'/' && matches!(bytes.get(i + 1), Some(b'/' | b'*')) {
+            let end = if bytes[i + 1] == b'*' {
                 text[i + 2..].find("*/").map_or(bytes.len(), |e| i + 2 + e + 2)
             } else {
                 text[i..].find('\n').map_or(bytes.len(), |e| i + e)
             };
-            for c in &mut out[i..end] {
-                if *c != b'\n' {
-                    *c = b' ';
-                }
+            for c in out[i..end].iter_mut().filter(|c| **c != b'\n') {
+                *c = b' ';
             }
             i = end;
             continue;
@@ -274,19 +286,9 @@ fn blank_comments(text: &str) -> String {
 /// is outside a string, by a space.
 fn blank_trailing_commas(text: &str) -> String {
     let mut bytes = text.as_bytes().to_vec();
-    let (mut in_string, mut escaped) = (false, false);
+    let mut strings = Strings::default();
     for i in 0..bytes.len() {
-        let b = bytes[i];
-        if in_string {
-            match (escaped, b) {
-                (true, _) => escaped = false,
-                (false, b'\\') => escaped = true,
-                (false, b'"') => in_string = false,
-                _ => {}
-            }
-        } else if b == b'"' {
-            in_string = true;
-        } else if b == b',' {
+        if !strings.holds(bytes[i]) && bytes[i] == b',' {
             let next = bytes[i + 1..].iter().find(|c| !c.is_ascii_whitespace());
             if matches!(next, Some(b'}' | b']')) {
                 bytes[i] = b' ';
