@@ -81,9 +81,8 @@ fn pipelined_requests_are_each_routed_by_their_own_body() {
     let w = world(
         r#"{"all_of":[{"path":"^/orders"},{"body":"json","query":"$.items[?(typeof(@) == 'number')]","matches":"^2$"}]}"#,
     );
-    let request = |body: &str| {
-        format!("POST /orders HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n{body}", body.len())
-    };
+    let request =
+        |body: &str| format!("POST /orders HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n{body}", body.len());
     let strings = r#"{"items":["2"]}"#;
     let numbers = r#"{"items":[1,2]}"#;
     let all = format!("{}{}{}", request(strings), request(numbers), request(strings))
