@@ -25,8 +25,5 @@ pub mod socket;
 pub mod tcp;
 pub mod tunnel;
 
-/// The tunnel's gRPC API, generated from `proto/mirrord/tunnel/v1/tunnel.proto`.
-#[allow(clippy::all, missing_debug_implementations)]
-pub mod proto {
-    tonic::include_proto!("mirrord.tunnel.v1");
-}
+/// The tunnel's gRPC API (crate `mirrord-api`).
+pub use mirrord_api::proto;

@@ -19,13 +19,7 @@ use crate::pause::{Hold, Pause};
 use crate::proto::{self, exchange_frame, session_event, session_request};
 use crate::session::{plan, Session, Sessions};
 
-/// The protocol this sidecar speaks, and the oldest client it accepts.
-///
-/// 2: `http_filter` without `ports` applies on every port the session takes
-/// (1 filtered 80 and 8080 only and took every other port whole), so a
-/// client of 2 must not meet a sidecar of 1.
-pub const PROTOCOL_VERSION: u32 = 2;
-pub const MIN_PROTOCOL_VERSION: u32 = 1;
+pub use mirrord_api::{MIN_PROTOCOL_VERSION, PROTOCOL_VERSION};
 
 /// After a clean session end, how long announced exchanges may still be attached.
 const SETTLE: std::time::Duration = std::time::Duration::from_secs(2);

@@ -6,10 +6,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use mirrord_api::proto::tunnel_client::TunnelClient;
+use mirrord_api::proto::{self, session_event, session_request, Bye, Hello, SessionRequest};
+use mirrord_api::PROTOCOL_VERSION;
 use mirrord_config::Config;
-use mirrord_proxy::proto::tunnel_client::TunnelClient;
-use mirrord_proxy::proto::{self, session_event, session_request, Bye, Hello, SessionRequest};
-use mirrord_proxy::tunnel::PROTOCOL_VERSION;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Channel, Endpoint};

@@ -1,0 +1,19 @@
+//! The session tunnel's gRPC API: the sidecar serves it (on 127.0.0.1:18010
+//! inside the pod), `mirrord-cli` is its client. Generated from
+//! `proto/mirrord/tunnel/v1/tunnel.proto` by `build.rs` with a vendored
+//! protoc, so a build needs none installed.
+
+/// The generated messages, client and server.
+#[allow(clippy::all, missing_debug_implementations)]
+pub mod proto {
+    tonic::include_proto!("mirrord.tunnel.v1");
+}
+
+/// The protocol the sidecar and the CLI speak, and the oldest client a
+/// sidecar accepts.
+///
+/// 2: `http_filter` without `ports` applies on every port the session takes
+/// (1 filtered 80 and 8080 only and took every other port whole), so a
+/// client of 2 must not meet a sidecar of 1.
+pub const PROTOCOL_VERSION: u32 = 2;
+pub const MIN_PROTOCOL_VERSION: u32 = 1;
