@@ -74,7 +74,7 @@ impl proto::tunnel_server::Tunnel for Tunnel {
         let name = client_name(&hello.client_name);
         let summary = config.to_string();
         let (session, events) = Session::new(self.sessions.next_seq(), random_secret()?, name.clone(), config);
-        let contested = self.sessions.add(session.clone()).map_err(Status::failed_precondition)?;
+        let contested = self.sessions.add(session.clone()).map_err(|c| Status::failed_precondition(c.to_string()))?;
         self.metrics.sessions.inc();
         let mut registered = Registered {
             sessions: self.sessions.clone(),

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 
 use mirrord_config::ConcurrentSteal;
 
-use super::plan::{conflict_reason, conflicting_ports};
+use super::plan::{conflicting_ports, Conflict};
 use super::Session;
 use crate::ports::PortList;
 use crate::proto::{self, session_event};
@@ -61,7 +61,7 @@ impl Yielded {
 /// Admits `new` beside the connected sessions, resolving every port both
 /// would steal whole as its `on_concurrent_steal` says. `Ok` holds lines
 /// for its plan's warnings; `Err` the refusal. Nothing changes on `Err`.
-pub fn admit(connected: &[Arc<Session>], new: &Session, known: &PortList) -> Result<Vec<String>, String> {
+pub fn admit(connected: &[Arc<Session>], new: &Session, known: &PortList) -> Result<Vec<String>, Conflict> {
     let contested: Vec<(&Arc<Session>, Vec<u16>)> = connected
         .iter()
         .map(|other| (other, conflicting_ports(other, new, known)))
@@ -70,7 +70,7 @@ pub fn admit(connected: &[Arc<Session>], new: &Session, known: &PortList) -> Res
     let mut warnings = Vec::new();
     for (other, ports) in &contested {
         match new.config.incoming.on_concurrent_steal {
-            ConcurrentSteal::Abort => return Err(conflict_reason(other, ports[0])),
+            ConcurrentSteal::Abort => return Err(Conflict { port: ports[0], holder: other.name.clone() }),
             ConcurrentSteal::Continue => {
                 new.yielded.give(ports, other);
                 warnings.push(format!(
@@ -166,7 +166,7 @@ mod tests {
         let (a, _ea) = session(&sessions, "alice", &steal("abort"));
         sessions.add(a).unwrap();
         let (b, _eb) = session(&sessions, "bob", &steal("abort"));
-        let e = sessions.add(b).unwrap_err();
+        let e = sessions.add(b).unwrap_err().to_string();
         assert!(e.starts_with("port 80 is already stolen whole by session \"alice\""), "{e}");
         assert_eq!(thief(&sessions, 80).as_deref(), Some("alice"));
     }
@@ -210,7 +210,7 @@ mod tests {
         );
         // A third session meets bob, not alice, on port 80.
         let (c, _ec) = session(&sessions, "carol", &steal("abort"));
-        assert!(sessions.add(c).unwrap_err().contains("session \"bob\""));
+        assert_eq!(sessions.add(c).unwrap_err().holder, "bob");
         sessions.remove(bob);
         assert_eq!(thief(&sessions, 80).as_deref(), Some("alice"));
         assert_eq!(notices(&mut ea), ["session \"bob\" left: this session steals port 80 again"]);

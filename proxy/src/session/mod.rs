@@ -21,7 +21,7 @@ use tokio::sync::mpsc;
 
 pub use contest::Yielded;
 pub use exchange::{Copies, Exchange, Slot};
-pub use plan::{conflict, describe, plan};
+pub use plan::{conflict, describe, plan, Conflict};
 pub use route::{open_copies, open_steal, route_request, Routed};
 
 use crate::ports::PortList;
@@ -239,7 +239,7 @@ impl Sessions {
     /// Adds a session, resolving ports it would steal whole beside another
     /// session as its `on_concurrent_steal` says (`Err`: refused, and why).
     /// `Ok` holds what its plan should say about contested ports.
-    pub fn add(&self, session: Arc<Session>) -> Result<Vec<String>, String> {
+    pub fn add(&self, session: Arc<Session>) -> Result<Vec<String>, Conflict> {
         let mut list = self.list.write().unwrap_or_else(|p| p.into_inner());
         let warnings = contest::admit(&list, &session, &self.known_ports)?;
         let mut attachable = self.attachable.lock().unwrap_or_else(|p| p.into_inner());

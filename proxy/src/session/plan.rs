@@ -88,17 +88,18 @@ pub fn conflicting_ports(existing: &Session, new: &Session, known: &PortList) ->
         .collect()
 }
 
-/// The refusal when `on_concurrent_steal` is `abort`.
-pub fn conflict_reason(existing: &Session, port: u16) -> String {
-    format!(
-        "port {port} is already stolen whole by session {:?}; two sessions cannot both steal a port without a filter: add an http_filter (for example a header that names you), choose other ports, or set on_concurrent_steal to \"continue\" or \"override\"",
-        existing.name
-    )
+/// The refusal when `on_concurrent_steal` is `abort`: a port the new
+/// session would steal whole is already stolen whole by `holder`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("port {port} is already stolen whole by session {holder:?}; two sessions cannot both steal a port without a filter: add an http_filter (for example a header that names you), choose other ports, or set on_concurrent_steal to \"continue\" or \"override\"")]
+pub struct Conflict {
+    pub port: u16,
+    pub holder: String,
 }
 
 /// Why `new` cannot connect while `existing` is, when it would abort.
-pub fn conflict(existing: &Session, new: &Session, known: &PortList) -> Option<String> {
-    conflicting_ports(existing, new, known).first().map(|&port| conflict_reason(existing, port))
+pub fn conflict(existing: &Session, new: &Session, known: &PortList) -> Option<Conflict> {
+    conflicting_ports(existing, new, known).first().map(|&port| Conflict { port, holder: existing.name.clone() })
 }
 
 #[cfg(test)]
@@ -174,7 +175,7 @@ mod tests {
             r#"{"feature":{"network":{"incoming":{"mode":"steal","http_filter":{"header_filter":"x-user: alice"}}}}}"#;
         let bob =
             r#"{"feature":{"network":{"incoming":{"mode":"steal","http_filter":{"header_filter":"x-user: bob"}}}}}"#;
-        let reason = conflict(&session("a", steal), &session("b", steal), &known).unwrap();
+        let reason = conflict(&session("a", steal), &session("b", steal), &known).unwrap().to_string();
         assert!(reason.starts_with("port 80 is already stolen whole by session \"a\""), "{reason}");
         assert!(conflict(&session("a", alice), &session("b", bob), &known).is_none());
         // Two header filters never conflict, on an HTTP port or any other.
