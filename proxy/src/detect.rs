@@ -1,5 +1,17 @@
 //! Protocol detection on a fresh inbound connection: HTTP/2 (prior-knowledge
-//! preface), HTTP/1 (a request line), or anything else as raw TCP.
+//! preface), HTTP/1, or anything else as raw TCP.
+//!
+//! The rule (a raw-TCP connection is passed through unchecked, so only bytes
+//! that cannot be HTTP may end up there):
+//! - empty lines before the first request line are skipped (RFC 9112 §2.2);
+//! - a first line that is a request line, or merely looks like one (a method
+//!   token, a space, and `HTTP/` further on: a trailing space, a double
+//!   space, `HTTP/1.2`), is HTTP/1: the strict parser then refuses what is
+//!   malformed with 400 or 505, never passes it through;
+//! - a first line still incomplete after 16 KiB is HTTP/1 when it starts like
+//!   a request (`METHOD /…`, `METHOD *`, `METHOD scheme://…`): the parser
+//!   refuses it as too long (414);
+//! - anything else is raw TCP (TLS, RESP, memcached's `get key`, …).
 //!
 //! Bytes are read, not peeked, and handed on with the connection.
 //! A client that sends nothing within the detection timeout is taken to speak a
@@ -43,12 +55,46 @@ fn classify(buf: &[u8]) -> Class {
     if H2_PREFACE.starts_with(buf) {
         return Class::Undecided;
     }
-    match buf.iter().position(|&b| b == b'\n') {
-        Some(eol) if is_request_line(&buf[..eol]) => Class::Http1,
+    let line = skip_empty_lines(buf);
+    if line.is_empty() {
+        return Class::Undecided;
+    }
+    match line.iter().position(|&b| b == b'\n') {
+        Some(eol) if is_request_line(&line[..eol]) || looks_like_request_line(&line[..eol]) => Class::Http1,
         Some(_) => Class::Tcp,
-        None if could_be_request_line(buf) => Class::Undecided,
+        None if could_be_request_line(line) => Class::Undecided,
         None => Class::Tcp,
     }
+}
+
+/// `buf` after any leading empty lines (CRLF or bare LF).
+fn skip_empty_lines(mut buf: &[u8]) -> &[u8] {
+    loop {
+        buf = match buf {
+            [b'\r', b'\n', rest @ ..] | [b'\n', rest @ ..] => rest,
+            _ => return buf,
+        }
+    }
+}
+
+/// A method token, a space, and `HTTP/` (any case) later on the line: meant as a
+/// request line even if malformed, so the strict parser must see it.
+fn looks_like_request_line(line: &[u8]) -> bool {
+    let method_len = line.iter().take_while(|&&b| is_tchar(b)).count();
+    method_len > 0
+        && line.get(method_len) == Some(&b' ')
+        && line[method_len..].windows(5).any(|w| w.eq_ignore_ascii_case(b"HTTP/"))
+}
+
+/// A first line with no end after [`MAX_REQUEST_LINE`] bytes that starts
+/// like a request: the parser refuses it as too long.
+fn starts_like_request(line: &[u8]) -> bool {
+    let method_len = line.iter().take_while(|&&b| is_tchar(b)).count();
+    let Some(target) = line.get(method_len + 1..).filter(|_| method_len > 0 && line[method_len] == b' ') else {
+        return false;
+    };
+    let scheme_len = target.iter().take_while(|&&b| b.is_ascii_alphanumeric() || b"+-.".contains(&b)).count();
+    target.starts_with(b"/") || target.starts_with(b"*") || (scheme_len > 0 && target[scheme_len..].starts_with(b"://"))
 }
 
 fn is_tchar(b: u8) -> bool {
@@ -93,7 +139,8 @@ pub async fn detect<T: AsyncRead + Unpin>(io: &mut T, timeout: Duration) -> std:
             Class::Undecided => {}
         }
         if buf.len() >= MAX_REQUEST_LINE {
-            return Ok(Detected::Tcp(buf.freeze()));
+            let class = if starts_like_request(skip_empty_lines(&buf)) { Detected::Http1 } else { Detected::Tcp };
+            return Ok(class(buf.freeze()));
         }
         buf.reserve(1024);
         match timeout_at(deadline, io.read_buf(&mut buf)).await {
@@ -121,7 +168,40 @@ mod tests {
         assert_eq!(classify(b"\x16\x03\x01\x02\x00"), Class::Tcp);
         assert_eq!(classify(b"EHLO example.org\r\n"), Class::Tcp);
         assert_eq!(classify(b"PING\r\n"), Class::Tcp);
-        assert_eq!(classify(b"GET / HTTP/2.0\r\n\r\n"), Class::Tcp);
+        assert_eq!(classify(b"get key\r\n"), Class::Tcp, "memcached's text protocol");
+        assert_eq!(classify(b"*1\r\n$4\r\nPING\r\n"), Class::Tcp, "RESP");
+    }
+
+    /// Byte shapes of one `GET /x` that must reach the strict HTTP/1 parser,
+    /// never the unchecked raw-TCP path.
+    #[test]
+    fn malformed_request_lines_are_http_not_tcp() {
+        for shape in [
+            &b"\r\nGET /x HTTP/1.1\r\nHost: a\r\n\r\n"[..],
+            b"\r\n\r\n\nGET /x HTTP/1.1\r\nHost: a\r\n\r\n",
+            b"GET /x HTTP/1.1 \r\nHost: a\r\n\r\n",
+            b"GET  /x HTTP/1.1\r\nHost: a\r\n\r\n",
+            b"GET /x  HTTP/1.1\r\nHost: a\r\n\r\n",
+            b"GET /x HTTP/1.2\r\nHost: a\r\n\r\n",
+            b"GET /x HTTP/2.0\r\n\r\n",
+            b"GET /x HTTP/1.1\nHost: a\n\n",
+            b"GET /x http/1.1\r\n\r\n".as_slice(),
+        ] {
+            assert_eq!(classify(shape), Class::Http1, "{:?}", String::from_utf8_lossy(shape));
+        }
+        assert_eq!(classify(b"\r\n"), Class::Undecided, "an empty line alone decides nothing");
+    }
+
+    #[tokio::test]
+    async fn an_endless_request_line_goes_to_the_parser_other_long_lines_to_tcp() {
+        for (start, want_http) in [(&b"GET /"[..], true), (b"GET http://a/", true), (b"SET k ", false)] {
+            let (mut a, mut b) = tokio::io::duplex(64 * 1024);
+            let mut line = start.to_vec();
+            line.resize(MAX_REQUEST_LINE + 10, b'a');
+            b.write_all(&line).await.unwrap();
+            let detected = detect(&mut a, Duration::from_secs(5)).await.unwrap();
+            assert_eq!(matches!(detected, Detected::Http1(_)), want_http, "{:?}", String::from_utf8_lossy(start));
+        }
     }
 
     #[tokio::test]

@@ -12,6 +12,10 @@ const MAX_HEADERS: usize = 128;
 pub enum Reject {
     Malformed,
     HeadTooLarge,
+    /// The request line alone is longer than the head limit.
+    UriTooLong,
+    /// An HTTP version other than 1.0 and 1.1.
+    VersionNotSupported,
     HeadTimeout,
     InvalidContentLength,
     DuplicateContentLength,
@@ -24,6 +28,8 @@ impl Reject {
     pub fn status(self) -> u16 {
         match self {
             Reject::HeadTooLarge => 431,
+            Reject::UriTooLong => 414,
+            Reject::VersionNotSupported => 505,
             Reject::HeadTimeout => 408,
             _ => 400,
         }
@@ -34,6 +40,8 @@ impl Reject {
         match self {
             Reject::Malformed => "malformed_request",
             Reject::HeadTooLarge => "header_too_large",
+            Reject::UriTooLong => "uri_too_long",
+            Reject::VersionNotSupported => "http_version_not_supported",
             Reject::HeadTimeout => "header_read_timeout",
             Reject::InvalidContentLength => "invalid_content_length",
             Reject::DuplicateContentLength => "duplicate_content_length",
@@ -48,6 +56,8 @@ impl Reject {
         let status = self.status();
         let phrase = match status {
             431 => "Request Header Fields Too Large",
+            414 => "URI Too Long",
+            505 => "HTTP Version Not Supported",
             408 => "Request Timeout",
             _ => "Bad Request",
         };
@@ -103,6 +113,7 @@ pub fn parse_request(buf: &[u8]) -> Result<Option<RequestHead>, Reject> {
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) => return Ok(None),
         Err(httparse::Error::TooManyHeaders) => return Err(Reject::HeadTooLarge),
+        Err(httparse::Error::Version) if names_a_version(buf) => return Err(Reject::VersionNotSupported),
         Err(_) => return Err(Reject::Malformed),
     };
     let framing = Framing::of(req.headers).map_err(|e| match e {
@@ -127,6 +138,17 @@ pub fn parse_request(buf: &[u8]) -> Result<Option<RequestHead>, Reject> {
     let http10 = req.version == Some(0);
     let close = framing.close || (http10 && !framing.keep_alive);
     Ok(Some(RequestHead { len, kind, body, http10, close }))
+}
+
+/// Whether the request line ends in `HTTP/d.d` (another version than ours,
+/// as opposed to a malformed line): 505 rather than 400.
+fn names_a_version(buf: &[u8]) -> bool {
+    let start = buf.iter().position(|&b| b != b'\r' && b != b'\n').unwrap_or(0);
+    let line = &buf[start..];
+    let line = &line[..line.iter().position(|&b| b == b'\n').unwrap_or(line.len())];
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    line.split(|&b| b == b' ').count() == 3
+        && matches!(line.rsplit(|&b| b == b' ').next(), Some([b'H', b'T', b'T', b'P', b'/', a, b'.', b]) if a.is_ascii_digit() && b.is_ascii_digit())
 }
 
 /// Why a response's framing cannot be trusted.

@@ -138,7 +138,11 @@ async fn next_head<R: AsyncRead + Unpin>(
             match parse_request(buf) {
                 Ok(Some(head)) => return Next::Head(head),
                 Err(r) => return Next::Reject(r),
-                Ok(None) if buf.len() >= conn.limits.max_head => return Next::Reject(Reject::HeadTooLarge),
+                Ok(None) if buf.len() >= conn.limits.max_head => {
+                    // No end of the request line at all: the target is too long.
+                    let line_ended = buf.iter().skip_while(|&&b| b == b'\r' || b == b'\n').any(|&b| b == b'\n');
+                    return Next::Reject(if line_ended { Reject::HeadTooLarge } else { Reject::UriTooLong });
+                }
                 Ok(None) => {}
             }
         }
