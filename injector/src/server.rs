@@ -62,7 +62,17 @@ impl Webhook {
                 return Ok(text(StatusCode::BAD_REQUEST, &format!("cannot read the request body: {e}")));
             }
         };
-        let response = match review::answer(&body, |ns| (self.namespace_opted_in)(ns), &self.settings) {
+        // A bug in the mutation must cost this one admission (a 500, which
+        // the API server handles per its failurePolicy), not the connection
+        // with every admission multiplexed on it.
+        let answered = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            review::answer(&body, |ns| (self.namespace_opted_in)(ns), &self.settings)
+        }));
+        let Ok(answered) = answered else {
+            self.metrics.admission("error");
+            return Ok(text(StatusCode::INTERNAL_SERVER_ERROR, "the webhook failed on this AdmissionReview"));
+        };
+        let response = match answered {
             Ok((answer, outcome)) => {
                 debug!(outcome = outcome.label(), "admission");
                 self.metrics.admission(outcome.label());

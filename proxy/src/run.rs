@@ -75,7 +75,7 @@ pub struct RunArgs {
     pub scope: ScopeArgs,
     /// The longest a pause may last; then the app is resumed and the
     /// sessions holding it are told.
-    #[arg(long, value_name = "DURATION", default_value = "30m", value_parser = parse_duration)]
+    #[arg(long, value_name = "DURATION", default_value = "30m", value_parser = mirrord_config::parse_lease)]
     pub max_pause: Duration,
 }
 

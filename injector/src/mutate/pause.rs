@@ -16,6 +16,8 @@ use super::{names, Invalid};
 const MESH_PROXIES: [&str; 2] = ["istio-proxy", "linkerd-proxy"];
 /// The pause lease when the pod does not set `mirrord.dev/max-pause`.
 const DEFAULT_MAX_PAUSE: Duration = Duration::from_secs(30 * 60);
+/// The longest `mirrord.dev/max-pause` accepted: a day.
+const MAX_PAUSE_LIMIT: Duration = Duration::from_secs(24 * 3600);
 /// How much longer the guard lets a pause last than the sidecar does: the
 /// sidecar normally ends it and tells the sessions; the guard is the backstop.
 const GUARD_LEASE_MARGIN: Duration = Duration::from_secs(60);
@@ -50,9 +52,12 @@ impl Pause {
         };
         let max_pause = match annotation(ANNOTATION_MAX_PAUSE) {
             None => DEFAULT_MAX_PAUSE,
-            Some(text) => parse_duration(text).ok().filter(|d| !d.is_zero()).ok_or_else(|| Invalid {
+            Some(text) => parse_duration(text)
+                .ok()
+                .filter(|d| *d >= Duration::from_secs(1) && *d <= MAX_PAUSE_LIMIT)
+                .ok_or_else(|| Invalid {
                 key: ANNOTATION_MAX_PAUSE,
-                message: format!("{text:?}: expected a duration such as 30m, 2h or 90s"),
+                message: format!("{text:?}: expected a duration from 1s to 24h, such as 30m, 2h or 90s"),
             })?,
         };
         let containers: Vec<String> = names(spec, "containers").map(str::to_owned).collect();
@@ -225,6 +230,11 @@ mod tests {
         p["metadata"]["annotations"][ANNOTATION_MAX_PAUSE] = json!("soon");
         let err = mutate(&p, false, &settings).unwrap_err();
         assert_eq!(err.key, ANNOTATION_MAX_PAUSE);
-        assert_eq!(err.message, "\"soon\": expected a duration such as 30m, 2h or 90s");
+        assert_eq!(err.message, "\"soon\": expected a duration from 1s to 24h, such as 30m, 2h or 90s");
+        // Once a panic ("overflow when adding durations"), now a warning.
+        for huge in ["18446744073709551615s", "999999999999999999h", "25h"] {
+            p["metadata"]["annotations"][ANNOTATION_MAX_PAUSE] = json!(huge);
+            assert_eq!(mutate(&p, false, &settings).unwrap_err().key, ANNOTATION_MAX_PAUSE, "{huge}");
+        }
     }
 }

@@ -27,7 +27,7 @@ pub struct GuardArgs {
     /// The longest the app may stay stopped. Set it a little above the
     /// sidecar's --max-pause, so that the sidecar normally ends the pause
     /// first and tells the sessions; this is the backstop when it cannot.
-    #[arg(long, value_name = "DURATION", default_value = "31m", value_parser = parse_duration)]
+    #[arg(long, value_name = "DURATION", default_value = "31m", value_parser = mirrord_config::parse_lease)]
     pub max_pause: Duration,
     /// How often the app's processes are checked, and a (re)started sidecar
     /// looked for, between sidecar events. A sidecar that paused the app and
