@@ -144,3 +144,41 @@ fn refusal_waits_for_earlier_responses() {
     let refused = out.find("HTTP/1.1 400 Bad Request").expect("refusal");
     assert!(ok < refused, "the refusal overtook the earlier response:\n{out}");
 }
+
+#[test]
+fn framing_a_strict_parser_refuses_never_reaches_the_app() {
+    let app = app();
+    let sidecar = Sidecar::start(app.addr, &[]);
+    let many = format!("GET / HTTP/1.1\r\nHost: x\r\n{}\r\n", "X-A: 1\r\n".repeat(101));
+    let cases: [(&[u8], &str); 9] = [
+        (b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 9223372036854775808\r\n\r\n", "400"),
+        (b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: foo, chunked\r\n\r\n0\r\n\r\n", "501"),
+        (b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked, chunked\r\n\r\n0\r\n\r\n", "400"),
+        (b"GET / HTTP/1.1\r\n\r\n", "400"),
+        (b"GET / HTTP/1.1\r\nHost: x\r\nHost: y\r\n\r\n", "400"),
+        (b"GET / HTTP/1.1\r\nHost: x\r\n X-Folded: obs-fold\r\n\r\n", "400"),
+        (b"GET / HTTP/1.1\r\nHost: x\r\nX-Nul: a\0b\r\n\r\n", "400"),
+        (b"GET / HTTP/1.1\rHost: x\r\n\r\n", "400"),
+        (many.as_bytes(), "431"),
+    ];
+    for (request, status) in cases {
+        let out = transcript(sidecar.addr, request);
+        assert!(
+            out.starts_with(&format!("HTTP/1.1 {status} ")) && out.contains("mirrord-proxy: request refused"),
+            "{:?} -> {out}",
+            String::from_utf8_lossy(&request[..request.len().min(60)])
+        );
+    }
+    // A request hidden in a trailer, and junk in a chunk extension: the
+    // connection ends at the bad framing; nothing after it is a request.
+    for body in [
+        &b"0\r\nGET /smuggled HTTP/1.1\r\n\r\n"[..],
+        b"5;\0\r\nhello\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n",
+    ] {
+        let mut request = b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+        request.extend_from_slice(body);
+        let out = transcript(sidecar.addr, &request);
+        assert!(!out.contains("smuggled"), "{out}");
+    }
+    assert!(metric(&sidecar, "mirrord_proxy_errors_total{reason=\"invalid_chunked_body\"} 2"));
+}

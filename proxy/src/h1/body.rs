@@ -1,9 +1,11 @@
 //! Where an HTTP/1 message body ends, tracked over bytes that are forwarded
 //! as they arrive (never buffered whole, never re-encoded).
 //!
-//! Chunked framing is checked strictly (RFC 9112 §7.1): hex sizes without
-//! overflow, CRLF line ends (a bare LF is a classic smuggling vector),
-//! extensions and trailer fields passed through unread.
+//! Chunked framing is checked strictly (RFC 9112 §7.1): hex sizes below
+//! 2^63, CRLF line ends (a bare LF is a classic smuggling vector), chunk
+//! extensions of visible characters after a `;` only, trailer lines that are
+//! `name: value` fields without control characters. Their content is passed
+//! through unread.
 
 /// Why a body's framing is invalid.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -14,6 +16,10 @@ pub enum FramingError {
     ChunkTooLarge,
     #[error("bare LF or missing CRLF in chunked framing")]
     LineEnd,
+    #[error("invalid chunk extension")]
+    ChunkExtension,
+    #[error("invalid trailer field")]
+    Trailer,
 }
 
 /// The remaining framing of one message body.
@@ -65,7 +71,9 @@ enum State {
     /// Hex digits of a chunk size.
     #[default]
     Size,
-    /// After the size: extensions, up to CR.
+    /// Whitespace after the size: a `;` or the CR must follow.
+    SizeWs,
+    /// After a `;`: extensions, up to CR.
     Ext,
     /// CR seen at the end of a size line; LF expected.
     SizeLf,
@@ -76,7 +84,9 @@ enum State {
     DataLf,
     /// Start of a trailer line (an empty line ends the message).
     TrailerStart,
-    /// Inside a trailer field line.
+    /// The name of a trailer field, up to its colon.
+    TrailerName,
+    /// Inside a trailer field's value.
     TrailerLine,
     /// CR seen in a trailer line; LF expected.
     TrailerLf,
@@ -117,21 +127,27 @@ impl Chunked {
     fn step(&mut self, b: u8) -> Result<(), FramingError> {
         use State::*;
         let expect = |want: u8, next: State| if b == want { Ok(next) } else { Err(FramingError::LineEnd) };
+        let visible_or_blank = |b: u8| b.is_ascii_graphic() || b == b' ' || b == b'\t';
         self.state = match (self.state, b) {
             (Size, _) if b.is_ascii_hexdigit() => {
-                if self.digits == 16 {
+                // A size of 2^63 or more is refused (16 hex digits fit a u64;
+                // many parsers take sizes as signed 64-bit numbers).
+                if self.digits == 16 || self.size >> 59 != 0 {
                     return Err(FramingError::ChunkTooLarge);
                 }
                 self.digits += 1;
                 self.size = self.size << 4 | u64::from((b as char).to_digit(16).unwrap_or(0));
                 Size
             }
-            (Size | Ext, b'\n') => return Err(FramingError::LineEnd),
+            (Size | SizeWs | Ext, b'\n') => return Err(FramingError::LineEnd),
             (Size, _) if self.digits == 0 => return Err(FramingError::ChunkSize),
-            (Size | Ext, b'\r') => SizeLf,
-            (Size, b';' | b' ' | b'\t') => Ext,
+            (Size | SizeWs | Ext, b'\r') => SizeLf,
+            (Size | SizeWs, b' ' | b'\t') => SizeWs,
+            (Size | SizeWs, b';') => Ext,
             (Size, _) => return Err(FramingError::ChunkSize),
-            (Ext, _) => Ext,
+            (SizeWs, _) => return Err(FramingError::ChunkExtension),
+            (Ext, _) if visible_or_blank(b) => Ext,
+            (Ext, _) => return Err(FramingError::ChunkExtension),
             (SizeLf, _) => {
                 expect(b'\n', Size)?;
                 self.digits = 0;
@@ -144,8 +160,12 @@ impl Chunked {
             (DataCr, _) => expect(b'\r', DataLf)?,
             (DataLf, _) => expect(b'\n', Size)?,
             (TrailerStart, b'\r') => EndLf,
-            (TrailerStart | TrailerLine, b'\n') => return Err(FramingError::LineEnd),
-            (TrailerStart | TrailerLine, _) => TrailerLine,
+            (TrailerStart | TrailerName | TrailerLine, b'\n') => return Err(FramingError::LineEnd),
+            (TrailerStart | TrailerName, _) if is_tchar(b) => TrailerName,
+            (TrailerName, b':') => TrailerLine,
+            (TrailerStart | TrailerName, _) => return Err(FramingError::Trailer),
+            (TrailerLine, _) if visible_or_blank(b) || b == b'\r' || b >= 0x80 => TrailerLine,
+            (TrailerLine, _) => return Err(FramingError::Trailer),
             // A CR inside a trailer line must end it.
             (TrailerLf, _) => expect(b'\n', TrailerStart)?,
             (EndLf, _) => expect(b'\n', Done)?,
@@ -156,6 +176,11 @@ impl Chunked {
         }
         Ok(())
     }
+}
+
+/// A character of a token (RFC 9110 §5.6.2): field names.
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
 #[cfg(test)]
@@ -197,17 +222,27 @@ mod tests {
         let trailers = b"3\r\nabc\r\n0\r\ngrpc-status: 0\r\nx-t: 1\r\n\r\n";
         assert_eq!(end_at_every_split(trailers), Ok(trailers.len()));
         assert_eq!(end_at_every_split(b"A \r\n0123456789\r\n0\r\n\r\n"), Ok(21));
+        assert_eq!(end_at_every_split(b"2 ; name=\"q v\"\r\nab\r\n0\r\n\r\n"), Ok(25));
+        assert_eq!(chunked().advance(b"7fffffffffffffff\r\n"), Ok((18, false)), "2^63 - 1 is the largest size");
     }
 
     #[test]
     fn chunked_rejects_ambiguous_framing() {
-        let cases: [(&[u8], FramingError); 6] = [
+        let cases: [(&[u8], FramingError); 14] = [
             (b"5\nhello\r\n0\r\n\r\n", FramingError::LineEnd),
             (b"5\r\nhello\n0\r\n\r\n", FramingError::LineEnd),
             (b"x\r\n", FramingError::ChunkSize),
             (b"\r\n", FramingError::ChunkSize),
             (b"11111111111111111\r\n", FramingError::ChunkTooLarge),
+            (b"8000000000000000\r\n", FramingError::ChunkTooLarge),
             (b"0\r\nx-t: 1\n\r\n", FramingError::LineEnd),
+            (b"5;a=\x00\r\nhello\r\n0\r\n\r\n", FramingError::ChunkExtension),
+            (b"5 junk\r\nhello\r\n0\r\n\r\n", FramingError::ChunkExtension),
+            (b"5;\x7f\r\nhello\r\n0\r\n\r\n", FramingError::ChunkExtension),
+            (b"0\r\nGET /smuggled HTTP/1.1\r\n\r\n", FramingError::Trailer),
+            (b"0\r\nx-t 1\r\n\r\n", FramingError::Trailer),
+            (b"0\r\n: v\r\n\r\n", FramingError::Trailer),
+            (b"0\r\nx-t: a\x00b\r\n\r\n", FramingError::Trailer),
         ];
         for (data, want) in cases {
             assert_eq!(chunked().advance(data), Err(want), "{:?}", String::from_utf8_lossy(data));

@@ -5,7 +5,12 @@
 
 use super::body::{Body, Chunked};
 
-const MAX_HEADERS: usize = 128;
+/// More header fields than this: 431 (nginx and haproxy allow about as many).
+const MAX_HEADERS: usize = 100;
+
+/// Transfer codings other than chunked that a request may list before it
+/// (RFC 9112 §7); any other is refused with 501.
+const KNOWN_CODINGS: [&[u8]; 5] = [b"gzip", b"deflate", b"compress", b"x-gzip", b"x-compress"];
 
 /// Why a request head is refused; maps to a status and a metric reason.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -21,6 +26,14 @@ pub enum Reject {
     DuplicateContentLength,
     ContentLengthWithTransferEncoding,
     TransferEncodingNotChunked,
+    /// `chunked` more than once in Transfer-Encoding.
+    ChunkedTwice,
+    /// A transfer coding nobody registered: 501.
+    UnknownTransferCoding,
+    /// HTTP/1.1 without Host.
+    MissingHost,
+    /// More than one Host.
+    DuplicateHost,
     InvalidChunkedBody,
 }
 
@@ -30,6 +43,7 @@ impl Reject {
             Reject::HeadTooLarge => 431,
             Reject::UriTooLong => 414,
             Reject::VersionNotSupported => 505,
+            Reject::UnknownTransferCoding => 501,
             Reject::HeadTimeout => 408,
             _ => 400,
         }
@@ -47,6 +61,10 @@ impl Reject {
             Reject::DuplicateContentLength => "duplicate_content_length",
             Reject::ContentLengthWithTransferEncoding => "content_length_with_transfer_encoding",
             Reject::TransferEncodingNotChunked => "transfer_encoding_not_chunked",
+            Reject::ChunkedTwice => "chunked_twice",
+            Reject::UnknownTransferCoding => "unknown_transfer_coding",
+            Reject::MissingHost => "missing_host",
+            Reject::DuplicateHost => "duplicate_host",
             Reject::InvalidChunkedBody => "invalid_chunked_body",
         }
     }
@@ -58,6 +76,7 @@ impl Reject {
             431 => "Request Header Fields Too Large",
             414 => "URI Too Long",
             505 => "HTTP Version Not Supported",
+            501 => "Not Implemented",
             408 => "Request Timeout",
             _ => "Bad Request",
         };
@@ -120,15 +139,21 @@ pub fn parse_request(buf: &[u8]) -> Result<Option<RequestHead>, Reject> {
         FramingHeader::DuplicateLength => Reject::DuplicateContentLength,
         FramingHeader::InvalidLength => Reject::InvalidContentLength,
     })?;
-    let body = match (framing.length, framing.transfer_encoding) {
-        (Some(_), Some(_)) => return Err(Reject::ContentLengthWithTransferEncoding),
-        (None, Some(te)) if req.version == Some(0) || !is_chunked_last(te) => {
-            return Err(Reject::TransferEncodingNotChunked)
-        }
-        (None, Some(_)) => Body::Chunked(Chunked::default()),
-        (Some(0) | None, None) => Body::Empty,
-        (Some(n), None) => Body::Length(n),
+    let te = &framing.codings;
+    let body = match (framing.length, te.seen) {
+        (Some(_), true) => return Err(Reject::ContentLengthWithTransferEncoding),
+        (None, true) if te.unknown => return Err(Reject::UnknownTransferCoding),
+        (None, true) if te.chunked > 1 => return Err(Reject::ChunkedTwice),
+        (None, true) if req.version == Some(0) || !te.last_chunked => return Err(Reject::TransferEncodingNotChunked),
+        (None, true) => Body::Chunked(Chunked::default()),
+        (Some(0) | None, false) => Body::Empty,
+        (Some(n), false) => Body::Length(n),
     };
+    match framing.hosts {
+        0 if req.version == Some(1) => return Err(Reject::MissingHost),
+        0 | 1 => {}
+        _ => return Err(Reject::DuplicateHost),
+    }
     let kind = match req.method {
         Some("HEAD") => Kind::Head,
         Some("CONNECT") => Kind::Connect,
@@ -175,12 +200,12 @@ pub fn parse_response(buf: &[u8], kind: Kind) -> Result<Option<ResponseHead>, Ba
     let body = if tunnel || (100..200).contains(&status) || status == 204 || status == 304 || kind == Kind::Head {
         Body::Empty
     } else {
-        match (framing.transfer_encoding, framing.length) {
-            (Some(te), _) if is_chunked_last(te) => Body::Chunked(Chunked::default()),
-            (Some(_), _) => Body::UntilClose,
-            (None, Some(0)) => Body::Empty,
-            (None, Some(n)) => Body::Length(n),
-            (None, None) => Body::UntilClose,
+        match (framing.codings.seen, framing.length) {
+            (true, _) if framing.codings.last_chunked => Body::Chunked(Chunked::default()),
+            (true, _) => Body::UntilClose,
+            (false, Some(0)) => Body::Empty,
+            (false, Some(n)) => Body::Length(n),
+            (false, None) => Body::UntilClose,
         }
     };
     Ok(Some(ResponseHead { len, status, body, tunnel }))
@@ -192,17 +217,46 @@ enum FramingHeader {
 }
 
 /// The headers that decide framing.
-struct Framing<'a> {
+#[derive(Default)]
+struct Framing {
     length: Option<u64>,
-    transfer_encoding: Option<&'a [u8]>,
+    codings: Codings,
+    /// How many Host fields.
+    hosts: usize,
     upgrade: bool,
     close: bool,
     keep_alive: bool,
 }
 
-impl<'a> Framing<'a> {
-    fn of(headers: &[httparse::Header<'a>]) -> Result<Self, FramingHeader> {
-        let mut f = Framing { length: None, transfer_encoding: None, upgrade: false, close: false, keep_alive: false };
+/// The Transfer-Encoding list, over all its field lines.
+#[derive(Default)]
+struct Codings {
+    seen: bool,
+    /// How many times `chunked` is listed.
+    chunked: usize,
+    /// Whether `chunked` is the last coding.
+    last_chunked: bool,
+    /// Whether a coding is not one of [`KNOWN_CODINGS`].
+    unknown: bool,
+}
+
+impl Codings {
+    fn add(&mut self, line: &[u8]) {
+        self.seen = true;
+        for coding in line.split(|&b| b == b',').map(<[u8]>::trim_ascii).filter(|c| !c.is_empty()) {
+            self.last_chunked = coding.eq_ignore_ascii_case(b"chunked");
+            if self.last_chunked {
+                self.chunked += 1;
+            } else if !KNOWN_CODINGS.iter().any(|k| coding.eq_ignore_ascii_case(k)) {
+                self.unknown = true;
+            }
+        }
+    }
+}
+
+impl Framing {
+    fn of(headers: &[httparse::Header<'_>]) -> Result<Self, FramingHeader> {
+        let mut f = Framing::default();
         let (mut has_upgrade, mut connection_upgrade) = (false, false);
         for h in headers {
             let name = h.name;
@@ -212,9 +266,10 @@ impl<'a> Framing<'a> {
                 }
                 f.length = Some(parse_length(h.value).ok_or(FramingHeader::InvalidLength)?);
             } else if name.eq_ignore_ascii_case("transfer-encoding") {
-                // Several Transfer-Encoding lines form one list; the last
-                // coding decides, so keep the last line.
-                f.transfer_encoding = Some(h.value);
+                // Several Transfer-Encoding lines form one list.
+                f.codings.add(h.value);
+            } else if name.eq_ignore_ascii_case("host") {
+                f.hosts += 1;
             } else if name.eq_ignore_ascii_case("upgrade") {
                 has_upgrade = true;
             } else if name.eq_ignore_ascii_case("connection") {
@@ -230,15 +285,13 @@ impl<'a> Framing<'a> {
     }
 }
 
+/// A Content-Length: digits only, below 2^63 (many parsers read it as a
+/// signed 64-bit number).
 fn parse_length(value: &[u8]) -> Option<u64> {
     if value.is_empty() || value.len() > 19 || !value.iter().all(u8::is_ascii_digit) {
         return None;
     }
-    std::str::from_utf8(value).ok()?.parse().ok()
-}
-
-fn is_chunked_last(te: &[u8]) -> bool {
-    te.rsplit(|&b| b == b',').next().is_some_and(|last| last.trim_ascii().eq_ignore_ascii_case(b"chunked"))
+    std::str::from_utf8(value).ok()?.parse().ok().filter(|n| *n <= i64::MAX as u64)
 }
 
 #[cfg(test)]
@@ -254,26 +307,51 @@ mod tests {
         assert!(old.http10 && old.close);
         let kept = parse_request(b"GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n").unwrap().unwrap();
         assert!(!kept.close);
-        assert!(parse_request(b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n").unwrap().unwrap().close);
-        let chunked = parse_request(b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n").unwrap().unwrap();
+        assert!(parse_request(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").unwrap().unwrap().close);
+        let chunked =
+            parse_request(b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n").unwrap().unwrap();
         assert_eq!(chunked.body, Body::Chunked(Chunked::default()));
-        let ws = b"GET /chat HTTP/1.1\r\nUpgrade: websocket\r\nConnection: keep-alive, Upgrade\r\n\r\n";
+        let ws = b"GET /chat HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: keep-alive, Upgrade\r\n\r\n";
         assert_eq!(parse_request(ws).unwrap().unwrap().kind, Kind::Upgrade);
-        assert_eq!(parse_request(b"HEAD / HTTP/1.1\r\n\r\n").unwrap().unwrap().kind, Kind::Head);
+        assert_eq!(parse_request(b"HEAD / HTTP/1.1\r\nHost: a\r\n\r\n").unwrap().unwrap().kind, Kind::Head);
         assert_eq!(parse_request(b"GET / HTTP/1.1\r\nHost: a\r\n"), Ok(None));
     }
 
     #[test]
     fn ambiguous_requests_are_refused() {
-        let cases: [(&[u8], Reject); 7] = [
+        let many_headers = format!("GET / HTTP/1.1\r\nHost: a\r\n{}\r\n", "X-A: 1\r\n".repeat(100));
+        assert_eq!(parse_request(many_headers.as_bytes()), Err(Reject::HeadTooLarge), "more than 100 fields");
+        let cases: [(&[u8], Reject); 17] = [
             (b"POST / HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\n", Reject::DuplicateContentLength),
             (b"POST / HTTP/1.1\r\nContent-Length: +3\r\n\r\n", Reject::InvalidContentLength),
             (b"POST / HTTP/1.1\r\nContent-Length: 3, 3\r\n\r\n", Reject::InvalidContentLength),
             (
+                b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 9223372036854775808\r\n\r\n",
+                Reject::InvalidContentLength,
+            ),
+            (b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: foo, chunked\r\n\r\n", Reject::UnknownTransferCoding),
+            (b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked, chunked\r\n\r\n", Reject::ChunkedTwice),
+            (
+                b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n",
+                Reject::ChunkedTwice,
+            ),
+            (
+                b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: gzip\r\n\r\n",
+                Reject::TransferEncodingNotChunked,
+            ),
+            (b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: xchunked\r\n\r\n", Reject::UnknownTransferCoding),
+            (b"GET / HTTP/1.1\r\n\r\n", Reject::MissingHost),
+            (b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", Reject::DuplicateHost),
+            (b"GET / HTTP/1.0\r\nHost: a\r\nhost: a\r\n\r\n", Reject::DuplicateHost),
+            (b"GET / HTTP/1.2\r\nHost: a\r\n\r\n", Reject::VersionNotSupported),
+            (
                 b"POST / HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n",
                 Reject::ContentLengthWithTransferEncoding,
             ),
-            (b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked, gzip\r\n\r\n", Reject::TransferEncodingNotChunked),
+            (
+                b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked, gzip\r\n\r\n",
+                Reject::TransferEncodingNotChunked,
+            ),
             (b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n", Reject::TransferEncodingNotChunked),
             (b"GET / HTTP/1.1\r\nBad Header\r\n\r\n", Reject::Malformed),
         ];
