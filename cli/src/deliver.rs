@@ -7,8 +7,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue, Method, Request, Uri};
-use http_body_util::{BodyExt, StreamBody};
-use hyper::body::Frame;
+use http_body_util::BodyExt;
 use mirrord_api::proto::exchange_frame::Kind as Wire;
 use mirrord_api::proto::tunnel_client::TunnelClient;
 use mirrord_api::proto::{self, incoming, Attach, End, ExchangeFrame, Failure, Header, HttpVersion, ResponseHead};
@@ -230,17 +229,12 @@ fn build_request(
     let body = if request.body_complete {
         http_body_util::Empty::new().map_err(|never| match never {}).boxed_unsync()
     } else {
-        let frames = ReceiverStream::new(inbound).map_while(|frame| match frame {
-            Wire::Data(data) => Some(Ok(Frame::data(data))),
-            Wire::Trailers(t) => Some(Ok(Frame::trailers(from_wire(&t.headers)))),
-            _ => None,
-        });
-        StreamBody::new(frames).boxed_unsync()
+        crate::inbound_body::InboundBody::new(inbound).boxed_unsync()
     };
     builder.body(body).map_err(|e| format!("cannot build the request: {e}"))
 }
 
-fn from_wire(headers: &[Header]) -> http::HeaderMap {
+pub(crate) fn from_wire(headers: &[Header]) -> http::HeaderMap {
     headers
         .iter()
         .filter_map(|h| {

@@ -5,6 +5,7 @@
 
 pub mod commands;
 mod deliver;
+mod inbound_body;
 mod local;
 mod status;
 pub mod vars;

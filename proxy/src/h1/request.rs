@@ -13,7 +13,7 @@ use super::route::route;
 use super::stolen::Stolen;
 use super::{fill, forward, tunnel, Conn, Done, Pending, Shared, INITIAL_BUFFER};
 use crate::proto::exchange_frame::Kind as Frame;
-use crate::proto::End;
+use crate::proto::{End, Failure};
 use crate::session::Copies;
 use crate::session::{Routed, BODY_FILTER_CAP, BODY_FILTER_WAIT};
 
@@ -241,6 +241,7 @@ where
                 // broken body is to end the connection.
                 debug!("invalid chunked request body: {e}");
                 conn.metrics.error(Reject::InvalidChunkedBody.reason());
+                cut_short(&sink, copies, conn, &format!("its chunked framing is invalid ({e})")).await;
                 return Passed::Stop(Done::Close);
             }
         };
@@ -248,6 +249,7 @@ where
         match &mut sink {
             Sink::App(wr) => {
                 if forward(wr, buf, ready).await.is_err() {
+                    cut_short(&Sink::<W>::Session(None), copies, conn, "the app stopped reading it").await;
                     return Passed::Stop(Done::Close);
                 }
             }
@@ -273,14 +275,34 @@ where
         match fill(rd, buf).await {
             Ok(0) => {
                 // The client gave up mid-body: pass its FIN on.
+                cut_short(&sink, copies, conn, "the client closed the connection before it ended").await;
                 if let Sink::App(wr) = &mut sink {
                     let _ = wr.shutdown().await;
                 }
                 return Passed::Stop(Done::Eof);
             }
             Ok(_) => {}
-            Err(_) => return Passed::Stop(Done::Close),
+            Err(e) => {
+                cut_short(&sink, copies, conn, &format!("reading it failed: {e}")).await;
+                return Passed::Stop(Done::Close);
+            }
         }
+    }
+}
+
+/// A request body that will not be complete: the session that took the
+/// request and every copy get a Failure instead of an End, so the
+/// developer's app never takes what arrived for the whole request.
+async fn cut_short<W>(sink: &Sink<'_, W>, copies: &mut Copies, conn: &Conn, why: &str) {
+    let failure = Frame::Failure(Failure { message: format!("the request body was cut short: {why}") });
+    let session = matches!(sink, Sink::Session(Some(_)));
+    if session || !copies.is_empty() {
+        conn.metrics.error("request_body_incomplete");
+    }
+    copies.send(&failure, &conn.metrics);
+    *copies = Copies::default();
+    if let Sink::Session(Some(tx)) = sink {
+        let _ = tx.send(failure).await;
     }
 }
 
