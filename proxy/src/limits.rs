@@ -12,4 +12,8 @@ pub struct Limits {
     pub header_read_timeout: Duration,
     /// Largest request head accepted (431 beyond).
     pub max_head: usize,
+    /// How long an HTTP/1 request body may go without a byte arriving: then
+    /// the connection is closed (the head is already forwarded, so no
+    /// status can be sent) and sessions get the body as cut short.
+    pub body_read_timeout: Duration,
 }

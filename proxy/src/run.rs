@@ -47,6 +47,10 @@ pub struct RunArgs {
     /// How long an HTTP/1 client may take to send a complete request head.
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
     pub header_read_timeout: Duration,
+    /// How long an HTTP/1 request body may go without a byte arriving before
+    /// the connection is closed (a slow upload that keeps sending is fine).
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
+    pub body_read_timeout: Duration,
     /// Largest HTTP request head accepted, in bytes (431 beyond).
     #[arg(long, value_name = "BYTES", default_value_t = 64 * 1024)]
     pub max_header_size: usize,
@@ -148,6 +152,7 @@ impl Running {
                 detect_timeout: args.detect_timeout,
                 header_read_timeout: args.header_read_timeout,
                 max_head: args.max_header_size,
+                body_read_timeout: args.body_read_timeout,
             },
             metrics: metrics.clone(),
             pause: pause.clone(),

@@ -34,6 +34,28 @@ pub fn tune(stream: &TcpStream) {
     let _ = sock.set_recv_buffer_size(SOCKET_BUFFER);
 }
 
+/// Raises the soft limit on open files to the hard limit: every proxied
+/// connection holds at least two sockets, and the default soft limit
+/// (often 1024) would refuse clients long before memory runs short.
+/// Returns the limit now in force.
+pub fn raise_fd_limit() -> io::Result<u64> {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit writes one rlimit into the struct we own.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if limit.rlim_cur < limit.rlim_max {
+        let raised = libc::rlimit { rlim_cur: limit.rlim_max, rlim_max: limit.rlim_max };
+        // SAFETY: setrlimit reads one rlimit we own; raising the soft limit
+        // up to the hard one needs no privilege.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        limit.rlim_cur = limit.rlim_max;
+    }
+    Ok(limit.rlim_cur as u64)
+}
+
 /// Connects to `addr` with the proxy's socket options.
 pub async fn connect(addr: SocketAddr) -> io::Result<TcpStream> {
     let stream = TcpStream::connect(addr).await?;
@@ -95,4 +117,16 @@ mod netfilter {
 #[cfg(not(target_os = "linux"))]
 pub fn original_dst(_stream: &TcpStream) -> io::Result<SocketAddr> {
     Err(io::Error::new(io::ErrorKind::Unsupported, "the original destination (SO_ORIGINAL_DST) is Linux only"))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_open_files_limit_is_raised_to_the_hard_limit() {
+        let limit = super::raise_fd_limit().unwrap();
+        let mut now = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        // SAFETY: getrlimit writes into the struct we own.
+        assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut now) }, 0);
+        assert_eq!((now.rlim_cur, limit), (now.rlim_max, now.rlim_max as u64));
+    }
 }

@@ -182,3 +182,18 @@ fn framing_a_strict_parser_refuses_never_reaches_the_app() {
     }
     assert!(metric(&sidecar, "mirrord_proxy_errors_total{reason=\"invalid_chunked_body\"} 2"));
 }
+
+#[test]
+fn a_request_body_that_stops_arriving_ends_the_connection() {
+    let app = app();
+    let sidecar = Sidecar::start(app.addr, &["--body-read-timeout", "300ms"]);
+    let mut s = TcpStream::connect(sidecar.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nabc").unwrap();
+    let started = Instant::now();
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    assert!(started.elapsed() < Duration::from_secs(5), "the slow body was held for {:?}", started.elapsed());
+    assert!(!String::from_utf8_lossy(&out).contains("200 OK"));
+    assert!(metric(&sidecar, "mirrord_proxy_errors_total{reason=\"body_read_timeout\"} 1"));
+}

@@ -272,7 +272,15 @@ where
                 _ => None,
             });
         }
-        match fill(rd, buf).await {
+        let read = match tokio::time::timeout(conn.limits.body_read_timeout, fill(rd, buf)).await {
+            Ok(read) => read,
+            Err(_) => {
+                conn.metrics.error("body_read_timeout");
+                cut_short(&sink, copies, conn, "the client sent nothing for too long").await;
+                return Passed::Stop(Done::Close);
+            }
+        };
+        match read {
             Ok(0) => {
                 // The client gave up mid-body: pass its FIN on.
                 cut_short(&sink, copies, conn, "the client closed the connection before it ended").await;
