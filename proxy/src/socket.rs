@@ -53,7 +53,7 @@ pub fn raise_fd_limit() -> io::Result<u64> {
         }
         limit.rlim_cur = limit.rlim_max;
     }
-    Ok(limit.rlim_cur as u64)
+    Ok(limit.rlim_cur)
 }
 
 /// Connects to `addr` with the proxy's socket options.
@@ -127,6 +127,6 @@ mod tests {
         let mut now = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
         // SAFETY: getrlimit writes into the struct we own.
         assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut now) }, 0);
-        assert_eq!((now.rlim_cur, limit), (now.rlim_max, now.rlim_max as u64));
+        assert_eq!((now.rlim_cur, limit), (now.rlim_max, now.rlim_max));
     }
 }
