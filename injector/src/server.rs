@@ -11,7 +11,7 @@ use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
@@ -24,6 +24,11 @@ use crate::review;
 /// Largest AdmissionReview accepted (the API server's own request limit is 3 MiB).
 pub const MAX_BODY: usize = 3 * 1024 * 1024;
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a request head may take, and how long a kept-alive HTTP/1
+/// connection may wait for its next request.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long an AdmissionReview body may take to arrive.
+const BODY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What answering needs.
 pub struct Webhook {
@@ -48,7 +53,19 @@ impl Webhook {
             return Ok(text(StatusCode::METHOD_NOT_ALLOWED, "expected POST /mutate"));
         }
         let started = Instant::now();
-        let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
+        let declared =
+            req.headers().get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > MAX_BODY as u64) {
+            // Refused before a byte of it is read.
+            self.metrics.admission("error");
+            return Ok(text(StatusCode::PAYLOAD_TOO_LARGE, &format!("AdmissionReview larger than {MAX_BODY} bytes")));
+        }
+        let read = tokio::time::timeout(BODY_TIMEOUT, Limited::new(req.into_body(), MAX_BODY).collect()).await;
+        let Ok(read) = read else {
+            self.metrics.admission("error");
+            return Ok(text(StatusCode::REQUEST_TIMEOUT, "the AdmissionReview body did not arrive in time"));
+        };
+        let body = match read {
             Ok(body) => body.to_bytes(),
             Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => {
                 self.metrics.admission("error");
@@ -121,7 +138,13 @@ pub async fn serve(listener: TcpListener, tls: TlsAcceptor, webhook: Arc<Webhook
             let _done = done;
             let Ok(Ok(stream)) = tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.accept(stream)).await else { return };
             let svc = hyper::service::service_fn(move |req| webhook.clone().handle(req));
-            let builder = auto::Builder::new(TokioExecutor::new());
+            let mut builder = auto::Builder::new(TokioExecutor::new());
+            builder.http1().timer(TokioTimer::new()).header_read_timeout(HEADER_TIMEOUT);
+            builder
+                .http2()
+                .timer(TokioTimer::new())
+                .keep_alive_interval(HEADER_TIMEOUT)
+                .keep_alive_timeout(HEADER_TIMEOUT);
             let conn = builder.serve_connection(TokioIo::new(stream), svc);
             tokio::pin!(conn);
             tokio::select! {

@@ -174,3 +174,23 @@ async fn certificate_reload_under_load_fails_no_handshake() {
     assert!(ok > 50, "too little load to prove anything: {ok}");
     assert!(saw_b > 0, "the new certificate was never served");
 }
+
+/// A declared 4 GiB body is refused before a byte of it is sent; the
+/// connection is answered at once, not held waiting for the body.
+#[tokio::test]
+async fn an_oversized_declared_body_gets_an_early_413() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (key, ca) = tls::self_signed(vec!["localhost".to_owned()]).unwrap();
+    let running = start(tls::Certs::new(key)).await;
+    let tcp = tokio::net::TcpStream::connect(running.addr).await.unwrap();
+    let mut stream = client(&[&ca]).connect(ServerName::try_from("localhost").unwrap(), tcp).await.unwrap();
+    stream
+        .write_all(
+            b"POST /mutate HTTP/1.1\r\nHost: a\r\nContent-Type: application/json\r\nContent-Length: 4294967296\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    let mut head = vec![0u8; 64];
+    let n = tokio::time::timeout(std::time::Duration::from_secs(5), stream.read(&mut head)).await.unwrap().unwrap();
+    assert!(String::from_utf8_lossy(&head[..n]).starts_with("HTTP/1.1 413"), "{}", String::from_utf8_lossy(&head[..n]));
+}
