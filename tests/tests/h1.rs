@@ -197,3 +197,64 @@ fn a_request_body_that_stops_arriving_ends_the_connection() {
     assert!(!String::from_utf8_lossy(&out).contains("200 OK"));
     assert!(metric(&sidecar, "mirrord_proxy_errors_total{reason=\"body_read_timeout\"} 1"));
 }
+
+/// Streams that arrive together on one HTTP/2 client connection share one
+/// app connection (it is made once, not once per stream).
+#[test]
+fn concurrent_h2_streams_share_one_app_connection() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let app = app();
+    // A relay in front of the app that counts the connections it is asked for.
+    let relay = TcpListener::bind("127.0.0.1:0").unwrap();
+    let relay_addr = relay.local_addr().unwrap();
+    let count = Arc::new(AtomicUsize::new(0));
+    let counted = count.clone();
+    let target = app.addr;
+    std::thread::spawn(move || {
+        for client in relay.incoming() {
+            let Ok(client) = client else { break };
+            counted.fetch_add(1, Ordering::SeqCst);
+            let upstream = TcpStream::connect(target).unwrap();
+            let (mut c1, mut u1) = (client.try_clone().unwrap(), upstream.try_clone().unwrap());
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut c1, &mut u1);
+                let _ = u1.shutdown(std::net::Shutdown::Write);
+            });
+            let (mut c2, mut u2) = (client, upstream);
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut u2, &mut c2);
+                let _ = c2.shutdown(std::net::Shutdown::Write);
+            });
+        }
+    });
+    let sidecar = Sidecar::start(relay_addr, &[]);
+    // One HTTP/2 connection (hyper's client), 40 streams sent at once.
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let answered = runtime.block_on(async {
+        let tcp = tokio::net::TcpStream::connect(sidecar.addr).await.unwrap();
+        let (sender, conn) = hyper::client::conn::http2::handshake(
+            hyper_util::rt::TokioExecutor::new(),
+            hyper_util::rt::TokioIo::new(tcp),
+        )
+        .await
+        .unwrap();
+        tokio::spawn(conn);
+        let streams = (0..40).map(|i| {
+            let mut sender = sender.clone();
+            async move {
+                let req = http::Request::get(format!("http://x/slow/200?i={i}"))
+                    .body(http_body_util::Empty::<bytes::Bytes>::new())
+                    .unwrap();
+                sender.send_request(req).await.map(|r| r.status().as_u16())
+            }
+        });
+        let mut answered = 0;
+        for handle in streams.map(tokio::spawn).collect::<Vec<_>>() {
+            answered += usize::from(handle.await.unwrap().unwrap() == 200);
+        }
+        answered
+    });
+    assert_eq!(answered, 40);
+    assert_eq!(count.load(Ordering::SeqCst), 1, "app connections for one client connection");
+}

@@ -23,11 +23,14 @@ pub struct Upstream {
     dst: SocketAddr,
     /// Cloned by each stream; replaced if the app closed it.
     h2: Mutex<Option<http2::SendRequest<UpBody>>>,
+    /// Held while the connection is made: streams that arrive meanwhile
+    /// wait for it instead of dialling their own.
+    connecting: tokio::sync::Mutex<()>,
 }
 
 impl Upstream {
     pub fn new(dst: SocketAddr) -> Self {
-        Upstream { dst, h2: Mutex::default() }
+        Upstream { dst, h2: Mutex::default(), connecting: tokio::sync::Mutex::new(()) }
     }
 
     pub fn dst(&self) -> SocketAddr {
@@ -37,17 +40,27 @@ impl Upstream {
     /// Sends an HTTP/2 request on the shared app connection.
     pub async fn send_h2(&self, req: Request<UpBody>) -> Result<Response<Incoming>, Error> {
         let dst = self.dst;
-        let existing = self.lock_h2().as_ref().filter(|s| !s.is_closed()).cloned();
-        let mut sender = match existing {
+        let mut sender = match self.current() {
             Some(s) => s,
             None => {
-                let s = self.connect_h2().await?;
-                *self.lock_h2() = Some(s.clone());
-                s
+                let _connecting = self.connecting.lock().await;
+                match self.current() {
+                    Some(s) => s,
+                    None => {
+                        let s = self.connect_h2().await?;
+                        *self.lock_h2() = Some(s.clone());
+                        s
+                    }
+                }
             }
         };
         sender.ready().await.map_err(|source| Error::Request { dst, source })?;
         sender.send_request(req).await.map_err(|source| Error::Request { dst, source })
+    }
+
+    /// The app connection, if it is open.
+    fn current(&self) -> Option<http2::SendRequest<UpBody>> {
+        self.lock_h2().as_ref().filter(|s| !s.is_closed()).cloned()
     }
 
     fn lock_h2(&self) -> std::sync::MutexGuard<'_, Option<http2::SendRequest<UpBody>>> {
