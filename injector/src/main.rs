@@ -112,6 +112,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         settings: Settings { image: args.image, native_sidecar: !args.classic_sidecar },
         metrics: metrics.clone(),
         namespace_opted_in: Box::new(move |ns| lookup.opted_in(ns)),
+        in_flight: tokio::sync::Semaphore::new(mirrord_injector::server::MAX_IN_FLIGHT),
     });
     let admin =
         tokio::net::TcpListener::bind(args.admin).await.with_context(|| format!("cannot listen on {}", args.admin))?;

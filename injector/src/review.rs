@@ -34,6 +34,45 @@ impl Outcome {
 #[error("invalid AdmissionReview: {0}")]
 pub struct BadReview(pub String);
 
+/// The most JSON values an AdmissionReview may hold (a large real pod has a
+/// few thousand): each parsed value costs tens of bytes, and the pod is
+/// held about three times (parsed, mutated, diffed), so this bounds an
+/// admission's memory to some tens of MiB whatever the body holds.
+pub const MAX_VALUES: usize = 100_000;
+/// The deepest nesting accepted (real pods: about 12).
+pub const MAX_DEPTH: usize = 64;
+
+/// Counts the JSON values and the nesting depth of `body` without parsing it
+/// (commas and brackets outside strings), so that a body built to exhaust
+/// memory is refused before it is parsed.
+pub fn shape(body: &[u8]) -> (usize, usize) {
+    let (mut values, mut depth, mut deepest) = (1usize, 0usize, 0usize);
+    let (mut in_string, mut escaped) = (false, false);
+    for &b in body {
+        if in_string {
+            match (escaped, b) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                deepest = deepest.max(depth);
+                values += 1;
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            b',' => values += 1,
+            _ => {}
+        }
+    }
+    (values, deepest)
+}
+
 /// Answers one AdmissionReview. `namespace_opted_in` tells whether the
 /// request's namespace carries the opt-in annotation.
 pub fn answer(
@@ -41,6 +80,12 @@ pub fn answer(
     namespace_opted_in: impl Fn(&str) -> bool,
     settings: &Settings,
 ) -> Result<(Value, Outcome), BadReview> {
+    let (values, depth) = shape(body);
+    if values > MAX_VALUES || depth > MAX_DEPTH {
+        return Err(BadReview(format!(
+            "too large to inspect: about {values} JSON values nested {depth} deep, expected at most {MAX_VALUES} values and {MAX_DEPTH} levels"
+        )));
+    }
     let review: Value = serde_json::from_slice(body).map_err(|e| BadReview(format!("not JSON: {e}")))?;
     if review["apiVersion"] != "admission.k8s.io/v1" || review["kind"] != "AdmissionReview" {
         return Err(BadReview("expected apiVersion admission.k8s.io/v1 and kind AdmissionReview".to_owned()));
@@ -119,6 +164,16 @@ mod tests {
 
     fn settings() -> Settings {
         Settings { image: "proxy:1".to_owned(), native_sidecar: true }
+    }
+
+    #[test]
+    fn bodies_built_to_exhaust_memory_are_refused_before_parsing() {
+        assert_eq!(shape(br#"{"a":[1,2,{"b":"x,[y"}],"c":"\"]"}"#), (7, 3));
+        let wide = format!(r#"{{"object":{{"spec":{{"x":[{}0]}}}}}}"#, "0,".repeat(1_500_000));
+        let e = answer(wide.as_bytes(), |_| true, &settings()).unwrap_err();
+        assert!(e.0.starts_with("too large to inspect: about 1500005 JSON values"), "{}", e.0);
+        let deep = format!("{}{}", "[".repeat(100), "]".repeat(100));
+        assert!(answer(deep.as_bytes(), |_| true, &settings()).unwrap_err().0.contains("nested 100 deep"));
     }
 
     fn review(object: Value) -> Vec<u8> {

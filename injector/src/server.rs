@@ -36,7 +36,16 @@ pub struct Webhook {
     pub metrics: Arc<Metrics>,
     /// Whether a namespace carries the opt-in annotation.
     pub namespace_opted_in: Box<dyn Fn(&str) -> bool + Send + Sync>,
+    /// Admissions being read or answered at once ([`MAX_IN_FLIGHT`]): with
+    /// the body cap and `review::MAX_VALUES`, this bounds the webhook's
+    /// memory whatever its clients send.
+    pub in_flight: tokio::sync::Semaphore,
 }
+
+/// How many admissions are read and answered at once; others wait their
+/// turn. 16 × (a 3 MiB body + some tens of MiB to inspect one), and only as
+/// many inspected at once as there are worker threads.
+pub const MAX_IN_FLIGHT: usize = 16;
 
 impl std::fmt::Debug for Webhook {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -53,6 +62,10 @@ impl Webhook {
             return Ok(text(StatusCode::METHOD_NOT_ALLOWED, "expected POST /mutate"));
         }
         let started = Instant::now();
+        // Closed never: the semaphore lives as long as the webhook.
+        let Ok(_permit) = self.in_flight.acquire().await else {
+            return Ok(text(StatusCode::SERVICE_UNAVAILABLE, "the webhook is shutting down"));
+        };
         let declared =
             req.headers().get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
         if declared.is_some_and(|n| n > MAX_BODY as u64) {

@@ -32,6 +32,7 @@ async fn start(certs: Arc<tls::Certs>) -> Running {
         settings: Settings { image: "proxy:1".to_owned(), native_sidecar: true },
         metrics: metrics.clone(),
         namespace_opted_in: Box::new(|ns| ns == "opted-in"),
+        in_flight: tokio::sync::Semaphore::new(mirrord_injector::server::MAX_IN_FLIGHT),
     });
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(certs.server_config()));
     tokio::spawn(server::serve(listener, acceptor, webhook, std::future::pending()));
