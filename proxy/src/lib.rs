@@ -9,6 +9,7 @@
 pub mod admin;
 pub mod app;
 pub mod detect;
+pub mod gate;
 pub mod h1;
 pub mod h2;
 pub mod inbound;

@@ -226,11 +226,12 @@ impl Running {
     }
 }
 
-/// Serves the session tunnel. HTTP/2 keepalive both ways: a peer silent for
+/// Serves the session tunnel. A connection must send the HTTP/2 preface
+/// within 5 s (`gate`); then HTTP/2 keepalive both ways: a peer silent for
 /// about three seconds (laptop asleep, CLI stopped, link gone) is dropped,
 /// which ends its session.
 async fn serve_tunnel(listener: TcpListener, tunnel: Tunnel, stop: impl Future<Output = ()>) {
-    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+    let incoming = crate::gate::gated(listener, Duration::from_secs(5));
     let result = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(1)))
         .http2_keepalive_timeout(Some(Duration::from_secs(2)))
