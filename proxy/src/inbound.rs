@@ -125,7 +125,10 @@ async fn handle(mut stream: TcpStream, inbound: Arc<Inbound>, shutdown: Shutdown
             let proxy = Proxy::new(dst, inbound.metrics.clone(), inbound.sessions.clone(), shutdown);
             h2::serve_h2(Rewind::new(prefix, stream), proxy, &inbound.limits).await;
         }
-        Protocol::Tcp => tcp::forward(stream, prefix, dst, &inbound.sessions, &inbound.metrics).await,
+        Protocol::Tcp => {
+            let idle = inbound.limits.tcp_idle_timeout;
+            tcp::forward(stream, prefix, dst, &inbound.sessions, &inbound.metrics, idle).await
+        }
     }
 }
 

@@ -16,4 +16,7 @@ pub struct Limits {
     /// the connection is closed (the head is already forwarded, so no
     /// status can be sent) and sessions get the body as cut short.
     pub body_read_timeout: Duration,
+    /// How long a raw TCP connection may carry no data either way before it
+    /// is closed; `None`: never.
+    pub tcp_idle_timeout: Option<Duration>,
 }

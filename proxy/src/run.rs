@@ -51,6 +51,12 @@ pub struct RunArgs {
     /// the connection is closed (a slow upload that keeps sending is fine).
     #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
     pub body_read_timeout: Duration,
+    /// How long a raw TCP connection may carry no data in either direction
+    /// before it is closed (0s: never). Generous, like a load balancer's
+    /// idle timeout, so that idle pooled connections of server-first or
+    /// long-lived protocols keep working.
+    #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = parse_duration)]
+    pub tcp_idle_timeout: Duration,
     /// Largest HTTP request head accepted, in bytes (431 beyond).
     #[arg(long, value_name = "BYTES", default_value_t = 64 * 1024)]
     pub max_header_size: usize,
@@ -153,6 +159,7 @@ impl Running {
                 header_read_timeout: args.header_read_timeout,
                 max_head: args.max_header_size,
                 body_read_timeout: args.body_read_timeout,
+                tcp_idle_timeout: Some(args.tcp_idle_timeout).filter(|d| !d.is_zero()),
             },
             metrics: metrics.clone(),
             pause: pause.clone(),

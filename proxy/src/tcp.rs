@@ -29,13 +29,19 @@ pub async fn forward(
     dst: std::net::SocketAddr,
     sessions: &Sessions,
     metrics: &Metrics,
+    idle_limit: Option<std::time::Duration>,
 ) {
+    let client_fd = std::os::fd::AsRawFd::as_raw_fd(&client);
     let port = dst.port();
     let announce = || incoming::Kind::Tcp(proto::TcpConnection { data: prefix.clone() });
     let decision = sessions.decide(port, None);
     if let Some(session) = &decision.steal {
         if let Some(exchange) = open_steal(session, port, announce(), metrics).await {
-            return to_session(client, exchange).await;
+            tokio::select! {
+                () = to_session(client, exchange) => {}
+                () = idle::watch(client_fd, idle_limit) => metrics.error("tcp_idle_timeout"),
+            }
+            return;
         }
     }
     let mut app = match crate::socket::connect(dst).await {
@@ -54,13 +60,65 @@ pub async fn forward(
         return;
     }
     let copies = open_copies(&decision.mirrors, port, &announce(), metrics).await;
-    let result = if copies.is_empty() {
-        splice(&mut client, &mut app).await.map(drop)
-    } else {
-        copy_mirrored(&mut client, &mut app, copies, metrics).await
+    let transfer = async {
+        if copies.is_empty() {
+            splice(&mut client, &mut app).await.map(drop)
+        } else {
+            copy_mirrored(&mut client, &mut app, copies, metrics).await
+        }
     };
-    if let Err(e) = result {
-        tracing::debug!("TCP connection ended: {e}");
+    tokio::select! {
+        result = transfer => {
+            if let Err(e) = result {
+                tracing::debug!("TCP connection ended: {e}");
+            }
+        }
+        () = idle::watch(client_fd, idle_limit) => {
+            tracing::debug!("TCP connection idle for too long: closed");
+            metrics.error("tcp_idle_timeout");
+        }
+    }
+}
+
+/// How long a connection has carried no data, from the kernel's own
+/// bookkeeping (`TCP_INFO`), so the copy loops need no timestamps.
+mod idle {
+    use std::os::fd::RawFd;
+    use std::time::Duration;
+
+    /// Resolves once the socket `fd` has neither sent nor received data for
+    /// `limit`; never without a limit (or where the kernel cannot tell).
+    pub async fn watch(fd: RawFd, limit: Option<Duration>) {
+        let Some(limit) = limit else { return std::future::pending().await };
+        let tick = (limit / 4).clamp(Duration::from_millis(50), Duration::from_secs(60));
+        loop {
+            tokio::time::sleep(tick).await;
+            match since_last_data(fd) {
+                Some(idle) if idle >= limit => return,
+                Some(_) => {}
+                None => return std::future::pending().await,
+            }
+        }
+    }
+
+    #[cfg(target_os = "linux")]
+    fn since_last_data(fd: RawFd) -> Option<Duration> {
+        let mut info = std::mem::MaybeUninit::<libc::tcp_info>::zeroed();
+        let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+        // SAFETY: `info` is a writable tcp_info of `len` bytes; the fd is
+        // the client socket, open for as long as the caller's select runs.
+        let rc = unsafe { libc::getsockopt(fd, libc::IPPROTO_TCP, libc::TCP_INFO, info.as_mut_ptr().cast(), &mut len) };
+        if rc != 0 {
+            return None;
+        }
+        // SAFETY: zero-initialised plain data, filled by the kernel.
+        let info = unsafe { info.assume_init() };
+        Some(Duration::from_millis(u64::from(info.tcpi_last_data_recv.min(info.tcpi_last_data_sent))))
+    }
+
+    #[cfg(not(target_os = "linux"))]
+    fn since_last_data(_fd: RawFd) -> Option<Duration> {
+        None
     }
 }
 
