@@ -23,6 +23,7 @@ pub mod names;
 pub mod raw;
 mod shorthand;
 mod suggest;
+mod summary;
 mod target;
 mod template;
 
