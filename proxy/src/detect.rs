@@ -4,10 +4,10 @@
 //! The rule (a raw-TCP connection is passed through unchecked, so only bytes
 //! that cannot be HTTP may end up there):
 //! - empty lines before the first request line are skipped (RFC 9112 §2.2);
-//! - a first line that is a request line, or merely looks like one (a method
-//!   token, a space, and `HTTP/` further on: a trailing space, a double
-//!   space, `HTTP/1.2`), is HTTP/1: the strict parser then refuses what is
-//!   malformed with 400 or 505, never passes it through;
+//! - a first line that is a request line, or merely looks like one (a word,
+//!   a blank, and `HTTP/` in any case further on: a trailing space, a double
+//!   space, a tab, `G@T`, `HTTP/1.2`), is HTTP/1: the strict parser then
+//!   refuses what is malformed with 400 or 505, never passes it through;
 //! - a first line still incomplete after 16 KiB is HTTP/1 when it starts like
 //!   a request (`METHOD /…`, `METHOD *`, `METHOD scheme://…`): the parser
 //!   refuses it as too long (414);
@@ -77,13 +77,15 @@ fn skip_empty_lines(mut buf: &[u8]) -> &[u8] {
     }
 }
 
-/// A method token, a space, and `HTTP/` (any case) later on the line: meant as a
+/// A word, a blank, and `HTTP/` (any case) later on the line: meant as a
 /// request line even if malformed, so the strict parser must see it.
 fn looks_like_request_line(line: &[u8]) -> bool {
-    let method_len = line.iter().take_while(|&&b| is_tchar(b)).count();
-    method_len > 0
-        && line.get(method_len) == Some(&b' ')
-        && line[method_len..].windows(5).any(|w| w.eq_ignore_ascii_case(b"HTTP/"))
+    // The "method" is whatever precedes the first blank: a lenient server
+    // may take `G@T` or a tab-separated line as a request too.
+    let Some(blank) = line.iter().position(|&b| b == b' ' || b == b'\t') else { return false };
+    blank > 0
+        && line[..blank].iter().all(u8::is_ascii_graphic)
+        && line[blank..].windows(5).any(|w| w.eq_ignore_ascii_case(b"HTTP/"))
 }
 
 /// A first line with no end after [`MAX_REQUEST_LINE`] bytes that starts
@@ -185,7 +187,9 @@ mod tests {
             b"GET /x HTTP/1.2\r\nHost: a\r\n\r\n",
             b"GET /x HTTP/2.0\r\n\r\n",
             b"GET /x HTTP/1.1\nHost: a\n\n",
-            b"GET /x http/1.1\r\n\r\n".as_slice(),
+            b"GET /x http/1.1\r\n\r\n",
+            b"G@T /x HTTP/1.1\r\n\r\n",
+            b"GET\t/x HTTP/1.1\r\n\r\n".as_slice(),
         ] {
             assert_eq!(classify(shape), Class::Http1, "{:?}", String::from_utf8_lossy(shape));
         }

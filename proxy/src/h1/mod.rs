@@ -23,6 +23,7 @@ mod stolen;
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -93,6 +94,20 @@ impl Shared {
         self.queue.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Turns the request just queued for the app, which the app has not
+    /// been sent yet, into a refusal. False if the last entry is not one.
+    fn refuse_last(&self, reject: Reject) -> bool {
+        let mut queue = self.queue();
+        if !matches!(queue.back(), Some(Pending::Response { switched: None, .. })) {
+            return false;
+        }
+        queue.pop_back();
+        queue.push_back(Pending::Reject(reject));
+        drop(queue);
+        self.changed.notify_one();
+        true
+    }
+
     fn push(&self, pending: Pending) {
         // A refusal, close or stolen request needs the response pump's
         // attention now; for a forwarded request, the app's answer wakes it.
@@ -117,17 +132,43 @@ pub async fn serve(mut client: TcpStream, prefix: Bytes, conn: Conn) {
             return;
         }
     };
-    let shared = Shared::default();
-    let (client_rd, client_wr) = client.split();
-    let (app_rd, app_wr) = app.split();
-    let requests = request::pump(client_rd, app_wr, prefix, &shared, &conn);
-    let responses = response::pump(app_rd, client_wr, &shared, &conn);
-    tokio::pin!(requests, responses);
-    tokio::select! {
-        done = &mut requests => if done == Done::Eof { responses.await; },
-        done = &mut responses => if done == Done::Eof { requests.await; },
+    {
+        let shared = Shared::default();
+        let (client_rd, client_wr) = client.split();
+        let (app_rd, app_wr) = app.split();
+        let requests = request::pump(client_rd, app_wr, prefix, &shared, &conn);
+        let responses = response::pump(app_rd, client_wr, &shared, &conn);
+        tokio::pin!(requests, responses);
+        tokio::select! {
+            done = &mut requests => if done == Done::Eof { responses.await; },
+            done = &mut responses => if done == Done::Eof { requests.await; },
+        }
+    }
+    drop(app);
+    linger(&mut client).await;
+}
+
+/// Lingering close: when the sidecar ends a connection that the client is
+/// still sending on (a refused or broken request), closing at once would
+/// reset it, and the reset can destroy responses the client has not read
+/// yet (a refusal, earlier pipelined answers). So: FIN first, then read and
+/// discard what still comes, for a short while, then close.
+async fn linger(client: &mut TcpStream) {
+    let _ = client.shutdown().await;
+    let deadline = tokio::time::Instant::now() + LINGER;
+    let mut sink = [0u8; 4096];
+    let mut drained = 0usize;
+    while drained < LINGER_BYTES {
+        match tokio::time::timeout_at(deadline, client.read(&mut sink)).await {
+            Ok(Ok(n)) if n > 0 => drained += n,
+            _ => return,
+        }
     }
 }
+
+/// How long and how much a lingering close reads at most.
+const LINGER: Duration = Duration::from_secs(2);
+const LINGER_BYTES: usize = 1 << 20;
 
 /// A complete 502 response naming the proxy, for when the app cannot be reached.
 pub fn bad_gateway(e: &app::Error) -> Vec<u8> {

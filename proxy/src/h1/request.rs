@@ -101,11 +101,11 @@ where
                 }
                 buf.advance(head.len);
                 let sink: Sink<'_, W> = Sink::Session(Some(exchange.to_client));
-                pass_body(&mut rd, sink, &mut buf, 0, head.body, &mut copies, conn).await
+                pass_body(&mut rd, sink, shared, &mut buf, 0, head.body, &mut copies, conn).await
             }
             None => {
                 shared.push(Pending::Response { kind, switched: switched_tx });
-                pass_body(&mut rd, Sink::App(&mut wr), &mut buf, head.len, head.body, &mut copies, conn).await
+                pass_body(&mut rd, Sink::App(&mut wr), shared, &mut buf, head.len, head.body, &mut copies, conn).await
             }
         };
         let session = match done {
@@ -136,6 +136,9 @@ async fn next_head<R: AsyncRead + Unpin>(
     loop {
         if !buf.is_empty() {
             match parse_request(buf) {
+                // A head that arrived whole in one read is held to the same
+                // limit as one that is still arriving.
+                Ok(Some(head)) if head.len > conn.limits.max_head => return Next::Reject(Reject::HeadTooLarge),
                 Ok(Some(head)) => return Next::Head(head),
                 Err(r) => return Next::Reject(r),
                 Ok(None) if buf.len() >= conn.limits.max_head => {
@@ -212,9 +215,11 @@ enum Passed {
 
 /// Passes `head_len` raw head bytes at the front of `buf` (for the app) and
 /// the body that follows, copying the decoded body to mirroring sessions.
+#[allow(clippy::too_many_arguments)]
 async fn pass_body<R, W>(
     rd: &mut R,
     mut sink: Sink<'_, W>,
+    shared: &Shared,
     buf: &mut BytesMut,
     head_len: usize,
     mut body: Body,
@@ -237,11 +242,17 @@ where
         let (used, done) = match progress {
             Ok(progress) => progress,
             Err(e) => {
-                // The head is already on its way: the only safe answer to a
-                // broken body is to end the connection.
                 debug!("invalid chunked request body: {e}");
-                conn.metrics.error(Reject::InvalidChunkedBody.reason());
                 cut_short(&sink, copies, conn, &format!("its chunked framing is invalid ({e})")).await;
+                // Its head has not gone to the app yet (the framing broke in
+                // the first bytes read with it): refuse it like a bad head,
+                // after the earlier responses (the refusal is counted when
+                // sent). Otherwise the app is mid-body and the only safe end
+                // is to close the connection.
+                if ready > 0 && matches!(sink, Sink::App(_)) && shared.refuse_last(Reject::InvalidChunkedBody) {
+                    return Passed::Stop(Done::Eof);
+                }
+                conn.metrics.error(Reject::InvalidChunkedBody.reason());
                 return Passed::Stop(Done::Close);
             }
         };
