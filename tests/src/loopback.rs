@@ -70,6 +70,18 @@ impl Drop for Sidecar {
     }
 }
 
+/// Sends `bytes` on one new connection and reads until the server closes
+/// (10 s at most): the client's transcript.
+pub fn exchange(addr: SocketAddr, bytes: &[u8]) -> String {
+    use std::io::{Read, Write};
+    let mut s = TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(std::time::Duration::from_secs(10))).expect("timeout");
+    s.write_all(bytes).expect("write");
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 /// The sample app on a loopback port chosen by the kernel, killed on drop.
 #[derive(Debug)]
 pub struct App {

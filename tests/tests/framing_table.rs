@@ -16,7 +16,7 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use mirrord_tests::loopback::{App, Sidecar};
+use mirrord_tests::loopback::{exchange, App, Sidecar};
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Want {
@@ -284,16 +284,6 @@ fn cases() -> Vec<Case> {
         Want::Forward(2),
     );
     cases
-}
-
-/// Sends `bytes` on one connection; the client's transcript.
-fn exchange(addr: SocketAddr, bytes: &[u8]) -> String {
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    s.write_all(bytes).unwrap();
-    let mut out = Vec::new();
-    let _ = s.read_to_end(&mut out);
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// What the app received, once the relay has passed everything on.

@@ -6,21 +6,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
-use std::time::Duration;
-
-use mirrord_tests::loopback::{App, Sidecar};
+use mirrord_tests::loopback::{exchange, App, Sidecar};
 use mirrord_tests::session::Cli;
-
-fn exchange(addr: SocketAddr, bytes: &[u8]) -> String {
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    s.write_all(bytes).unwrap();
-    let mut out = Vec::new();
-    let _ = s.read_to_end(&mut out);
-    String::from_utf8_lossy(&out).into_owned()
-}
 
 #[test]
 fn every_shape_of_a_request_is_filtered_or_refused_never_passed_unchecked() {
