@@ -123,7 +123,7 @@ async fn handle(mut stream: TcpStream, inbound: Arc<Inbound>, shutdown: Shutdown
         }
         Protocol::Http2 => {
             let proxy = Proxy::new(dst, inbound.metrics.clone(), inbound.sessions.clone(), shutdown);
-            h2::serve_h2(Rewind::new(prefix, stream), proxy, &inbound.limits).await;
+            h2::serve(Rewind::new(prefix, stream), proxy, &inbound.limits).await;
         }
         Protocol::Tcp => {
             let idle = inbound.limits.tcp_idle_timeout;

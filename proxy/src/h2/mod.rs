@@ -84,7 +84,7 @@ pub fn bad_gateway(why: &str) -> Response<Body> {
 }
 
 /// Serves an HTTP/2 connection; on shutdown, GOAWAY and finish open streams.
-pub async fn serve_h2<T>(io: T, proxy: Proxy, limits: &Limits)
+pub async fn serve<T>(io: T, proxy: Proxy, limits: &Limits)
 where
     T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {

@@ -11,7 +11,10 @@
 
 pub mod guard;
 pub mod procs;
+mod refused;
 pub mod signal;
+
+pub use refused::Refused;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -131,27 +134,20 @@ impl Pause {
 
     /// Adds a holder; the first one pauses the app. Refused with a reason
     /// when the app cannot be paused.
-    pub fn hold(self: &Arc<Self>, session: &Arc<Session>) -> Result<Hold, String> {
+    pub fn hold(self: &Arc<Self>, session: &Arc<Session>) -> Result<Hold, Refused> {
         if let Some(why) = &self.disabled {
-            return Err(why.clone());
+            return Err(Refused::Disabled(why.clone()));
         }
         let mut state = self.state();
         match state.ended {
-            Some(Ended::Terminating) => {
-                return Err("the app is shutting down (a termination signal reached it): it cannot be paused".into())
-            }
-            Some(Ended::Shutdown) => return Err("the sidecar is shutting down: the app cannot be paused".into()),
-            Some(Ended::Lease) => {
-                return Err(format!(
-                    "the current pause reached its lease ({}) and the app was resumed; it can be paused again once the sessions holding it have left",
-                    format_duration(self.lease)
-                ))
-            }
+            Some(Ended::Terminating) => return Err(Refused::Terminating),
+            Some(Ended::Shutdown) => return Err(Refused::ShuttingDown),
+            Some(Ended::Lease) => return Err(Refused::Lease(self.lease)),
             None => {}
         }
         let first = state.holders.is_empty();
         if first {
-            let n = self.stop(&mut state).map_err(|e| format!("the app cannot be paused: {e}"))?;
+            let n = self.stop(&mut state).map_err(Refused::Scope)?;
             if n == 0 {
                 resume_all(&self.scope, &mut state);
                 return Err(self.nothing_to_pause());
@@ -172,15 +168,13 @@ impl Pause {
         Ok(Hold { pause: self.clone(), seq: session.seq })
     }
 
-    fn nothing_to_pause(&self) -> String {
+    fn nothing_to_pause(&self) -> Refused {
         let which = if self.scope.app_containers.is_empty() {
             "the app".to_owned()
         } else {
             format!("container(s) {}", self.scope.app_containers.join(", "))
         };
-        format!(
-            "no process of {which} is visible to the sidecar: pausing needs the pod to share its process namespace (shareProcessNamespace, set by the injector when mirrord.dev/pause is enabled)"
-        )
+        Refused::NothingVisible { which }
     }
 
     fn release(&self, seq: u64) {
