@@ -30,7 +30,7 @@ mod template;
 pub use config::{ConcurrentSteal, Config, Incoming, Mode, PortSelection};
 pub use duration::{format_duration, parse_duration, parse_lease, MAX_LEASE};
 pub use filter::{BodyFilter, Filter, HttpFilter, Regex, RequestBody};
-pub use load::{to_json_value, Error, Format, Loaded};
+pub use load::{Error, Format, Loaded};
 pub use target::{Target, TargetKind};
 pub use template::{KeySource, Vars};
 

@@ -146,18 +146,7 @@ impl Config {
     }
 }
 
-/// The config text as a JSON value, whatever its format: how the CLI sends
-/// it to the sidecar. The text should have been validated with
-/// [`Config::parse`] first, for errors with positions.
-pub fn to_json_value(text: &str, format: Format) -> Result<serde_json::Value, String> {
-    match format {
-        Format::Json => serde_json::from_str(&blank_trailing_commas(&blank_comments(text))).map_err(|e| e.to_string()),
-        Format::Yaml => serde_yaml::from_str(text).map_err(|e| e.to_string()),
-        Format::Toml => toml::from_str(text).map_err(|e| e.to_string()),
-    }
-}
-
-type ParseFailure = (Option<(usize, usize)>, String, String);
+pub(crate) type ParseFailure = (Option<(usize, usize)>, String, String);
 
 /// The canonical JSON form, strictly: unknown keys are errors.
 fn parse_json(text: &str) -> Result<RawConfig, ParseFailure> {
@@ -171,7 +160,7 @@ fn parse_json(text: &str) -> Result<RawConfig, ParseFailure> {
 }
 
 /// The file's syntax, into a JSON value; errors with the format's position.
-fn parse_value(text: &str, format: Format) -> Result<serde_json::Value, ParseFailure> {
+pub(crate) fn parse_value(text: &str, format: Format) -> Result<serde_json::Value, ParseFailure> {
     let value: serde_json::Value = match format {
         // The documented examples carry trailing commas, and editors treat
         // mirrord.json as JSON with comments; JSON proper allows neither.

@@ -81,7 +81,7 @@ fn file_key(text: &str, format: Format, context: &tera::Context) -> Result<Optio
     let mut pending = context.clone();
     pending.insert("key", KEY_PENDING);
     let rendered = one_off(text, &pending).map_err(|e| failure("", &e))?;
-    let Ok(value) = crate::load::to_json_value(&rendered, format) else { return Ok(None) };
+    let Ok(value) = crate::load::parse_value(&rendered, format) else { return Ok(None) };
     match value.get("key").and_then(|k| k.as_str()) {
         Some(key) if key.contains(KEY_PENDING) => {
             Err((None, "key".to_owned(), "template: the key cannot refer to {{ key }} itself".to_owned()))

@@ -99,7 +99,8 @@ fn starts_like_request(line: &[u8]) -> bool {
     target.starts_with(b"/") || target.starts_with(b"*") || (scheme_len > 0 && target[scheme_len..].starts_with(b"://"))
 }
 
-fn is_tchar(b: u8) -> bool {
+/// A character of a token (RFC 9110 §5.6.2): methods, field names.
+pub(crate) fn is_tchar(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 

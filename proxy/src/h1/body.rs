@@ -161,7 +161,7 @@ impl Chunked {
             (DataLf, _) => expect(b'\n', Size)?,
             (TrailerStart, b'\r') => EndLf,
             (TrailerStart | TrailerName | TrailerLine, b'\n') => return Err(FramingError::LineEnd),
-            (TrailerStart | TrailerName, _) if is_tchar(b) => TrailerName,
+            (TrailerStart | TrailerName, _) if crate::detect::is_tchar(b) => TrailerName,
             (TrailerName, b':') => TrailerLine,
             (TrailerStart | TrailerName, _) => return Err(FramingError::Trailer),
             (TrailerLine, _) if visible_or_blank(b) || b == b'\r' || b >= 0x80 => TrailerLine,
@@ -176,11 +176,6 @@ impl Chunked {
         }
         Ok(())
     }
-}
-
-/// A character of a token (RFC 9110 §5.6.2): field names.
-fn is_tchar(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
 #[cfg(test)]
