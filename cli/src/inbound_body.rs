@@ -72,15 +72,9 @@ mod tests {
         for f in frames {
             tx.send(f).await.unwrap();
         }
-        if close {
-            drop(tx);
-            InboundBody::new(rx).collect().await.map(|c| c.to_bytes())
-        } else {
-            let body = InboundBody::new(rx).collect();
-            let out = body.await.map(|c| c.to_bytes());
-            drop(tx);
-            out
-        }
+        // The exchange stays open unless `close`.
+        let _open = (!close).then_some(tx);
+        InboundBody::new(rx).collect().await.map(|c| c.to_bytes())
     }
 
     #[tokio::test]
