@@ -20,6 +20,7 @@ pub mod pause;
 pub mod ports;
 pub mod rewind;
 pub mod run;
+pub mod secret;
 pub mod session;
 pub mod shutdown;
 pub mod socket;

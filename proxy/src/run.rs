@@ -222,7 +222,7 @@ impl Running {
             }
         }
         // First of all: the app must be free to finish its own requests.
-        self.pause.end(pause::Ended::Shutdown);
+        self.pause.end(pause::Resume::Shutdown);
         self.admin.ready.store(false, Ordering::Relaxed);
         info!(grace_period = ?self.grace_period, "shutting down: finishing in-flight requests");
         if trigger.drain(self.grace_period).await {

@@ -73,7 +73,12 @@ impl proto::tunnel_server::Tunnel for Tunnel {
         let config = Config::from_json(&hello.config_json).map_err(|e| config_refused(&e, &hello))?;
         let name = client_name(&hello.client_name);
         let summary = config.to_string();
-        let (session, events) = Session::new(self.sessions.next_seq(), random_secret()?, name.clone(), config);
+        let (session, events) = Session::new(
+            self.sessions.next_seq(),
+            crate::secret::random_id().map_err(|e| Status::internal(format!("no randomness for a session id: {e}")))?,
+            name.clone(),
+            config,
+        );
         let contested = self.sessions.add(session.clone()).map_err(|c| Status::failed_precondition(c.to_string()))?;
         self.metrics.sessions.inc();
         let mut registered = Registered {
@@ -157,7 +162,7 @@ impl proto::tunnel_server::Tunnel for Tunnel {
 impl Tunnel {
     fn check_token(&self, presented: &str) -> Result<(), Status> {
         match &self.token {
-            Some(token) if !constant_time_eq(token.as_bytes(), presented.as_bytes()) => {
+            Some(token) if !crate::secret::constant_time_eq(token.as_bytes(), presented.as_bytes()) => {
                 Err(Status::unauthenticated("this sidecar requires a session token, and the one given does not match"))
             }
             _ => Ok(()),
@@ -208,38 +213,9 @@ fn client_name(raw: &str) -> String {
     }
 }
 
-/// Compares without an early exit, so timing does not reveal a prefix.
-pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    let mut diff = a.len() ^ b.len();
-    for (i, x) in a.iter().enumerate() {
-        diff |= usize::from(x ^ b.get(i).copied().unwrap_or(!x));
-    }
-    diff == 0
-}
-
-fn random_secret() -> Result<String, Status> {
-    let mut bytes = [0u8; 16];
-    // SAFETY: getentropy writes exactly `len` (at most 256) bytes into the
-    // buffer or fails; it exists on Linux (glibc, musl) and macOS alike.
-    let rc = unsafe { libc::getentropy(bytes.as_mut_ptr().cast(), bytes.len()) };
-    if rc != 0 {
-        return Err(Status::internal("no randomness for a session id"));
-    }
-    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn constant_time_comparison() {
-        assert!(constant_time_eq(b"secret", b"secret"));
-        assert!(!constant_time_eq(b"secret", b"secreT"));
-        assert!(!constant_time_eq(b"secret", b"secret-longer"));
-        assert!(!constant_time_eq(b"", b"x"));
-        assert!(constant_time_eq(b"", b""));
-    }
 
     #[test]
     fn names_are_bounded_and_printable() {

@@ -10,10 +10,12 @@
 //! `mirrord-proxy guard` ([`guard`]) in its own container.
 
 pub mod guard;
+pub mod policy;
 pub mod procs;
 mod refused;
 pub mod signal;
 
+pub use policy::Resume;
 pub use refused::Refused;
 
 use std::collections::HashMap;
@@ -27,40 +29,18 @@ use tracing::{info, warn};
 use crate::metrics::Metrics;
 use crate::proto::{self, session_event};
 use crate::session::Session;
-use procs::{Cache, Process, Scope};
+use policy::{Key, Policy, ProcessTable, Refusal, Report, Seen};
+use procs::{Cache, Scope, ScopeError};
 use signal::Pidfd;
 
-/// How often the app is rescanned while paused (new processes, pending
-/// termination, lease).
+/// How often the app is rescanned while paused (new processes, processes
+/// someone else continued, pending termination, lease).
 pub const TICK: Duration = Duration::from_millis(50);
-
-/// How long pausing may keep retrying before it reports what it has: a
-/// process in uninterruptible sleep stops only when its I/O completes.
-const SETTLE: Duration = Duration::from_millis(200);
-
-/// Why a pause ended while sessions still hold it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Ended {
-    Lease,
-    Terminating,
-    Shutdown,
-}
-
-impl Ended {
-    fn label(self) -> &'static str {
-        match self {
-            Ended::Lease => "lease",
-            Ended::Terminating => "terminating",
-            Ended::Shutdown => "shutdown",
-        }
-    }
-}
 
 /// The pause of one pod's app, shared by every session.
 #[derive(Debug)]
 pub struct Pause {
     scope: Scope,
-    lease: Duration,
     metrics: Arc<Metrics>,
     /// Read by the data path (probes are answered while paused).
     paused: AtomicBool,
@@ -69,15 +49,13 @@ pub struct Pause {
     disabled: Option<String>,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct State {
-    holders: Vec<(u64, Weak<Session>)>,
-    /// Processes this sidecar stopped, by (pid, start time).
-    stopped: HashMap<(i32, u64), Pidfd>,
-    since: Option<Instant>,
-    last_tick: Option<Instant>,
-    ended: Option<Ended>,
-    cache: Cache,
+    policy: Policy<Procs>,
+    /// The holders, to tell them when the pause ends under them.
+    sessions: HashMap<u64, Weak<Session>>,
+    /// Up to when the paused time has been counted.
+    counted: Option<Instant>,
 }
 
 /// Set once a pause has been held, so the panic hook knows to act.
@@ -100,7 +78,9 @@ impl Drop for Hold {
 impl Pause {
     /// `disabled`: why pausing is not allowed on this pod (refused to sessions).
     pub fn new(scope: Scope, lease: Duration, metrics: Arc<Metrics>, disabled: Option<String>) -> Arc<Self> {
-        Arc::new(Pause { scope, lease, metrics, paused: AtomicBool::new(false), state: Mutex::default(), disabled })
+        let table = Procs { scope: scope.clone(), cache: Cache::default(), stopped: HashMap::new() };
+        let state = State { policy: Policy::new(table, lease), sessions: HashMap::new(), counted: None };
+        Arc::new(Pause { scope, metrics, paused: AtomicBool::new(false), state: Mutex::new(state), disabled })
     }
 
     /// A pause that refuses every session, saying `why`.
@@ -123,8 +103,7 @@ impl Pause {
         if self.disabled.is_some() {
             return 0;
         }
-        let mut state = self.state();
-        let n = resume_stopped(&self.scope, &mut state.cache);
+        let n = self.state().policy.table().resume();
         if n > 0 {
             warn!(processes = n, "resumed app processes left stopped by a previous sidecar");
             self.metrics.pause_resumed("startup");
@@ -139,113 +118,50 @@ impl Pause {
             return Err(Refused::Disabled(why.clone()));
         }
         let mut state = self.state();
-        match state.ended {
-            Some(Ended::Terminating) => return Err(Refused::Terminating),
-            Some(Ended::Shutdown) => return Err(Refused::ShuttingDown),
-            Some(Ended::Lease) => return Err(Refused::Lease(self.lease)),
-            None => {}
-        }
-        let first = state.holders.is_empty();
-        if first {
-            let n = self.stop(&mut state).map_err(Refused::Scope)?;
-            if n == 0 {
-                resume_all(&self.scope, &mut state);
-                return Err(self.nothing_to_pause());
-            }
-            EVER_HELD.store(true, Ordering::Relaxed);
-            self.mark(&mut state, Some(n));
-            info!(processes = n, lease = %format_duration(self.lease), "app paused");
-        }
-        state.holders.push((session.seq, Arc::downgrade(session)));
-        let n = state.stopped.len();
+        let report = state.policy.hold(session.seq, Instant::now()).map_err(|r| self.refused(&state, r))?;
+        state.sessions.insert(session.seq, Arc::downgrade(session));
+        self.apply(&mut state, report);
+        let n = state.policy.stopped();
         let message = format!(
             "app paused: {n} process{} stopped; kubelet's HTTP probes not taken by a session are answered by the sidecar meanwhile; the pause ends when the last session holding it leaves, or after {} at most",
             if n == 1 { "" } else { "es" },
-            format_duration(self.lease)
+            format_duration(state.policy.lease())
         );
         drop(state);
         notify(session, true, n, message);
         Ok(Hold { pause: self.clone(), seq: session.seq })
     }
 
-    fn nothing_to_pause(&self) -> Refused {
-        let which = if self.scope.app_containers.is_empty() {
-            "the app".to_owned()
-        } else {
-            format!("container(s) {}", self.scope.app_containers.join(", "))
-        };
-        Refused::NothingVisible { which }
+    fn refused(&self, state: &State, refusal: Refusal) -> Refused {
+        match refusal {
+            Refusal::Ended(Resume::Terminating) => Refused::Terminating,
+            Refusal::Ended(Resume::Shutdown) => Refused::ShuttingDown,
+            Refusal::Ended(Resume::Lease | Resume::Released) => Refused::Lease(state.policy.lease()),
+            Refusal::Scope(e) => Refused::Scope(e),
+            Refusal::CannotSignal { processes } => Refused::CannotSignal { processes },
+            Refusal::NothingVisible => {
+                let which = if self.scope.app_containers.is_empty() {
+                    "the app".to_owned()
+                } else {
+                    format!("container(s) {}", self.scope.app_containers.join(", "))
+                };
+                Refused::NothingVisible { which }
+            }
+        }
     }
 
     fn release(&self, seq: u64) {
         let mut state = self.state();
-        state.holders.retain(|(s, _)| *s != seq);
-        if !state.holders.is_empty() {
-            return;
-        }
-        if state.ended.is_none() && state.since.is_some() {
-            self.account(&mut state);
-            let n = resume_all(&self.scope, &mut state);
-            self.metrics.pause_resumed("released");
-            info!(processes = n, "app resumed: no session holds the pause any more");
-        }
-        self.clear(&mut state);
-    }
-
-    fn clear(&self, state: &mut State) {
-        // A lease or a termination is over with its holders; a shutdown is not.
-        if state.ended != Some(Ended::Shutdown) {
-            state.ended = None;
-        }
-        self.mark(state, None);
-    }
-
-    /// Records the app as paused with `n` processes stopped, or running:
-    /// for the rescans, the data path (probes) and the metrics.
-    fn mark(&self, state: &mut State, stopped: Option<usize>) {
-        state.since = stopped.map(|_| Instant::now());
-        state.last_tick = state.since;
-        self.paused.store(stopped.is_some(), Ordering::Relaxed);
-        self.metrics.paused.set(i64::from(stopped.is_some()));
-        self.metrics.paused_processes.set(stopped.map_or(0, |n| n as i64));
+        state.sessions.remove(&seq);
+        let report = state.policy.release(seq);
+        self.apply(&mut state, report);
     }
 
     /// Ends the pause while sessions still hold it: resumes the app, tells them.
-    pub fn end(&self, why: Ended) {
+    pub fn end(&self, why: Resume) {
         let mut state = self.state();
-        self.end_locked(&mut state, why);
-    }
-
-    fn end_locked(&self, state: &mut State, why: Ended) {
-        if state.ended.is_some() {
-            return;
-        }
-        if state.since.is_none() {
-            // Nothing paused: only remember that no pause may start.
-            if why == Ended::Shutdown {
-                state.ended = Some(why);
-            }
-            return;
-        }
-        self.account(state);
-        let n = resume_all(&self.scope, state);
-        state.ended = Some(why);
-        self.mark(state, None);
-        self.metrics.pause_resumed(why.label());
-        let message = match why {
-            Ended::Lease => format!("app resumed: the pause reached its lease of {}", format_duration(self.lease)),
-            Ended::Terminating => {
-                "app resumed: it was asked to terminate (pod deletion or rollout) and must be free to shut down"
-                    .to_owned()
-            }
-            Ended::Shutdown => "app resumed: the sidecar is shutting down".to_owned(),
-        };
-        warn!(processes = n, "{message}");
-        for (_, holder) in &state.holders {
-            if let Some(session) = holder.upgrade() {
-                notify(&session, false, 0, message.clone());
-            }
-        }
+        let report = state.policy.end(why);
+        self.apply(&mut state, report);
     }
 
     /// Rescans while paused: stops new processes of the app, resumes it if
@@ -256,90 +172,118 @@ impl Pause {
             panic!("failpoint panic-while-paused");
         }
         let mut state = self.state();
-        let Some(since) = state.since else { return };
-        self.account(&mut state);
-        if state.stopped.keys().any(|&(pid, _)| procs::termination_pending(pid)) {
-            self.end_locked(&mut state, Ended::Terminating);
+        if state.policy.paused_since().is_none() {
             return;
         }
-        if since.elapsed() >= self.lease {
-            self.end_locked(&mut state, Ended::Lease);
-            return;
-        }
-        match self.stop_round(&mut state) {
-            Ok(procs) => {
-                state.stopped.retain(|key, _| procs.iter().any(|p| (p.pid, p.start) == *key));
-                self.metrics.paused_processes.set(state.stopped.len() as i64);
+        self.count_paused_time(&mut state);
+        match state.policy.tick(Instant::now()) {
+            Ok(Some(report)) => self.apply(&mut state, Some(report)),
+            Ok(None) => {
+                self.metrics.paused_processes.set(state.policy.stopped() as i64);
             }
             Err(e) => warn!("cannot rescan the app's processes: {e}"),
         }
     }
 
-    fn account(&self, state: &mut State) {
+    fn count_paused_time(&self, state: &mut State) {
         let now = Instant::now();
-        if let Some(last) = state.last_tick.replace(now) {
+        if let Some(last) = state.counted.replace(now) {
             self.metrics.paused_seconds.inc_by(now.duration_since(last).as_secs_f64());
         }
     }
 
-    /// Stops every app process, rescanning until a scan finds nothing new
-    /// and every one stopped (a stopped parent's children keep running, and
-    /// a fork may race the scan). Returns how many are stopped.
-    fn stop(&self, state: &mut State) -> Result<usize, procs::ScopeError> {
-        let deadline = Instant::now() + SETTLE;
-        loop {
-            let procs = self.stop_round(state)?;
-            let settled = procs.iter().all(|p| p.stopped() && state.stopped.contains_key(&(p.pid, p.start)));
-            if settled || Instant::now() >= deadline {
-                if !settled {
-                    let running = procs.iter().filter(|p| !p.stopped()).count();
-                    warn!(running, "some app processes have not stopped yet; rescanning while paused");
-                }
-                return Ok(state.stopped.len());
+    /// Logs, counts and tells what a step of the policy did.
+    fn apply(&self, state: &mut State, report: Option<Report>) {
+        match report {
+            None => {}
+            Some(Report::Paused { processes }) => {
+                EVER_HELD.store(true, Ordering::Relaxed);
+                state.counted = Some(Instant::now());
+                self.mark(Some(processes));
+                info!(processes, lease = %format_duration(state.policy.lease()), "app paused");
             }
-            std::thread::sleep(Duration::from_micros(200));
+            Some(Report::Resumed { why, processes, holders }) => {
+                self.count_paused_time(state);
+                state.counted = None;
+                self.mark(None);
+                self.metrics.pause_resumed(why.label());
+                let message = match why {
+                    Resume::Released => {
+                        info!(processes, "app resumed: no session holds the pause any more");
+                        return;
+                    }
+                    Resume::Lease => {
+                        format!("app resumed: the pause reached its lease of {}", format_duration(state.policy.lease()))
+                    }
+                    Resume::Terminating => {
+                        "app resumed: it was asked to terminate (pod deletion or rollout) and must be free to shut down"
+                            .to_owned()
+                    }
+                    Resume::Shutdown => "app resumed: the sidecar is shutting down".to_owned(),
+                };
+                warn!(processes, "{message}");
+                for seq in holders {
+                    if let Some(session) = state.sessions.get(&seq).and_then(Weak::upgrade) {
+                        notify(&session, false, 0, message.clone());
+                    }
+                }
+            }
         }
     }
 
-    /// One scan: SIGSTOP to every app process not yet stopped.
-    fn stop_round(&self, state: &mut State) -> Result<Vec<Process>, procs::ScopeError> {
-        let procs = self.scope.app_processes(&mut state.cache)?;
-        for p in &procs {
-            let key = (p.pid, p.start);
-            if p.stopped() && state.stopped.contains_key(&key) {
-                continue;
-            }
-            if let Some(fd) = state.stopped.get(&key) {
-                // Signalled before but not stopped (yet, or continued by someone).
-                fd.signal(libc::SIGSTOP);
-            } else if let Some(fd) = Pidfd::open(p.pid, p.start) {
-                if fd.signal(libc::SIGSTOP) {
-                    state.stopped.insert(key, fd);
-                } else {
-                    warn!(pid = p.pid, "cannot stop app process: {}", std::io::Error::last_os_error());
-                }
-            }
-        }
-        Ok(procs)
+    /// Records the app as paused with `n` processes stopped, or running:
+    /// for the data path (probes) and the metrics.
+    fn mark(&self, stopped: Option<usize>) {
+        self.paused.store(stopped.is_some(), Ordering::Relaxed);
+        self.metrics.paused.set(i64::from(stopped.is_some()));
+        self.metrics.paused_processes.set(stopped.map_or(0, |n| n as i64));
     }
 }
 
-impl Drop for Pause {
-    fn drop(&mut self) {
-        let state = self.state.get_mut().unwrap_or_else(|p| p.into_inner());
-        if state.since.is_some() && state.ended.is_none() {
-            resume_all(&self.scope, state);
-        }
-    }
+/// The app's processes in `/proc`, signalled through pidfds.
+#[derive(Debug)]
+struct Procs {
+    scope: Scope,
+    cache: Cache,
+    /// Processes stopped by this pause, each through a pidfd that names
+    /// exactly the process that was scanned.
+    stopped: HashMap<Key, Pidfd>,
 }
 
-/// SIGCONT to what this sidecar stopped, then to any app process still stopped.
-fn resume_all(scope: &Scope, state: &mut State) -> usize {
-    let mut n = 0;
-    for (_, fd) in state.stopped.drain() {
-        n += usize::from(fd.signal(libc::SIGCONT));
+impl ProcessTable for Procs {
+    fn scan(&mut self) -> Result<Vec<Seen>, ScopeError> {
+        let procs = self.scope.app_processes(&mut self.cache)?;
+        self.stopped.retain(|key, _| procs.iter().any(|p| (p.pid, p.start) == *key));
+        Ok(procs
+            .iter()
+            .map(|p| {
+                let key = (p.pid, p.start);
+                let terminating = self.stopped.contains_key(&key) && procs::termination_pending(p.pid);
+                Seen { key, stopped: p.stopped(), terminating }
+            })
+            .collect())
     }
-    n + resume_stopped(scope, &mut state.cache)
+
+    fn stop(&mut self, key: Key) -> bool {
+        if let Some(fd) = self.stopped.get(&key) {
+            return fd.signal(libc::SIGSTOP);
+        }
+        let Some(fd) = Pidfd::open(key.0, key.1) else { return false };
+        if !fd.signal(libc::SIGSTOP) {
+            warn!(pid = key.0, "cannot stop app process: {}", std::io::Error::last_os_error());
+            return false;
+        }
+        self.stopped.insert(key, fd);
+        true
+    }
+
+    fn resume(&mut self) -> usize {
+        let mut n = 0;
+        for (_, fd) in self.stopped.drain() {
+            n += usize::from(fd.signal(libc::SIGCONT));
+        }
+        n + resume_stopped(&self.scope, &mut self.cache)
+    }
 }
 
 /// SIGCONT to every stopped app process, and to every one a stop signal is

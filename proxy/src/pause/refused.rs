@@ -24,4 +24,6 @@ pub enum Refused {
     Scope(ScopeError),
     #[error("no process of {which} is visible to the sidecar: pausing needs the pod to share its process namespace (shareProcessNamespace, set by the injector when mirrord.dev/pause is enabled)")]
     NothingVisible { which: String },
+    #[error("none of the app's {processes} process(es) could be stopped: the sidecar needs CAP_KILL, or to run as the app's user")]
+    CannotSignal { processes: usize },
 }

@@ -278,7 +278,7 @@ impl Sessions {
         attachable
             .iter()
             .filter_map(std::sync::Weak::upgrade)
-            .find(|s| crate::tunnel::constant_time_eq(s.secret.as_bytes(), secret.as_bytes()))
+            .find(|s| crate::secret::constant_time_eq(s.secret.as_bytes(), secret.as_bytes()))
     }
 
     /// Routing for a new connection, or for one request when `request` is
