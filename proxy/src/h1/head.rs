@@ -112,6 +112,41 @@ pub struct RequestHead {
     pub http10: bool,
     /// The client will not send another request on this connection.
     pub close: bool,
+    /// From kubelet's HTTP prober (`User-Agent: kube-probe/…`).
+    pub kube_probe: bool,
+}
+
+/// A range of bytes in a request head.
+pub type Span = std::ops::Range<usize>;
+
+/// Where the parts a router reads lie in the last head parsed: kept by the
+/// connection and refilled by each [`parse_request`], so that routing reads
+/// them without parsing the head again or allocating per request.
+#[derive(Debug, Default)]
+pub struct Fields {
+    method: Span,
+    target: Span,
+    headers: Vec<(Span, Span)>,
+}
+
+impl Fields {
+    pub fn method<'a>(&self, head: &'a [u8]) -> &'a str {
+        text(&head[self.method.clone()])
+    }
+
+    /// The request target (path and query, or an absolute or authority form).
+    pub fn target<'a>(&self, head: &'a [u8]) -> &'a str {
+        text(&head[self.target.clone()])
+    }
+
+    pub fn headers<'a>(&'a self, head: &'a [u8]) -> impl Iterator<Item = (&'a str, &'a [u8])> + 'a {
+        self.headers.iter().map(|(n, v)| (text(&head[n.clone()]), &head[v.clone()]))
+    }
+}
+
+/// Method, target and field names are tokens or visible ASCII once parsed.
+fn text(bytes: &[u8]) -> &str {
+    std::str::from_utf8(bytes).unwrap_or_default()
 }
 
 /// A parsed response head.
@@ -125,7 +160,8 @@ pub struct ResponseHead {
 }
 
 /// Parses a request head at the start of `buf`: `Ok(None)` if incomplete.
-pub fn parse_request(buf: &[u8]) -> Result<Option<RequestHead>, Reject> {
+/// On success `fields` says where its method, target and headers are.
+pub fn parse_request(buf: &[u8], fields: &mut Fields) -> Result<Option<RequestHead>, Reject> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut headers);
     let len = match req.parse(buf) {
@@ -162,7 +198,18 @@ pub fn parse_request(buf: &[u8]) -> Result<Option<RequestHead>, Reject> {
     };
     let http10 = req.version == Some(0);
     let close = framing.close || (http10 && !framing.keep_alive);
-    Ok(Some(RequestHead { len, kind, body, http10, close }))
+    let base = buf.as_ptr() as usize;
+    // Every part httparse returns is a slice of `buf` (an empty one may not be).
+    let span = |part: &[u8]| match part.as_ptr() as usize {
+        start if !part.is_empty() && start >= base => start - base..start - base + part.len(),
+        _ => 0..0,
+    };
+    fields.method = span(req.method.unwrap_or_default().as_bytes());
+    fields.target = span(req.path.unwrap_or_default().as_bytes());
+    fields.headers.clear();
+    fields.headers.extend(req.headers.iter().map(|h| (span(h.name.as_bytes()), span(h.value))));
+    let kube_probe = framing.kube_probe;
+    Ok(Some(RequestHead { len, kind, body, http10, close, kube_probe }))
 }
 
 /// Whether the request line ends in `HTTP/d.d` (another version than ours,
@@ -226,6 +273,7 @@ struct Framing {
     upgrade: bool,
     close: bool,
     keep_alive: bool,
+    kube_probe: bool,
 }
 
 /// The Transfer-Encoding list, over all its field lines.
@@ -270,6 +318,8 @@ impl Framing {
                 f.codings.add(h.value);
             } else if name.eq_ignore_ascii_case("host") {
                 f.hosts += 1;
+            } else if name.eq_ignore_ascii_case("user-agent") {
+                f.kube_probe |= h.value.starts_with(b"kube-probe/");
             } else if name.eq_ignore_ascii_case("upgrade") {
                 has_upgrade = true;
             } else if name.eq_ignore_ascii_case("connection") {
@@ -298,29 +348,62 @@ fn parse_length(value: &[u8]) -> Option<u64> {
 mod tests {
     use super::*;
 
+    fn parse(buf: &[u8]) -> Result<Option<RequestHead>, Reject> {
+        parse_request(buf, &mut Fields::default())
+    }
+
+    #[test]
+    fn the_parts_a_router_reads() {
+        let head = b"\r\nPOST /orders?id=7 HTTP/1.1\r\nHost: a\r\nX-Empty:\r\nUser-Agent: kube-probe/1.31\r\nContent-Length: 0\r\n\r\n";
+        let mut fields = Fields::default();
+        let parsed = parse_request(head, &mut fields).unwrap().unwrap();
+        assert!(parsed.kube_probe);
+        assert_eq!(fields.method(head), "POST");
+        assert_eq!(fields.target(head), "/orders?id=7");
+        let headers: Vec<(&str, &[u8])> = fields.headers(head).collect();
+        assert_eq!(
+            headers,
+            [("Host", &b"a"[..]), ("X-Empty", b""), ("User-Agent", b"kube-probe/1.31"), ("Content-Length", b"0")]
+        );
+        // The next request on the connection replaces them.
+        let next = b"GET / HTTP/1.1\r\nHost: b\r\n\r\n";
+        assert!(!parse_request(next, &mut fields).unwrap().unwrap().kube_probe);
+        assert_eq!(fields.headers(next).collect::<Vec<_>>(), [("Host", &b"b"[..])]);
+        assert!(
+            !parse(b"GET / HTTP/1.1\r\nHost: b\r\nUser-Agent: curl kube-probe/1\r\n\r\n").unwrap().unwrap().kube_probe
+        );
+    }
+
     #[test]
     fn request_framing() {
         let head = b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\nabc";
-        let want = RequestHead { len: 48, kind: Kind::Normal, body: Body::Length(3), http10: false, close: false };
-        assert_eq!(parse_request(head), Ok(Some(want)));
-        let old = parse_request(b"GET / HTTP/1.0\r\n\r\n").unwrap().unwrap();
+        let want = RequestHead {
+            len: 48,
+            kind: Kind::Normal,
+            body: Body::Length(3),
+            http10: false,
+            close: false,
+            kube_probe: false,
+        };
+        assert_eq!(parse(head), Ok(Some(want)));
+        let old = parse(b"GET / HTTP/1.0\r\n\r\n").unwrap().unwrap();
         assert!(old.http10 && old.close);
-        let kept = parse_request(b"GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n").unwrap().unwrap();
+        let kept = parse(b"GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n").unwrap().unwrap();
         assert!(!kept.close);
-        assert!(parse_request(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").unwrap().unwrap().close);
+        assert!(parse(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").unwrap().unwrap().close);
         let chunked =
-            parse_request(b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n").unwrap().unwrap();
+            parse(b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n").unwrap().unwrap();
         assert_eq!(chunked.body, Body::Chunked(Chunked::default()));
         let ws = b"GET /chat HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: keep-alive, Upgrade\r\n\r\n";
-        assert_eq!(parse_request(ws).unwrap().unwrap().kind, Kind::Upgrade);
-        assert_eq!(parse_request(b"HEAD / HTTP/1.1\r\nHost: a\r\n\r\n").unwrap().unwrap().kind, Kind::Head);
-        assert_eq!(parse_request(b"GET / HTTP/1.1\r\nHost: a\r\n"), Ok(None));
+        assert_eq!(parse(ws).unwrap().unwrap().kind, Kind::Upgrade);
+        assert_eq!(parse(b"HEAD / HTTP/1.1\r\nHost: a\r\n\r\n").unwrap().unwrap().kind, Kind::Head);
+        assert_eq!(parse(b"GET / HTTP/1.1\r\nHost: a\r\n"), Ok(None));
     }
 
     #[test]
     fn ambiguous_requests_are_refused() {
         let many_headers = format!("GET / HTTP/1.1\r\nHost: a\r\n{}\r\n", "X-A: 1\r\n".repeat(100));
-        assert_eq!(parse_request(many_headers.as_bytes()), Err(Reject::HeadTooLarge), "more than 100 fields");
+        assert_eq!(parse(many_headers.as_bytes()), Err(Reject::HeadTooLarge), "more than 100 fields");
         let cases: [(&[u8], Reject); 17] = [
             (b"POST / HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\n", Reject::DuplicateContentLength),
             (b"POST / HTTP/1.1\r\nContent-Length: +3\r\n\r\n", Reject::InvalidContentLength),
@@ -356,7 +439,7 @@ mod tests {
             (b"GET / HTTP/1.1\r\nBad Header\r\n\r\n", Reject::Malformed),
         ];
         for (head, want) in cases {
-            assert_eq!(parse_request(head), Err(want), "{}", String::from_utf8_lossy(head));
+            assert_eq!(parse(head), Err(want), "{}", String::from_utf8_lossy(head));
         }
     }
 

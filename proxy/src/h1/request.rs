@@ -8,7 +8,7 @@ use tokio::time::{timeout_at, Instant};
 use tracing::debug;
 
 use super::body::Body;
-use super::head::{parse_request, Kind, Reject, RequestHead};
+use super::head::{parse_request, Fields, Kind, Reject, RequestHead};
 use super::route::route;
 use super::stolen::Stolen;
 use super::{fill, forward, tunnel, Conn, Done, Pending, Shared, INITIAL_BUFFER};
@@ -19,14 +19,6 @@ use crate::session::{Routed, BODY_FILTER_CAP, BODY_FILTER_WAIT};
 
 /// The answer to a kubelet probe while the app is paused.
 const PROBE_ANSWER: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: 61\r\n\r\nthe app is paused by mirrord; its sidecar answers the probes\n";
-
-/// Whether a request head comes from kubelet's HTTP prober.
-fn is_kube_probe(head: &[u8]) -> bool {
-    let mut headers = [httparse::EMPTY_HEADER; 64];
-    let mut req = httparse::Request::new(&mut headers);
-    matches!(req.parse(head), Ok(httparse::Status::Complete(_)))
-        && req.headers.iter().any(|h| h.name.eq_ignore_ascii_case("user-agent") && h.value.starts_with(b"kube-probe/"))
-}
 
 enum Next {
     Head(RequestHead),
@@ -44,8 +36,9 @@ where
     let mut buf = BytesMut::with_capacity(INITIAL_BUFFER.max(prefix.len()));
     buf.extend_from_slice(&prefix);
     let mut shutdown = conn.shutdown.clone();
+    let mut fields = Fields::default();
     loop {
-        let head = match next_head(&mut rd, &mut buf, conn, &mut shutdown).await {
+        let head = match next_head(&mut rd, &mut buf, &mut fields, conn, &mut shutdown).await {
             Next::Head(head) => head,
             Next::Eof => return if wr.shutdown().await.is_ok() { Done::Eof } else { Done::Close },
             Next::Reject(r) => {
@@ -66,7 +59,7 @@ where
                 true => body_for_filters(&mut rd, &mut buf, &head).await,
                 false => None,
             };
-            route(conn, &buf[..head.len], &head, body.as_deref()).await
+            route(conn, &buf[..head.len], &head, &fields, body.as_deref()).await
         };
         let (switched_tx, switched_rx) = match head.kind {
             Kind::Upgrade | Kind::Connect => {
@@ -76,7 +69,7 @@ where
             _ => (None, None),
         };
         let (close, kind) = (head.close, head.kind);
-        if steal.is_none() && conn.pause.is_paused() && head.body == Body::Empty && is_kube_probe(&buf[..head.len]) {
+        if steal.is_none() && conn.pause.is_paused() && head.body == Body::Empty && head.kube_probe {
             // The paused app would not answer, and kubelet would restart it.
             shared.push(Pending::Local(PROBE_ANSWER));
             if close {
@@ -129,13 +122,14 @@ where
 async fn next_head<R: AsyncRead + Unpin>(
     rd: &mut R,
     buf: &mut BytesMut,
+    fields: &mut Fields,
     conn: &Conn,
     shutdown: &mut crate::shutdown::Shutdown,
 ) -> Next {
     let mut deadline = None;
     loop {
         if !buf.is_empty() {
-            match parse_request(buf) {
+            match parse_request(buf, fields) {
                 // A head that arrived whole in one read is held to the same
                 // limit as one that is still arriving.
                 Ok(Some(head)) if head.len > conn.limits.max_head => return Next::Reject(Reject::HeadTooLarge),

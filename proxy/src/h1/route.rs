@@ -3,23 +3,23 @@
 
 use bytes::Bytes;
 
-use super::head::RequestHead;
+use super::head::{Fields, RequestHead};
 use super::Conn;
 use crate::proto;
 use crate::session::{route_request, RequestView, Routed};
 
-const MAX_HEADERS: usize = 128;
-
-/// Decides and opens the exchanges for the request whose head is `head_bytes`.
-/// `body` is the whole request body when it was read for body filters.
-pub(super) async fn route(conn: &Conn, head_bytes: &[u8], head: &RequestHead, body: Option<&[u8]>) -> Routed {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut req = httparse::Request::new(&mut headers);
-    // The head was parsed before; a failure here cannot happen, and would
-    // mean passing the request through untouched.
-    let Ok(httparse::Status::Complete(_)) = req.parse(head_bytes) else { return Routed::default() };
-    let (method, uri) = (req.method.unwrap_or_default(), req.path.unwrap_or_default());
-    let pairs: Vec<(&str, &[u8])> = req.headers.iter().map(|h| (h.name, h.value)).collect();
+/// Decides and opens the exchanges for the request whose head is `head_bytes`
+/// (parsed into `head` and `fields`). `body` is the whole request body when
+/// it was read for body filters.
+pub(super) async fn route(
+    conn: &Conn,
+    head_bytes: &[u8],
+    head: &RequestHead,
+    fields: &Fields,
+    body: Option<&[u8]>,
+) -> Routed {
+    let (method, uri) = (fields.method(head_bytes), fields.target(head_bytes));
+    let pairs: Vec<(&str, &[u8])> = fields.headers(head_bytes).collect();
     let announce = || proto::HttpRequest {
         method: method.to_owned(),
         uri: uri.to_owned(),
