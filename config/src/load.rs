@@ -33,8 +33,8 @@ impl Format {
 /// Why a config could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("cannot read config {}: {source}", file.display())]
-    Read { file: PathBuf, source: std::io::Error },
+    #[error("cannot read config {}: {error}", file.display())]
+    Read { file: PathBuf, error: std::io::Error },
     #[error("{}: unknown config format: expected a file name ending in .json, .yaml, .yml or .toml", file.display())]
     Format { file: PathBuf },
     #[error("{0}")]
@@ -101,7 +101,7 @@ impl Config {
     /// its extension.
     pub fn load(file: &Path, vars: &Vars) -> Result<Loaded, Error> {
         let format = Format::from_path(file)?;
-        let text = std::fs::read_to_string(file).map_err(|source| Error::Read { file: file.to_owned(), source })?;
+        let text = std::fs::read_to_string(file).map_err(|error| Error::Read { file: file.to_owned(), error })?;
         Self::parse(&text, format, Some(file), vars)
     }
 

@@ -13,5 +13,6 @@ pub mod mutate;
 pub mod namespaces;
 pub mod patch;
 pub mod review;
+pub mod run;
 pub mod server;
 pub mod tls;

@@ -1,21 +1,85 @@
 //! The injector's metrics, rendered on its admin port.
 
-use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
+use crate::mutate::Skip;
+
+/// What became of one admission review.
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
+pub enum Admission {
+    Injected,
+    Skipped(Skip),
+    /// Admitted unchanged with a warning: this annotation cannot be honoured.
+    Invalid(&'static str),
+    /// Not answered with an AdmissionReview.
+    Error(Failure),
+}
+
+/// Why an admission got no AdmissionReview back.
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
+pub enum Failure {
+    /// Over the body cap, or too many JSON values or levels (413 or 400).
+    TooLarge,
+    /// The body did not arrive in time (408).
+    Timeout,
+    /// The body could not be read (400).
+    Unreadable,
+    /// Not an AdmissionReview that can be answered (400).
+    BadReview,
+    /// The webhook failed on it (500).
+    Panic,
+}
+
+impl Admission {
+    fn labels(self) -> AdmissionLabels {
+        let (result, reason) = match self {
+            Admission::Injected => ("injected", ""),
+            Admission::Skipped(skip) => ("skipped", skip.reason()),
+            Admission::Invalid(key) => ("invalid", key),
+            Admission::Error(failure) => ("error", failure.reason()),
+        };
+        AdmissionLabels { result: Label(result), reason: Label(reason) }
+    }
+}
+
+impl Failure {
+    pub fn reason(self) -> &'static str {
+        match self {
+            Failure::TooLarge => "too_large",
+            Failure::Timeout => "timeout",
+            Failure::Unreadable => "unreadable",
+            Failure::BadReview => "bad_review",
+            Failure::Panic => "panic",
+        }
+    }
+}
+
+/// A label value from a fixed set (bounded cardinality).
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
+struct Label(&'static str);
+
+impl EncodeLabelValue for Label {
+    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> Result<(), std::fmt::Error> {
+        EncodeLabelValue::encode(&self.0, encoder)
+    }
+}
+
+/// `result`: injected, skipped, invalid or error; `reason`: the skip
+/// reason, the annotation that cannot be honoured, or the failure.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ResultLabels {
-    /// `injected`, a skip reason, `invalid_annotation` or `error`.
-    pub result: &'static str,
+struct AdmissionLabels {
+    result: Label,
+    reason: Label,
 }
 
 #[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
-    pub admissions: Family<ResultLabels, Counter>,
+    admissions: Family<AdmissionLabels, Counter>,
     pub duration: Histogram,
 }
 
@@ -23,7 +87,7 @@ impl Default for Metrics {
     fn default() -> Self {
         let mut registry = Registry::with_prefix("mirrord_injector");
         let admissions = Family::default();
-        registry.register("admissions", "Admission reviews answered, by result", admissions.clone());
+        registry.register("admissions", "Admission reviews answered, by result and reason", admissions.clone());
         let buckets = [0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0];
         let duration = Histogram::new(buckets);
         registry.register("admission_duration_seconds", "Time to answer an admission review", duration.clone());
@@ -32,8 +96,8 @@ impl Default for Metrics {
 }
 
 impl Metrics {
-    pub fn admission(&self, result: &'static str) {
-        self.admissions.get_or_create(&ResultLabels { result }).inc();
+    pub fn admission(&self, admission: Admission) {
+        self.admissions.get_or_create(&admission.labels()).inc();
     }
 
     pub fn render(&self) -> String {

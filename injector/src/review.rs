@@ -3,9 +3,11 @@
 //! patched, or allowed unchanged with the reason); only a review that cannot
 //! be read at all is an error, and it says what was expected.
 
+use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::mutate::{mutate, Settings, Skip};
+use crate::metrics::{Admission, Failure};
+use crate::mutate::{self, Mutation, Settings, Skip};
 use crate::patch;
 
 /// What happened to one admission, for logs and metrics.
@@ -15,24 +17,76 @@ pub enum Outcome {
     Skipped(Skip),
     /// An annotation could not be honoured: the pod is admitted unchanged,
     /// with a warning that names the annotation.
-    Invalid(String),
+    Invalid(mutate::Invalid),
 }
 
 impl Outcome {
-    /// Metric label.
-    pub fn label(&self) -> &'static str {
+    /// As the metrics count it.
+    pub fn admission(&self) -> Admission {
         match self {
-            Outcome::Injected => "injected",
-            Outcome::Skipped(s) => s.reason(),
-            Outcome::Invalid(_) => "invalid_annotation",
+            Outcome::Injected => Admission::Injected,
+            Outcome::Skipped(s) => Admission::Skipped(*s),
+            Outcome::Invalid(i) => Admission::Invalid(i.key),
         }
     }
 }
 
-/// Why a body is not an AdmissionReview we can answer.
+/// Why a body is not an AdmissionReview that can be answered; each message
+/// says what was expected.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid AdmissionReview: {0}")]
-pub struct BadReview(pub String);
+pub enum BadReview {
+    #[error("invalid AdmissionReview: too large to inspect: about {values} JSON values nested {depth} deep, expected at most {MAX_VALUES} values and {MAX_DEPTH} levels")]
+    TooLarge { values: usize, depth: usize },
+    /// serde_json's message (a leaf: it has no source of its own worth printing).
+    #[error("invalid AdmissionReview: not JSON: {0}")]
+    NotJson(String),
+    #[error("invalid AdmissionReview: {0}")]
+    Shape(String),
+    #[error("invalid AdmissionReview: expected apiVersion admission.k8s.io/v1 and kind AdmissionReview, got {api_version:?} and {kind:?}")]
+    NotAReview { api_version: String, kind: String },
+    #[error("invalid AdmissionReview: request.uid is missing")]
+    MissingUid,
+}
+
+impl BadReview {
+    pub fn failure(&self) -> Failure {
+        match self {
+            BadReview::TooLarge { .. } => Failure::TooLarge,
+            _ => Failure::BadReview,
+        }
+    }
+}
+
+/// The envelope, as much of it as is read; the pod stays a JSON value so
+/// that fields this version does not know survive into the patch's diff.
+#[derive(Debug, Deserialize)]
+struct Review {
+    #[serde(rename = "apiVersion", default)]
+    api_version: String,
+    #[serde(default)]
+    kind: String,
+    request: Option<ReviewRequest>,
+}
+
+#[derive(Debug, Deserialize)]
+struct ReviewRequest {
+    uid: Option<String>,
+    #[serde(default)]
+    kind: GroupVersionKind,
+    #[serde(default)]
+    operation: String,
+    namespace: Option<String>,
+    #[serde(default)]
+    object: Value,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct GroupVersionKind {
+    #[serde(default)]
+    group: String,
+    #[serde(default)]
+    kind: String,
+}
 
 /// The most JSON values an AdmissionReview may hold (a large real pod has a
 /// few thousand): each parsed value costs tens of bytes, and the pod is
@@ -82,38 +136,48 @@ pub fn answer(
 ) -> Result<(Value, Outcome), BadReview> {
     let (values, depth) = shape(body);
     if values > MAX_VALUES || depth > MAX_DEPTH {
-        return Err(BadReview(format!(
-            "too large to inspect: about {values} JSON values nested {depth} deep, expected at most {MAX_VALUES} values and {MAX_DEPTH} levels"
-        )));
+        return Err(BadReview::TooLarge { values, depth });
     }
-    let review: Value = serde_json::from_slice(body).map_err(|e| BadReview(format!("not JSON: {e}")))?;
-    if review["apiVersion"] != "admission.k8s.io/v1" || review["kind"] != "AdmissionReview" {
-        return Err(BadReview("expected apiVersion admission.k8s.io/v1 and kind AdmissionReview".to_owned()));
+    let review: Review = serde_json::from_slice(body).map_err(|e| match e.classify() {
+        serde_json::error::Category::Data => BadReview::Shape(e.to_string()),
+        _ => BadReview::NotJson(e.to_string()),
+    })?;
+    if review.api_version != "admission.k8s.io/v1" || review.kind != "AdmissionReview" {
+        return Err(BadReview::NotAReview { api_version: review.api_version, kind: review.kind });
     }
-    let request = &review["request"];
-    let uid = request["uid"].as_str().ok_or_else(|| BadReview("request.uid is missing".to_owned()))?;
-    let is_pod = request["kind"]["kind"] == "Pod" && request["kind"]["group"].as_str().is_none_or(str::is_empty);
-    let object = &request["object"];
-    let namespace = request["namespace"]
-        .as_str()
+    let Some(request) = review.request else { return Err(BadReview::MissingUid) };
+    let Some(uid) = request.uid else { return Err(BadReview::MissingUid) };
+    let is_pod = request.kind.kind == "Pod" && request.kind.group.is_empty();
+    let object = &request.object;
+    let namespace = request
+        .namespace
+        .as_deref()
         .or_else(|| object.pointer("/metadata/namespace").and_then(Value::as_str))
         .unwrap_or("");
+    let span = tracing::Span::current();
+    span.record("uid", uid.as_str());
+    span.record("namespace", namespace);
+    let name = object.pointer("/metadata/name").or_else(|| object.pointer("/metadata/generateName"));
+    if let Some(name) = name.and_then(Value::as_str) {
+        span.record("pod", name);
+    }
     let mut response = json!({ "uid": uid, "allowed": true });
-    let outcome = if !is_pod || request["operation"] != "CREATE" {
-        Outcome::Skipped(Skip::NotAPod)
+    let mutation = if is_pod && request.operation == "CREATE" {
+        mutate::pod(object, namespace_opted_in(namespace), settings)
     } else {
-        match mutate(object, namespace_opted_in(namespace), settings) {
-            Ok(Ok(mutated)) => {
-                let ops = patch::diff(object, &mutated);
-                response["patchType"] = json!("JSONPatch");
-                response["patch"] = json!(base64(serde_json::to_string(&ops).unwrap_or_default().as_bytes()));
-                Outcome::Injected
-            }
-            Ok(Err(skip)) => Outcome::Skipped(skip),
-            Err(invalid) => {
-                response["warnings"] = json!([format!("mirrord: not injected: {invalid}")]);
-                Outcome::Invalid(invalid.to_string())
-            }
+        Mutation::Skip(Skip::NotAPod)
+    };
+    let outcome = match mutation {
+        Mutation::Inject(mutated) => {
+            let ops = patch::diff(object, &mutated);
+            response["patchType"] = json!("JSONPatch");
+            response["patch"] = json!(base64(serde_json::to_string(&ops).unwrap_or_default().as_bytes()));
+            Outcome::Injected
+        }
+        Mutation::Skip(skip) => Outcome::Skipped(skip),
+        Mutation::Invalid(invalid) => {
+            response["warnings"] = json!([format!("mirrord: not injected: {invalid}")]);
+            Outcome::Invalid(invalid)
         }
     };
     let answer = json!({ "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "response": response });
@@ -170,10 +234,10 @@ mod tests {
     fn bodies_built_to_exhaust_memory_are_refused_before_parsing() {
         assert_eq!(shape(br#"{"a":[1,2,{"b":"x,[y"}],"c":"\"]"}"#), (7, 3));
         let wide = format!(r#"{{"object":{{"spec":{{"x":[{}0]}}}}}}"#, "0,".repeat(1_500_000));
-        let e = answer(wide.as_bytes(), |_| true, &settings()).unwrap_err();
-        assert!(e.0.starts_with("too large to inspect: about 1500005 JSON values"), "{}", e.0);
+        let e = answer(wide.as_bytes(), |_| true, &settings()).unwrap_err().to_string();
+        assert!(e.starts_with("invalid AdmissionReview: too large to inspect: about 1500005 JSON values"), "{e}");
         let deep = format!("{}{}", "[".repeat(100), "]".repeat(100));
-        assert!(answer(deep.as_bytes(), |_| true, &settings()).unwrap_err().0.contains("nested 100 deep"));
+        assert!(answer(deep.as_bytes(), |_| true, &settings()).unwrap_err().to_string().contains("nested 100 deep"));
     }
 
     fn review(object: Value) -> Vec<u8> {
@@ -230,10 +294,23 @@ mod tests {
 
     #[test]
     fn unreadable_reviews_say_what_was_expected() {
-        assert!(answer(b"{", |_| false, &settings()).unwrap_err().0.contains("not JSON"));
+        let error = |body: &[u8]| answer(body, |_| false, &settings()).unwrap_err().to_string();
+        assert!(error(b"{").contains("not JSON"));
         let wrong = json!({"apiVersion": "admission.k8s.io/v1beta1", "kind": "AdmissionReview"}).to_string();
-        assert!(answer(wrong.as_bytes(), |_| false, &settings()).unwrap_err().0.contains("admission.k8s.io/v1"));
+        assert_eq!(
+            error(wrong.as_bytes()),
+            "invalid AdmissionReview: expected apiVersion admission.k8s.io/v1 and kind AdmissionReview, got \"admission.k8s.io/v1beta1\" and \"AdmissionReview\""
+        );
         let no_uid = json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": {}}).to_string();
-        assert!(answer(no_uid.as_bytes(), |_| false, &settings()).unwrap_err().0.contains("uid"));
+        assert_eq!(error(no_uid.as_bytes()), "invalid AdmissionReview: request.uid is missing");
+        let no_request = json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview"}).to_string();
+        assert_eq!(error(no_request.as_bytes()), "invalid AdmissionReview: request.uid is missing");
+        let uid_number = json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": {"uid": 7}});
+        let e = error(uid_number.to_string().as_bytes());
+        assert!(e.starts_with("invalid AdmissionReview: invalid type: integer `7`, expected a string"), "{e}");
+        let object_string = json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+                                   "request": {"uid": "u", "kind": {"kind": "Pod"}, "operation": "CREATE", "object": "pod"}});
+        let (answer, outcome) = answer(object_string.to_string().as_bytes(), |_| true, &settings()).unwrap();
+        assert_eq!(outcome, Outcome::Skipped(Skip::NotAPod), "{answer}");
     }
 }

@@ -15,9 +15,9 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
-use tracing::{debug, info};
+use tracing::{debug, info, Instrument};
 
-use crate::metrics::Metrics;
+use crate::metrics::{Admission, Failure, Metrics};
 use crate::mutate::Settings;
 use crate::review;
 
@@ -61,35 +61,43 @@ impl Webhook {
         if req.method() != Method::POST {
             return Ok(text(StatusCode::METHOD_NOT_ALLOWED, "expected POST /mutate"));
         }
+        let span = tracing::info_span!(
+            "admission",
+            uid = tracing::field::Empty,
+            namespace = tracing::field::Empty,
+            pod = tracing::field::Empty
+        );
+        Ok(self.admit(req).instrument(span).await)
+    }
+
+    /// One admission, in its span (the review fills in uid, namespace, pod).
+    async fn admit(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
         let started = Instant::now();
         // Closed never: the semaphore lives as long as the webhook.
         let Ok(_permit) = self.in_flight.acquire().await else {
-            return Ok(text(StatusCode::SERVICE_UNAVAILABLE, "the webhook is shutting down"));
+            return text(StatusCode::SERVICE_UNAVAILABLE, "the webhook is shutting down");
         };
         let declared =
             req.headers().get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
         if declared.is_some_and(|n| n > MAX_BODY as u64) {
             // Refused before a byte of it is read.
-            self.metrics.admission("error");
-            return Ok(text(StatusCode::PAYLOAD_TOO_LARGE, &format!("AdmissionReview larger than {MAX_BODY} bytes")));
+            self.metrics.admission(Admission::Error(Failure::TooLarge));
+            return text(StatusCode::PAYLOAD_TOO_LARGE, &format!("AdmissionReview larger than {MAX_BODY} bytes"));
         }
         let read = tokio::time::timeout(BODY_TIMEOUT, Limited::new(req.into_body(), MAX_BODY).collect()).await;
         let Ok(read) = read else {
-            self.metrics.admission("error");
-            return Ok(text(StatusCode::REQUEST_TIMEOUT, "the AdmissionReview body did not arrive in time"));
+            self.metrics.admission(Admission::Error(Failure::Timeout));
+            return text(StatusCode::REQUEST_TIMEOUT, "the AdmissionReview body did not arrive in time");
         };
         let body = match read {
             Ok(body) => body.to_bytes(),
             Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => {
-                self.metrics.admission("error");
-                return Ok(text(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    &format!("AdmissionReview larger than {MAX_BODY} bytes"),
-                ));
+                self.metrics.admission(Admission::Error(Failure::TooLarge));
+                return text(StatusCode::PAYLOAD_TOO_LARGE, &format!("AdmissionReview larger than {MAX_BODY} bytes"));
             }
             Err(e) => {
-                self.metrics.admission("error");
-                return Ok(text(StatusCode::BAD_REQUEST, &format!("cannot read the request body: {e}")));
+                self.metrics.admission(Admission::Error(Failure::Unreadable));
+                return text(StatusCode::BAD_REQUEST, &format!("cannot read the request body: {e}"));
             }
         };
         // A bug in the mutation must cost this one admission (a 500, which
@@ -99,25 +107,26 @@ impl Webhook {
             review::answer(&body, |ns| (self.namespace_opted_in)(ns), &self.settings)
         }));
         let Ok(answered) = answered else {
-            self.metrics.admission("error");
-            return Ok(text(StatusCode::INTERNAL_SERVER_ERROR, "the webhook failed on this AdmissionReview"));
+            self.metrics.admission(Admission::Error(Failure::Panic));
+            return text(StatusCode::INTERNAL_SERVER_ERROR, "the webhook failed on this AdmissionReview");
         };
         let response = match answered {
             Ok((answer, outcome)) => {
-                debug!(outcome = outcome.label(), "admission");
-                self.metrics.admission(outcome.label());
+                debug!(?outcome, "admission");
+                self.metrics.admission(outcome.admission());
                 let mut resp = Response::new(Full::new(Bytes::from(answer.to_string())));
                 resp.headers_mut()
                     .insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
                 resp
             }
             Err(e) => {
-                self.metrics.admission("error");
+                debug!("admission refused: {e}");
+                self.metrics.admission(Admission::Error(e.failure()));
                 text(StatusCode::BAD_REQUEST, &e.to_string())
             }
         };
         self.metrics.duration.observe(started.elapsed().as_secs_f64());
-        Ok(response)
+        response
     }
 }
 

@@ -22,10 +22,18 @@ pub enum Error {
     NoCertificate(PathBuf),
     #[error("unsupported private key in {path}: {message}")]
     Key { path: PathBuf, message: String },
+    /// rcgen's message (kept as text: an error that both prints and chains
+    /// its cause shows it twice in `{:#}`).
     #[error("cannot generate a certificate: {0}")]
-    Generate(#[from] rcgen::Error),
+    Generate(String),
     #[error("cannot use the generated key: {0}")]
     Sign(String),
+}
+
+impl From<rcgen::Error> for Error {
+    fn from(e: rcgen::Error) -> Self {
+        Error::Generate(e.to_string())
+    }
 }
 
 /// The certificate in use; swapped whole on reload.

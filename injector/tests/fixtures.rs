@@ -9,7 +9,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use mirrord_injector::mutate::{mutate, Settings, Skip};
+use mirrord_injector::mutate::{self, Mutation, Settings, Skip};
 use mirrord_injector::patch;
 use serde_json::{json, Value};
 
@@ -45,15 +45,15 @@ fn fixtures_match_golden_patches_and_validate() {
     let mut mutated_files = Vec::new();
     for (name, pod) in fixtures() {
         let namespace_opted_in = name.starts_with("ns-optin");
-        let outcome = match mutate(&pod, namespace_opted_in, &settings()) {
-            Ok(Ok(mutated)) => {
+        let outcome = match mutate::pod(&pod, namespace_opted_in, &settings()) {
+            Mutation::Inject(mutated) => {
                 let ops = patch::diff(&pod, &mutated);
                 let mut patched = pod.clone();
                 patch::apply(&mut patched, &ops).unwrap();
                 assert_eq!(patched, mutated, "{name}: the patch does not produce the mutated pod");
                 assert_eq!(
-                    mutate(&mutated, namespace_opted_in, &settings()),
-                    Ok(Err(Skip::AlreadyInjected)),
+                    mutate::pod(&mutated, namespace_opted_in, &settings()),
+                    Mutation::Skip(Skip::AlreadyInjected),
                     "{name}: second invocation"
                 );
                 // As stored: the API server names generateName pods after admission.
@@ -67,8 +67,8 @@ fn fixtures_match_golden_patches_and_validate() {
                 mutated_files.push(file);
                 json!({ "patch": ops })
             }
-            Ok(Err(skip)) => json!({ "skip": skip.reason() }),
-            Err(e) => json!({ "error": e.to_string() }),
+            Mutation::Skip(skip) => json!({ "skip": skip.reason() }),
+            Mutation::Invalid(e) => json!({ "error": e.to_string() }),
         };
         let text = format!("{}\n", serde_json::to_string_pretty(&outcome).unwrap());
         let golden = dir().join("patches").join(format!("{name}.json"));

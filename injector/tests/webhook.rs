@@ -116,9 +116,74 @@ async fn admissions_over_https() {
     assert_eq!(status, 413, "{body}");
 
     let metrics = running.metrics.render();
-    assert!(metrics.contains("mirrord_injector_admissions_total{result=\"injected\"} 2"), "{metrics}");
-    assert!(metrics.contains("mirrord_injector_admissions_total{result=\"not_opted_in\"} 1"), "{metrics}");
-    assert!(metrics.contains("mirrord_injector_admissions_total{result=\"error\"} 2"), "{metrics}");
+    for line in [
+        r#"mirrord_injector_admissions_total{result="injected",reason=""} 2"#,
+        r#"mirrord_injector_admissions_total{result="skipped",reason="not_opted_in"} 1"#,
+        r#"mirrord_injector_admissions_total{result="error",reason="bad_review"} 1"#,
+        r#"mirrord_injector_admissions_total{result="error",reason="too_large"} 1"#,
+    ] {
+        assert!(metrics.contains(line), "{line} in {metrics}");
+    }
+}
+
+/// The process as `main` assembles it: certificate files, both ports, the
+/// admin `/metrics` over plain HTTP.
+#[tokio::test]
+async fn the_assembled_injector_serves_admissions_and_its_metrics() {
+    use clap::Parser;
+    use mirrord_injector::run::{Args, Injector};
+
+    let (chain, key, ca) = tls::self_signed_pem(vec!["localhost".to_owned()]).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (cert_file, key_file) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
+    std::fs::write(&cert_file, chain).unwrap();
+    std::fs::write(&key_file, key).unwrap();
+    let args = Args::try_parse_from([
+        "mirrord-injector",
+        "--listen=127.0.0.1:0",
+        "--admin=127.0.0.1:0",
+        &format!("--cert-file={}", cert_file.display()),
+        &format!("--key-file={}", key_file.display()),
+        "--image=proxy:2",
+    ])
+    .unwrap();
+    let injector = Injector::bind(args).await.unwrap();
+    let (addr, admin) = (injector.addr().unwrap(), injector.admin_addr().unwrap());
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let served = tokio::spawn(injector.serve(async move {
+        let _ = stop_rx.await;
+    }));
+    let tls = client(&[&ca]);
+    let (status, body, _) = post(addr, &tls, review("shop", json!({"mirrord.dev/inject": "enabled"}))).await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    let patch = serde_json::from_str::<Value>(&body).unwrap()["response"]["patch"].as_str().unwrap().to_owned();
+    let patch = String::from_utf8(mirrord_injector::review::unbase64(&patch).unwrap()).unwrap();
+    assert!(patch.contains("\"image\":\"proxy:2\""), "the --image flag reached the mutation: {patch}");
+    let (status, _, _) =
+        post(addr, &tls, review("shop", json!({"mirrord.dev/inject": "enabled", "mirrord.dev/ports": "http"})))
+            .await
+            .unwrap();
+    assert_eq!(status, 200);
+
+    let metrics = get(admin, "/metrics").await;
+    assert!(metrics.contains(r#"mirrord_injector_admissions_total{result="injected",reason=""} 1"#), "{metrics}");
+    assert!(
+        metrics.contains(r#"mirrord_injector_admissions_total{result="invalid",reason="mirrord.dev/ports"} 1"#),
+        "{metrics}"
+    );
+    assert!(metrics.contains("mirrord_injector_admission_duration_seconds_count 2"), "{metrics}");
+    stop_tx.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(5), served).await.expect("stops when asked").unwrap();
+}
+
+/// A plain HTTP/1.0 GET, the body as text.
+async fn get(addr: SocketAddr, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    tcp.write_all(format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes()).await.unwrap();
+    let mut out = String::new();
+    tcp.read_to_string(&mut out).await.unwrap();
+    out.split_once("\r\n\r\n").map(|(_, body)| body.to_owned()).unwrap_or(out)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

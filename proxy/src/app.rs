@@ -5,21 +5,22 @@ use std::net::SocketAddr;
 /// Why a request could not be delivered to the app.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("cannot connect to the app at {dst}: {source}")]
-    Connect { dst: SocketAddr, source: std::io::Error },
-    #[error("HTTP handshake with the app at {dst} failed: {source}")]
-    Handshake { dst: SocketAddr, source: hyper::Error },
-    #[error("the app at {dst} did not answer: {source}")]
-    Request { dst: SocketAddr, source: hyper::Error },
+    #[error("cannot connect to the app at {dst}: {error}")]
+    Connect { dst: SocketAddr, error: std::io::Error },
+    #[error("HTTP handshake with the app at {dst} failed: {error}")]
+    Handshake { dst: SocketAddr, error: hyper::Error },
+    #[error("the app at {dst} did not answer: {error}")]
+    Request { dst: SocketAddr, error: hyper::Error },
 }
 
 impl Error {
     /// Metric reason.
-    pub fn reason(&self) -> &'static str {
+    pub fn reason(&self) -> crate::metrics::Fault {
+        use crate::metrics::Fault;
         match self {
-            Error::Connect { .. } => "upstream_connect",
-            Error::Handshake { .. } => "upstream_handshake",
-            Error::Request { .. } => "upstream_request",
+            Error::Connect { .. } => Fault::UpstreamConnect,
+            Error::Handshake { .. } => Fault::UpstreamHandshake,
+            Error::Request { .. } => Fault::UpstreamRequest,
         }
     }
 }

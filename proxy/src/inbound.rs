@@ -64,7 +64,7 @@ pub async fn accept_loop(listener: TcpListener, inbound: Arc<Inbound>, mut shutd
             Err(e) => {
                 // Typically EMFILE: back off instead of spinning.
                 warn!("accept failed: {e}");
-                inbound.metrics.error("accept");
+                inbound.metrics.error(crate::metrics::Fault::Accept);
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
@@ -79,14 +79,14 @@ async fn handle(mut stream: TcpStream, inbound: Arc<Inbound>, shutdown: Shutdown
             Ok(addr) => addr,
             Err(e) => {
                 debug!("no original destination: {e}");
-                inbound.metrics.error("original_dst");
+                inbound.metrics.error(crate::metrics::Fault::OriginalDst);
                 return;
             }
         },
     };
     if inbound.destination == Destination::Original && inbound.own_ports.contains(&dst.port()) {
         debug!(%dst, "refused: the original destination is the sidecar itself");
-        inbound.metrics.error("loop_refused");
+        inbound.metrics.error(crate::metrics::Fault::LoopRefused);
         return;
     }
     let detected = if inbound.opaque_ports.contains(&dst.port()) {
@@ -101,7 +101,7 @@ async fn handle(mut stream: TcpStream, inbound: Arc<Inbound>, shutdown: Shutdown
         Ok(Detected::Closed) => return,
         Err(e) => {
             debug!("read failed during detection: {e}");
-            inbound.metrics.error("client_read");
+            inbound.metrics.error(crate::metrics::Fault::ClientRead);
             return;
         }
     };

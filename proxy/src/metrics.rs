@@ -11,6 +11,9 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
+use crate::h1::head::Reject;
+use crate::pause::Resume;
+
 /// What a connection turned out to speak.
 #[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
 pub enum Protocol {
@@ -56,9 +59,81 @@ pub struct InterceptLabels {
     pub mode: &'static str,
 }
 
+/// Why a connection or request failed or was refused.
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
+pub enum Fault {
+    /// accept(2) failed.
+    Accept,
+    /// The original destination of a redirected connection is unknown.
+    OriginalDst,
+    /// A connection to the sidecar's own listener (a redirect loop).
+    LoopRefused,
+    /// Reading the first bytes of a client failed.
+    ClientRead,
+    /// A raw TCP connection idle past `--tcp-idle-timeout`.
+    TcpIdleTimeout,
+    UpstreamConnect,
+    UpstreamHandshake,
+    UpstreamRequest,
+    /// The app's response could not be read or trusted.
+    UpstreamResponse,
+    /// A request body stalled past `--body-read-timeout`.
+    BodyReadTimeout,
+    /// A request body ended before its framing said it would.
+    RequestBodyIncomplete,
+    /// A request refused before it reached anyone (400, 408, 414, 431, …).
+    Refused(Reject),
+}
+
+impl Fault {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Fault::Accept => "accept",
+            Fault::OriginalDst => "original_dst",
+            Fault::LoopRefused => "loop_refused",
+            Fault::ClientRead => "client_read",
+            Fault::TcpIdleTimeout => "tcp_idle_timeout",
+            Fault::UpstreamConnect => "upstream_connect",
+            Fault::UpstreamHandshake => "upstream_handshake",
+            Fault::UpstreamRequest => "upstream_request",
+            Fault::UpstreamResponse => "upstream_response",
+            Fault::BodyReadTimeout => "body_read_timeout",
+            Fault::RequestBodyIncomplete => "request_body_incomplete",
+            Fault::Refused(r) => r.reason(),
+        }
+    }
+}
+
+impl EncodeLabelValue for Fault {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        encoder.write_str(self.as_str())
+    }
+}
+
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ReasonLabels {
-    pub reason: &'static str,
+pub struct FaultLabels {
+    pub reason: Fault,
+}
+
+/// Why a pause ended, or `startup` (a previous sidecar's leftovers resumed).
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
+pub enum Resumed {
+    Startup,
+    Pause(Resume),
+}
+
+impl EncodeLabelValue for Resumed {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        encoder.write_str(match self {
+            Resumed::Startup => "startup",
+            Resumed::Pause(why) => why.label(),
+        })
+    }
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResumeLabels {
+    pub reason: Resumed,
 }
 
 /// Every metric of the sidecar, in one registry.
@@ -68,14 +143,14 @@ pub struct Metrics {
     pub connections: Family<ConnLabels, Counter>,
     pub open_connections: Family<ConnLabels, Gauge>,
     pub requests: Family<RequestLabels, Counter>,
-    pub errors: Family<ReasonLabels, Counter>,
+    pub errors: Family<FaultLabels, Counter>,
     pub sessions: Gauge,
     pub intercepted: Family<InterceptLabels, Counter>,
     pub mirror_dropped: Counter,
     pub paused: Gauge,
     pub paused_processes: Gauge,
     pub paused_seconds: Counter<f64, AtomicU64>,
-    pub pause_resumes: Family<ReasonLabels, Counter>,
+    pub pause_resumes: Family<ResumeLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -145,12 +220,12 @@ impl Metrics {
         self.intercepted.get_or_create(&InterceptLabels { port, mode }).inc();
     }
 
-    pub fn pause_resumed(&self, reason: &'static str) {
-        self.pause_resumes.get_or_create(&ReasonLabels { reason }).inc();
+    pub fn pause_resumed(&self, reason: Resumed) {
+        self.pause_resumes.get_or_create(&ResumeLabels { reason }).inc();
     }
 
-    pub fn error(&self, reason: &'static str) {
-        self.errors.get_or_create(&ReasonLabels { reason }).inc();
+    pub fn error(&self, reason: Fault) {
+        self.errors.get_or_create(&FaultLabels { reason }).inc();
     }
 
     /// Prometheus text exposition format.
@@ -184,12 +259,14 @@ mod tests {
         m.requests
             .get_or_create(&RequestLabels { port: 80, protocol: Protocol::Http2, status: status_class(204) })
             .inc_by(2);
-        m.error("upstream_connect");
+        m.error(Fault::UpstreamConnect);
+        m.error(Fault::Refused(Reject::MissingHost));
         let text = m.render();
         for line in [
             "mirrord_proxy_connections_total{port=\"80\",protocol=\"http1\"} 1",
             "mirrord_proxy_requests_total{port=\"80\",protocol=\"http2\",status=\"2xx\"} 2",
             "mirrord_proxy_errors_total{reason=\"upstream_connect\"} 1",
+            "mirrord_proxy_errors_total{reason=\"missing_host\"} 1",
         ] {
             assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
         }

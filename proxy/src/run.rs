@@ -99,12 +99,12 @@ pub enum PauseSetting {
 /// Why the sidecar could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("cannot listen on {addr}: {source}")]
-    Bind { addr: SocketAddr, source: std::io::Error },
+    #[error("cannot listen on {addr}: {error}")]
+    Bind { addr: SocketAddr, error: std::io::Error },
     #[error("--max-header-size {0} is too small: expected at least 1024 bytes")]
     HeaderSize(usize),
-    #[error("cannot read --token-file {path}: {source}")]
-    Token { path: std::path::PathBuf, source: std::io::Error },
+    #[error("cannot read --token-file {path}: {error}")]
+    Token { path: std::path::PathBuf, error: std::io::Error },
     #[error("--token-file {0} is empty: expected a token")]
     EmptyToken(std::path::PathBuf),
 }
@@ -129,9 +129,8 @@ impl Running {
             return Err(Error::HeaderSize(args.max_header_size));
         }
         let listeners = bind_inbound(&args.listen)?;
-        let admin_listener = socket::listen(args.admin).map_err(|source| Error::Bind { addr: args.admin, source })?;
-        let tunnel_listener =
-            socket::listen(args.tunnel).map_err(|source| Error::Bind { addr: args.tunnel, source })?;
+        let admin_listener = socket::listen(args.admin).map_err(|error| Error::Bind { addr: args.admin, error })?;
+        let tunnel_listener = socket::listen(args.tunnel).map_err(|error| Error::Bind { addr: args.tunnel, error })?;
         let metrics = Arc::new(Metrics::default());
         let sessions = Arc::new(Sessions::new(args.ports.clone()));
         let pause = match args.pause {
@@ -251,7 +250,7 @@ async fn serve_tunnel(listener: TcpListener, tunnel: Tunnel, stop: impl Future<O
 
 fn read_token(args: &RunArgs) -> Result<Option<Arc<str>>, Error> {
     let Some(path) = &args.token_file else { return Ok(None) };
-    let text = std::fs::read_to_string(path).map_err(|source| Error::Token { path: path.clone(), source })?;
+    let text = std::fs::read_to_string(path).map_err(|error| Error::Token { path: path.clone(), error })?;
     let token = text.trim();
     if token.is_empty() {
         return Err(Error::EmptyToken(path.clone()));
@@ -262,7 +261,7 @@ fn read_token(args: &RunArgs) -> Result<Option<Arc<str>>, Error> {
 /// Binds the inbound addresses. With none given, binds the redirect port on
 /// IPv4 and, where the kernel has IPv6, on IPv6 as well.
 fn bind_inbound(addrs: &[SocketAddr]) -> Result<Vec<TcpListener>, Error> {
-    let bind = |addr: SocketAddr| socket::listen(addr).map_err(|source| Error::Bind { addr, source });
+    let bind = |addr: SocketAddr| socket::listen(addr).map_err(|error| Error::Bind { addr, error });
     if !addrs.is_empty() {
         return addrs.iter().map(|a| bind(*a)).collect();
     }

@@ -39,7 +39,7 @@ pub async fn forward(
         if let Some(exchange) = open_steal(session, port, announce(), metrics).await {
             tokio::select! {
                 () = to_session(client, exchange) => {}
-                () = idle::watch(client_fd, idle_limit) => metrics.error("tcp_idle_timeout"),
+                () = idle::watch(client_fd, idle_limit) => metrics.error(crate::metrics::Fault::TcpIdleTimeout),
             }
             return;
         }
@@ -48,7 +48,7 @@ pub async fn forward(
         Ok(s) => s,
         Err(e) => {
             tracing::debug!(%dst, "cannot connect to the app: {e}");
-            metrics.error("upstream_connect");
+            metrics.error(crate::metrics::Fault::UpstreamConnect);
             // Reset rather than close: the client sees the same refusal it
             // would have seen without the sidecar.
             let _ = SockRef::from(&client).set_linger(Some(std::time::Duration::ZERO));
@@ -75,7 +75,7 @@ pub async fn forward(
         }
         () = idle::watch(client_fd, idle_limit) => {
             tracing::debug!("TCP connection idle for too long: closed");
-            metrics.error("tcp_idle_timeout");
+            metrics.error(crate::metrics::Fault::TcpIdleTimeout);
         }
     }
 }

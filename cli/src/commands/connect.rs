@@ -77,9 +77,9 @@ pub async fn run(mut args: ConnectArgs, stop: impl std::future::Future<Output = 
 
 /// The validated config, and the JSON the sidecar gets (the empty config
 /// without a file). Keys of mirrord's that are set aside are listed once.
-fn load_config(path: Option<&std::path::Path>) -> Result<(Config, String), String> {
+fn load_config(path: Option<&std::path::Path>) -> Result<(Config, String), mirrord_config::Error> {
     let Some(path) = path else { return Ok((Config::default(), "{}".to_owned())) };
-    let loaded = Config::load(path, &crate::vars::from_environment()).map_err(|e| e.to_string())?;
+    let loaded = Config::load(path, &crate::vars::from_environment())?;
     if !loaded.ignored.is_empty() {
         eprintln!("note: ignored here (mirrord keys this project does not use): {}", loaded.ignored.join(", "));
     }
@@ -189,9 +189,19 @@ async fn serve(
     ExitCode::Ok
 }
 
-async fn connect(addr: &str) -> Result<Channel, String> {
+/// Why the sidecar's tunnel cannot be reached.
+#[derive(Debug, thiserror::Error)]
+enum Unreachable {
+    #[error("invalid address {addr:?}: expected HOST:PORT ({error})")]
+    Address { addr: String, error: String },
+    /// The transport error with its causes, on one line.
+    #[error("{0}")]
+    Connect(String),
+}
+
+async fn connect(addr: &str) -> Result<Channel, Unreachable> {
     let endpoint = Endpoint::from_shared(format!("http://{addr}"))
-        .map_err(|e| format!("invalid address {addr:?}: {e}"))?
+        .map_err(|e| Unreachable::Address { addr: addr.to_owned(), error: e.to_string() })?
         .connect_timeout(Duration::from_secs(5))
         .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(1))
@@ -204,7 +214,7 @@ async fn connect(addr: &str) -> Result<Channel, String> {
             msg.push_str(&format!(": {s}"));
             source = s.source();
         }
-        msg
+        Unreachable::Connect(msg)
     })
 }
 

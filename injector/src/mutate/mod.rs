@@ -31,7 +31,7 @@ pub struct Settings {
 }
 
 /// Why a pod is left as it is (also the metric label).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
 pub enum Skip {
     NotOptedIn,
     OptedOut,
@@ -62,36 +62,71 @@ pub struct Invalid {
     pub message: String,
 }
 
-/// The mutated pod, or why it is left alone. `namespace_opted_in` says
-/// whether the pod's Namespace carries the opt-in annotation.
-pub fn mutate(pod: &Value, namespace_opted_in: bool, settings: &Settings) -> Result<Result<Value, Skip>, Invalid> {
-    let Some(spec) = pod.get("spec").and_then(Value::as_object) else { return Ok(Err(Skip::NotAPod)) };
+/// What the webhook does with a pod.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Mutation {
+    /// The pod as it is admitted: with the init container and the sidecar.
+    Inject(Value),
+    /// Left as it is, for this reason.
+    Skip(Skip),
+    /// Left as it is: an annotation cannot be honoured (the API server
+    /// shows the warning to whoever created the pod).
+    Invalid(Invalid),
+}
+
+impl Mutation {
+    /// The mutated pod, if it is injected.
+    pub fn injected(self) -> Option<Value> {
+        match self {
+            Mutation::Inject(pod) => Some(pod),
+            _ => None,
+        }
+    }
+}
+
+impl From<Invalid> for Mutation {
+    fn from(invalid: Invalid) -> Self {
+        Mutation::Invalid(invalid)
+    }
+}
+
+/// What becomes of `pod`. `namespace_opted_in` says whether the pod's
+/// Namespace carries the opt-in annotation.
+pub fn pod(pod: &Value, namespace_opted_in: bool, settings: &Settings) -> Mutation {
+    match decide(pod, namespace_opted_in, settings) {
+        Ok(mutated) => Mutation::Inject(mutated),
+        Err(other) => other,
+    }
+}
+
+fn decide(pod: &Value, namespace_opted_in: bool, settings: &Settings) -> Result<Value, Mutation> {
+    let Some(spec) = pod.get("spec").and_then(Value::as_object) else { return Err(Mutation::Skip(Skip::NotAPod)) };
     let annotations = pod.pointer("/metadata/annotations").and_then(Value::as_object);
     let annotation = |key: &str| annotations.and_then(|a| a.get(key)).and_then(Value::as_str);
     match annotation(ANNOTATION_INJECT) {
-        Some("disabled") => return Ok(Err(Skip::OptedOut)),
+        Some("disabled") => return Err(Mutation::Skip(Skip::OptedOut)),
         Some("enabled") => {}
         Some(other) => {
-            return Err(Invalid {
+            return Err(Mutation::Invalid(Invalid {
                 key: ANNOTATION_INJECT,
                 message: format!("{other:?}: expected \"enabled\" or \"disabled\""),
-            })
+            }))
         }
         None if namespace_opted_in => {}
-        None => return Ok(Err(Skip::NotOptedIn)),
+        None => return Err(Mutation::Skip(Skip::NotOptedIn)),
     }
     if spec.get("hostNetwork").and_then(Value::as_bool) == Some(true) {
-        return Ok(Err(Skip::HostNetwork));
+        return Err(Mutation::Skip(Skip::HostNetwork));
     }
     if names(spec, "initContainers").chain(names(spec, "containers")).any(|n| INJECTED_CONTAINERS.contains(&n)) {
-        return Ok(Err(Skip::AlreadyInjected));
+        return Err(Mutation::Skip(Skip::AlreadyInjected));
     }
     let ports = match annotation(ANNOTATION_PORTS) {
         Some(list) => port_list(ANNOTATION_PORTS, list)?,
         None => declared_ports(spec),
     };
     if ports.is_empty() {
-        return Ok(Err(Skip::NoPorts));
+        return Err(Mutation::Skip(Skip::NoPorts));
     }
     let skip =
         annotation(ANNOTATION_SKIP_PORTS).map(|l| port_list(ANNOTATION_SKIP_PORTS, l)).transpose()?.unwrap_or_default();
@@ -105,7 +140,7 @@ pub fn mutate(pod: &Value, namespace_opted_in: bool, settings: &Settings) -> Res
     if let Some(object) = out.as_object_mut() {
         inject(object, &injected, settings);
     }
-    Ok(Ok(out))
+    Ok(out)
 }
 
 struct Injected<'a> {
@@ -239,7 +274,7 @@ fn port_list(key: &'static str, list: &str) -> Result<BTreeSet<u16>, Invalid> {
 mod tests {
     use super::*;
 
-    fn pod() -> Value {
+    fn sample() -> Value {
         json!({"metadata": {"annotations": {ANNOTATION_INJECT: "enabled"}},
                "spec": {"containers": [{"name": "api", "image": "a", "ports": [{"containerPort": 8080}]}]}})
     }
@@ -247,7 +282,7 @@ mod tests {
     #[test]
     fn classic_mode_appends_the_sidecar_to_the_containers() {
         let settings = Settings { image: "proxy:1".to_owned(), native_sidecar: false };
-        let out = mutate(&pod(), false, &settings).unwrap().unwrap();
+        let out = pod(&sample(), false, &settings).injected().unwrap();
         let containers: Vec<&str> =
             out["spec"]["containers"].as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap()).collect();
         assert_eq!(containers, ["api", SIDECAR_NAME, GUARD_NAME]);
@@ -255,15 +290,15 @@ mod tests {
         assert_eq!(inits.len(), 1);
         assert_eq!(inits[0]["name"], INIT_NAME);
         assert!(out["spec"]["containers"][1].get("restartPolicy").is_none());
-        assert_eq!(mutate(&out, false, &settings), Ok(Err(Skip::AlreadyInjected)));
+        assert_eq!(pod(&out, false, &settings), Mutation::Skip(Skip::AlreadyInjected));
     }
 
     #[test]
     fn native_mode_puts_the_sidecar_right_after_the_iptables_init() {
         let settings = Settings { image: "proxy:1".to_owned(), native_sidecar: true };
-        let mut with_init = pod();
+        let mut with_init = sample();
         with_init["spec"]["initContainers"] = json!([{"name": "migrate", "image": "m"}]);
-        let out = mutate(&with_init, false, &settings).unwrap().unwrap();
+        let out = pod(&with_init, false, &settings).injected().unwrap();
         let inits: Vec<&str> =
             out["spec"]["initContainers"].as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap()).collect();
         assert_eq!(inits, [INIT_NAME, SIDECAR_NAME, GUARD_NAME, "migrate"]);

@@ -13,7 +13,7 @@ const MAX_HEADERS: usize = 100;
 const KNOWN_CODINGS: [&[u8]; 5] = [b"gzip", b"deflate", b"compress", b"x-gzip", b"x-compress"];
 
 /// Why a request head is refused; maps to a status and a metric reason.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
 pub enum Reject {
     Malformed,
     HeadTooLarge,

@@ -123,8 +123,8 @@ impl Shared {
 pub async fn serve(mut client: TcpStream, prefix: Bytes, conn: Conn) {
     let mut app = match socket::connect(conn.dst).await {
         Ok(app) => app,
-        Err(source) => {
-            let e = app::Error::Connect { dst: conn.dst, source };
+        Err(error) => {
+            let e = app::Error::Connect { dst: conn.dst, error };
             debug!("{e}");
             conn.metrics.error(e.reason());
             let _ = client.write_all(&bad_gateway(&e)).await;

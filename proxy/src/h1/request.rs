@@ -246,7 +246,7 @@ where
                 if ready > 0 && matches!(sink, Sink::App(_)) && shared.refuse_last(Reject::InvalidChunkedBody) {
                     return Passed::Stop(Done::Eof);
                 }
-                conn.metrics.error(Reject::InvalidChunkedBody.reason());
+                conn.metrics.error(crate::metrics::Fault::Refused(Reject::InvalidChunkedBody));
                 return Passed::Stop(Done::Close);
             }
         };
@@ -280,7 +280,7 @@ where
         let read = match tokio::time::timeout(conn.limits.body_read_timeout, fill(rd, buf)).await {
             Ok(read) => read,
             Err(_) => {
-                conn.metrics.error("body_read_timeout");
+                conn.metrics.error(crate::metrics::Fault::BodyReadTimeout);
                 cut_short(&sink, copies, conn, "the client sent nothing for too long").await;
                 return Passed::Stop(Done::Close);
             }
@@ -310,7 +310,7 @@ async fn cut_short<W>(sink: &Sink<'_, W>, copies: &mut Copies, conn: &Conn, why:
     let failure = Frame::Failure(Failure { message: format!("the request body was cut short: {why}") });
     let session = matches!(sink, Sink::Session(Some(_)));
     if session || !copies.is_empty() {
-        conn.metrics.error("request_body_incomplete");
+        conn.metrics.error(crate::metrics::Fault::RequestBodyIncomplete);
     }
     copies.send(&failure, &conn.metrics);
     *copies = Copies::default();

@@ -67,7 +67,7 @@ where
             },
             Ok(None) | Err(_) => {
                 debug!("unparseable response from the app; closing the connection");
-                conn.metrics.error("upstream_response");
+                conn.metrics.error(crate::metrics::Fault::UpstreamResponse);
                 return Done::Close;
             }
         };
@@ -97,7 +97,7 @@ where
             Message::SourceClosed | Message::Failed => return Done::Close,
             Message::Invalid(e) => {
                 debug!("invalid chunked response body from the app: {e}");
-                conn.metrics.error("upstream_response");
+                conn.metrics.error(crate::metrics::Fault::UpstreamResponse);
                 return Done::Close;
             }
         }
@@ -111,7 +111,7 @@ where
 async fn due_refusal<W: AsyncWrite + Unpin>(wr: &mut W, shared: &Shared, conn: &Conn) -> Option<Done> {
     let response = match shared.queue().front() {
         Some(Pending::Reject(r)) => {
-            conn.metrics.error(r.reason());
+            conn.metrics.error(crate::metrics::Fault::Refused(*r));
             Some(r.response())
         }
         Some(Pending::Close) => None,

@@ -54,8 +54,8 @@ impl Upstream {
                 }
             }
         };
-        sender.ready().await.map_err(|source| Error::Request { dst, source })?;
-        sender.send_request(req).await.map_err(|source| Error::Request { dst, source })
+        sender.ready().await.map_err(|error| Error::Request { dst, error })?;
+        sender.send_request(req).await.map_err(|error| Error::Request { dst, error })
     }
 
     /// The app connection, if it is open.
@@ -71,12 +71,12 @@ impl Upstream {
 
     async fn connect_h2(&self) -> Result<http2::SendRequest<UpBody>, Error> {
         let dst = self.dst;
-        let stream = socket::connect(dst).await.map_err(|source| Error::Connect { dst, source })?;
+        let stream = socket::connect(dst).await.map_err(|error| Error::Connect { dst, error })?;
         let (sender, conn) = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
             .handshake(TokioIo::new(stream))
             .await
-            .map_err(|source| Error::Handshake { dst, source })?;
+            .map_err(|error| Error::Handshake { dst, error })?;
         tokio::spawn(async move {
             if let Err(e) = conn.await {
                 debug!(%dst, "HTTP/2 connection to the app ended: {e}");

@@ -53,8 +53,8 @@ pub enum Error {
         "no usable iptables found: expected iptables-nft-restore, iptables-legacy-restore or iptables-restore on PATH"
     )]
     NoIptables,
-    #[error("cannot run {program}: {source}")]
-    Spawn { program: String, source: std::io::Error },
+    #[error("cannot run {program}: {error}")]
+    Spawn { program: String, error: std::io::Error },
     #[error("{program} failed ({status}): {stderr}\nscript was:\n{script}")]
     Failed { program: String, status: std::process::ExitStatus, stderr: String, script: String },
 }
@@ -114,7 +114,7 @@ fn detect_backend(choice: BackendChoice) -> Result<Backend, Error> {
 }
 
 fn restore(program: &str, script: &str) -> Result<(), Error> {
-    let spawn_err = |source| Error::Spawn { program: program.to_owned(), source };
+    let spawn_err = |error| Error::Spawn { program: program.to_owned(), error };
     let mut child = Command::new(program)
         .arg("--noflush")
         .stdin(Stdio::piped())

@@ -106,7 +106,7 @@ impl Pause {
         let n = self.state().policy.table().resume();
         if n > 0 {
             warn!(processes = n, "resumed app processes left stopped by a previous sidecar");
-            self.metrics.pause_resumed("startup");
+            self.metrics.pause_resumed(crate::metrics::Resumed::Startup);
         }
         n
     }
@@ -206,7 +206,7 @@ impl Pause {
                 self.count_paused_time(state);
                 state.counted = None;
                 self.mark(None);
-                self.metrics.pause_resumed(why.label());
+                self.metrics.pause_resumed(crate::metrics::Resumed::Pause(why));
                 let message = match why {
                     Resume::Released => {
                         info!(processes, "app resumed: no session holds the pause any more");

@@ -39,7 +39,7 @@ pub trait ProcessTable {
 }
 
 /// Why a pause ended (the app was resumed).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
 pub enum Resume {
     /// The last session holding it left.
     Released,
