@@ -12,9 +12,8 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::metrics::Metrics;
-use crate::proto::exchange_frame::Kind as Frame;
-use crate::proto::{self, incoming, End};
 use crate::session::{open_copies, open_steal, Copies, Exchange, Sessions};
+use crate::session::{Announced, Frame};
 
 /// Per-direction copy buffer for the fallback and for upgraded HTTP
 /// connections. tokio's default of 8 KiB halves loopback throughput.
@@ -33,7 +32,7 @@ pub async fn forward(
 ) {
     let client_fd = std::os::fd::AsRawFd::as_raw_fd(&client);
     let port = dst.port();
-    let announce = || incoming::Kind::Tcp(proto::TcpConnection { data: prefix.clone() });
+    let announce = || Announced::Tcp(prefix.clone());
     let decision = sessions.decide(port, None);
     if let Some(session) = &decision.steal {
         if let Some(exchange) = open_steal(session, port, announce(), metrics).await {
@@ -235,7 +234,7 @@ pub async fn copy_mirrored(
         loop {
             let n = client_rd.read(&mut buf).await?;
             if n == 0 {
-                copies.send(&Frame::End(End {}), metrics);
+                copies.send(&Frame::End, metrics);
                 return app_wr.shutdown().await;
             }
             app_wr.write_all(&buf[..n]).await?;
@@ -260,7 +259,7 @@ pub async fn to_session(mut client: TcpStream, exchange: Exchange) {
         loop {
             match rd.read(&mut buf).await {
                 Ok(0) | Err(_) => {
-                    let _ = to_client.send(Frame::End(End {})).await;
+                    let _ = to_client.send(Frame::End).await;
                     return;
                 }
                 Ok(n) => {
@@ -279,7 +278,7 @@ pub async fn to_session(mut client: TcpStream, exchange: Exchange) {
                         return false;
                     }
                 }
-                Some(Frame::End(_)) => return wr.shutdown().await.is_ok(),
+                Some(Frame::End) => return wr.shutdown().await.is_ok(),
                 Some(_) => {}
                 None => return false,
             }

@@ -17,6 +17,7 @@ use tracing::{info, Instrument};
 use crate::metrics::Metrics;
 use crate::pause::{Hold, Pause};
 use crate::proto::{self, exchange_frame, session_event, session_request};
+use crate::session::Frame;
 use crate::session::{plan, Session, Sessions};
 
 pub use mirrord_api::{MIN_PROTOCOL_VERSION, PROTOCOL_VERSION};
@@ -147,14 +148,16 @@ impl proto::tunnel_server::Tunnel for Tunnel {
         let from_client = slot.from_client;
         tokio::spawn(async move {
             while let Ok(Some(frame)) = inbound.message().await {
-                if let Some(kind) = frame.kind {
-                    if from_client.send(kind).await.is_err() {
+                // A second Attach or an empty frame carries nothing.
+                if let Some(frame) = frame.kind.and_then(Frame::from_wire) {
+                    if from_client.send(frame).await.is_err() {
                         break;
                     }
                 }
             }
         });
-        let outbound = ReceiverStream::new(slot.to_client).map(|kind| Ok(proto::ExchangeFrame { kind: Some(kind) }));
+        let outbound =
+            ReceiverStream::new(slot.to_client).map(|frame| Ok(proto::ExchangeFrame { kind: Some(frame.into_wire()) }));
         Ok(Response::new(Box::pin(outbound)))
     }
 }

@@ -16,7 +16,8 @@ use mirrord_proxy::ports::PortList;
 use mirrord_proxy::proto::exchange_frame::Kind as Wire;
 use mirrord_proxy::proto::tunnel_client::TunnelClient;
 use mirrord_proxy::proto::tunnel_server::TunnelServer;
-use mirrord_proxy::proto::{self, incoming, session_event, session_request};
+use mirrord_proxy::proto::{self, session_event, session_request};
+use mirrord_proxy::session::wire::{self, Announced, Frame};
 use mirrord_proxy::session::{RequestView, Sessions};
 use mirrord_proxy::tunnel::{Tunnel, PROTOCOL_VERSION};
 use tokio::sync::mpsc;
@@ -185,10 +186,16 @@ async fn an_exchange_carries_a_stolen_request_both_ways() {
     let decision =
         f.sessions.decide(80, Some(RequestView { method: "POST", path: "/orders", headers: &headers, body: None }));
     let session = decision.steal.expect("alice's filter matches");
-    let request = proto::HttpRequest { method: "POST".to_owned(), uri: "/orders".to_owned(), ..Default::default() };
-    let data_path = session.open(80, proto::Mode::Steal, incoming::Kind::Http(request)).await.unwrap();
-    data_path.to_client.send(Wire::Data(Bytes::from_static(b"request body"))).await.unwrap();
-    data_path.to_client.send(Wire::End(proto::End {})).await.unwrap();
+    let request = wire::HttpRequest {
+        method: "POST".to_owned(),
+        uri: "/orders".to_owned(),
+        version: wire::HttpVersion::Http11,
+        headers: vec![],
+        body_complete: false,
+    };
+    let data_path = session.open(80, wire::Mode::Steal, Announced::Http(request)).await.unwrap();
+    data_path.to_client.send(Frame::Data(Bytes::from_static(b"request body"))).await.unwrap();
+    data_path.to_client.send(Frame::End).await.unwrap();
     let no_match: [(&str, &[u8]); 1] = [("x-user", b"bob")];
     assert!(f
         .sessions
@@ -217,9 +224,10 @@ async fn an_exchange_carries_a_stolen_request_both_ways() {
     tx.send(frame(Wire::End(proto::End {}))).await.unwrap();
 
     let mut from_client = data_path.from_client;
-    assert_eq!(from_client.recv().await, Some(Wire::Response(head)));
-    assert_eq!(from_client.recv().await, Some(Wire::Data(Bytes::from_static(b"created"))));
-    assert_eq!(from_client.recv().await, Some(Wire::End(proto::End {})));
+    let head = wire::ResponseHead { status: 201, headers: vec![], end_of_stream: false };
+    assert_eq!(from_client.recv().await, Some(Frame::Response(head)));
+    assert_eq!(from_client.recv().await, Some(Frame::Data(Bytes::from_static(b"created"))));
+    assert_eq!(from_client.recv().await, Some(Frame::End));
 }
 
 #[tokio::test]

@@ -12,9 +12,8 @@ use super::head::{parse_request, Fields, Kind, Reject, RequestHead};
 use super::route::route;
 use super::stolen::Stolen;
 use super::{fill, forward, tunnel, Conn, Done, Pending, Shared, INITIAL_BUFFER};
-use crate::proto::exchange_frame::Kind as Frame;
-use crate::proto::{End, Failure};
 use crate::session::Copies;
+use crate::session::Frame;
 use crate::session::{Routed, BODY_FILTER_CAP, BODY_FILTER_WAIT};
 
 /// The answer to a kubelet probe while the app is paused.
@@ -271,9 +270,9 @@ where
             }
         }
         if done {
-            copies.send(&Frame::End(End {}), &conn.metrics);
+            copies.send(&Frame::End, &conn.metrics);
             return Passed::Complete(match sink {
-                Sink::Session(Some(tx)) => tx.send(Frame::End(End {})).await.ok().map(|()| tx),
+                Sink::Session(Some(tx)) => tx.send(Frame::End).await.ok().map(|()| tx),
                 _ => None,
             });
         }
@@ -307,7 +306,7 @@ where
 /// request and every copy get a Failure instead of an End, so the
 /// developer's app never takes what arrived for the whole request.
 async fn cut_short<W>(sink: &Sink<'_, W>, copies: &mut Copies, conn: &Conn, why: &str) {
-    let failure = Frame::Failure(Failure { message: format!("the request body was cut short: {why}") });
+    let failure = Frame::Failure(format!("the request body was cut short: {why}"));
     let session = matches!(sink, Sink::Session(Some(_)));
     if session || !copies.is_empty() {
         conn.metrics.error(crate::metrics::Fault::RequestBodyIncomplete);
@@ -331,7 +330,7 @@ async fn tunnel_to_session<R: AsyncRead + Unpin>(
         }
         match fill(rd, buf).await {
             Ok(0) => {
-                let _ = to_client.send(Frame::End(End {})).await;
+                let _ = to_client.send(Frame::End).await;
                 return Done::Eof;
             }
             Ok(_) => {}

@@ -11,7 +11,7 @@ use super::head::{parse_response, Kind};
 use super::stolen::{self, After};
 use super::{body, fill, forward, tunnel, Conn, Done, Pending, Shared, INITIAL_BUFFER, MAX_BUFFER};
 use crate::metrics::{status_class, Protocol, RequestLabels};
-use crate::proto::exchange_frame::Kind as Frame;
+use crate::session::Frame;
 
 pub(super) async fn pump<R, W>(mut rd: R, mut wr: W, shared: &Shared, conn: &Conn) -> Done
 where
@@ -170,7 +170,7 @@ async fn tunnel_from_session<W: AsyncWrite + Unpin>(wr: &mut W, mut from_client:
                     return Done::Close;
                 }
             }
-            Some(Frame::End(_)) => return if wr.shutdown().await.is_ok() { Done::Eof } else { Done::Close },
+            Some(Frame::End) => return if wr.shutdown().await.is_ok() { Done::Eof } else { Done::Close },
             Some(_) => {}
             None => return Done::Close,
         }

@@ -5,7 +5,7 @@ use bytes::Bytes;
 
 use super::head::{Fields, RequestHead};
 use super::Conn;
-use crate::proto;
+use crate::session::wire::{Header, HttpRequest, HttpVersion};
 use crate::session::{route_request, RequestView, Routed};
 
 /// Decides and opens the exchanges for the request whose head is `head_bytes`
@@ -20,15 +20,14 @@ pub(super) async fn route(
 ) -> Routed {
     let (method, uri) = (fields.method(head_bytes), fields.target(head_bytes));
     let pairs: Vec<(&str, &[u8])> = fields.headers(head_bytes).collect();
-    let announce = || proto::HttpRequest {
+    let announce = || HttpRequest {
         method: method.to_owned(),
         uri: uri.to_owned(),
-        version: if head.http10 { proto::HttpVersion::Http10 } else { proto::HttpVersion::Http11 } as i32,
+        version: if head.http10 { HttpVersion::Http10 } else { HttpVersion::Http11 },
         headers: pairs
             .iter()
-            .map(|(n, v)| proto::Header { name: (*n).to_owned(), value: Bytes::copy_from_slice(v) })
+            .map(|(n, v)| Header { name: (*n).to_owned(), value: Bytes::copy_from_slice(v) })
             .collect(),
-        body: Bytes::new(),
         body_complete: head.body == super::body::Body::Empty,
     };
     let view = RequestView { method, path: uri, headers: &pairs, body };

@@ -6,8 +6,7 @@ use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot};
 
 use super::head::Kind;
-use crate::proto::exchange_frame::Kind as Frame;
-use crate::proto::{Header, ResponseHead};
+use crate::session::wire::{Frame, Header, ResponseHead};
 
 /// A stolen request awaiting its answer.
 #[derive(Debug)]
@@ -41,9 +40,7 @@ const HOP_BY_HOP: [&str; 7] =
 pub(super) async fn respond<W: AsyncWrite + Unpin>(wr: &mut W, mut stolen: Stolen) -> (u16, After) {
     let head = match stolen.from_client.recv().await {
         Some(Frame::Response(head)) => head,
-        Some(Frame::Failure(f)) => {
-            return (502, failed(wr, &format!("the developer's side failed: {}", f.message)).await)
-        }
+        Some(Frame::Failure(f)) => return (502, failed(wr, &format!("the developer's side failed: {f}")).await),
         _ => return (502, failed(wr, "the session ended before answering this request").await),
     };
     let status = u16::try_from(head.status).unwrap_or(502);
@@ -137,8 +134,8 @@ async fn body<W: AsyncWrite + Unpin>(wr: &mut W, from_client: &mut mpsc::Receive
                 }
             }
             Some(Frame::Data(_)) => {}
-            Some(Frame::Trailers(t)) => trailers = t.headers,
-            Some(Frame::End(_)) => break,
+            Some(Frame::Trailers(t)) => trailers = t,
+            Some(Frame::End) => break,
             // The session failed or went away mid-body: the only honest
             // signal left is to cut the connection.
             _ => return false,

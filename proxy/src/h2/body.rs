@@ -15,8 +15,7 @@ use hyper::body::Incoming;
 use tokio::sync::mpsc;
 
 use crate::metrics::Metrics;
-use crate::proto::exchange_frame::Kind as Wire;
-use crate::proto::{End, Header, Trailers};
+use crate::session::wire::{Frame as Wire, Header};
 use crate::session::Copies;
 
 /// Request bodies sent to the app: as received (no session), or through
@@ -122,7 +121,7 @@ impl Body for Tee {
                     this.copies.send(&wire, &this.metrics);
                 }
             }
-            None => this.copies.send(&Wire::End(End {}), &this.metrics),
+            None => this.copies.send(&Wire::End, &this.metrics),
             Some(Err(_)) => this.copies = Copies::default(),
         }
         Poll::Ready(next)
@@ -142,7 +141,7 @@ pub fn to_wire(frame: &Frame<Bytes>) -> Option<Wire> {
     if let Some(data) = frame.data_ref() {
         return Some(Wire::Data(data.clone()));
     }
-    frame.trailers_ref().map(|t| Wire::Trailers(Trailers { headers: headers_to_wire(t) }))
+    frame.trailers_ref().map(|t| Wire::Trailers(headers_to_wire(t)))
 }
 
 pub fn headers_to_wire(headers: &HeaderMap) -> Vec<Header> {
@@ -187,8 +186,8 @@ impl Body for FromSession {
         loop {
             return match std::task::ready!(self.from_client.poll_recv(cx)) {
                 Some(Wire::Data(data)) => Poll::Ready(Some(Ok(Frame::data(data)))),
-                Some(Wire::Trailers(t)) => Poll::Ready(Some(Ok(Frame::trailers(headers_from_wire(&t.headers))))),
-                Some(Wire::End(_)) => {
+                Some(Wire::Trailers(t)) => Poll::Ready(Some(Ok(Frame::trailers(headers_from_wire(&t))))),
+                Some(Wire::End) => {
                     self.done = true;
                     Poll::Ready(None)
                 }

@@ -1,7 +1,6 @@
 //! One HTTP/2 stream meeting the sessions: stolen (the session answers),
 //! mirrored (copies on the side), or passed to the app.
 
-use bytes::Bytes;
 use http::{HeaderMap, StatusCode};
 use http_body_util::{BodyExt, Either};
 use hyper::body::Incoming;
@@ -11,8 +10,7 @@ use tokio::sync::mpsc;
 use super::body::{headers_from_wire, headers_to_wire, to_wire, FromSession, Replay, Tee};
 use super::{bad_gateway, Body, Proxy};
 use crate::metrics::Metrics;
-use crate::proto::exchange_frame::Kind as Wire;
-use crate::proto::{self, End};
+use crate::session::wire::{Frame as Wire, HttpRequest, HttpVersion};
 use crate::session::{route_request, Copies, Exchange, RequestView, Routed, BODY_FILTER_CAP, BODY_FILTER_WAIT};
 
 /// Connection-specific headers, which HTTP/2 forbids.
@@ -31,12 +29,11 @@ pub(super) async fn route(proxy: &Proxy, req: Request<Incoming>) -> Response<Bod
     let pairs: Vec<(&str, &[u8])> = parts.headers.iter().map(|(n, v)| (n.as_str(), v.as_bytes())).collect();
     let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
     let view = RequestView { method: parts.method.as_str(), path, headers: &pairs, body: read.as_deref() };
-    let announce = || proto::HttpRequest {
+    let announce = || HttpRequest {
         method: parts.method.as_str().to_owned(),
         uri: parts.uri.to_string(),
-        version: proto::HttpVersion::Http2 as i32,
+        version: HttpVersion::Http2,
         headers: headers_to_wire(&parts.headers),
-        body: Bytes::new(),
         body_complete: hyper::body::Body::is_end_stream(&body),
     };
     let Routed { steal: stolen, copies } = route_request(&proxy.sessions, port, view, announce, &proxy.metrics).await;
@@ -63,7 +60,7 @@ async fn steal(
     tokio::spawn(request_body(req.into_body(), to_client, copies, metrics));
     let head = match from_client.recv().await {
         Some(Wire::Response(head)) => head,
-        Some(Wire::Failure(f)) => return bad_gateway(&format!("the developer's side failed: {}", f.message)),
+        Some(Wire::Failure(message)) => return bad_gateway(&format!("the developer's side failed: {message}")),
         _ => return bad_gateway("the session ended before answering this request"),
     };
     let done = head.end_of_stream;
@@ -99,8 +96,8 @@ async fn request_body(
             }
         }
     }
-    copies.send(&Wire::End(End {}), &metrics);
+    copies.send(&Wire::End, &metrics);
     if let Some(tx) = to_client {
-        let _ = tx.send(Wire::End(End {})).await;
+        let _ = tx.send(Wire::End).await;
     }
 }

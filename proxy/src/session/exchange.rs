@@ -4,7 +4,7 @@
 
 use tokio::sync::mpsc;
 
-use crate::proto::exchange_frame::Kind as Frame;
+use super::wire::Frame;
 
 /// Frames in flight per direction of one exchange.
 const FRAMES: usize = 16;

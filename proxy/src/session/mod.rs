@@ -11,6 +11,7 @@ mod contest;
 mod exchange;
 mod plan;
 mod route;
+pub mod wire;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -23,6 +24,7 @@ pub use contest::Yielded;
 pub use exchange::{Copies, Exchange, Slot};
 pub use plan::{conflict, describe, plan, Conflict};
 pub use route::{open_copies, open_steal, route_request, Routed};
+pub use wire::{Announced, Frame};
 
 use crate::ports::PortList;
 use crate::proto::{self, session_event};
@@ -112,7 +114,7 @@ impl Session {
     /// Announces an intercepted request or connection and returns the data
     /// path's ends of its exchange. `None` when the session is gone or, for
     /// a copy, too far behind.
-    pub async fn open(&self, port: u16, mode: proto::Mode, kind: proto::incoming::Kind) -> Option<Exchange> {
+    pub async fn open(&self, port: u16, mode: wire::Mode, announced: Announced) -> Option<Exchange> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (exchange, slot) = exchange::pair();
         {
@@ -122,8 +124,9 @@ impl Session {
             }
             slots.insert(id, slot);
         }
-        let incoming = proto::Incoming { id, port: u32::from(port), mode: mode as i32, kind: Some(kind) };
-        if self.send(session_event::Kind::Incoming(incoming), mode == proto::Mode::Steal).await {
+        let kind = Some(announced.into_wire());
+        let incoming = proto::Incoming { id, port: u32::from(port), mode: mode.into_wire() as i32, kind };
+        if self.send(session_event::Kind::Incoming(incoming), mode == wire::Mode::Steal).await {
             Some(exchange)
         } else {
             self.slots().remove(&id);
@@ -133,9 +136,9 @@ impl Session {
 
     /// Announces a copy that is complete in itself (a request without a
     /// body): no exchange is needed, so none is opened. False when dropped.
-    pub fn announce_copy(&self, port: u16, request: proto::HttpRequest) -> bool {
+    pub fn announce_copy(&self, port: u16, request: wire::HttpRequest) -> bool {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let kind = Some(proto::incoming::Kind::Http(request));
+        let kind = Some(Announced::Http(request).into_wire());
         let incoming = proto::Incoming { id, port: u32::from(port), mode: proto::Mode::Mirror as i32, kind };
         self.events.try_send(Ok(proto::SessionEvent { kind: Some(session_event::Kind::Incoming(incoming)) })).is_ok()
     }

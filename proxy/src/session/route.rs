@@ -7,9 +7,9 @@
 
 use std::sync::Arc;
 
+use super::wire::{Announced, HttpRequest, Mode};
 use super::{Copies, Exchange, RequestView, Session, Sessions};
 use crate::metrics::Metrics;
-use crate::proto::{self, incoming};
 
 /// What happens to one request besides (or instead of) the app.
 #[derive(Debug, Default)]
@@ -26,14 +26,14 @@ pub async fn route_request(
     sessions: &Sessions,
     port: u16,
     view: RequestView<'_>,
-    announce: impl FnOnce() -> proto::HttpRequest,
+    announce: impl FnOnce() -> HttpRequest,
     metrics: &Metrics,
 ) -> Routed {
     let decision = sessions.decide(port, Some(view));
     if decision.is_passthrough() {
         return Routed::default();
     }
-    let request = incoming::Kind::Http(announce());
+    let request = Announced::Http(announce());
     let copies = open_copies(&decision.mirrors, port, &request, metrics).await;
     let steal = match decision.steal {
         Some(session) => open_steal(&session, port, request, metrics).await,
@@ -44,8 +44,8 @@ pub async fn route_request(
 
 /// Opens the exchange of a stolen request or connection; `None` when the
 /// session is gone (the app then answers).
-pub async fn open_steal(session: &Session, port: u16, announce: incoming::Kind, metrics: &Metrics) -> Option<Exchange> {
-    let exchange = session.open(port, proto::Mode::Steal, announce).await;
+pub async fn open_steal(session: &Session, port: u16, announce: Announced, metrics: &Metrics) -> Option<Exchange> {
+    let exchange = session.open(port, Mode::Steal, announce).await;
     if exchange.is_some() {
         metrics.intercepted(port, "steal");
     }
@@ -55,12 +55,12 @@ pub async fn open_steal(session: &Session, port: u16, announce: incoming::Kind, 
 /// Opens the copies for the mirroring sessions. A request without a body
 /// travels whole in its announcement; others get an exchange for the body
 /// (or the connection's bytes). A session too far behind loses its copy.
-pub async fn open_copies(mirrors: &[Arc<Session>], port: u16, announce: &incoming::Kind, metrics: &Metrics) -> Copies {
+pub async fn open_copies(mirrors: &[Arc<Session>], port: u16, announce: &Announced, metrics: &Metrics) -> Copies {
     let mut copies = Copies::default();
     for session in mirrors {
         let opened = match announce {
-            incoming::Kind::Http(request) if request.body_complete => session.announce_copy(port, request.clone()),
-            _ => match session.open(port, proto::Mode::Mirror, announce.clone()).await {
+            Announced::Http(request) if request.body_complete => session.announce_copy(port, request.clone()),
+            _ => match session.open(port, Mode::Mirror, announce.clone()).await {
                 Some(exchange) => {
                     copies.add(exchange.to_client);
                     true
