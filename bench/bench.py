@@ -267,6 +267,9 @@ def main():
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--seconds", type=int, default=5)
     ap.add_argument("--only", choices=["proxy", "sessions"], help="run one part only")
+    ap.add_argument("--baseline", metavar="BIN",
+                    help="another mirrord-proxy binary (e.g. built from an earlier commit), measured as 'baseline' "
+                         "in the same interleaved rounds")
     args = ap.parse_args()
     for tool in ("wrk", "oha", "h2load", "iperf3", "nginx", "haproxy", "taskset"):
         if not shutil.which(tool):
@@ -282,7 +285,8 @@ def main():
             shutil.rmtree(tmp, ignore_errors=True)
         return
     ports = {k: free_port() for k in ("app", "iperf", "sidecar", "sidecar_tcp", "admin", "admin_tcp",
-                                       "nginx", "nginx_h2", "haproxy", "haproxy_h2", "haproxy_tcp")}
+                                       "nginx", "nginx_h2", "haproxy", "haproxy_h2", "haproxy_tcp",
+                                       "baseline", "baseline_tcp", "baseline_admin", "baseline_admin_tcp")}
     try:
         procs.start([f"{RELEASE}/sample-app", "--http", f"127.0.0.1:{ports['app']}"])
         procs.start(["iperf3", "-s", "-p", str(ports["iperf"])])
@@ -292,6 +296,12 @@ def main():
         procs.start([f"{RELEASE}/mirrord-proxy", "run", "--threads", "1",
                      "--listen", f"127.0.0.1:{ports['sidecar_tcp']}", "--upstream", f"127.0.0.1:{ports['iperf']}",
                      "--admin", f"127.0.0.1:{ports['admin_tcp']}", "--tunnel", "127.0.0.1:0"])
+        if args.baseline:
+            for listen, upstream, admin in (("baseline", "app", "baseline_admin"),
+                                            ("baseline_tcp", "iperf", "baseline_admin_tcp")):
+                procs.start([args.baseline, "run", "--threads", "1", "--listen", f"127.0.0.1:{ports[listen]}",
+                             "--upstream", f"127.0.0.1:{ports[upstream]}", "--admin", f"127.0.0.1:{ports[admin]}",
+                             "--tunnel", "127.0.0.1:0"])
         procs.start(["nginx", "-c", nginx_conf(tmp, ports["nginx"], ports["nginx_h2"], ports["app"])])
         procs.start(["haproxy", "-f", haproxy_conf(tmp, ports["haproxy"], ports["haproxy_h2"], ports["haproxy_tcp"],
                                                   ports["app"], ports["iperf"])])
@@ -306,6 +316,11 @@ def main():
         h1 = {"direct": ports["app"], "sidecar": ports["sidecar"], "nginx": ports["nginx"], "haproxy": ports["haproxy"]}
         h2 = {"direct": ports["app"], "sidecar": ports["sidecar"], "nginx": ports["nginx_h2"], "haproxy": ports["haproxy_h2"]}
         tcp = {"direct": ports["iperf"], "sidecar": ports["sidecar_tcp"], "haproxy": ports["haproxy_tcp"]}
+        if args.baseline:
+            wait_port(ports["baseline"])
+            wait_port(ports["baseline_tcp"])
+            h1["baseline"] = h2["baseline"] = ports["baseline"]
+            tcp["baseline"] = ports["baseline_tcp"]
         results = {m: {k: [] for k in targets} for m, targets in
                    (("h1_rps", h1), ("lat", h1), ("h2_rps", h2), ("tcp", tcp))}
         sidecar_cpu, sidecar_reqs = 0.0, 0
