@@ -1,14 +1,18 @@
-//! The sidecar's metrics registry, rendered as Prometheus text on the admin
-//! port. Labels are bounded: a port number, a protocol, a status class, or a
-//! fixed error reason — never a path, header or address.
+//! The sidecar's metrics registry, rendered as OpenMetrics text on the admin
+//! port. Labels are bounded: a port number, a protocol, a status class, a
+//! route, a fixed reason, or a session name from a bounded set
+//! ([`MAX_SESSION_LABELS`]) — never a path, header or address.
 
 use std::fmt::Write;
 use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
 
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::Registry;
 
 use crate::h1::head::Reject;
@@ -52,11 +56,164 @@ pub struct RequestLabels {
     pub status: &'static str,
 }
 
+/// What happened to a request: answered by the app alone, by the app with
+/// copies to mirroring sessions, or by a stealing session.
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
+pub enum Route {
+    Passthrough,
+    Mirrored,
+    Stolen,
+}
+
+impl Route {
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+impl EncodeLabelValue for Route {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        encoder.write_str(match self {
+            Route::Passthrough => "passthrough",
+            Route::Mirrored => "mirrored",
+            Route::Stolen => "stolen",
+        })
+    }
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DurationLabels {
+    pub port: u16,
+    pub protocol: Protocol,
+    pub route: Route,
+}
+
+/// Request durations from 0.1 ms to 30 s: from the request head read to the
+/// last byte of the response written (HTTP/1), or to the end of the response
+/// stream (HTTP/2).
+pub const DURATION_BUCKETS: [f64; 17] =
+    [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
+
+fn duration_histogram() -> Histogram {
+    Histogram::new(DURATION_BUCKETS)
+}
+
+/// How many session names get a label of their own; later ones count as `other`.
+pub const MAX_SESSION_LABELS: usize = 16;
+
+/// A session's name as a label value.
+#[derive(Debug, Clone, Hash, PartialEq, Eq)]
+pub struct SessionLabel(Arc<str>);
+
+impl SessionLabel {
+    pub fn other() -> Self {
+        SessionLabel(Arc::from("other"))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<&str> for SessionLabel {
+    fn from(name: &str) -> Self {
+        SessionLabel(Arc::from(name))
+    }
+}
+
+impl EncodeLabelValue for SessionLabel {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        encoder.write_str(&self.0)
+    }
+}
+
+/// `steal` or `mirror`.
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
+pub enum InterceptMode {
+    Steal,
+    Mirror,
+}
+
+impl EncodeLabelValue for InterceptMode {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        encoder.write_str(match self {
+            InterceptMode::Steal => "steal",
+            InterceptMode::Mirror => "mirror",
+        })
+    }
+}
+
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct InterceptLabels {
     pub port: u16,
-    /// `steal` or `mirror`.
-    pub mode: &'static str,
+    pub mode: InterceptMode,
+    pub session: SessionLabel,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SessionOnlyLabels {
+    pub session: SessionLabel,
+}
+
+/// How a session ended, or why it was refused.
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
+pub enum SessionEnd {
+    /// The client said Bye.
+    Closed,
+    /// The session call broke off (Ctrl-C without Bye, a lost or silent tunnel).
+    Lost,
+    /// Refused at Hello: protocol versions that do not meet.
+    RefusedVersion,
+    /// Refused at Hello: a missing or wrong token.
+    RefusedToken,
+    /// Refused at Hello: a config this sidecar cannot accept.
+    RefusedConfig,
+    /// Refused: another session already steals what it would steal.
+    RefusedConflict,
+    /// Refused: it asked to pause and the app cannot be paused.
+    RefusedPause,
+}
+
+impl EncodeLabelValue for SessionEnd {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        encoder.write_str(match self {
+            SessionEnd::Closed => "closed",
+            SessionEnd::Lost => "lost",
+            SessionEnd::RefusedVersion => "refused_version",
+            SessionEnd::RefusedToken => "refused_token",
+            SessionEnd::RefusedConfig => "refused_config",
+            SessionEnd::RefusedConflict => "refused_conflict",
+            SessionEnd::RefusedPause => "refused_pause",
+        })
+    }
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SessionEndLabels {
+    pub reason: SessionEnd,
+}
+
+/// Which way bytes crossed the tunnel.
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
+pub enum Direction {
+    /// Sidecar → developer's machine (request bodies, copies, client bytes).
+    ToClient,
+    /// Developer's machine → sidecar (responses).
+    FromClient,
+}
+
+impl EncodeLabelValue for Direction {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        encoder.write_str(match self {
+            Direction::ToClient => "to_client",
+            Direction::FromClient => "from_client",
+        })
+    }
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DirectionLabels {
+    pub direction: Direction,
 }
 
 /// Why a connection or request failed or was refused.
@@ -144,9 +301,14 @@ pub struct Metrics {
     pub open_connections: Family<ConnLabels, Gauge>,
     pub requests: Family<RequestLabels, Counter>,
     pub errors: Family<FaultLabels, Counter>,
+    pub durations: Family<DurationLabels, Histogram, fn() -> Histogram>,
     pub sessions: Gauge,
+    pub session_ends: Family<SessionEndLabels, Counter>,
     pub intercepted: Family<InterceptLabels, Counter>,
-    pub mirror_dropped: Counter,
+    pub mirror_dropped: Family<SessionOnlyLabels, Counter>,
+    pub tunnel_bytes: Family<DirectionLabels, Counter>,
+    /// Session names that have a label of their own.
+    session_names: Mutex<Vec<SessionLabel>>,
     pub paused: Gauge,
     pub paused_processes: Gauge,
     pub paused_seconds: Counter<f64, AtomicU64>,
@@ -171,20 +333,47 @@ impl Default for Metrics {
             "HTTP requests proxied, by port, protocol and response status class",
             requests.clone(),
         );
-        registry.register("errors", "Connections or requests that failed, by reason", errors.clone());
+        registry.register("errors", "Connections or requests that failed or were refused, by reason", errors.clone());
+        let durations = Family::<DurationLabels, Histogram, fn() -> Histogram>::new_with_constructor(
+            duration_histogram as fn() -> Histogram,
+        );
+        registry.register_with_unit(
+            "request_duration",
+            "HTTP requests, from head to the end of the response, by port, protocol and route (passthrough, mirrored, stolen)",
+            prometheus_client::registry::Unit::Seconds,
+            durations.clone(),
+        );
         let sessions = Gauge::default();
         registry.register("sessions", "Developer sessions connected", sessions.clone());
+        let session_ends = Family::default();
+        registry.register(
+            "session_ends",
+            "Sessions that ended or were refused, by reason (closed, lost, refused_*)",
+            session_ends.clone(),
+        );
         let intercepted = Family::default();
         registry.register(
             "intercepted",
-            "Requests and connections stolen or mirrored to a session",
+            "Requests and connections stolen or mirrored, by port, mode and session",
             intercepted.clone(),
         );
-        let mirror_dropped = Counter::default();
+        let mirror_dropped = Family::default();
         registry.register(
             "mirror_dropped",
-            "Mirrored copies dropped because the session could not keep up",
+            "Mirrored copies dropped because the session could not keep up, by session",
             mirror_dropped.clone(),
+        );
+        let tunnel_bytes = Family::default();
+        registry.register_with_unit(
+            "tunnel",
+            "Body and stream bytes that crossed the session tunnel, by direction",
+            prometheus_client::registry::Unit::Bytes,
+            tunnel_bytes.clone(),
+        );
+        registry.register(
+            "build",
+            "The sidecar's version",
+            Info::new(vec![("version".to_owned(), env!("CARGO_PKG_VERSION").to_owned())]),
         );
         let paused = Gauge::default();
         registry.register("paused", "1 while the app is paused for a session, else 0", paused.clone());
@@ -204,9 +393,13 @@ impl Default for Metrics {
             open_connections,
             requests,
             errors,
+            durations,
             sessions,
+            session_ends,
             intercepted,
             mirror_dropped,
+            tunnel_bytes,
+            session_names: Mutex::default(),
             paused,
             paused_processes,
             paused_seconds,
@@ -216,8 +409,40 @@ impl Default for Metrics {
 }
 
 impl Metrics {
-    pub fn intercepted(&self, port: u16, mode: &'static str) {
-        self.intercepted.get_or_create(&InterceptLabels { port, mode }).inc();
+    pub fn intercepted(&self, port: u16, mode: InterceptMode, session: &SessionLabel) {
+        self.intercepted.get_or_create(&InterceptLabels { port, mode, session: session.clone() }).inc();
+    }
+
+    pub fn mirror_dropped(&self, session: &SessionLabel) {
+        self.mirror_dropped.get_or_create(&SessionOnlyLabels { session: session.clone() }).inc();
+    }
+
+    pub fn session_ended(&self, reason: SessionEnd) {
+        self.session_ends.get_or_create(&SessionEndLabels { reason }).inc();
+    }
+
+    pub fn tunnel_bytes(&self, direction: Direction, n: usize) {
+        self.tunnel_bytes.get_or_create(&DirectionLabels { direction }).inc_by(n as u64);
+    }
+
+    /// The label for a session named `name`: its own for the first
+    /// [`MAX_SESSION_LABELS`] names, `other` after that.
+    pub fn session_label(&self, name: &str) -> SessionLabel {
+        let mut names = self.session_names.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(known) = names.iter().find(|l| l.as_str() == name) {
+            return known.clone();
+        }
+        if names.len() >= MAX_SESSION_LABELS || name == "other" {
+            return SessionLabel::other();
+        }
+        let label = SessionLabel::from(name);
+        names.push(label.clone());
+        label
+    }
+
+    /// The duration histogram of one port, protocol and route.
+    pub fn duration(&self, port: u16, protocol: Protocol, route: Route) -> Histogram {
+        self.durations.get_or_create(&DurationLabels { port, protocol, route }).clone()
     }
 
     pub fn pause_resumed(&self, reason: Resumed) {
@@ -228,7 +453,7 @@ impl Metrics {
         self.errors.get_or_create(&FaultLabels { reason }).inc();
     }
 
-    /// Prometheus text exposition format.
+    /// OpenMetrics text.
     pub fn render(&self) -> String {
         let mut out = String::new();
         // Writing into a String cannot fail.
@@ -248,9 +473,62 @@ pub fn status_class(status: u16) -> &'static str {
     }
 }
 
+/// Duration histograms of one connection, looked up once per route.
+#[derive(Debug)]
+pub struct Timers {
+    port: u16,
+    protocol: Protocol,
+    cached: [Option<Histogram>; 3],
+}
+
+impl Timers {
+    pub fn new(port: u16, protocol: Protocol) -> Self {
+        Timers { port, protocol, cached: Default::default() }
+    }
+
+    pub fn observe(&mut self, metrics: &Metrics, route: Route, started: std::time::Instant) {
+        let (port, protocol) = (self.port, self.protocol);
+        self.cached[route.index()]
+            .get_or_insert_with(|| metrics.duration(port, protocol, route))
+            .observe(started.elapsed().as_secs_f64());
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn session_labels_are_bounded() {
+        let m = Metrics::default();
+        let first = m.session_label("alice@laptop");
+        assert_eq!(first.as_str(), "alice@laptop");
+        for i in 1..MAX_SESSION_LABELS {
+            assert_eq!(m.session_label(&format!("dev{i}")).as_str(), format!("dev{i}"));
+        }
+        assert_eq!(m.session_label("one-too-many").as_str(), "other");
+        assert_eq!(m.session_label("alice@laptop"), first, "a known name keeps its label");
+    }
+
+    #[test]
+    fn histograms_and_build_info_render() {
+        let m = Metrics::default();
+        let mut timers = Timers::new(80, Protocol::Http1);
+        timers.observe(&m, Route::Stolen, std::time::Instant::now());
+        let text = m.render();
+        assert!(text.contains("# TYPE mirrord_proxy_request_duration_seconds histogram"), "{text}");
+        assert!(
+            text.contains(
+                r#"mirrord_proxy_request_duration_seconds_count{port="80",protocol="http1",route="stolen"} 1"#
+            ),
+            "{text}"
+        );
+        assert!(text.contains(r#"le="0.0001""#) && text.contains(r#"le="30.0""#), "{text}");
+        assert!(
+            text.contains(&format!(r#"mirrord_proxy_build_info{{version="{}"}} 1"#, env!("CARGO_PKG_VERSION"))),
+            "{text}"
+        );
+    }
 
     #[test]
     fn renders_exact_lines() {

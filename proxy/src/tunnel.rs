@@ -15,6 +15,7 @@ use tonic::{Request, Response, Status, Streaming};
 use tracing::{info, Instrument};
 
 use crate::metrics::Metrics;
+use crate::metrics::{Direction, SessionEnd};
 use crate::pause::{Hold, Pause};
 use crate::proto::{self, exchange_frame, session_event, session_request};
 use crate::session::Frame;
@@ -69,18 +70,32 @@ impl proto::tunnel_server::Tunnel for Tunnel {
             Some(proto::SessionRequest { kind: Some(session_request::Kind::Hello(hello)) }) => hello,
             _ => return Err(Status::invalid_argument("expected Hello as the first message of a session")),
         };
-        check_version(&hello)?;
-        self.check_token(&hello.token)?;
-        let config = Config::from_json(&hello.config_json).map_err(|e| config_refused(&e, &hello))?;
+        let refused = |reason: SessionEnd| {
+            let metrics = self.metrics.clone();
+            move |status: Status| {
+                metrics.session_ended(reason);
+                status
+            }
+        };
+        check_version(&hello).map_err(refused(SessionEnd::RefusedVersion))?;
+        self.check_token(&hello.token).map_err(refused(SessionEnd::RefusedToken))?;
+        let config = Config::from_json(&hello.config_json)
+            .map_err(|e| config_refused(&e, &hello))
+            .map_err(refused(SessionEnd::RefusedConfig))?;
         let name = client_name(&hello.client_name);
         let summary = config.to_string();
         let (session, events) = Session::new(
             self.sessions.next_seq(),
             crate::secret::random_id().map_err(|e| Status::internal(format!("no randomness for a session id: {e}")))?,
             name.clone(),
+            self.metrics.session_label(&name),
             config,
         );
-        let contested = self.sessions.add(session.clone()).map_err(|c| Status::failed_precondition(c.to_string()))?;
+        let contested = self
+            .sessions
+            .add(session.clone())
+            .map_err(|c| Status::failed_precondition(c.to_string()))
+            .map_err(refused(SessionEnd::RefusedConflict))?;
         self.metrics.sessions.inc();
         let mut registered = Registered {
             sessions: self.sessions.clone(),
@@ -103,7 +118,8 @@ impl proto::tunnel_server::Tunnel for Tunnel {
             // After the plan, so that the client hears of the pause in order.
             registered.hold = Some(
                 span.in_scope(|| self.pause.hold(&session))
-                    .map_err(|why| Status::failed_precondition(format!("pause refused: {why}")))?,
+                    .map_err(|why| Status::failed_precondition(format!("pause refused: {why}")))
+                    .map_err(refused(SessionEnd::RefusedPause))?,
             );
         }
         tokio::spawn(
@@ -116,6 +132,7 @@ impl proto::tunnel_server::Tunnel for Tunnel {
                     }
                 };
                 let session = registered.session.clone();
+                registered.metrics.session_ended(if clean { SessionEnd::Closed } else { SessionEnd::Lost });
                 drop(registered);
                 if clean {
                     // What was announced before Bye may still be attached
@@ -146,18 +163,27 @@ impl proto::tunnel_server::Tunnel for Tunnel {
             .attach(attach.id)
             .ok_or_else(|| Status::not_found(format!("no exchange {} in this session", attach.id)))?;
         let from_client = slot.from_client;
+        let metrics = self.metrics.clone();
         tokio::spawn(async move {
             while let Ok(Some(frame)) = inbound.message().await {
                 // A second Attach or an empty frame carries nothing.
                 if let Some(frame) = frame.kind.and_then(Frame::from_wire) {
+                    if let Frame::Data(data) = &frame {
+                        metrics.tunnel_bytes(Direction::FromClient, data.len());
+                    }
                     if from_client.send(frame).await.is_err() {
                         break;
                     }
                 }
             }
         });
-        let outbound =
-            ReceiverStream::new(slot.to_client).map(|frame| Ok(proto::ExchangeFrame { kind: Some(frame.into_wire()) }));
+        let to_client = self.metrics.clone();
+        let outbound = ReceiverStream::new(slot.to_client).map(move |frame| {
+            if let Frame::Data(data) = &frame {
+                to_client.tunnel_bytes(Direction::ToClient, data.len());
+            }
+            Ok(proto::ExchangeFrame { kind: Some(frame.into_wire()) })
+        });
         Ok(Response::new(Box::pin(outbound)))
     }
 }

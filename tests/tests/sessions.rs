@@ -108,7 +108,11 @@ fn header_filter_steals_matching_requests_also_on_an_open_keepalive_connection()
     assert_eq!(ask("bob"), "remote");
     assert_eq!(answered_by(&w.pod, &["X-User: alice"]), "local");
     assert_eq!(answered_by(&w.pod, &[]), "remote");
-    assert!(metric(&w.pod, "mirrord_proxy_intercepted_total{port=\"80\",mode=\"steal\"} 2"), "{}", w.pod.metrics());
+    assert!(
+        metric(&w.pod, "mirrord_proxy_intercepted_total{port=\"80\",mode=\"steal\",session=\"alice\"} 2"),
+        "{}",
+        w.pod.metrics()
+    );
 
     // Ctrl-C: the traffic is the app's again before the CLI exits.
     cli.signal(libc::SIGINT);
@@ -174,7 +178,7 @@ fn mirror_copies_reach_the_local_app_while_the_remote_answers() {
     assert_eq!(answered_by(&w.pod, &["X-Copy: 1"]), "remote");
     let copy = cli.wait_for(Duration::from_secs(5), |e| e["event"] == "delivered" && e["mode"] == "mirror");
     assert_eq!(copy.expect("the local app got the copy")["status"], 200);
-    assert!(metric(&w.pod, "mirrord_proxy_intercepted_total{port=\"80\",mode=\"mirror\"} 1"));
+    assert!(metric(&w.pod, "mirrord_proxy_intercepted_total{port=\"80\",mode=\"mirror\",session=\"mirror\"} 1"));
 }
 
 #[test]
@@ -453,5 +457,5 @@ fn mirrored_tcp_connections_copy_the_clients_bytes() {
     assert_eq!(echoed, "copy me\n", "the remote app answers as always");
     let delivered = cli.wait_for(Duration::from_secs(5), |e| e["event"] == "delivered" && e["mode"] == "mirror");
     assert!(delivered.is_some(), "the copy reached the local app");
-    assert!(metric(&w.pod, "mirrord_proxy_intercepted_total{port=\"9000\",mode=\"mirror\"} 1"));
+    assert!(metric(&w.pod, "mirrord_proxy_intercepted_total{port=\"9000\",mode=\"mirror\",session=\"tcp-mirror\"} 1"));
 }

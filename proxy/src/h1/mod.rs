@@ -69,7 +69,13 @@ enum Done {
 enum Pending {
     /// A request was forwarded; its response is awaited. Upgrade and CONNECT
     /// requests learn whether the app switched protocols.
-    Response { kind: Kind, switched: Option<oneshot::Sender<bool>> },
+    Response {
+        kind: Kind,
+        switched: Option<oneshot::Sender<bool>>,
+        /// When its head was read, and whether copies went to sessions.
+        started: std::time::Instant,
+        route: crate::metrics::Route,
+    },
     /// Answer this refusal once every earlier response is complete, then close.
     Reject(Reject),
     /// A session answers this one instead of the app.

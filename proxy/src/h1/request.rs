@@ -12,6 +12,7 @@ use super::head::{parse_request, Fields, Kind, Reject, RequestHead};
 use super::route::route;
 use super::stolen::Stolen;
 use super::{fill, forward, tunnel, Conn, Done, Pending, Shared, INITIAL_BUFFER};
+use crate::metrics::Route;
 use crate::session::Copies;
 use crate::session::Frame;
 use crate::session::{Routed, BODY_FILTER_CAP, BODY_FILTER_WAIT};
@@ -51,6 +52,7 @@ where
             }
             Next::Failed => return Done::Close,
         };
+        let started = std::time::Instant::now();
         let Routed { steal, mut copies } = if conn.sessions.is_empty() {
             Routed::default()
         } else {
@@ -86,6 +88,7 @@ where
                     http10: head.http10,
                     switched: switched_tx,
                     keep_open: exchange.to_client.clone(),
+                    started,
                 };
                 shared.push(Pending::Stolen(stolen));
                 if close {
@@ -96,7 +99,8 @@ where
                 pass_body(&mut rd, sink, shared, &mut buf, 0, head.body, &mut copies, conn).await
             }
             None => {
-                shared.push(Pending::Response { kind, switched: switched_tx });
+                let route = if copies.is_empty() { Route::Passthrough } else { Route::Mirrored };
+                shared.push(Pending::Response { kind, switched: switched_tx, started, route });
                 pass_body(&mut rd, Sink::App(&mut wr), shared, &mut buf, head.len, head.body, &mut copies, conn).await
             }
         };

@@ -10,7 +10,7 @@ use super::body::Body;
 use super::head::{parse_response, Kind};
 use super::stolen::{self, After};
 use super::{body, fill, forward, tunnel, Conn, Done, Pending, Shared, INITIAL_BUFFER, MAX_BUFFER};
-use crate::metrics::{status_class, Protocol, RequestLabels};
+use crate::metrics::{status_class, Protocol, RequestLabels, Route, Timers};
 use crate::session::Frame;
 
 pub(super) async fn pump<R, W>(mut rd: R, mut wr: W, shared: &Shared, conn: &Conn) -> Done
@@ -20,6 +20,7 @@ where
 {
     let mut buf = BytesMut::with_capacity(INITIAL_BUFFER);
     let mut counters: [Option<Counter>; 5] = Default::default();
+    let mut timers = Timers::new(conn.dst.port(), Protocol::Http1);
     loop {
         if let Some(done) = due_refusal(&mut wr, shared, conn).await {
             return done;
@@ -32,8 +33,10 @@ where
             continue;
         }
         if let Some(stolen) = due_stolen(shared) {
+            let started = stolen.started;
             let (status, after) = stolen::respond(&mut wr, stolen).await;
             count(&mut counters, conn, status);
+            timers.observe(&conn.metrics, Route::Stolen, started);
             match after {
                 After::Continue => continue,
                 After::Close => {
@@ -72,28 +75,31 @@ where
             }
         };
         let informational = (100..200).contains(&head.status) && !head.tunnel;
+        let mut timing = None;
         if !informational {
-            if let Some(Pending::Response { switched: Some(tx), .. }) = shared.queue().pop_front() {
-                let _ = tx.send(head.tunnel);
+            if let Some(Pending::Response { switched, started, route, .. }) = shared.queue().pop_front() {
+                if let Some(tx) = switched {
+                    let _ = tx.send(head.tunnel);
+                }
+                timing = Some((route, started));
             }
-            let idx = usize::from(head.status / 100).clamp(1, 5) - 1;
-            counters[idx]
-                .get_or_insert_with(|| {
-                    let labels = RequestLabels {
-                        port: conn.dst.port(),
-                        protocol: Protocol::Http1,
-                        status: status_class(head.status),
-                    };
-                    conn.metrics.requests.get_or_create(&labels).clone()
-                })
-                .inc();
+            count(&mut counters, conn, head.status);
         }
         let tunnel_after = head.tunnel;
         let until_close = head.body == Body::UntilClose;
         match forward_message(&mut rd, &mut wr, &mut buf, head.len, head.body).await {
-            Message::Complete => {}
+            Message::Complete => {
+                if let Some((route, started)) = timing {
+                    timers.observe(&conn.metrics, route, started);
+                }
+            }
             // A body delimited by close has ended; anything else was cut short.
-            Message::SourceClosed if until_close => return Done::Eof,
+            Message::SourceClosed if until_close => {
+                if let Some((route, started)) = timing {
+                    timers.observe(&conn.metrics, route, started);
+                }
+                return Done::Eof;
+            }
             Message::SourceClosed | Message::Failed => return Done::Close,
             Message::Invalid(e) => {
                 debug!("invalid chunked response body from the app: {e}");

@@ -20,6 +20,8 @@ pub(super) struct Stolen {
     /// answer is complete: if it ended first, the call would end with it.
     #[allow(dead_code)] // never read: dropping it is what ends the call
     pub keep_open: mpsc::Sender<Frame>,
+    /// When its head was read.
+    pub started: std::time::Instant,
 }
 
 /// What the connection does after the answer.

@@ -9,7 +9,7 @@ use tokio::sync::mpsc;
 
 use super::body::{headers_from_wire, headers_to_wire, to_wire, FromSession, Replay, Tee};
 use super::{bad_gateway, Body, Proxy};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, Route};
 use crate::session::wire::{Frame as Wire, HttpRequest, HttpVersion};
 use crate::session::{route_request, Copies, Exchange, RequestView, Routed, BODY_FILTER_CAP, BODY_FILTER_WAIT};
 
@@ -18,7 +18,7 @@ const CONNECTION_SPECIFIC: [&str; 5] = ["connection", "keep-alive", "proxy-conne
 
 /// Routes one stream and answers it. When a session's body filter applies
 /// on this port, the body is read ahead first (up to [`BODY_FILTER_CAP`]).
-pub(super) async fn route(proxy: &Proxy, req: Request<Incoming>) -> Response<Body> {
+pub(super) async fn route(proxy: &Proxy, req: Request<Incoming>) -> (Response<Body>, Route) {
     let port = proxy.upstream.dst().port();
     let (parts, body) = req.into_parts();
     let mut body = Replay::new(body);
@@ -39,10 +39,11 @@ pub(super) async fn route(proxy: &Proxy, req: Request<Incoming>) -> Response<Bod
     let Routed { steal: stolen, copies } = route_request(&proxy.sessions, port, view, announce, &proxy.metrics).await;
     let req = Request::from_parts(parts, body);
     match stolen {
-        Some(exchange) => steal(req, exchange, copies, proxy.metrics.clone()).await,
+        Some(exchange) => (steal(req, exchange, copies, proxy.metrics.clone()).await, Route::Stolen),
         None => {
+            let route = if copies.is_empty() { Route::Passthrough } else { Route::Mirrored };
             let metrics = proxy.metrics.clone();
-            proxy.to_app(req.map(|inner| Either::Right(Tee { inner, copies, metrics }))).await
+            (proxy.to_app(req.map(|inner| Either::Right(Tee { inner, copies, metrics }))).await, route)
         }
     }
 }

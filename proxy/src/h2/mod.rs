@@ -8,7 +8,10 @@ mod intercept;
 pub mod upstream;
 
 use std::convert::Infallible;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
 
 use bytes::Bytes;
 use http::{HeaderValue, StatusCode};
@@ -22,7 +25,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tracing::debug;
 
 use crate::limits::Limits;
-use crate::metrics::{status_class, Metrics, Protocol, RequestLabels};
+use crate::metrics::{status_class, Metrics, Protocol, RequestLabels, Route};
 use crate::session::Sessions;
 use crate::shutdown::Shutdown;
 use body::FromSession;
@@ -46,9 +49,10 @@ impl Proxy {
         Proxy { upstream: Arc::new(Upstream::new(dst)), metrics, sessions, shutdown }
     }
 
-    async fn handle(self, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
-        let resp = if self.sessions.is_empty() {
-            self.to_app(req.map(Either::Left)).await
+    async fn handle(self, req: Request<Incoming>) -> Result<Response<Timed<Body>>, Infallible> {
+        let started = Instant::now();
+        let (resp, route) = if self.sessions.is_empty() {
+            (self.to_app(req.map(Either::Left)).await, Route::Passthrough)
         } else {
             intercept::route(&self, req).await
         };
@@ -58,7 +62,8 @@ impl Proxy {
             status: status_class(resp.status().as_u16()),
         };
         self.metrics.requests.get_or_create(&labels).inc();
-        Ok(resp)
+        let histogram = self.metrics.duration(self.upstream.dst().port(), Protocol::Http2, route);
+        Ok(resp.map(|inner| Timed { inner, timing: Some((histogram, started)) }))
     }
 
     async fn to_app(&self, req: Request<body::UpBody>) -> Response<Body> {
@@ -70,6 +75,53 @@ impl Proxy {
                 bad_gateway(&e.to_string())
             }
         }
+    }
+}
+
+/// A response body that records the stream's duration when it ends: when
+/// its last frame has been taken, or when it is dropped (the client reset
+/// the stream, or the connection closed).
+#[derive(Debug)]
+pub struct Timed<B> {
+    inner: B,
+    timing: Option<(prometheus_client::metrics::histogram::Histogram, Instant)>,
+}
+
+impl<B> Timed<B> {
+    fn finish(&mut self) {
+        if let Some((histogram, started)) = self.timing.take() {
+            histogram.observe(started.elapsed().as_secs_f64());
+        }
+    }
+}
+
+impl<B> Drop for Timed<B> {
+    fn drop(&mut self) {
+        self.finish();
+    }
+}
+
+impl<B: hyper::body::Body + Unpin> hyper::body::Body for Timed<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if matches!(polled, Poll::Ready(None)) || self.inner.is_end_stream() {
+            self.finish();
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
     }
 }
 

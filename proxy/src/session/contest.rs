@@ -139,7 +139,13 @@ mod tests {
     type Events = Receiver<Result<proto::SessionEvent, tonic::Status>>;
 
     fn session(sessions: &Sessions, name: &str, json: &str) -> (Arc<Session>, Events) {
-        Session::new(sessions.next_seq(), format!("secret-{name}"), name.to_owned(), Config::from_json(json).unwrap())
+        Session::new(
+            sessions.next_seq(),
+            format!("secret-{name}"),
+            name.to_owned(),
+            name.into(),
+            Config::from_json(json).unwrap(),
+        )
     }
 
     fn steal(on_concurrent_steal: &str) -> String {

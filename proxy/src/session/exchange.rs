@@ -5,6 +5,7 @@
 use tokio::sync::mpsc;
 
 use super::wire::Frame;
+use crate::metrics::SessionLabel;
 
 /// Frames in flight per direction of one exchange.
 const FRAMES: usize = 16;
@@ -33,12 +34,12 @@ pub fn pair() -> (Exchange, Slot) {
 /// its copy (counted), and never slows the original down.
 #[derive(Debug, Default)]
 pub struct Copies {
-    targets: Vec<mpsc::Sender<Frame>>,
+    targets: Vec<(mpsc::Sender<Frame>, SessionLabel)>,
 }
 
 impl Copies {
-    pub fn add(&mut self, target: mpsc::Sender<Frame>) {
-        self.targets.push(target);
+    pub fn add(&mut self, target: mpsc::Sender<Frame>, session: SessionLabel) {
+        self.targets.push((target, session));
     }
 
     pub fn is_empty(&self) -> bool {
@@ -46,10 +47,10 @@ impl Copies {
     }
 
     pub fn send(&mut self, frame: &Frame, metrics: &crate::metrics::Metrics) {
-        self.targets.retain(|target| match target.try_send(frame.clone()) {
+        self.targets.retain(|(target, session)| match target.try_send(frame.clone()) {
             Ok(()) => true,
             Err(_) => {
-                metrics.mirror_dropped.inc();
+                metrics.mirror_dropped(session);
                 false
             }
         });

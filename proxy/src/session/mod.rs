@@ -47,6 +47,8 @@ pub struct Session {
     pub secret: String,
     /// As the client introduced itself.
     pub name: String,
+    /// The name as the metrics know it (bounded).
+    pub label: crate::metrics::SessionLabel,
     pub config: Config,
     events: mpsc::Sender<Result<proto::SessionEvent, tonic::Status>>,
     slots: Mutex<HashMap<u64, Slot>>,
@@ -64,6 +66,7 @@ impl Session {
         seq: u64,
         secret: String,
         name: String,
+        label: crate::metrics::SessionLabel,
         config: Config,
     ) -> (Arc<Self>, mpsc::Receiver<Result<proto::SessionEvent, tonic::Status>>) {
         let (events, rx) = mpsc::channel(EVENT_QUEUE);
@@ -71,6 +74,7 @@ impl Session {
             seq,
             secret,
             name,
+            label,
             config,
             events,
             slots: Mutex::default(),

@@ -111,12 +111,12 @@ mod tests {
     }
 
     fn plan(c: &Config, known: &PortList) -> (Vec<PortPlan>, Vec<String>) {
-        let (s, _rx) = Session::new(0, String::new(), "s".to_owned(), c.clone());
+        let (s, _rx) = Session::new(0, String::new(), "s".to_owned(), "s".into(), c.clone());
         super::plan(&s, known)
     }
 
     fn session(name: &str, json: &str) -> Session {
-        let (s, _rx) = Session::new(0, String::new(), name.to_owned(), config(json));
+        let (s, _rx) = Session::new(0, String::new(), name.to_owned(), name.into(), config(json));
         Arc::try_unwrap(s).unwrap()
     }
 

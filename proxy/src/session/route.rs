@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use super::wire::{Announced, HttpRequest, Mode};
 use super::{Copies, Exchange, RequestView, Session, Sessions};
-use crate::metrics::Metrics;
+use crate::metrics::{InterceptMode, Metrics};
 
 /// What happens to one request besides (or instead of) the app.
 #[derive(Debug, Default)]
@@ -47,7 +47,7 @@ pub async fn route_request(
 pub async fn open_steal(session: &Session, port: u16, announce: Announced, metrics: &Metrics) -> Option<Exchange> {
     let exchange = session.open(port, Mode::Steal, announce).await;
     if exchange.is_some() {
-        metrics.intercepted(port, "steal");
+        metrics.intercepted(port, InterceptMode::Steal, &session.label);
     }
     exchange
 }
@@ -62,16 +62,16 @@ pub async fn open_copies(mirrors: &[Arc<Session>], port: u16, announce: &Announc
             Announced::Http(request) if request.body_complete => session.announce_copy(port, request.clone()),
             _ => match session.open(port, Mode::Mirror, announce.clone()).await {
                 Some(exchange) => {
-                    copies.add(exchange.to_client);
+                    copies.add(exchange.to_client, session.label.clone());
                     true
                 }
                 None => false,
             },
         };
         if opened {
-            metrics.intercepted(port, "mirror");
+            metrics.intercepted(port, InterceptMode::Mirror, &session.label);
         } else {
-            metrics.mirror_dropped.inc();
+            metrics.mirror_dropped(&session.label);
         }
     }
     copies
