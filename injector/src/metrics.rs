@@ -3,7 +3,9 @@
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::Registry;
 
 use crate::mutate::Skip;
@@ -76,11 +78,37 @@ struct AdmissionLabels {
     reason: Label,
 }
 
+/// Calls to the Kubernetes API.
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
+pub enum ApiCall {
+    /// Listing and watching Namespaces for the opt-in annotation.
+    WatchNamespaces,
+    /// Writing the CA into the webhook configuration (`--self-signed`).
+    PatchCaBundle,
+}
+
+impl ApiCall {
+    fn label(self) -> Label {
+        Label(match self {
+            ApiCall::WatchNamespaces => "watch_namespaces",
+            ApiCall::PatchCaBundle => "patch_ca_bundle",
+        })
+    }
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ApiLabels {
+    operation: Label,
+}
+
 #[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
     admissions: Family<AdmissionLabels, Counter>,
     pub duration: Histogram,
+    api_errors: Family<ApiLabels, Counter>,
+    /// When the serving certificate expires (Unix seconds); 0 until one is loaded.
+    pub certificate_expiry: Gauge,
 }
 
 impl Default for Metrics {
@@ -90,14 +118,41 @@ impl Default for Metrics {
         registry.register("admissions", "Admission reviews answered, by result and reason", admissions.clone());
         let buckets = [0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0];
         let duration = Histogram::new(buckets);
-        registry.register("admission_duration_seconds", "Time to answer an admission review", duration.clone());
-        Metrics { registry, admissions, duration }
+        registry.register_with_unit(
+            "admission_duration",
+            "Time to answer an admission review",
+            prometheus_client::registry::Unit::Seconds,
+            duration.clone(),
+        );
+        let api_errors = Family::<ApiLabels, Counter>::default();
+        // Present at 0 from the start, so that a rate over them has data.
+        for call in [ApiCall::WatchNamespaces, ApiCall::PatchCaBundle] {
+            api_errors.get_or_create(&ApiLabels { operation: call.label() });
+        }
+        registry.register("api_errors", "Failed calls to the Kubernetes API, by operation", api_errors.clone());
+        let certificate_expiry = Gauge::default();
+        registry.register_with_unit(
+            "certificate_expiry_timestamp",
+            "When the serving certificate expires, as a Unix timestamp",
+            prometheus_client::registry::Unit::Seconds,
+            certificate_expiry.clone(),
+        );
+        registry.register(
+            "build",
+            "The injector's version",
+            Info::new(vec![("version".to_owned(), env!("CARGO_PKG_VERSION").to_owned())]),
+        );
+        Metrics { registry, admissions, duration, api_errors, certificate_expiry }
     }
 }
 
 impl Metrics {
     pub fn admission(&self, admission: Admission) {
         self.admissions.get_or_create(&admission.labels()).inc();
+    }
+
+    pub fn api_error(&self, call: ApiCall) {
+        self.api_errors.get_or_create(&ApiLabels { operation: call.label() }).inc();
     }
 
     pub fn render(&self) -> String {

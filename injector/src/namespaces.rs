@@ -50,12 +50,13 @@ fn opts_in(namespace: &Value) -> bool {
 
 /// Keeps `cache` current for as long as the process runs: list, then watch
 /// from the list's resourceVersion; after a failed or expired watch, list again.
-pub async fn keep(api: Api, cache: Arc<Namespaces>) {
+pub async fn keep(api: Api, cache: Arc<Namespaces>, metrics: Arc<crate::metrics::Metrics>) {
     let mut backoff = Duration::from_millis(500);
     loop {
         match sync(&api, &cache).await {
             Ok(()) => backoff = Duration::from_millis(500),
             Err(e) => {
+                metrics.api_error(crate::metrics::ApiCall::WatchNamespaces);
                 warn!("namespace watch: {e}; retrying in {backoff:?}");
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(30));

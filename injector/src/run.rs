@@ -77,23 +77,24 @@ impl Injector {
     /// Loads or makes the certificates, starts the namespace watch (in a
     /// cluster), and binds both ports.
     pub async fn bind(args: Args) -> anyhow::Result<Self> {
+        let metrics = Arc::new(Metrics::default());
         let certs = match (&args.cert_file, &args.key_file) {
             (Some(cert), Some(key)) => {
                 let certs = tls::Certs::new(tls::load(cert, key)?);
                 tls::watch(certs.clone(), cert.clone(), key.clone(), Duration::from_secs(2));
                 certs
             }
-            _ => self_signed(&args).await?,
+            _ => self_signed(&args, &metrics).await?,
         };
+        certs.track_expiry(metrics.certificate_expiry.clone());
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(certs.server_config()));
         let listener =
             TcpListener::bind(args.listen).await.with_context(|| format!("cannot listen on {}", args.listen))?;
         let admin = TcpListener::bind(args.admin).await.with_context(|| format!("cannot listen on {}", args.admin))?;
-        let metrics = Arc::new(Metrics::default());
         let namespaces = Arc::new(Namespaces::default());
         match crate::kube::Api::in_cluster() {
             Ok(api) => {
-                tokio::spawn(crate::namespaces::keep(api, namespaces.clone()));
+                tokio::spawn(crate::namespaces::keep(api, namespaces.clone(), metrics.clone()));
             }
             Err(e) => tracing::warn!("namespace opt-in unavailable ({e}); pods opt in by their own annotation"),
         }
@@ -127,7 +128,7 @@ impl Injector {
 }
 
 /// Generates the certificate and publishes its CA, retrying the API a few times.
-async fn self_signed(args: &Args) -> anyhow::Result<Arc<tls::Certs>> {
+async fn self_signed(args: &Args, metrics: &Metrics) -> anyhow::Result<Arc<tls::Certs>> {
     let ns =
         args.namespace.clone().or_else(|| std::env::var("POD_NAMESPACE").ok()).unwrap_or_else(|| "mirrord".to_owned());
     let (svc, ns) = (&args.service, &ns);
@@ -143,11 +144,15 @@ async fn self_signed(args: &Args) -> anyhow::Result<Arc<tls::Certs>> {
                 return Ok(tls::Certs::new(key));
             }
             Err(e) if attempt < 6 => {
+                metrics.api_error(crate::metrics::ApiCall::PatchCaBundle);
                 tracing::warn!("publishing the CA failed (attempt {attempt}): {e}");
                 tokio::time::sleep(delay).await;
                 delay *= 2;
             }
-            Err(e) => return Err(e).context("cannot publish the CA; the webhook would not be trusted"),
+            Err(e) => {
+                metrics.api_error(crate::metrics::ApiCall::PatchCaBundle);
+                return Err(e).context("cannot publish the CA; the webhook would not be trusted");
+            }
         }
     }
     anyhow::bail!("cannot publish the CA")

@@ -40,15 +40,30 @@ impl From<rcgen::Error> for Error {
 #[derive(Debug)]
 pub struct Certs {
     current: RwLock<Arc<CertifiedKey>>,
+    /// Set to the serving certificate's expiry whenever it changes.
+    expiry: std::sync::OnceLock<prometheus_client::metrics::gauge::Gauge>,
 }
 
 impl Certs {
     pub fn new(key: CertifiedKey) -> Arc<Self> {
-        Arc::new(Certs { current: RwLock::new(Arc::new(key)) })
+        Arc::new(Certs { current: RwLock::new(Arc::new(key)), expiry: std::sync::OnceLock::new() })
     }
 
     fn set(&self, key: CertifiedKey) {
+        let expires = leaf_not_after(&key);
         *self.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(key);
+        if let (Some(gauge), Some(at)) = (self.expiry.get(), expires) {
+            gauge.set(at);
+        }
+    }
+
+    /// Keeps `gauge` at the serving certificate's expiry (Unix seconds).
+    pub fn track_expiry(&self, gauge: prometheus_client::metrics::gauge::Gauge) {
+        let current = self.current.read().unwrap_or_else(|p| p.into_inner()).clone();
+        if let Some(at) = leaf_not_after(&current) {
+            gauge.set(at);
+        }
+        let _ = self.expiry.set(gauge);
     }
 
     /// A rustls server config that picks the current certificate per handshake.
@@ -68,6 +83,71 @@ impl ResolvesServerCert for Certs {
     fn resolve(&self, _: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
         Some(self.current.read().unwrap_or_else(|p| p.into_inner()).clone())
     }
+}
+
+fn leaf_not_after(key: &CertifiedKey) -> Option<i64> {
+    not_after(key.cert.first()?.as_ref())
+}
+
+/// A certificate's notAfter (RFC 5280 §4.1.2.5) as Unix seconds, read from
+/// its DER: Certificate → TBSCertificate → [version], serial, signature,
+/// issuer, validity → notAfter.
+pub fn not_after(der: &[u8]) -> Option<i64> {
+    /// One DER element: (tag, contents, what follows).
+    fn element(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+        let (&tag, rest) = input.split_first()?;
+        let (&first, rest) = rest.split_first()?;
+        let (len, rest) = if first < 0x80 {
+            (usize::from(first), rest)
+        } else {
+            let n = usize::from(first & 0x7f);
+            if n == 0 || n > 4 || rest.len() < n {
+                return None;
+            }
+            (rest[..n].iter().fold(0usize, |acc, &b| acc << 8 | usize::from(b)), &rest[n..])
+        };
+        (rest.len() >= len).then(|| (tag, &rest[..len], &rest[len..]))
+    }
+    const SEQUENCE: u8 = 0x30;
+    let (SEQUENCE, certificate, _) = element(der)? else { return None };
+    let (SEQUENCE, tbs, _) = element(certificate)? else { return None };
+    let (tag, _, after) = element(tbs)?;
+    let mut rest = if tag == 0xa0 { after } else { tbs };
+    for expected in [0x02, SEQUENCE, SEQUENCE] {
+        let (tag, _, after) = element(rest)?;
+        if tag != expected {
+            return None;
+        }
+        rest = after;
+    }
+    let (SEQUENCE, validity, _) = element(rest)? else { return None };
+    let (_, _, after) = element(validity)?;
+    let (tag, time, _) = element(after)?;
+    let text = std::str::from_utf8(time).ok()?.strip_suffix('Z')?;
+    let (year, rest) = match tag {
+        // UTCTime: YYMMDDHHMMSS, years 1950 to 2049.
+        0x17 if text.len() == 12 => {
+            let yy: i64 = text[..2].parse().ok()?;
+            (if yy >= 50 { 1900 + yy } else { 2000 + yy }, &text[2..])
+        }
+        // GeneralizedTime: YYYYMMDDHHMMSS.
+        0x18 if text.len() == 14 => (text[..4].parse().ok()?, &text[4..]),
+        _ => return None,
+    };
+    let field = |i: usize| rest.get(i..i + 2)?.parse::<i64>().ok();
+    let (month, day, hour, minute, second) = (field(0)?, field(2)?, field(4)?, field(6)?, field(8)?);
+    Some(days_from_civil(year, month, day) * 86_400 + hour * 3600 + minute * 60 + second)
+}
+
+/// Days from 1970-01-01 to a proleptic Gregorian date (H. Hinnant's algorithm).
+fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
 }
 
 /// Loads a chain and its key from PEM files.
@@ -139,4 +219,23 @@ pub fn watch(certs: Arc<Certs>, cert: PathBuf, key: PathBuf, every: Duration) {
             }
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn expiry_is_read_from_the_certificate() {
+        let dates = [((2031, 5, 17), 1_936_742_400), ((2051, 1, 2), 2_556_230_400), ((1999, 12, 31), 946_598_400)];
+        for ((y, m, d), unix) in dates {
+            let key = KeyPair::generate().unwrap();
+            let mut params = CertificateParams::new(vec!["x".to_owned()]).unwrap();
+            params.not_after = rcgen::date_time_ymd(y, m, d);
+            let cert = params.self_signed(&key).unwrap();
+            assert_eq!(not_after(cert.der()), Some(unix), "{y}-{m}-{d}");
+        }
+        assert_eq!(not_after(b"not a certificate"), None);
+        assert_eq!(not_after(&[0x30, 0x84, 0xff, 0xff, 0xff, 0xff]), None);
+    }
 }

@@ -13,6 +13,7 @@ use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper_util::rt::TokioIo;
 use mirrord_injector::kube::Api;
+use mirrord_injector::metrics::Metrics;
 use mirrord_injector::namespaces::{keep, Namespaces};
 use mirrord_injector::tls;
 use serde_json::json;
@@ -82,7 +83,7 @@ async fn list_then_watch_keeps_the_opt_ins_current() {
     let (port, ca, events) = fake_api().await;
     let api = Api::new("localhost", port, "t", ca.as_bytes()).unwrap();
     let cache = Arc::new(Namespaces::default());
-    tokio::spawn(keep(api, cache.clone()));
+    tokio::spawn(keep(api, cache.clone(), Arc::new(Metrics::default())));
     eventually("a is opted in from the list", || cache.opted_in("a")).await;
     assert!(!cache.opted_in("b"));
     events.send(json!({"type": "MODIFIED", "object": ns("b", true, 11)})).unwrap();
@@ -91,4 +92,16 @@ async fn list_then_watch_keeps_the_opt_ins_current() {
     eventually("a is gone with its namespace", || !cache.opted_in("a")).await;
     events.send(json!({"type": "MODIFIED", "object": ns("b", false, 13)})).unwrap();
     eventually("b opted out again", || !cache.opted_in("b")).await;
+}
+
+#[tokio::test]
+async fn an_unreachable_api_is_counted() {
+    let (_, ca, _) = fake_api().await;
+    // Nothing listens on a port just released.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let api = Api::new("localhost", port, "t", ca.as_bytes()).unwrap();
+    let metrics = Arc::new(Metrics::default());
+    tokio::spawn(keep(api, Arc::new(Namespaces::default()), metrics.clone()));
+    let line = r#"mirrord_injector_api_errors_total{operation="watch_namespaces"} 1"#;
+    eventually("the failed list is counted", || metrics.render().lines().any(|l| l == line)).await;
 }

@@ -172,6 +172,15 @@ async fn the_assembled_injector_serves_admissions_and_its_metrics() {
         "{metrics}"
     );
     assert!(metrics.contains("mirrord_injector_admission_duration_seconds_count 2"), "{metrics}");
+    let expiry: i64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("mirrord_injector_certificate_expiry_timestamp_seconds "))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no certificate expiry in {metrics}"));
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
+    assert!(expiry > now + 86_400 * 365, "rcgen's default certificate is valid for years: {expiry}");
+    let version = format!(r#"mirrord_injector_build_info{{version="{}"}} 1"#, env!("CARGO_PKG_VERSION"));
+    assert!(metrics.contains(&version), "{metrics}");
     stop_tx.send(()).unwrap();
     tokio::time::timeout(Duration::from_secs(5), served).await.expect("stops when asked").unwrap();
 }

@@ -310,6 +310,10 @@ pub struct Metrics {
     /// Session names that have a label of their own.
     session_names: Mutex<Vec<SessionLabel>>,
     pub paused: Gauge,
+    /// When the current pause began (Unix seconds); 0 while the app runs.
+    pub pause_started: Gauge,
+    /// The longest a pause may last (`--max-pause`).
+    pub pause_lease: Gauge,
     pub paused_processes: Gauge,
     pub paused_seconds: Counter<f64, AtomicU64>,
     pub pause_resumes: Family<ResumeLabels, Counter>,
@@ -377,6 +381,28 @@ impl Default for Metrics {
         );
         let paused = Gauge::default();
         registry.register("paused", "1 while the app is paused for a session, else 0", paused.clone());
+        let pause_started = Gauge::default();
+        registry.register_with_unit(
+            "pause_started_timestamp",
+            "When the current pause began, as a Unix timestamp; 0 while the app runs",
+            prometheus_client::registry::Unit::Seconds,
+            pause_started.clone(),
+        );
+        let pause_lease = Gauge::default();
+        registry.register_with_unit(
+            "pause_lease",
+            "The longest a pause may last (--max-pause)",
+            prometheus_client::registry::Unit::Seconds,
+            pause_lease.clone(),
+        );
+        let start_time = Gauge::<i64>::default();
+        start_time.set(unix_now());
+        registry.register_with_unit(
+            "start_time",
+            "When this sidecar process started, as a Unix timestamp",
+            prometheus_client::registry::Unit::Seconds,
+            start_time,
+        );
         let paused_processes = Gauge::default();
         registry.register("paused_processes", "App processes currently stopped", paused_processes.clone());
         let paused_seconds = Counter::<f64, AtomicU64>::default();
@@ -401,6 +427,8 @@ impl Default for Metrics {
             tunnel_bytes,
             session_names: Mutex::default(),
             paused,
+            pause_started,
+            pause_lease,
             paused_processes,
             paused_seconds,
             pause_resumes,
@@ -460,6 +488,11 @@ impl Metrics {
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
     }
+}
+
+/// Seconds since the Unix epoch.
+pub fn unix_now() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
 }
 
 /// `2xx`-style class of a status code.

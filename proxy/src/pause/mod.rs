@@ -80,6 +80,9 @@ impl Pause {
     pub fn new(scope: Scope, lease: Duration, metrics: Arc<Metrics>, disabled: Option<String>) -> Arc<Self> {
         let table = Procs { scope: scope.clone(), cache: Cache::default(), stopped: HashMap::new() };
         let state = State { policy: Policy::new(table, lease), sessions: HashMap::new(), counted: None };
+        if disabled.is_none() {
+            metrics.pause_lease.set(i64::try_from(lease.as_secs()).unwrap_or(i64::MAX));
+        }
         Arc::new(Pause { scope, metrics, paused: AtomicBool::new(false), state: Mutex::new(state), disabled })
     }
 
@@ -236,6 +239,7 @@ impl Pause {
     fn mark(&self, stopped: Option<usize>) {
         self.paused.store(stopped.is_some(), Ordering::Relaxed);
         self.metrics.paused.set(i64::from(stopped.is_some()));
+        self.metrics.pause_started.set(stopped.map_or(0, |_| crate::metrics::unix_now()));
         self.metrics.paused_processes.set(stopped.map_or(0, |n| n as i64));
     }
 }
