@@ -5,7 +5,8 @@
 #   ./scripts/test.sh [cargo test arguments…]
 #
 # - installs the system tools the tests drive (iptables, iproute2, curl,
-#   python3-venv) with apt when they are missing;
+#   openssl, python3-venv) with apt when they are missing, and unpacks
+#   Debian's prometheus package (Prometheus and promtool) under target/;
 # - installs the pinned Python clients (tests/requirements.txt) into a virtual
 #   environment under target/, reused while the pins do not change, and puts
 #   it first on PATH so the tests' `python3` is that one;
@@ -52,7 +53,9 @@ done
 
 # System tools: command -> Debian package.
 need_apt=()
-for tool in iptables:iptables ip:iproute2 curl:curl nsenter:util-linux python3:python3; do
+# openssl makes a short-lived certificate for the monitoring test's expiry alert.
+for tool in iptables:iptables ip:iproute2 curl:curl nsenter:util-linux python3:python3 openssl:openssl \
+  dpkg-deb:dpkg; do
   command -v "${tool%%:*}" >/dev/null 2>&1 || need_apt+=("${tool#*:}")
 done
 # Debian splits venv and ensurepip out of python3.
@@ -63,12 +66,29 @@ if ((${#need_apt[@]})); then
   say "installing ${need_apt[*]} (apt)"
   if ((have_root)); then
     as_root apt-get update -qq
-    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
   else
     echo "missing: ${need_apt[*]}; install them (apt-get install ${need_apt[*]}) or run with sudo available" >&2
     exit 1
   fi
 fi
+
+# Prometheus and promtool for the monitoring tests, unpacked from Debian's
+# package into target/ rather than installed (installing it would also start
+# a Prometheus service on this machine).
+prom_dir="$root/target/tools/prometheus"
+if ! [[ -x $prom_dir/usr/bin/prometheus && -x $prom_dir/usr/bin/promtool ]]; then
+  say "unpacking Debian's prometheus package into target/tools"
+  mkdir -p "$root/target/tools"
+  (
+    cd "$root/target/tools"
+    rm -rf prometheus prometheus_*.deb
+    apt-get download prometheus >/dev/null 2>&1 || { as_root apt-get update -qq && apt-get download prometheus >/dev/null; }
+    dpkg-deb -x prometheus_*.deb prometheus
+    rm -f prometheus_*.deb
+  )
+fi
+export PATH="$prom_dir/usr/bin:$PATH"
 
 # The Python clients, in a venv of their own: never a system-wide pip (PEP 668).
 venv="$root/target/test-venv"

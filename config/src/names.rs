@@ -32,6 +32,8 @@ pub const INBOUND_PORT: u16 = 18006;
 pub const TUNNEL_PORT: u16 = 18010;
 /// Port of the sidecar's admin server (`/metrics`, `/ready`, `/live`).
 pub const ADMIN_PORT: u16 = 18090;
+/// The admin port's name in the injected pod, for scrape configurations.
+pub const ADMIN_PORT_NAME: &str = "mirrord-admin";
 /// The sidecar's own ports: never redirected, never proxied.
 pub const PROXY_PORTS: [u16; 3] = [INBOUND_PORT, TUNNEL_PORT, ADMIN_PORT];
 

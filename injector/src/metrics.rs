@@ -114,7 +114,12 @@ pub struct Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         let mut registry = Registry::with_prefix("mirrord_injector");
-        let admissions = Family::default();
+        let admissions = Family::<AdmissionLabels, Counter>::default();
+        // Every failure exists at 0 from the start, so that a rate over
+        // them has data from the first failure on.
+        for failure in [Failure::TooLarge, Failure::Timeout, Failure::Unreadable, Failure::BadReview, Failure::Panic] {
+            let _ = admissions.get_or_create(&Admission::Error(failure).labels());
+        }
         registry.register("admissions", "Admission reviews answered, by result and reason", admissions.clone());
         let buckets = [0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0];
         let duration = Histogram::new(buckets);
@@ -127,7 +132,7 @@ impl Default for Metrics {
         let api_errors = Family::<ApiLabels, Counter>::default();
         // Present at 0 from the start, so that a rate over them has data.
         for call in [ApiCall::WatchNamespaces, ApiCall::PatchCaBundle] {
-            api_errors.get_or_create(&ApiLabels { operation: call.label() });
+            let _ = api_errors.get_or_create(&ApiLabels { operation: call.label() });
         }
         registry.register("api_errors", "Failed calls to the Kubernetes API, by operation", api_errors.clone());
         let certificate_expiry = Gauge::default();

@@ -191,8 +191,8 @@ pub async fn admin(listener: TcpListener, metrics: Arc<Metrics>) {
         tokio::spawn(async move {
             let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
                 let resp = match req.uri().path() {
-                    "/metrics" => text_raw(StatusCode::OK, metrics.render()),
-                    "/ready" | "/live" => text_raw(StatusCode::OK, "ok\n".to_owned()),
+                    "/metrics" => text_raw(StatusCode::OK, OPENMETRICS, metrics.render()),
+                    "/ready" | "/live" => text_raw(StatusCode::OK, "text/plain; charset=utf-8", "ok\n".to_owned()),
                     _ => text(StatusCode::NOT_FOUND, "not found: expected /metrics, /ready or /live"),
                 };
                 async move { Ok::<_, Infallible>(resp) }
@@ -202,8 +202,13 @@ pub async fn admin(listener: TcpListener, metrics: Arc<Metrics>) {
     }
 }
 
-fn text_raw(status: StatusCode, body: String) -> Response<Full<Bytes>> {
+/// What `/metrics` is: without it, Prometheus would read OpenMetrics as its
+/// classic text format and fail on the `info` type, units and `# EOF`.
+const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+fn text_raw(status: StatusCode, content_type: &'static str, body: String) -> Response<Full<Bytes>> {
     let mut resp = Response::new(Full::new(Bytes::from(body)));
     *resp.status_mut() = status;
+    resp.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static(content_type));
     resp
 }

@@ -165,7 +165,13 @@ async fn the_assembled_injector_serves_admissions_and_its_metrics() {
             .unwrap();
     assert_eq!(status, 200);
 
-    let metrics = get(admin, "/metrics").await;
+    let response = get(admin, "/metrics").await;
+    let (head, metrics) = response.split_once("\r\n\r\n").unwrap();
+    assert!(
+        head.to_ascii_lowercase().contains("content-type: application/openmetrics-text; version=1.0.0"),
+        "Prometheus reads the body by its content type: {head}"
+    );
+    let metrics = metrics.to_owned();
     assert!(metrics.contains(r#"mirrord_injector_admissions_total{result="injected",reason=""} 1"#), "{metrics}");
     assert!(
         metrics.contains(r#"mirrord_injector_admissions_total{result="invalid",reason="mirrord.dev/ports"} 1"#),
@@ -185,14 +191,14 @@ async fn the_assembled_injector_serves_admissions_and_its_metrics() {
     tokio::time::timeout(Duration::from_secs(5), served).await.expect("stops when asked").unwrap();
 }
 
-/// A plain HTTP/1.0 GET, the body as text.
+/// A plain HTTP/1.0 GET: the whole response as text.
 async fn get(addr: SocketAddr, path: &str) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
     tcp.write_all(format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes()).await.unwrap();
     let mut out = String::new();
     tcp.read_to_string(&mut out).await.unwrap();
-    out.split_once("\r\n\r\n").map(|(_, body)| body.to_owned()).unwrap_or(out)
+    out
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -338,6 +338,23 @@ impl Default for Metrics {
             requests.clone(),
         );
         registry.register("errors", "Connections or requests that failed or were refused, by reason", errors.clone());
+        // The failures on the sidecar's side exist at 0 from the start, so
+        // that a rate over them has data from the first failure on.
+        for reason in [
+            Fault::Accept,
+            Fault::OriginalDst,
+            Fault::LoopRefused,
+            Fault::ClientRead,
+            Fault::TcpIdleTimeout,
+            Fault::UpstreamConnect,
+            Fault::UpstreamHandshake,
+            Fault::UpstreamRequest,
+            Fault::UpstreamResponse,
+            Fault::BodyReadTimeout,
+            Fault::RequestBodyIncomplete,
+        ] {
+            let _ = Family::<FaultLabels, Counter>::get_or_create(&errors, &FaultLabels { reason });
+        }
         let durations = Family::<DurationLabels, Histogram, fn() -> Histogram>::new_with_constructor(
             duration_histogram as fn() -> Histogram,
         );
@@ -465,6 +482,8 @@ impl Metrics {
         }
         let label = SessionLabel::from(name);
         names.push(label.clone());
+        // At 0 from the session's start, so that a rate over drops has data.
+        let _ = self.mirror_dropped.get_or_create(&SessionOnlyLabels { session: label.clone() });
         label
     }
 

@@ -5,8 +5,8 @@ mod pause;
 use std::collections::BTreeSet;
 
 use mirrord_config::names::{
-    ADMIN_PORT, ANNOTATION_INJECT, ANNOTATION_OPAQUE_PORTS, ANNOTATION_PORTS, ANNOTATION_SKIP_PORTS, ANNOTATION_STATUS,
-    CONTAINER_GUARD, CONTAINER_INIT, CONTAINER_PROXY, INJECTED_CONTAINERS, TUNNEL_PORT,
+    ADMIN_PORT, ADMIN_PORT_NAME, ANNOTATION_INJECT, ANNOTATION_OPAQUE_PORTS, ANNOTATION_PORTS, ANNOTATION_SKIP_PORTS,
+    ANNOTATION_STATUS, CONTAINER_GUARD, CONTAINER_INIT, CONTAINER_PROXY, INJECTED_CONTAINERS, TUNNEL_PORT,
 };
 use serde_json::{json, Map, Value};
 
@@ -181,7 +181,7 @@ fn inject(pod: &mut Map<String, Value>, what: &Injected<'_>, settings: &Settings
             {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
             what.pause.env()
         ],
-        "ports": [{"name": "mirrord-admin", "containerPort": ADMIN_PORT, "protocol": "TCP"}],
+        "ports": [{"name": ADMIN_PORT_NAME, "containerPort": ADMIN_PORT, "protocol": "TCP"}],
         "readinessProbe": {"httpGet": {"path": "/ready", "port": ADMIN_PORT}, "periodSeconds": 5},
         "livenessProbe": {"httpGet": {"path": "/live", "port": ADMIN_PORT}, "periodSeconds": 10},
         "resources": {"requests": {"cpu": "10m", "memory": "16Mi"}, "limits": {"memory": "64Mi"}},

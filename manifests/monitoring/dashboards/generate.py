@@ -6,6 +6,7 @@ A test checks that the checked-in files are what this writes."""
 
 import json
 import os
+import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -171,12 +172,14 @@ def configmaps(dashboards):
 
 
 def main():
+    # An output folder other than this one: for the test that compares.
+    out = sys.argv[1] if len(sys.argv) > 1 else HERE
     boards = [("mirrord-sessions", sessions()), ("mirrord-injector", injector())]
     for name, board in boards:
-        with open(os.path.join(HERE, f"{name}.json"), "w") as f:
+        with open(os.path.join(out, f"{name}.json"), "w") as f:
             json.dump(board, f, indent=2, ensure_ascii=False)
             f.write("\n")
-    with open(os.path.join(HERE, "configmaps.yaml"), "w") as f:
+    with open(os.path.join(out, "configmaps.yaml"), "w") as f:
         f.write(configmaps(boards))
 
 

@@ -99,7 +99,7 @@ where
                 pass_body(&mut rd, sink, shared, &mut buf, 0, head.body, &mut copies, conn).await
             }
             None => {
-                let route = if copies.is_empty() { Route::Passthrough } else { Route::Mirrored };
+                let route = if copies.mirrored() { Route::Mirrored } else { Route::Passthrough };
                 shared.push(Pending::Response { kind, switched: switched_tx, started, route });
                 pass_body(&mut rd, Sink::App(&mut wr), shared, &mut buf, head.len, head.body, &mut copies, conn).await
             }

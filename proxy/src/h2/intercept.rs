@@ -41,7 +41,7 @@ pub(super) async fn route(proxy: &Proxy, req: Request<Incoming>) -> (Response<Bo
     match stolen {
         Some(exchange) => (steal(req, exchange, copies, proxy.metrics.clone()).await, Route::Stolen),
         None => {
-            let route = if copies.is_empty() { Route::Passthrough } else { Route::Mirrored };
+            let route = if copies.mirrored() { Route::Mirrored } else { Route::Passthrough };
             let metrics = proxy.metrics.clone();
             (proxy.to_app(req.map(|inner| Either::Right(Tee { inner, copies, metrics }))).await, route)
         }

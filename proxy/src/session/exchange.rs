@@ -35,11 +35,24 @@ pub fn pair() -> (Exchange, Slot) {
 #[derive(Debug, Default)]
 pub struct Copies {
     targets: Vec<(mpsc::Sender<Frame>, SessionLabel)>,
+    /// Some session got a copy (with an exchange, or whole in its announcement).
+    mirrored: bool,
 }
 
 impl Copies {
     pub fn add(&mut self, target: mpsc::Sender<Frame>, session: SessionLabel) {
         self.targets.push((target, session));
+        self.mirrored = true;
+    }
+
+    /// A copy travelled whole in its announcement: no exchange to feed.
+    pub fn announced(&mut self) {
+        self.mirrored = true;
+    }
+
+    /// Whether any session got a copy of this request or connection.
+    pub fn mirrored(&self) -> bool {
+        self.mirrored
     }
 
     pub fn is_empty(&self) -> bool {

@@ -59,7 +59,13 @@ pub async fn open_copies(mirrors: &[Arc<Session>], port: u16, announce: &Announc
     let mut copies = Copies::default();
     for session in mirrors {
         let opened = match announce {
-            Announced::Http(request) if request.body_complete => session.announce_copy(port, request.clone()),
+            Announced::Http(request) if request.body_complete => {
+                let sent = session.announce_copy(port, request.clone());
+                if sent {
+                    copies.announced();
+                }
+                sent
+            }
             _ => match session.open(port, Mode::Mirror, announce.clone()).await {
                 Some(exchange) => {
                     copies.add(exchange.to_client, session.label.clone());
