@@ -370,6 +370,8 @@ fn dashboards_and_alerts_against_a_real_prometheus() {
     assert_eq!(requests(&pod, MIRRORED, &["x-copy: 1"]), 0, "mirrored requests are answered by the app");
     let mirrored = r#"sum(mirrord_proxy_request_duration_seconds_count{route="mirrored"})"#;
     assert_eq!(prom.wait_value(mirrored, |v| v >= MIRRORED as f64), MIRRORED as f64);
+    let passthrough = r#"sum(mirrord_proxy_request_duration_seconds_count{route="passthrough"})"#;
+    assert_eq!(prom.wait_value(passthrough, |v| v >= 25.0), 25.0);
     // Then its machine stops taking anything (a laptop put to sleep): copies
     // with a body wait for an exchange that is never attached, and beyond
     // the sidecar's bound they drop; the app answers every request.
@@ -380,8 +382,12 @@ fn dashboards_and_alerts_against_a_real_prometheus() {
     assert_eq!(prom.wait_value(stolen, |v| v >= STOLEN as f64), STOLEN as f64);
     let stolen_timed = r#"sum(mirrord_proxy_request_duration_seconds_count{route="stolen"})"#;
     assert_eq!(prom.wait_value(stolen_timed, |v| v >= STOLEN as f64), STOLEN as f64);
-    prom.wait_value(r#"sum(mirrord_proxy_request_duration_seconds_count{route="passthrough"})"#, |v| v == 25.0);
-    prom.wait_value(r#"sum(mirrord_proxy_mirror_dropped_total{session="bob"})"#, |v| v > 0.0);
+    // Each POST was copied or its copy dropped, never both, never neither.
+    let dropped = prom.wait_value(r#"sum(mirrord_proxy_mirror_dropped_total{session="bob"})"#, |v| v > 0.0);
+    let copied = prom.wait_value(mirrored, |v| v > MIRRORED as f64) - MIRRORED as f64;
+    let total = prom.wait_value(r#"sum(mirrord_proxy_request_duration_seconds_count)"#, |v| v >= 3062.0);
+    assert_eq!((copied + dropped, total), (3000.0, 3062.0), "copied {copied}, dropped {dropped}");
+    assert_eq!(prom.value(passthrough), Some(25.0 + dropped));
     prom.wait_value("mirrord_proxy_sessions", |v| v == 2.0);
     alice.signal(libc::SIGINT);
     alice.finish();
@@ -493,6 +499,22 @@ fn dashboards_and_alerts_against_a_real_prometheus() {
             assert!(labels["namespace"].is_string() && labels["pod"].is_string(), "{name}: {labels}");
         }
     }
+
+    // The picture of the sessions dashboard, from this run's data.
+    let started = prom.value("min(min_over_time(mirrord_proxy_start_time_seconds[10m]))").unwrap_or(after - 60.0) - 5.0;
+    let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("mirrord-sessions.png");
+    let status = Command::new("python3")
+        .arg(monitoring().join("dashboards/render.py"))
+        .arg(format!("http://{}", prom.addr))
+        .args([format!("{started:.0}"), format!("{after:.0}")])
+        .arg(&out)
+        .args([NAMESPACE, WORKLOAD, POD])
+        .status()
+        .unwrap();
+    assert!(status.success(), "render.py failed");
+    let png = std::fs::read(&out).unwrap();
+    assert!(png.starts_with(b"\x89PNG") && png.len() > 20_000, "{} bytes", png.len());
+    eprintln!("dashboard picture: {}", out.display());
     drop(sidecar);
     drop(procs);
 }

@@ -69,7 +69,7 @@ def sessions():
           [(f'sum by (route) (rate(mirrord_proxy_request_duration_seconds_count{{{SEL}}}[$__rate_interval]))', "{{route}}")],
           unit="reqps", description="HTTP requests answered by the app alone (passthrough), by the app with copies "
                                     "to mirroring sessions (mirrored), or by a developer's session (stolen).")
-    p.add("Raw TCP and requests taken by sessions", "timeseries",
+    p.add("Requests and connections taken by sessions", "timeseries",
           [(f'sum by (mode, session) (rate(mirrord_proxy_intercepted_total{{{SEL}}}[$__rate_interval]))',
             "{{mode}} {{session}}")],
           unit="ops", description="Requests and connections stolen or mirrored, by developer session.")
