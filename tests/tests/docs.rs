@@ -12,7 +12,8 @@ fn every_path_in_the_code_map_exists() {
     let text = std::fs::read_to_string(root.join("ARCHITECTURE.md")).unwrap();
     let start = text.find("## Code map").expect("a code map section");
     let map = &text[start..text[start..].find("\n## Invariants").map_or(text.len(), |e| start + e)];
-    let bases = ["", "proxy/src", "cli/src", "config/src", "injector/src", "tests/src", "proxy/src/h1"];
+    let bases =
+        ["", "proxy/src", "cli/src", "config/src", "injector/src", "tests/src", "proxy/src/h1", "manifests/monitoring"];
     let mut named = 0;
     let mut missing = Vec::new();
     for token in map.split('`').skip(1).step_by(2) {
