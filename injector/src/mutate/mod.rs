@@ -294,6 +294,23 @@ mod tests {
     }
 
     #[test]
+    fn an_apps_own_scrape_annotations_are_kept() {
+        let settings = Settings { image: "proxy:1".to_owned(), native_sidecar: true };
+        let mut annotated = sample();
+        let own = json!({"prometheus.io/scrape": "true", "prometheus.io/port": "8080", "prometheus.io/path": "/stats"});
+        for (k, v) in own.as_object().unwrap() {
+            annotated["metadata"]["annotations"][k] = v.clone();
+        }
+        let out = pod(&annotated, false, &settings).injected().unwrap();
+        for (k, v) in own.as_object().unwrap() {
+            assert_eq!(&out["metadata"]["annotations"][k], v, "{k}");
+        }
+        // The sidecar's metrics are found by its named port instead.
+        let sidecar = &out["spec"]["initContainers"][1];
+        assert_eq!(sidecar["ports"][0]["name"], ADMIN_PORT_NAME);
+    }
+
+    #[test]
     fn native_mode_puts_the_sidecar_right_after_the_iptables_init() {
         let settings = Settings { image: "proxy:1".to_owned(), native_sidecar: true };
         let mut with_init = sample();
