@@ -19,7 +19,7 @@ use tokio_stream::StreamExt;
 use tonic::transport::Channel;
 
 use crate::local::Clients;
-use crate::status::Status;
+use crate::status::Reporter;
 
 /// Headers that describe one hop, not the message.
 const HOP_BY_HOP: [&str; 7] =
@@ -31,7 +31,7 @@ pub struct Delivery {
     pub client: TunnelClient<Channel>,
     pub session_id: String,
     pub clients: Clients,
-    pub status: Arc<Status>,
+    pub status: Reporter,
     pub config: mirrord_config::Config,
     pub local_host: std::net::IpAddr,
     /// Copies being delivered at once; beyond, a copy is dropped (copies

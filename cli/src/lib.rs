@@ -3,6 +3,7 @@
 //! Each subcommand lives in [`commands`]; `main` only parses arguments and
 //! maps the outcome to an exit code (see [`ExitCode`]).
 
+pub mod cluster;
 pub mod commands;
 mod deliver;
 mod inbound_body;
@@ -21,4 +22,10 @@ pub enum ExitCode {
     InvalidConfig = 2,
     /// The sidecar refused the session (conflict, version, token).
     Refused = 3,
+    /// The target cannot be used: not found, no running pod, no pod with
+    /// the sidecar, or a kind that has no pods of its own.
+    Target = 4,
+    /// The Kubernetes API cannot be used: no or unknown kubeconfig context,
+    /// unreachable, or the request was forbidden (RBAC).
+    Cluster = 5,
 }

@@ -19,7 +19,7 @@ enum Command {
     #[command(subcommand)]
     Config(ConfigCommand),
     /// Open a session on a sidecar and deliver its traffic to the local app.
-    Connect(ConnectArgs),
+    Connect(Box<ConnectArgs>),
     /// mirrord end to end on this machine: a sidecar, a session, two apps.
     Demo,
 }
@@ -35,7 +35,7 @@ fn main() -> std::process::ExitCode {
     };
     let code = match cli.command {
         Command::Config(cmd) => config::run(&cmd, &mut std::io::stdout(), &mut std::io::stderr()),
-        Command::Connect(args) => block_on(connect::run(args, ctrl_c())),
+        Command::Connect(args) => block_on(connect::run(*args, ctrl_c())),
         Command::Demo => block_on(mirrord_cli::commands::demo::run()),
     };
     std::process::ExitCode::from(code as u8)

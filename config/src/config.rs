@@ -20,6 +20,10 @@ pub struct Config {
     pub namespace: Option<String>,
     /// What happens to incoming traffic.
     pub incoming: Incoming,
+    /// `kube_context`: the kubeconfig context to reach the target with.
+    pub kube_context: Option<String>,
+    /// `kubeconfig`: the kubeconfig file to reach the target with.
+    pub kubeconfig: Option<String>,
 }
 
 /// What happens to incoming traffic.
@@ -103,7 +107,14 @@ impl Config {
             RawIncoming::Mode(mode) => Incoming::unfiltered(mode.into()),
             RawIncoming::Detailed(d) => Incoming::from_raw(*d)?,
         };
-        Ok(Config { pause: raw.pause, target, namespace, incoming })
+        Ok(Config {
+            pause: raw.pause,
+            target,
+            namespace,
+            incoming,
+            kube_context: raw.kube_context,
+            kubeconfig: raw.kubeconfig,
+        })
     }
 
     /// Likely mistakes in a valid config, in words.
@@ -122,7 +133,14 @@ impl Config {
 impl Default for Config {
     /// The config of an empty file: mirror everything, no pause.
     fn default() -> Self {
-        Config { pause: false, target: None, namespace: None, incoming: Incoming::unfiltered(Mode::Mirror) }
+        Config {
+            pause: false,
+            target: None,
+            namespace: None,
+            incoming: Incoming::unfiltered(Mode::Mirror),
+            kube_context: None,
+            kubeconfig: None,
+        }
     }
 }
 

@@ -232,7 +232,7 @@ mod tests {
     #[test]
     fn mirrords_other_sections_are_set_aside_and_listed() {
         let (value, ignored) = sifted(
-            r#"{"agent":{"ttl":30},"feature":{"fs":"read","env":{"override":{"A":"1"}},"network":{"outgoing":true,"incoming":{"mode":"steal","ignore_localhost":false}}},"kube_context":"dev"}"#,
+            r#"{"agent":{"ttl":30},"feature":{"fs":"read","env":{"override":{"A":"1"}},"network":{"outgoing":true,"incoming":{"mode":"steal","ignore_localhost":false}}},"kube_context":"dev","operator":true}"#,
         )
         .unwrap();
         assert_eq!(
@@ -243,10 +243,14 @@ mod tests {
                 "feature.fs",
                 "feature.network.incoming.ignore_localhost",
                 "feature.network.outgoing",
-                "kube_context"
+                "operator"
             ]
         );
-        assert_eq!(value, serde_json::json!({"feature":{"network":{"incoming":{"mode":"steal"}}}}));
+        // kube_context is this project's too: it stays.
+        assert_eq!(
+            value,
+            serde_json::json!({"feature":{"network":{"incoming":{"mode":"steal"}}},"kube_context":"dev"})
+        );
     }
 
     #[test]

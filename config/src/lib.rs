@@ -31,6 +31,7 @@ pub use config::{ConcurrentSteal, Config, Incoming, Mode, PortSelection};
 pub use duration::{format_duration, parse_duration, parse_lease, MAX_LEASE};
 pub use filter::{BodyFilter, Filter, HttpFilter, Regex, RequestBody};
 pub use load::{Error, Format, Loaded};
+pub use suggest::nearest;
 pub use target::{Target, TargetKind};
 pub use template::{KeySource, Vars};
 

@@ -35,6 +35,12 @@ pub struct RawConfig {
     /// `{ "path": …, "namespace": … }`.
     #[serde(default)]
     pub target: Option<RawTarget>,
+    /// The kubeconfig context to use (default: the kubeconfig's current one).
+    #[serde(default)]
+    pub kube_context: Option<String>,
+    /// The kubeconfig file to use (default: `KUBECONFIG`, then `~/.kube/config`).
+    #[serde(default)]
+    pub kubeconfig: Option<String>,
     /// What the session does.
     #[serde(default)]
     pub feature: RawFeature,

@@ -2,7 +2,7 @@
 
 /// The candidate closest to `input` by edit distance, if it is close enough to
 /// be a plausible typo (at most a third of the word, and at least 1 edit allowed).
-pub(crate) fn nearest<'a>(input: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+pub fn nearest<'a>(input: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
     let input_lower = input.to_ascii_lowercase();
     let budget = (input.chars().count() / 3).max(1);
     candidates

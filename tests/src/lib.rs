@@ -12,6 +12,7 @@
 // on errors is the intended behaviour here.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+pub mod apiserver;
 pub mod loopback;
 pub mod netns;
 pub mod pidns;

@@ -20,11 +20,20 @@ pub struct Cli {
 impl Cli {
     /// Connects with `config` (JSON text) as session `name`.
     pub fn connect(tunnel: SocketAddr, name: &str, config: &str) -> Cli {
+        Cli::connect_with(&["--addr", &tunnel.to_string()], name, config, &[])
+    }
+
+    /// Connects with `config` as session `name`, with `flags` saying where
+    /// (`--addr …`, or `--target … --kubeconfig …`), and `env` added.
+    pub fn connect_with(flags: &[&str], name: &str, config: &str, env: &[(&str, &str)]) -> Cli {
         let file = tempfile::Builder::new().suffix(".json").tempfile().expect("config file");
         std::fs::write(file.path(), config).expect("write config");
         let mut child = Command::new(workspace_bin("mirrord-cli"))
-            .args(["connect", "--addr", &tunnel.to_string(), "--name", name, "--log-format", "json", "-f"])
+            .arg("connect")
+            .args(flags)
+            .args(["--name", name, "--log-format", "json", "-f"])
             .arg(file.path())
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

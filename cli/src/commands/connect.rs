@@ -1,5 +1,6 @@
-//! `mirrord-cli connect`: open a session on a sidecar and deliver its
-//! traffic to the local app until Ctrl-C (or until the tunnel is lost).
+//! `mirrord-cli connect`: open a session on the sidecar of every pod of a
+//! target (through the Kubernetes API) or on one sidecar (`--addr`), and
+//! deliver their traffic to the local app until Ctrl-C.
 
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -9,22 +10,41 @@ use std::time::Duration;
 use mirrord_api::proto::tunnel_client::TunnelClient;
 use mirrord_api::proto::{self, session_event, session_request, Bye, Hello, SessionRequest};
 use mirrord_api::PROTOCOL_VERSION;
-use mirrord_config::Config;
+use mirrord_config::{Config, Target};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Channel, Endpoint};
 
+use crate::cluster::{self, Access, Cluster, Place};
 use crate::deliver::Delivery;
 use crate::local::Clients;
-use crate::status::{LogFormat, Status};
+use crate::status::{LogFormat, Reporter, Status};
 use crate::ExitCode;
 
 /// Flags of `mirrord-cli connect`.
 #[derive(Debug, clap::Args)]
 pub struct ConnectArgs {
-    /// The sidecar's session tunnel, HOST:PORT (a port-forward of the pod's 18010).
+    /// The workload whose pods get a session: pod/NAME, deployment/NAME
+    /// (deploy/), statefulset/NAME, replicaset/NAME, service/NAME or
+    /// label/KEY=VALUE; default: the config's `target`.
+    #[arg(short = 't', long, value_name = "TARGET", conflicts_with = "addr")]
+    pub target: Option<String>,
+    /// Namespace of the target (default: the config's target.namespace, then
+    /// the kubeconfig context's).
+    #[arg(short = 'n', long, value_name = "NAMESPACE")]
+    pub namespace: Option<String>,
+    /// Kubeconfig file (default: the config's `kubeconfig`, then KUBECONFIG,
+    /// then ~/.kube/config, then the in-cluster service account).
+    #[arg(long, value_name = "FILE")]
+    pub kubeconfig: Option<PathBuf>,
+    /// Kubeconfig context (default: the config's `kube_context`, then the
+    /// kubeconfig's current context).
+    #[arg(long, value_name = "CONTEXT")]
+    pub context: Option<String>,
+    /// One sidecar's session tunnel, HOST:PORT (a port-forward of a pod's
+    /// 18010 made by hand, or a sidecar on this machine), instead of a target.
     #[arg(long, value_name = "HOST:PORT")]
-    pub addr: String,
+    pub addr: Option<String>,
     /// Session config (JSON, YAML or TOML).
     #[arg(short = 'f', long = "config-file", value_name = "FILE")]
     pub config: Option<PathBuf>,
@@ -45,7 +65,7 @@ pub struct ConnectArgs {
     pub on_open: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
-/// Runs a session to its end.
+/// Runs the sessions to their end.
 pub async fn run(mut args: ConnectArgs, stop: impl std::future::Future<Output = ()>) -> ExitCode {
     let status = Arc::new(Status::new(args.log_format));
     let (config, config_json) = match load_config(args.config.as_deref()) {
@@ -55,24 +75,137 @@ pub async fn run(mut args: ConnectArgs, stop: impl std::future::Future<Output = 
             return ExitCode::InvalidConfig;
         }
     };
-    let (client, events, requests, plan) = match open(&args, config_json).await {
-        Ok(opened) => opened,
+    let (places, what) = match places(&args, &config, &status).await {
+        Ok(found) => found,
         Err(code) => return code,
     };
-    print_plan(&status, &plan, &args.addr, &config);
+    // All or nothing: every pod's session opens, or none stays open.
+    let opened = futures::future::join_all(places.iter().map(|p| open(p, &args, config_json.clone()))).await;
+    if let Some(Err((code, message))) = opened.iter().find(|r| r.is_err()) {
+        eprintln!("error: {message}");
+        for (_, _, requests, _) in opened.iter().flatten() {
+            let _ = requests.send(SessionRequest { kind: Some(session_request::Kind::Bye(Bye {})) }).await;
+        }
+        return *code;
+    }
+    let sessions: Vec<(Place, Opened)> = places.into_iter().zip(opened.into_iter().flatten()).collect();
+    print_plan(&status, &sessions[0].1 .3, &what, &config);
+    if sessions.iter().any(|(place, _)| place.pod().is_some()) {
+        status.pods(sessions.len());
+    }
     if let Some(open) = args.on_open.take() {
         let _ = open.send(());
     }
-    let delivery = Arc::new(Delivery {
-        client,
-        session_id: plan.session_id.clone(),
-        clients: Clients::default(),
-        status: status.clone(),
-        config,
-        local_host: args.local_host,
-        copies: Arc::new(tokio::sync::Semaphore::new(crate::deliver::MAX_COPIES_IN_FLIGHT)),
-    });
-    serve(events, delivery, status, requests, stop).await
+    let (stop_all, stopped) = tokio::sync::watch::channel(false);
+    let mut running = tokio::task::JoinSet::new();
+    for (place, (client, events, requests, plan)) in sessions {
+        let reporter = Reporter::new(status.clone(), place.pod());
+        let delivery = Arc::new(Delivery {
+            client,
+            session_id: plan.session_id.clone(),
+            clients: Clients::default(),
+            status: reporter.clone(),
+            config: config.clone(),
+            local_host: args.local_host,
+            copies: Arc::new(tokio::sync::Semaphore::new(crate::deliver::MAX_COPIES_IN_FLIGHT)),
+        });
+        let mut stopped = stopped.clone();
+        running.spawn(serve(events, delivery, reporter, requests, async move {
+            let _ = stopped.wait_for(|s| *s).await;
+        }));
+    }
+    tokio::pin!(stop);
+    let (mut code, mut stopping) = (ExitCode::Ok, false);
+    let mut ticker = tokio::time::interval(Duration::from_millis(500));
+    loop {
+        tokio::select! {
+            ended = running.join_next() => match ended {
+                Some(Ok(ExitCode::Ok)) => {}
+                Some(_) => code = ExitCode::Failure,
+                None => break,
+            },
+            _ = ticker.tick() => status.redraw(),
+            () = &mut stop, if !stopping => {
+                stopping = true;
+                let _ = stop_all.send(true);
+            }
+        }
+    }
+    code
+}
+
+/// Where the sessions go: `--addr`, or every injected pod of the target;
+/// and how they are described ("127.0.0.1:18010", "3 pods of deployment/api").
+async fn places(args: &ConnectArgs, config: &Config, status: &Status) -> Result<(Vec<Place>, String), ExitCode> {
+    let target = match (&args.addr, &args.target) {
+        (Some(addr), _) => return Ok((vec![Place::Addr(addr.clone())], addr.clone())),
+        (None, Some(path)) => match Target::parse(path, args.namespace.as_deref()) {
+            Ok(Some(target)) => target,
+            Ok(None) => {
+                eprintln!("error: --target targetless has no pods to attach to: give a workload, or --addr");
+                return Err(ExitCode::InvalidConfig);
+            }
+            Err(e) => {
+                eprintln!("error: --target: {e}");
+                return Err(ExitCode::InvalidConfig);
+            }
+        },
+        (None, None) => match &config.target {
+            Some(target) => target.clone(),
+            None => {
+                eprintln!("error: no target: pass --target deployment/NAME (or set \"target\" in the config), or --addr HOST:PORT for one sidecar");
+                return Err(ExitCode::InvalidConfig);
+            }
+        },
+    };
+    let access = Access {
+        kubeconfig: args.kubeconfig.clone().or_else(|| config.kubeconfig.clone().map(PathBuf::from)),
+        context: args.context.clone().or_else(|| config.kube_context.clone()),
+        namespace: args.namespace.clone(),
+    };
+    let described = format!("{}/{}", target.kind.as_str(), target.name);
+    let cluster = Cluster::connect(&access, target.namespace.as_deref()).await.map_err(cluster_failed)?;
+    let pods = cluster.pods(&target).await.map_err(cluster_failed)?;
+    if pods.is_empty() {
+        return Err(cluster_failed(cluster::Error::NoPods { target: described, namespace: cluster.namespace }));
+    }
+    let (injected, plain): (Vec<_>, Vec<_>) = pods.into_iter().partition(|p| p.injected);
+    if injected.is_empty() {
+        let which = plain.iter().map(|p| p.name.as_str()).collect::<Vec<_>>().join(", ");
+        return Err(cluster_failed(cluster::Error::NotInjected { target: described, count: plain.len(), which }));
+    }
+    let (ready, waiting): (Vec<_>, Vec<_>) = injected.into_iter().partition(|p| p.ready);
+    if !plain.is_empty() || !waiting.is_empty() {
+        let mut parts = Vec::new();
+        if !plain.is_empty() {
+            parts.push(format!("{} without the sidecar (a rollout in progress?)", plain.len()));
+        }
+        if !waiting.is_empty() {
+            parts.push(format!("{} whose sidecar is not ready yet", waiting.len()));
+        }
+        status.say(
+            &serde_json::json!({"event": "skipped", "without_sidecar": plain.len(), "not_ready": waiting.len()}),
+            &format!("note: {described}: skipping {} pod(s): {}", plain.len() + waiting.len(), parts.join(", ")),
+        );
+    }
+    if ready.is_empty() {
+        eprintln!("error: {described}: no pod with a ready sidecar in namespace {}", cluster.namespace);
+        return Err(ExitCode::Target);
+    }
+    let what = match ready.len() {
+        1 => format!("pod {} of {described}", ready[0].name),
+        n => format!("{n} pods of {described}"),
+    };
+    Ok((ready.into_iter().map(|p| Place::Pod { cluster: cluster.clone(), pod: p.name }).collect(), what))
+}
+
+fn cluster_failed(e: cluster::Error) -> ExitCode {
+    eprintln!("error: {e}");
+    use cluster::Error as E;
+    match e {
+        E::NotFound { .. } | E::NoPods { .. } | E::NotInjected { .. } | E::Unsupported { .. } => ExitCode::Target,
+        _ => ExitCode::Cluster,
+    }
 }
 
 /// The validated config, and the JSON the sidecar gets (the empty config
@@ -94,13 +227,14 @@ fn load_config(path: Option<&std::path::Path>) -> Result<(Config, String), mirro
 
 type Opened = (TunnelClient<Channel>, tonic::Streaming<proto::SessionEvent>, mpsc::Sender<SessionRequest>, proto::Plan);
 
-/// Connects, says Hello, and waits for the plan. `Err` is the exit code,
-/// after the reason was printed.
-async fn open(args: &ConnectArgs, config_json: String) -> Result<Opened, ExitCode> {
-    let channel = connect(&args.addr).await.map_err(|e| {
-        eprintln!("error: cannot reach the sidecar at {}: {e}", args.addr);
-        ExitCode::Failure
-    })?;
+/// Connects, says Hello, and waits for the plan. `Err` is the exit code and
+/// what to print.
+async fn open(place: &Place, args: &ConnectArgs, config_json: String) -> Result<Opened, (ExitCode, String)> {
+    let channel = match place {
+        Place::Addr(addr) => connect(addr).await,
+        Place::Pod { cluster, pod } => connect_pod(cluster, pod).await,
+    }
+    .map_err(|e| (ExitCode::Failure, format!("cannot reach the sidecar at {}: {e}", place.label())))?;
     let mut client = TunnelClient::new(channel);
     let (requests, rx) = mpsc::channel(4);
     let hello = Hello {
@@ -111,15 +245,14 @@ async fn open(args: &ConnectArgs, config_json: String) -> Result<Opened, ExitCod
         client_version: env!("CARGO_PKG_VERSION").to_owned(),
     };
     let _ = requests.send(SessionRequest { kind: Some(session_request::Kind::Hello(hello)) }).await;
+    let refused =
+        |e: &tonic::Status| (refused_code(e), format!("{} refused the session: {}", place.label(), e.message()));
     let mut events = client.session(ReceiverStream::new(rx)).await.map_err(|e| refused(&e))?.into_inner();
     match events.message().await {
         Ok(Some(proto::SessionEvent { kind: Some(session_event::Kind::Plan(plan)) })) => {
             Ok((client, events, requests, plan))
         }
-        Ok(_) => {
-            eprintln!("error: the sidecar did not answer with a plan");
-            Err(ExitCode::Failure)
-        }
+        Ok(_) => Err((ExitCode::Failure, format!("the sidecar at {} did not answer with a plan", place.label()))),
         Err(e) => Err(refused(&e)),
     }
 }
@@ -127,12 +260,11 @@ async fn open(args: &ConnectArgs, config_json: String) -> Result<Opened, ExitCod
 async fn serve(
     mut events: tonic::Streaming<proto::SessionEvent>,
     delivery: Arc<Delivery>,
-    status: Arc<Status>,
+    status: Reporter,
     requests: mpsc::Sender<SessionRequest>,
     stop: impl std::future::Future<Output = ()>,
 ) -> ExitCode {
     tokio::pin!(stop);
-    let mut ticker = tokio::time::interval(Duration::from_millis(500));
     let mut deliveries = tokio::task::JoinSet::new();
     loop {
         tokio::select! {
@@ -143,23 +275,22 @@ async fn serve(
                         deliveries.spawn(delivery.clone().handle(incoming));
                     }
                     session_event::Kind::Notice(n) => {
-                        status.say(&serde_json::json!({"event": "notice", "message": n.message}), &format!("notice: {}", n.message));
+                        status.say(serde_json::json!({"event": "notice", "message": n.message}), &format!("notice: {}", n.message));
                     }
                     session_event::Kind::Pause(p) => {
                         status.paused(p.paused.then_some(p.processes));
                         let event = serde_json::json!({"event": "pause", "paused": p.paused, "processes": p.processes, "message": p.message});
-                        status.say(&event, &p.message);
+                        status.say(event, &p.message);
                     }
                     session_event::Kind::Closed(_) => return ExitCode::Ok,
                     session_event::Kind::Plan(_) => {}
                 },
                 Ok(Some(_)) => {}
                 Ok(None) | Err(_) => {
-                    status.say(&serde_json::json!({"event": "lost"}), "error: the tunnel to the sidecar was lost; the session has ended");
+                    status.say(serde_json::json!({"event": "lost"}), "error: the tunnel to the sidecar was lost; the session has ended");
                     return ExitCode::Failure;
                 }
             },
-            _ = ticker.tick() => status.redraw(),
             () = &mut stop => break,
         }
     }
@@ -185,7 +316,7 @@ async fn serve(
     let _ =
         tokio::time::timeout(Duration::from_secs(5), async { while deliveries.join_next().await.is_some() {} }).await;
     let text = if closed { "session closed: traffic goes to the app again" } else { "session ended" };
-    status.say(&serde_json::json!({"event": "closed", "acknowledged": closed}), text);
+    status.say(serde_json::json!({"event": "closed", "acknowledged": closed}), text);
     ExitCode::Ok
 }
 
@@ -207,25 +338,33 @@ async fn connect(addr: &str) -> Result<Channel, Unreachable> {
         .http2_keep_alive_interval(Duration::from_secs(1))
         .keep_alive_timeout(Duration::from_secs(2))
         .keep_alive_while_idle(true);
-    endpoint.connect().await.map_err(|e| {
-        let mut msg = e.to_string();
-        let mut source = std::error::Error::source(&e);
-        while let Some(s) = source {
-            msg.push_str(&format!(": {s}"));
-            source = s.source();
-        }
-        Unreachable::Connect(msg)
-    })
+    endpoint.connect().await.map_err(|e| Unreachable::Connect(cluster::error_chain(&e)))
 }
 
-fn refused(e: &tonic::Status) -> ExitCode {
-    eprintln!("error: the sidecar refused the session: {}", e.message());
+fn refused_code(e: &tonic::Status) -> ExitCode {
     match e.code() {
         tonic::Code::FailedPrecondition | tonic::Code::Unauthenticated | tonic::Code::InvalidArgument => {
             ExitCode::Refused
         }
         _ => ExitCode::Failure,
     }
+}
+
+/// Connects over a port-forward to the pod's sidecar, through the API server.
+async fn connect_pod(cluster: &Cluster, pod: &str) -> Result<Channel, Unreachable> {
+    let (cluster, pod) = (cluster.clone(), pod.to_owned());
+    let connector = tower::service_fn(move |_: http::Uri| {
+        let (cluster, pod) = (cluster.clone(), pod.clone());
+        async move { cluster.forward(&pod).await.map(hyper_util::rt::TokioIo::new) }
+    });
+    Endpoint::from_static("http://sidecar.mirrord")
+        .connect_timeout(Duration::from_secs(10))
+        .http2_keep_alive_interval(Duration::from_secs(1))
+        .keep_alive_timeout(Duration::from_secs(5))
+        .keep_alive_while_idle(true)
+        .connect_with_connector(connector)
+        .await
+        .map_err(|e| Unreachable::Connect(cluster::error_chain(&e)))
 }
 
 fn print_plan(status: &Status, plan: &proto::Plan, addr: &str, config: &Config) {

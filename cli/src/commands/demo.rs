@@ -138,7 +138,11 @@ async fn with_session(
     std::fs::write(&path, config)?;
     let (open, opened) = oneshot::channel();
     let args = ConnectArgs {
-        addr: tunnel.to_string(),
+        target: None,
+        namespace: None,
+        kubeconfig: None,
+        context: None,
+        addr: Some(tunnel.to_string()),
         config: Some(path.clone()),
         token: None,
         name: Some("demo".to_owned()),

@@ -1,0 +1,406 @@
+//! The Kubernetes side of `connect`: credentials as every Kubernetes tool
+//! resolves them, a target resolved to its pods, and a port-forward to each
+//! pod's sidecar over the API server (no local listener).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet, StatefulSet};
+use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use kube::api::{Api, ListParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use mirrord_config::names::{ANNOTATION_STATUS, CONTAINER_PROXY, TUNNEL_PORT};
+use mirrord_config::{Target, TargetKind};
+
+/// Where the cluster's credentials come from (flags, then the session
+/// config's `kubeconfig` / `kube_context`, then the environment).
+#[derive(Debug, Clone, Default)]
+pub struct Access {
+    pub kubeconfig: Option<PathBuf>,
+    pub context: Option<String>,
+    /// `-n`; else the target's namespace; else the context's.
+    pub namespace: Option<String>,
+}
+
+/// What goes wrong reaching a target, each with what to do about it.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot read the kubeconfig {path}: {message}")]
+    Kubeconfig { path: String, message: String },
+    #[error("no context {context:?} in the kubeconfig{}", known_list(.known))]
+    UnknownContext { context: String, known: Vec<String> },
+    #[error("no Kubernetes credentials: {0} (set KUBECONFIG, pass --kubeconfig, or run inside a cluster)")]
+    NoCredentials(String),
+    #[error("cannot reach the Kubernetes API at {server}: {message}")]
+    Unreachable { server: String, message: String },
+    #[error("the Kubernetes API refused {verb} on {resource} in namespace {namespace}: {message} (ask for a Role that grants it; manifests/rbac/developer.yaml lists what mirrord-cli needs)")]
+    Forbidden { verb: &'static str, resource: String, namespace: String, message: String },
+    #[error("{kind} {name:?} not found in namespace {namespace}{}", suggestions(.nearest, .existing))]
+    NotFound { kind: &'static str, name: String, namespace: String, nearest: Option<String>, existing: Vec<String> },
+    #[error("the Kubernetes API failed {verb} on {resource}: {message}")]
+    Api { verb: &'static str, resource: String, message: String },
+    #[error("target {target} cannot be used: {why}")]
+    Unsupported { target: String, why: String },
+    #[error("{target} has no running pod in namespace {namespace}")]
+    NoPods { target: String, namespace: String },
+    #[error("{target}: none of its {count} pod(s) has the mirrord sidecar ({which}); opt it in with `mirrord-cli inject {target}` (or the annotation mirrord.dev/inject: \"enabled\" on its pod template or namespace), then let it roll out")]
+    NotInjected { target: String, count: usize, which: String },
+    #[error("port-forward to pod {pod}: {message}")]
+    Forward { pod: String, message: String },
+}
+
+fn known_list(known: &[String]) -> String {
+    if known.is_empty() {
+        String::new()
+    } else {
+        format!(": expected one of {}", known.join(", "))
+    }
+}
+
+fn suggestions(nearest: &Option<String>, existing: &[String]) -> String {
+    match (nearest, existing) {
+        (Some(n), _) => format!("; did you mean {n:?}?"),
+        (None, []) => String::new(),
+        (None, names) => format!("; there are: {}", names.join(", ")),
+    }
+}
+
+/// A connection to the cluster.
+#[derive(Clone)]
+pub struct Cluster {
+    client: kube::Client,
+    /// The namespace targets are looked up in.
+    pub namespace: String,
+    /// The API server, for messages.
+    pub server: String,
+}
+
+impl std::fmt::Debug for Cluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cluster").field("namespace", &self.namespace).field("server", &self.server).finish()
+    }
+}
+
+impl Cluster {
+    /// Credentials from `access`: an explicit kubeconfig file, else
+    /// `KUBECONFIG` / `~/.kube/config`, else the in-cluster service account.
+    pub async fn connect(access: &Access, target_namespace: Option<&str>) -> Result<Cluster, Error> {
+        let options = KubeConfigOptions { context: access.context.clone(), ..KubeConfigOptions::default() };
+        let config = match &access.kubeconfig {
+            Some(path) => {
+                let kubeconfig = read_kubeconfig(path)?;
+                check_context(&kubeconfig, access.context.as_deref())?;
+                kube::Config::from_custom_kubeconfig(kubeconfig, &options)
+                    .await
+                    .map_err(|e| Error::Kubeconfig { path: path.display().to_string(), message: e.to_string() })?
+            }
+            None => {
+                if let Ok(kubeconfig) = Kubeconfig::read() {
+                    check_context(&kubeconfig, access.context.as_deref())?;
+                }
+                match kube::Config::from_kubeconfig(&options).await {
+                    Ok(config) => config,
+                    Err(kubeconfig_error) => {
+                        kube::Config::incluster().map_err(|_| Error::NoCredentials(kubeconfig_error.to_string()))?
+                    }
+                }
+            }
+        };
+        let namespace = access
+            .namespace
+            .clone()
+            .or_else(|| target_namespace.map(str::to_owned))
+            .unwrap_or_else(|| config.default_namespace.clone());
+        let server = config.cluster_url.to_string();
+        let client = kube::Client::try_from(config)
+            .map_err(|e| Error::Unreachable { server: server.clone(), message: e.to_string() })?;
+        Ok(Cluster { client, namespace, server })
+    }
+
+    fn api<K>(&self) -> Api<K>
+    where
+        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+        <K as kube::Resource>::DynamicType: Default,
+    {
+        Api::namespaced(self.client.clone(), &self.namespace)
+    }
+
+    /// The pods a target stands for, injected or not.
+    pub async fn pods(&self, target: &Target) -> Result<Vec<TargetPod>, Error> {
+        let name = &target.name;
+        let selector = match target.kind {
+            TargetKind::Pod => {
+                let pod = self.get::<Pod>("pod", "pods", name).await?;
+                return Ok(TargetPod::of(&pod).into_iter().collect());
+            }
+            TargetKind::Label => name.clone(),
+            TargetKind::Deployment => {
+                let d = self.get::<Deployment>("deployment", "deployments", name).await?;
+                selector(d.spec.map(|s| s.selector), target)?
+            }
+            TargetKind::StatefulSet => {
+                let s = self.get::<StatefulSet>("statefulset", "statefulsets", name).await?;
+                selector(s.spec.map(|s| s.selector), target)?
+            }
+            TargetKind::ReplicaSet => {
+                let r = self.get::<ReplicaSet>("replicaset", "replicasets", name).await?;
+                selector(r.spec.map(|s| s.selector), target)?
+            }
+            TargetKind::Service => {
+                let s = self.get::<Service>("service", "services", name).await?;
+                let labels = s.spec.and_then(|s| s.selector).unwrap_or_default();
+                if labels.is_empty() {
+                    return Err(Error::Unsupported {
+                        target: describe(target),
+                        why: "the Service has no selector, so no pods of its own".to_owned(),
+                    });
+                }
+                match_labels(&labels)
+            }
+            TargetKind::Job | TargetKind::CronJob | TargetKind::Rollout => {
+                return Err(Error::Unsupported {
+                    target: describe(target),
+                    why: format!(
+                        "{} targets are not supported; target the pods with label/KEY=VALUE",
+                        target.kind.as_str()
+                    ),
+                })
+            }
+        };
+        let list = self
+            .api::<Pod>()
+            .list(&ListParams::default().labels(&selector))
+            .await
+            .map_err(|e| self.failed(e, "list", "pods", None))?;
+        Ok(list.items.iter().filter_map(TargetPod::of).collect())
+    }
+
+    async fn get<K>(&self, kind: &'static str, resource: &str, name: &str) -> Result<K, Error>
+    where
+        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>
+            + Clone
+            + serde::de::DeserializeOwned
+            + std::fmt::Debug,
+        <K as kube::Resource>::DynamicType: Default,
+    {
+        match self.api::<K>().get(name).await {
+            Ok(object) => Ok(object),
+            Err(kube::Error::Api(s)) if s.code == 404 => {
+                let existing: Vec<String> = match self.api::<K>().list_metadata(&ListParams::default()).await {
+                    Ok(list) => list.items.into_iter().filter_map(|m| m.metadata.name).collect(),
+                    Err(_) => Vec::new(),
+                };
+                let nearest = mirrord_config::nearest(name, existing.iter().map(String::as_str)).map(str::to_owned);
+                let mut existing = existing;
+                existing.truncate(10);
+                Err(Error::NotFound {
+                    kind,
+                    name: name.to_owned(),
+                    namespace: self.namespace.clone(),
+                    nearest,
+                    existing,
+                })
+            }
+            Err(e) => Err(self.failed(e, "get", resource, Some(name))),
+        }
+    }
+
+    fn failed(&self, e: kube::Error, verb: &'static str, resource: &str, name: Option<&str>) -> Error {
+        let resource = match name {
+            Some(n) => format!("{resource}/{n}"),
+            None => resource.to_owned(),
+        };
+        match e {
+            kube::Error::Api(s) if s.code == 403 => {
+                Error::Forbidden { verb, resource, namespace: self.namespace.clone(), message: s.message }
+            }
+            kube::Error::Api(s) => Error::Api { verb, resource, message: format!("{} ({})", s.message, s.code) },
+            other => Error::Unreachable { server: self.server.clone(), message: error_chain(&other) },
+        }
+    }
+
+    /// A byte stream to the sidecar's session tunnel in `pod`.
+    pub async fn forward(&self, pod: &str) -> Result<Forwarded, Error> {
+        let mut forwarder = self.api::<Pod>().portforward(pod, &[TUNNEL_PORT]).await.map_err(|e| match e {
+            kube::Error::Api(s) if s.code == 403 => Error::Forbidden {
+                verb: "create",
+                resource: format!("pods/{pod}/portforward"),
+                namespace: self.namespace.clone(),
+                message: s.message,
+            },
+            other => Error::Forward { pod: pod.to_owned(), message: error_chain(&other) },
+        })?;
+        let stream = forwarder.take_stream(TUNNEL_PORT).ok_or_else(|| Error::Forward {
+            pod: pod.to_owned(),
+            message: "no stream for the tunnel port".to_owned(),
+        })?;
+        Ok(Forwarded { stream: Box::new(stream), _forwarder: forwarder })
+    }
+}
+
+/// A port-forwarded stream; the forwarder's task lives as long as it does.
+pub struct Forwarded {
+    stream: Box<dyn Stream>,
+    _forwarder: kube::api::Portforwarder,
+}
+
+impl std::fmt::Debug for Forwarded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Forwarded").finish_non_exhaustive()
+    }
+}
+
+trait Stream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Stream for T {}
+
+impl tokio::io::AsyncRead for Forwarded {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for Forwarded {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+}
+
+/// One pod of a target, as the plan needs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TargetPod {
+    pub name: String,
+    /// The injector added the sidecar.
+    pub injected: bool,
+    /// Running, and the sidecar is ready.
+    pub ready: bool,
+}
+
+impl TargetPod {
+    /// `None` for a pod that is gone or going (deleted, succeeded, failed).
+    fn of(pod: &Pod) -> Option<TargetPod> {
+        let name = pod.metadata.name.clone()?;
+        if pod.metadata.deletion_timestamp.is_some() {
+            return None;
+        }
+        let status = pod.status.as_ref();
+        let phase = status.and_then(|s| s.phase.as_deref()).unwrap_or("Pending");
+        if matches!(phase, "Succeeded" | "Failed") {
+            return None;
+        }
+        let annotated = pod.metadata.annotations.as_ref().is_some_and(|a| a.contains_key(ANNOTATION_STATUS));
+        let spec = pod.spec.as_ref();
+        let has_sidecar = spec.is_some_and(|s| {
+            s.containers.iter().chain(s.init_containers.iter().flatten()).any(|c| c.name == CONTAINER_PROXY)
+        });
+        let sidecar_ready = status.is_some_and(|s| {
+            s.container_statuses
+                .iter()
+                .flatten()
+                .chain(s.init_container_statuses.iter().flatten())
+                .any(|c| c.name == CONTAINER_PROXY && c.ready)
+        });
+        Some(TargetPod { name, injected: annotated || has_sidecar, ready: phase == "Running" && sidecar_ready })
+    }
+}
+
+fn describe(target: &Target) -> String {
+    format!("{}/{}", target.kind.as_str(), target.name)
+}
+
+/// A workload's selector as a label selector string.
+fn selector(selector: Option<LabelSelector>, target: &Target) -> Result<String, Error> {
+    let selector = selector.unwrap_or_default();
+    if selector.match_expressions.as_ref().is_some_and(|e| !e.is_empty()) {
+        return Err(Error::Unsupported {
+            target: describe(target),
+            why: "its selector uses matchExpressions; target its pods with label/KEY=VALUE".to_owned(),
+        });
+    }
+    let labels = selector.match_labels.unwrap_or_default();
+    if labels.is_empty() {
+        return Err(Error::Unsupported { target: describe(target), why: "its selector is empty".to_owned() });
+    }
+    Ok(match_labels(&labels))
+}
+
+fn match_labels(labels: &BTreeMap<String, String>) -> String {
+    labels.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",")
+}
+
+fn read_kubeconfig(path: &Path) -> Result<Kubeconfig, Error> {
+    Kubeconfig::read_from(path)
+        .map_err(|e| Error::Kubeconfig { path: path.display().to_string(), message: error_chain(&e) })
+}
+
+fn check_context(kubeconfig: &Kubeconfig, context: Option<&str>) -> Result<(), Error> {
+    let Some(context) = context else { return Ok(()) };
+    let known: Vec<String> = kubeconfig.contexts.iter().map(|c| c.name.clone()).collect();
+    if known.iter().any(|k| k == context) {
+        Ok(())
+    } else {
+        Err(Error::UnknownContext { context: context.to_owned(), known })
+    }
+}
+
+/// An error and its causes on one line.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let next = s.to_string();
+        if !text.contains(&next) {
+            text.push_str(&format!(": {next}"));
+        }
+        source = s.source();
+    }
+    text
+}
+
+/// Where the sidecar of each pod is reached.
+#[derive(Debug, Clone)]
+pub enum Place {
+    /// `--addr`: a port-forward made by hand, or a sidecar on loopback.
+    Addr(String),
+    /// A pod of the target, through the API server.
+    Pod { cluster: Cluster, pod: String },
+}
+
+impl Place {
+    /// How the place is named in messages and JSON events.
+    pub fn label(&self) -> String {
+        match self {
+            Place::Addr(addr) => addr.clone(),
+            Place::Pod { pod, .. } => pod.clone(),
+        }
+    }
+
+    pub fn pod(&self) -> Option<&str> {
+        match self {
+            Place::Addr(_) => None,
+            Place::Pod { pod, .. } => Some(pod),
+        }
+    }
+}

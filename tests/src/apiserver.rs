@@ -1,0 +1,430 @@
+//! A Kubernetes API server stand-in that speaks real Kubernetes HTTP, for
+//! the parts mirrord uses: HTTPS with its own CA and a bearer token, reached
+//! through a generated kubeconfig, so that `mirrord-cli` runs unmodified.
+//!
+//! It serves GET and LIST (with equality label selectors) of pods,
+//! services, deployments, statefulsets and replicasets, metadata-only lists
+//! (`as=PartialObjectMetadataList`), 401/403/404 in Kubernetes' `Status`
+//! shape, and `pods/NAME/portforward` over WebSocket as the API server and
+//! kubelet do: subprotocol `v4.channel.k8s.io`, a data and an error channel
+//! per port, each opened by a frame carrying the port (little-endian); the
+//! data channel's bytes go to 127.0.0.1:PORT inside the pod's network
+//! namespace.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use futures::{SinkExt, StreamExt};
+use http::{Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_tungstenite::tungstenite::protocol::{Message, Role};
+use tokio_tungstenite::WebSocketStream;
+
+/// The resources served, with their API group path.
+const RESOURCES: [(&str, &str, &str); 5] = [
+    ("pods", "/api/v1", "Pod"),
+    ("services", "/api/v1", "Service"),
+    ("deployments", "/apis/apps/v1", "Deployment"),
+    ("statefulsets", "/apis/apps/v1", "StatefulSet"),
+    ("replicasets", "/apis/apps/v1", "ReplicaSet"),
+];
+
+#[derive(Debug, Default)]
+struct State {
+    /// (resource, namespace, name) → object.
+    objects: BTreeMap<(String, String, String), Value>,
+    /// (namespace, pod) → the network namespace a port-forward enters.
+    netns: HashMap<(String, String), String>,
+    version: u64,
+    /// Every request, as "VERB PATH" (for RBAC checks).
+    log: Vec<String>,
+}
+
+/// A running stand-in; stops when dropped.
+#[derive(Debug)]
+pub struct ApiServer {
+    pub addr: SocketAddr,
+    pub ca_pem: String,
+    pub token: String,
+    state: Arc<Mutex<State>>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl ApiServer {
+    pub fn start() -> ApiServer {
+        let (chain, key, ca_pem) =
+            mirrord_injector::tls::self_signed_pem(vec!["localhost".to_owned()]).expect("certificate");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (cert_file, key_file) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
+        std::fs::write(&cert_file, chain).expect("write");
+        std::fs::write(&key_file, key).expect("write");
+        let certs =
+            mirrord_injector::tls::Certs::new(mirrord_injector::tls::load(&cert_file, &key_file).expect("load"));
+        let mut config = certs.server_config();
+        // HTTP/1.1 only: the port-forward upgrade is an HTTP/1.1 one.
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        listener.set_nonblocking(true).expect("nonblocking");
+        let addr = listener.local_addr().expect("addr");
+        let token = format!("token-{}", std::process::id());
+        let state = Arc::new(Mutex::new(State::default()));
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let (served_state, served_token) = (state.clone(), token.clone());
+        let thread = std::thread::spawn(move || {
+            let runtime =
+                tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+            runtime.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
+                let serve = async {
+                    while let Ok((tcp, _)) = listener.accept().await {
+                        let (acceptor, state, token) = (acceptor.clone(), served_state.clone(), served_token.clone());
+                        tokio::spawn(async move {
+                            let Ok(tls) = acceptor.accept(tcp).await else { return };
+                            let svc = hyper::service::service_fn(move |req| {
+                                let (state, token) = (state.clone(), token.clone());
+                                async move { Ok::<_, std::convert::Infallible>(handle(req, &state, &token)) }
+                            });
+                            let _ = hyper::server::conn::http1::Builder::new()
+                                .serve_connection(TokioIo::new(tls), svc)
+                                .with_upgrades()
+                                .await;
+                        });
+                    }
+                };
+                tokio::select! {
+                    () = serve => {}
+                    _ = stopped => {}
+                }
+            });
+            drop(dir);
+        });
+        ApiServer { addr, ca_pem, token, state, stop: Some(stop), thread: Some(thread) }
+    }
+
+    /// A kubeconfig for this server, with a context named `sim` (namespace `namespace`).
+    pub fn kubeconfig(&self, dir: &Path, namespace: &str) -> PathBuf {
+        let path = dir.join("kubeconfig");
+        let ca = mirrord_injector::review::base64(self.ca_pem.as_bytes());
+        let text = format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: sim\n  cluster:\n    server: https://localhost:{port}\n    certificate-authority-data: {ca}\nusers:\n- name: developer\n  user:\n    token: {token}\ncontexts:\n- name: sim\n  context:\n    cluster: sim\n    user: developer\n    namespace: {namespace}\ncurrent-context: sim\n",
+            port = self.addr.port(),
+            token = self.token
+        );
+        std::fs::write(&path, text).expect("kubeconfig");
+        path
+    }
+
+    /// Adds or replaces an object (its kind says which resource).
+    pub fn put(&self, object: Value) {
+        let kind = object["kind"].as_str().expect("kind");
+        let resource = RESOURCES.iter().find(|(_, _, k)| *k == kind).map(|(r, _, _)| *r).expect("a served kind");
+        let ns = object["metadata"]["namespace"].as_str().expect("namespace").to_owned();
+        let name = object["metadata"]["name"].as_str().expect("name").to_owned();
+        let mut state = self.state.lock().expect("state");
+        state.version += 1;
+        let mut object = object;
+        object["metadata"]["resourceVersion"] = json!(state.version.to_string());
+        state.objects.insert((resource.to_owned(), ns, name), object);
+    }
+
+    /// Which network namespace a port-forward to the pod enters.
+    pub fn forward_into(&self, namespace: &str, pod: &str, netns: &str) {
+        self.state.lock().expect("state").netns.insert((namespace.to_owned(), pod.to_owned()), netns.to_owned());
+    }
+
+    /// The requests served so far, as "VERB PATH".
+    pub fn requests(&self) -> Vec<String> {
+        self.state.lock().expect("state").log.clone()
+    }
+}
+
+impl Drop for ApiServer {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// A pod as the API server shows it: labels, the injector's marks when
+/// `injected`, Running with the sidecar ready when `ready`.
+pub fn pod(namespace: &str, name: &str, labels: &Value, ip: &str, injected: bool, ready: bool) -> Value {
+    let containers = vec![json!({"name": "app", "image": "app:1"})];
+    let mut init = Vec::new();
+    let mut annotations = json!({});
+    let statuses = vec![
+        json!({"name": "app", "ready": ready, "restartCount": 0, "image": "app:1", "imageID": "", "started": ready}),
+    ];
+    let mut init_statuses = Vec::new();
+    if injected {
+        annotations = json!({"mirrord.dev/status": "injected"});
+        init.push(json!({"name": "mirrord-init", "image": "mirrord-proxy:1"}));
+        init.push(json!({"name": "mirrord-proxy", "image": "mirrord-proxy:1", "restartPolicy": "Always"}));
+        init_statuses
+            .push(json!({"name": "mirrord-init", "ready": false, "restartCount": 0, "image": "", "imageID": ""}));
+        init_statuses.push(json!({"name": "mirrord-proxy", "ready": ready, "restartCount": 0, "image": "", "imageID": "", "started": ready}));
+    }
+    json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "namespace": namespace, "labels": labels, "annotations": annotations,
+                     "uid": format!("uid-{name}")},
+        "spec": {"containers": containers, "initContainers": init},
+        "status": {"phase": if ready { "Running" } else { "Pending" }, "podIP": ip,
+                   "conditions": [{"type": "Ready", "status": if ready { "True" } else { "False" }}],
+                   "containerStatuses": statuses, "initContainerStatuses": init_statuses}
+    })
+}
+
+/// A workload whose selector matches `labels`.
+pub fn workload(kind: &str, namespace: &str, name: &str, labels: &Value) -> Value {
+    json!({
+        "apiVersion": "apps/v1", "kind": kind,
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {"selector": {"matchLabels": labels},
+                 "template": {"metadata": {"labels": labels}, "spec": {"containers": [{"name": "app", "image": "app:1"}]}}}
+    })
+}
+
+/// A Service selecting `labels`.
+pub fn service(namespace: &str, name: &str, labels: &Value) -> Value {
+    json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {"selector": labels, "ports": [{"port": 80}]}
+    })
+}
+
+fn status(code: StatusCode, reason: &str, message: &str) -> Response<Full<Bytes>> {
+    let body = json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                      "message": message, "reason": reason, "code": code.as_u16()});
+    respond(code, body)
+}
+
+fn respond(code: StatusCode, body: Value) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(Bytes::from(body.to_string())));
+    *resp.status_mut() = code;
+    resp.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
+    resp
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' if i + 3 <= bytes.len() => {
+                let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).ok().and_then(|h| u8::from_str_radix(h, 16).ok());
+                match hex {
+                    Some(b) => {
+                        out.push(b);
+                        i += 3;
+                        continue;
+                    }
+                    None => out.push(b'%'),
+                }
+            }
+            b'+' => out.push(b' '),
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn query(req: &Request<Incoming>) -> HashMap<String, String> {
+    req.uri()
+        .query()
+        .unwrap_or("")
+        .split('&')
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (percent_decode(k), percent_decode(v)))
+        .collect()
+}
+
+/// Equality-based selectors only (`a=b,c==d,e!=f`), as clients send them.
+fn matches(selector: &str, labels: &Value) -> bool {
+    selector.split(',').filter(|r| !r.is_empty()).all(|requirement| {
+        if let Some((k, v)) = requirement.split_once("!=") {
+            return labels[k.trim()].as_str() != Some(v.trim());
+        }
+        let (k, v) = requirement.split_once("==").or_else(|| requirement.split_once('=')).unwrap_or((requirement, ""));
+        labels[k.trim()].as_str() == Some(v.trim())
+    })
+}
+
+fn handle(req: Request<Incoming>, state: &Arc<Mutex<State>>, token: &str) -> Response<Full<Bytes>> {
+    let path = req.uri().path().to_owned();
+    let verb = req.method().as_str().to_owned();
+    state.lock().expect("state").log.push(format!("{verb} {path}"));
+    let authorized = req
+        .headers()
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v == format!("Bearer {token}"));
+    if !authorized {
+        return status(StatusCode::UNAUTHORIZED, "Unauthorized", "Unauthorized");
+    }
+    // /api/v1/namespaces/NS/RESOURCE[/NAME[/SUB]] or /apis/apps/v1/namespaces/...
+    let (prefix, rest) = match path.split_once("/namespaces/") {
+        Some(split) => split,
+        None => return status(StatusCode::NOT_FOUND, "NotFound", &format!("the server could not find {path}")),
+    };
+    let parts: Vec<&str> = rest.split('/').collect();
+    let (ns, resource) = match parts.as_slice() {
+        [ns, resource, ..] => (*ns, *resource),
+        _ => return status(StatusCode::NOT_FOUND, "NotFound", &format!("the server could not find {path}")),
+    };
+    let Some((_, group, kind)) = RESOURCES.iter().find(|(r, g, _)| *r == resource && *g == prefix) else {
+        return status(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            &format!("the server could not find the requested resource {path}"),
+        );
+    };
+    match (req.method().as_str(), parts.as_slice()) {
+        ("GET", [_, _]) => {
+            let q = query(&req);
+            let selector = q.get("labelSelector").cloned().unwrap_or_default();
+            let metadata_only = req
+                .headers()
+                .get(http::header::ACCEPT)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|a| a.contains("as=PartialObjectMetadataList"));
+            let state = state.lock().expect("state");
+            let items: Vec<Value> = state
+                .objects
+                .iter()
+                .filter(|((r, n, _), o)| r == resource && n == ns && matches(&selector, &o["metadata"]["labels"]))
+                .map(|(_, o)| {
+                    if metadata_only {
+                        json!({"apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadata", "metadata": o["metadata"]})
+                    } else {
+                        o.clone()
+                    }
+                })
+                .collect();
+            let (api_version, list_kind) = if metadata_only {
+                ("meta.k8s.io/v1".to_owned(), "PartialObjectMetadataList".to_owned())
+            } else {
+                (group.trim_start_matches("/api/").trim_start_matches("/apis/").to_owned(), format!("{kind}List"))
+            };
+            respond(
+                StatusCode::OK,
+                json!({"apiVersion": api_version, "kind": list_kind,
+                       "metadata": {"resourceVersion": state.version.to_string()}, "items": items}),
+            )
+        }
+        ("GET", [_, _, name]) => {
+            let state = state.lock().expect("state");
+            match state.objects.get(&(resource.to_owned(), ns.to_owned(), (*name).to_owned())) {
+                Some(object) => respond(StatusCode::OK, object.clone()),
+                None => status(StatusCode::NOT_FOUND, "NotFound", &format!("{resource} \"{name}\" not found")),
+            }
+        }
+        ("GET", [_, "pods", name, "portforward"]) => portforward(req, state, ns, name),
+        _ => status(StatusCode::METHOD_NOT_ALLOWED, "MethodNotAllowed", &format!("{verb} is not supported on {path}")),
+    }
+}
+
+fn portforward(req: Request<Incoming>, state: &Arc<Mutex<State>>, ns: &str, pod: &str) -> Response<Full<Bytes>> {
+    let netns = state.lock().expect("state").netns.get(&(ns.to_owned(), pod.to_owned())).cloned();
+    let Some(netns) = netns else {
+        return status(StatusCode::NOT_FOUND, "NotFound", &format!("pods \"{pod}\" not found"));
+    };
+    let port: Option<u16> = query(&req).get("ports").and_then(|p| p.split(',').next()?.parse().ok());
+    let Some(port) = port else {
+        return status(StatusCode::BAD_REQUEST, "BadRequest", "expected one port in ports=");
+    };
+    let headers = req.headers();
+    let offered = headers.get(http::header::SEC_WEBSOCKET_PROTOCOL).and_then(|v| v.to_str().ok()).unwrap_or("");
+    if !offered.split(',').any(|p| p.trim() == "v4.channel.k8s.io") {
+        return status(StatusCode::BAD_REQUEST, "BadRequest", "expected subprotocol v4.channel.k8s.io");
+    }
+    let Some(key) = headers.get(http::header::SEC_WEBSOCKET_KEY).map(|k| k.as_bytes().to_vec()) else {
+        return status(StatusCode::BAD_REQUEST, "BadRequest", "not a WebSocket upgrade");
+    };
+    let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(&key);
+    tokio::spawn(async move {
+        let Ok(upgraded) = hyper::upgrade::on(req).await else { return };
+        let ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None).await;
+        tunnel(ws, &netns, port).await;
+    });
+    let mut resp = Response::new(Full::new(Bytes::new()));
+    *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let h = resp.headers_mut();
+    h.insert(http::header::UPGRADE, http::HeaderValue::from_static("websocket"));
+    h.insert(http::header::CONNECTION, http::HeaderValue::from_static("Upgrade"));
+    h.insert(http::header::SEC_WEBSOCKET_ACCEPT, accept.parse().expect("header"));
+    h.insert(http::header::SEC_WEBSOCKET_PROTOCOL, http::HeaderValue::from_static("v4.channel.k8s.io"));
+    resp
+}
+
+/// One forwarded port: channel 0 its bytes, channel 1 its errors, as kubelet does.
+async fn tunnel<S>(ws: WebSocketStream<S>, netns: &str, port: u16)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let (mut sink, mut stream) = ws.split();
+    let [lo, hi] = port.to_le_bytes();
+    for channel in [0u8, 1] {
+        if sink.send(Message::binary(vec![channel, lo, hi])).await.is_err() {
+            return;
+        }
+    }
+    let netns = netns.to_owned();
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let connected = tokio::task::spawn_blocking(move || crate::netns::connect(&netns, addr)).await;
+    let tcp = match connected {
+        Ok(Ok(tcp)) => tcp,
+        Ok(Err(e)) => {
+            let mut frame = vec![1u8];
+            frame.extend_from_slice(format!("error forwarding port {port}: {e}").as_bytes());
+            let _ = sink.send(Message::binary(frame)).await;
+            let _ = sink.close().await;
+            return;
+        }
+        Err(_) => return,
+    };
+    let _ = tcp.set_nonblocking(true);
+    let Ok(tcp) = tokio::net::TcpStream::from_std(tcp) else { return };
+    let (mut rd, mut wr) = tcp.into_split();
+    let to_pod = async {
+        while let Some(Ok(message)) = stream.next().await {
+            match message {
+                Message::Binary(data) if data.first() == Some(&0) && wr.write_all(&data[1..]).await.is_err() => break,
+                Message::Close(_) => break,
+                _ => {}
+            }
+        }
+        let _ = wr.shutdown().await;
+    };
+    let from_pod = async {
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            match rd.read(&mut buf[1..]).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    buf[0] = 0;
+                    if sink.send(Message::binary(buf[..n + 1].to_vec())).await.is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+        let _ = sink.close().await;
+    };
+    tokio::join!(to_pod, from_pod);
+}

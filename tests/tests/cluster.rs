@@ -1,0 +1,163 @@
+//! `mirrord-cli connect --target` against the Kubernetes API server
+//! stand-in (`mirrord_tests::apiserver`): credentials from a kubeconfig,
+//! the target resolved to its pods, one port-forward and one session per
+//! pod, each port-forward entering that pod's network namespace in the pod
+//! simulation as kubelet's does. Clients send to each pod's IP.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::Duration;
+
+use mirrord_tests::apiserver::{self, ApiServer};
+use mirrord_tests::loopback::App;
+use mirrord_tests::pod::{Pod, Side};
+use mirrord_tests::session::Cli;
+use mirrord_tests::{root_or_skip, workspace_bin};
+use serde_json::json;
+
+const NS: &str = "shop";
+
+/// Which app answered a GET /who from the pod's node: "remote" or "local".
+fn answered_by(pod: &Pod, headers: &[&str]) -> String {
+    let mut args = vec!["-sS", "--max-time", "10", "--noproxy", "*"];
+    for h in headers {
+        args.extend(["-H", h]);
+    }
+    let url = format!("http://{}/who", pod.pod_ip);
+    args.push(&url);
+    let out = pod.exec(Side::Node, "curl", &args);
+    let body = String::from_utf8_lossy(&out.stdout).into_owned();
+    serde_json::from_str::<serde_json::Value>(&body)
+        .map(|v| v["app"].as_str().unwrap_or_default().to_owned())
+        .unwrap_or(body)
+}
+
+fn steal_config(filter: &str, local_port: u16) -> String {
+    format!(
+        r#"{{"feature":{{"network":{{"incoming":{{"mode":"steal","ports":[80],"http_filter":{{"header_filter":"{filter}"}},"port_mapping":[[{local_port},80]]}}}}}}}}"#
+    )
+}
+
+struct Cluster {
+    pods: Vec<Pod>,
+    api: ApiServer,
+    kubeconfig: tempfile::TempDir,
+    local: App,
+}
+
+impl Cluster {
+    fn kubeconfig(&self) -> String {
+        self.kubeconfig.path().join("kubeconfig").display().to_string()
+    }
+
+    fn connect(&self, target: &str, config: &str) -> Cli {
+        let kubeconfig = self.kubeconfig();
+        Cli::connect_with(&["--target", target, "--kubeconfig", &kubeconfig], "alice", config, &[])
+    }
+}
+
+/// `replicas` injected pods of deployment/api (and service/api), plus
+/// deployment/legacy whose one pod has no sidecar.
+fn cluster(test: &str, replicas: usize) -> Option<Cluster> {
+    if !root_or_skip(test) {
+        return None;
+    }
+    let api = ApiServer::start();
+    let labels = json!({"app": "api"});
+    let mut pods = Vec::new();
+    for i in 0..replicas {
+        let mut pod = Pod::new();
+        pod.start_app(&["--http", "0.0.0.0:80", "--name", "remote"], pod.addr(80));
+        pod.init(&["--ports", "80"]);
+        pod.start_sidecar(&["--ports", "80"]);
+        let name = format!("api-7d4b9c-{i}");
+        api.put(apiserver::pod(NS, &name, &labels, &pod.pod_ip.to_string(), true, true));
+        api.forward_into(NS, &name, &pod.pod_ns);
+        pods.push(pod);
+    }
+    api.put(apiserver::workload("Deployment", NS, "api", &labels));
+    api.put(apiserver::service(NS, "api", &labels));
+    let legacy = json!({"app": "legacy"});
+    api.put(apiserver::workload("Deployment", NS, "legacy", &legacy));
+    api.put(apiserver::pod(NS, "legacy-5f6d-0", &legacy, "10.0.0.9", false, true));
+    let kubeconfig = tempfile::tempdir().unwrap();
+    api.kubeconfig(kubeconfig.path(), NS);
+    let local =
+        App::start_with(workspace_bin("sample-app").to_str().unwrap(), &["--http", "127.0.0.1:0", "--name", "local"]);
+    Some(Cluster { pods, api, kubeconfig, local })
+}
+
+#[test]
+fn a_header_steal_on_a_deployment_takes_matching_requests_on_every_replica() {
+    let Some(c) = cluster("a_header_steal_on_a_deployment_takes_matching_requests_on_every_replica", 3) else {
+        return;
+    };
+    let started = std::time::Instant::now();
+    let mut cli = c.connect("deployment/api", &steal_config("x-user: alice", c.local.addr.port()));
+    let plan = cli.wait_plan();
+    eprintln!("connect to plan on 3 pods: {:.0} ms", started.elapsed().as_secs_f64() * 1000.0);
+    assert_eq!(plan["ports"][0]["port"], 80, "{plan}");
+    for pod in &c.pods {
+        assert_eq!(answered_by(pod, &["X-User: alice"]), "local", "pod {}", pod.pod_ip);
+        assert_eq!(answered_by(pod, &["X-User: bob"]), "remote", "pod {}", pod.pod_ip);
+        assert_eq!(answered_by(pod, &[]), "remote");
+    }
+    let delivered = cli.wait_for(Duration::from_secs(5), |e| e["event"] == "delivered").expect("delivered event");
+    assert!(delivered["pod"].as_str().is_some_and(|p| p.starts_with("api-7d4b9c-")), "{delivered}");
+    cli.signal(libc::SIGINT);
+    let (code, err) = cli.finish();
+    assert_eq!(code, Some(0), "{err}");
+    for pod in &c.pods {
+        assert_eq!(answered_by(pod, &["X-User: alice"]), "remote", "traffic is the app's again");
+    }
+    // Only reads and port-forwards: nothing was written to the cluster.
+    let requests = c.api.requests();
+    assert!(requests.iter().all(|r| r.starts_with("GET ")), "{requests:?}");
+    assert_eq!(requests.iter().filter(|r| r.ends_with("/portforward")).count(), 3, "{requests:?}");
+}
+
+#[test]
+fn a_service_and_a_single_pod_are_targets_too() {
+    let Some(c) = cluster("a_service_and_a_single_pod_are_targets_too", 2) else { return };
+    for (target, expect_local) in [("service/api", [true, true]), ("pod/api-7d4b9c-1", [false, true])] {
+        let mut cli = c.connect(target, &steal_config("x-user: alice", c.local.addr.port()));
+        cli.wait_plan();
+        for (pod, local) in c.pods.iter().zip(expect_local) {
+            let want = if local { "local" } else { "remote" };
+            assert_eq!(answered_by(pod, &["X-User: alice"]), want, "{target}, pod {}", pod.pod_ip);
+        }
+        cli.signal(libc::SIGINT);
+        let (code, err) = cli.finish();
+        assert_eq!(code, Some(0), "{target}: {err}");
+    }
+}
+
+/// Runs `connect` to its end: (exit code, standard error).
+fn refused(c: &Cluster, flags: &[&str]) -> (Option<i32>, String) {
+    let kubeconfig = c.kubeconfig();
+    let mut all = vec!["--kubeconfig", kubeconfig.as_str()];
+    all.extend_from_slice(flags);
+    let mut cli = Cli::connect_with(&all, "alice", "{}", &[]);
+    cli.finish()
+}
+
+#[test]
+fn targets_that_cannot_be_used_say_why_and_what_to_do() {
+    let Some(c) = cluster("targets_that_cannot_be_used_say_why_and_what_to_do", 1) else { return };
+    let (code, err) = refused(&c, &["--target", "deployment/legacy"]);
+    assert_eq!(code, Some(4), "{err}");
+    assert!(err.contains("none of its 1 pod(s) has the mirrord sidecar (legacy-5f6d-0)"), "{err}");
+    assert!(err.contains("mirrord-cli inject deployment/legacy"), "{err}");
+    let (code, err) = refused(&c, &["--target", "deployment/apj"]);
+    assert_eq!(code, Some(4), "{err}");
+    assert!(err.contains("deployment \"apj\" not found in namespace shop; did you mean \"api\"?"), "{err}");
+    let (code, err) = refused(&c, &["--target", "deployment/api", "--context", "prod"]);
+    assert_eq!(code, Some(5), "{err}");
+    assert!(err.contains("no context \"prod\" in the kubeconfig: expected one of sim"), "{err}");
+    let (code, err) = refused(&c, &["--target", "job/nightly"]);
+    assert_eq!(code, Some(4), "{err}");
+    assert!(err.contains("job targets are not supported"), "{err}");
+    let (code, err) = refused(&c, &["--target", "deployment/api", "-n", "elsewhere"]);
+    assert_eq!(code, Some(4), "{err}");
+    assert!(err.contains("not found in namespace elsewhere"), "{err}");
+}
