@@ -126,13 +126,13 @@ impl Cluster {
         Api::namespaced(self.client.clone(), &self.namespace)
     }
 
-    /// The pods a target stands for, injected or not.
-    pub async fn pods(&self, target: &Target) -> Result<Vec<TargetPod>, Error> {
+    /// Which pods a target stands for (reading its workload or Service).
+    pub async fn selector(&self, target: &Target) -> Result<PodSelector, Error> {
         let name = &target.name;
         let selector = match target.kind {
             TargetKind::Pod => {
-                let pod = self.get::<Pod>("pod", "pods", name).await?;
-                return Ok(TargetPod::of(&pod).into_iter().collect());
+                self.get::<Pod>("pod", "pods", name).await?;
+                return Ok(PodSelector::Name(name.clone()));
             }
             TargetKind::Label => name.clone(),
             TargetKind::Deployment => {
@@ -168,12 +168,29 @@ impl Cluster {
                 })
             }
         };
-        let list = self
-            .api::<Pod>()
-            .list(&ListParams::default().labels(&selector))
-            .await
-            .map_err(|e| self.failed(e, "list", "pods", None))?;
+        Ok(PodSelector::Labels(selector))
+    }
+
+    /// The pods of a selector now, injected or not.
+    pub async fn pods(&self, selector: &PodSelector) -> Result<Vec<TargetPod>, Error> {
+        let list =
+            self.api::<Pod>().list(&selector.list_params()).await.map_err(|e| self.failed(e, "list", "pods", None))?;
         Ok(list.items.iter().filter_map(TargetPod::of).collect())
+    }
+
+    /// The selector's pods as they come, change and go.
+    pub fn watch(
+        &self,
+        selector: &PodSelector,
+    ) -> impl futures::Stream<Item = Result<kube::runtime::watcher::Event<Pod>, kube::runtime::watcher::Error>> + Send
+    {
+        let config = match selector {
+            PodSelector::Name(name) => {
+                kube::runtime::watcher::Config::default().fields(&format!("metadata.name={name}"))
+            }
+            PodSelector::Labels(labels) => kube::runtime::watcher::Config::default().labels(labels),
+        };
+        kube::runtime::watcher(self.api::<Pod>(), config)
     }
 
     async fn get<K>(&self, kind: &'static str, resource: &str, name: &str) -> Result<K, Error>
@@ -288,6 +305,24 @@ impl tokio::io::AsyncWrite for Forwarded {
     }
 }
 
+/// The pods a target stands for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PodSelector {
+    /// `pod/NAME`: that one pod.
+    Name(String),
+    /// The workload's or Service's label selector (`app=api,tier=web`).
+    Labels(String),
+}
+
+impl PodSelector {
+    fn list_params(&self) -> ListParams {
+        match self {
+            PodSelector::Name(name) => ListParams::default().fields(&format!("metadata.name={name}")),
+            PodSelector::Labels(labels) => ListParams::default().labels(labels),
+        }
+    }
+}
+
 /// One pod of a target, as the plan needs it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TargetPod {
@@ -300,7 +335,7 @@ pub struct TargetPod {
 
 impl TargetPod {
     /// `None` for a pod that is gone or going (deleted, succeeded, failed).
-    fn of(pod: &Pod) -> Option<TargetPod> {
+    pub fn of(pod: &Pod) -> Option<TargetPod> {
         let name = pod.metadata.name.clone()?;
         if pod.metadata.deletion_timestamp.is_some() {
             return None;

@@ -2,8 +2,10 @@
 //! the parts mirrord uses: HTTPS with its own CA and a bearer token, reached
 //! through a generated kubeconfig, so that `mirrord-cli` runs unmodified.
 //!
-//! It serves GET and LIST (with equality label selectors) of pods,
-//! services, deployments, statefulsets and replicasets, metadata-only lists
+//! It serves GET, LIST and WATCH (with equality label selectors and the
+//! `metadata.name` field selector; a watch replays what changed after its
+//! resourceVersion) of pods, services, deployments, statefulsets and
+//! replicasets, metadata-only lists
 //! (`as=PartialObjectMetadataList`), 401/403/404 in Kubernetes' `Status`
 //! shape, and `pods/NAME/portforward` over WebSocket as the API server and
 //! kubelet do: subprotocol `v4.channel.k8s.io`, a data and an error channel
@@ -19,7 +21,7 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
 use http::{Request, Response, StatusCode};
-use http_body_util::Full;
+use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use serde_json::{json, Value};
@@ -43,9 +45,16 @@ struct State {
     /// (namespace, pod) → the network namespace a port-forward enters.
     netns: HashMap<(String, String), String>,
     version: u64,
+    /// Every change: (version, resource, namespace, ADDED|MODIFIED|DELETED, object).
+    history: Vec<(u64, String, String, &'static str, Value)>,
     /// Every request, as "VERB PATH" (for RBAC checks).
     log: Vec<String>,
 }
+
+/// Told the version of every change, for watches.
+type Changes = tokio::sync::broadcast::Sender<u64>;
+
+type Body = http_body_util::combinators::BoxBody<Bytes, std::convert::Infallible>;
 
 /// A running stand-in; stops when dropped.
 #[derive(Debug)]
@@ -54,6 +63,7 @@ pub struct ApiServer {
     pub ca_pem: String,
     pub token: String,
     state: Arc<Mutex<State>>,
+    changes: Changes,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -77,8 +87,9 @@ impl ApiServer {
         let addr = listener.local_addr().expect("addr");
         let token = format!("token-{}", std::process::id());
         let state = Arc::new(Mutex::new(State::default()));
+        let (changes, _) = tokio::sync::broadcast::channel(1024);
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let (served_state, served_token) = (state.clone(), token.clone());
+        let (served_state, served_token, served_changes) = (state.clone(), token.clone(), changes.clone());
         let thread = std::thread::spawn(move || {
             let runtime =
                 tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
@@ -87,11 +98,12 @@ impl ApiServer {
                 let serve = async {
                     while let Ok((tcp, _)) = listener.accept().await {
                         let (acceptor, state, token) = (acceptor.clone(), served_state.clone(), served_token.clone());
+                        let changes = served_changes.clone();
                         tokio::spawn(async move {
                             let Ok(tls) = acceptor.accept(tcp).await else { return };
                             let svc = hyper::service::service_fn(move |req| {
-                                let (state, token) = (state.clone(), token.clone());
-                                async move { Ok::<_, std::convert::Infallible>(handle(req, &state, &token)) }
+                                let (state, token, changes) = (state.clone(), token.clone(), changes.clone());
+                                async move { Ok::<_, std::convert::Infallible>(handle(req, &state, &token, &changes)) }
                             });
                             let _ = hyper::server::conn::http1::Builder::new()
                                 .serve_connection(TokioIo::new(tls), svc)
@@ -107,7 +119,7 @@ impl ApiServer {
             });
             drop(dir);
         });
-        ApiServer { addr, ca_pem, token, state, stop: Some(stop), thread: Some(thread) }
+        ApiServer { addr, ca_pem, token, state, changes, stop: Some(stop), thread: Some(thread) }
     }
 
     /// A kubeconfig for this server, with a context named `sim` (namespace `namespace`).
@@ -131,9 +143,31 @@ impl ApiServer {
         let name = object["metadata"]["name"].as_str().expect("name").to_owned();
         let mut state = self.state.lock().expect("state");
         state.version += 1;
+        let version = state.version;
         let mut object = object;
-        object["metadata"]["resourceVersion"] = json!(state.version.to_string());
-        state.objects.insert((resource.to_owned(), ns, name), object);
+        object["metadata"]["resourceVersion"] = json!(version.to_string());
+        let key = (resource.to_owned(), ns.clone(), name);
+        let change = if state.objects.contains_key(&key) { "MODIFIED" } else { "ADDED" };
+        state.objects.insert(key, object.clone());
+        state.history.push((version, resource.to_owned(), ns, change, object));
+        drop(state);
+        let _ = self.changes.send(version);
+    }
+
+    /// Deletes an object (`kind` as in its `kind` field).
+    pub fn delete(&self, kind: &str, namespace: &str, name: &str) {
+        let resource = RESOURCES.iter().find(|(_, _, k)| *k == kind).map(|(r, _, _)| *r).expect("a served kind");
+        let mut state = self.state.lock().expect("state");
+        let Some(mut object) = state.objects.remove(&(resource.to_owned(), namespace.to_owned(), name.to_owned()))
+        else {
+            return;
+        };
+        state.version += 1;
+        let version = state.version;
+        object["metadata"]["resourceVersion"] = json!(version.to_string());
+        state.history.push((version, resource.to_owned(), namespace.to_owned(), "DELETED", object));
+        drop(state);
+        let _ = self.changes.send(version);
     }
 
     /// Which network namespace a port-forward to the pod enters.
@@ -206,14 +240,14 @@ pub fn service(namespace: &str, name: &str, labels: &Value) -> Value {
     })
 }
 
-fn status(code: StatusCode, reason: &str, message: &str) -> Response<Full<Bytes>> {
+fn status(code: StatusCode, reason: &str, message: &str) -> Response<Body> {
     let body = json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
                       "message": message, "reason": reason, "code": code.as_u16()});
     respond(code, body)
 }
 
-fn respond(code: StatusCode, body: Value) -> Response<Full<Bytes>> {
-    let mut resp = Response::new(Full::new(Bytes::from(body.to_string())));
+fn respond(code: StatusCode, body: Value) -> Response<Body> {
+    let mut resp = Response::new(Full::new(Bytes::from(body.to_string())).boxed());
     *resp.status_mut() = code;
     resp.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
     resp
@@ -265,7 +299,14 @@ fn matches(selector: &str, labels: &Value) -> bool {
     })
 }
 
-fn handle(req: Request<Incoming>, state: &Arc<Mutex<State>>, token: &str) -> Response<Full<Bytes>> {
+/// Whether an object is one a list or watch with these parameters selects.
+fn selected(q: &HashMap<String, String>, object: &Value) -> bool {
+    let labels = q.get("labelSelector").map(String::as_str).unwrap_or("");
+    let name = q.get("fieldSelector").and_then(|f| f.strip_prefix("metadata.name="));
+    matches(labels, &object["metadata"]["labels"]) && name.is_none_or(|n| object["metadata"]["name"] == n)
+}
+
+fn handle(req: Request<Incoming>, state: &Arc<Mutex<State>>, token: &str, changes: &Changes) -> Response<Body> {
     let path = req.uri().path().to_owned();
     let verb = req.method().as_str().to_owned();
     state.lock().expect("state").log.push(format!("{verb} {path}"));
@@ -295,9 +336,11 @@ fn handle(req: Request<Incoming>, state: &Arc<Mutex<State>>, token: &str) -> Res
         );
     };
     match (req.method().as_str(), parts.as_slice()) {
+        ("GET", [_, _]) if query(&req).get("watch").is_some_and(|w| w == "true" || w == "1") => {
+            watch(query(&req), state, changes, resource, ns)
+        }
         ("GET", [_, _]) => {
             let q = query(&req);
-            let selector = q.get("labelSelector").cloned().unwrap_or_default();
             let metadata_only = req
                 .headers()
                 .get(http::header::ACCEPT)
@@ -307,7 +350,7 @@ fn handle(req: Request<Incoming>, state: &Arc<Mutex<State>>, token: &str) -> Res
             let items: Vec<Value> = state
                 .objects
                 .iter()
-                .filter(|((r, n, _), o)| r == resource && n == ns && matches(&selector, &o["metadata"]["labels"]))
+                .filter(|((r, n, _), o)| r == resource && n == ns && selected(&q, o))
                 .map(|(_, o)| {
                     if metadata_only {
                         json!({"apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadata", "metadata": o["metadata"]})
@@ -339,7 +382,61 @@ fn handle(req: Request<Incoming>, state: &Arc<Mutex<State>>, token: &str) -> Res
     }
 }
 
-fn portforward(req: Request<Incoming>, state: &Arc<Mutex<State>>, ns: &str, pod: &str) -> Response<Full<Bytes>> {
+/// A watch: what changed after `resourceVersion`, then every change as it
+/// happens, one JSON event per line.
+fn watch(
+    q: HashMap<String, String>,
+    state: &Arc<Mutex<State>>,
+    changes: &Changes,
+    resource: &str,
+    ns: &str,
+) -> Response<Body> {
+    let after: u64 = q.get("resourceVersion").and_then(|v| v.parse().ok()).unwrap_or(0);
+    let mut told = changes.subscribe();
+    let (resource, ns, state) = (resource.to_owned(), ns.to_owned(), state.clone());
+    let events = async_stream(move |tx: tokio::sync::mpsc::Sender<Bytes>| async move {
+        let mut sent = after;
+        loop {
+            let pending: Vec<(u64, Value)> = {
+                let state = state.lock().expect("state");
+                state
+                    .history
+                    .iter()
+                    .filter(|(v, r, n, _, o)| *v > sent && *r == resource && *n == ns && selected(&q, o))
+                    .map(|(v, _, _, change, o)| (*v, json!({"type": change, "object": o})))
+                    .collect()
+            };
+            for (version, event) in pending {
+                sent = version;
+                if tx.send(Bytes::from(format!("{event}\n"))).await.is_err() {
+                    return;
+                }
+            }
+            match told.recv().await {
+                Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                Err(_) => return,
+            }
+        }
+    });
+    let mut resp = Response::new(events);
+    resp.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
+    resp
+}
+
+/// A streaming body fed by a task through a channel.
+fn async_stream<F, Fut>(feed: F) -> Body
+where
+    F: FnOnce(tokio::sync::mpsc::Sender<Bytes>) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(16);
+    tokio::spawn(feed(tx));
+    let frames = tokio_stream::wrappers::ReceiverStream::new(rx)
+        .map(|b| Ok::<_, std::convert::Infallible>(hyper::body::Frame::data(b)));
+    BodyExt::boxed(StreamBody::new(frames))
+}
+
+fn portforward(req: Request<Incoming>, state: &Arc<Mutex<State>>, ns: &str, pod: &str) -> Response<Body> {
     let netns = state.lock().expect("state").netns.get(&(ns.to_owned(), pod.to_owned())).cloned();
     let Some(netns) = netns else {
         return status(StatusCode::NOT_FOUND, "NotFound", &format!("pods \"{pod}\" not found"));
@@ -362,7 +459,7 @@ fn portforward(req: Request<Incoming>, state: &Arc<Mutex<State>>, ns: &str, pod:
         let ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None).await;
         tunnel(ws, &netns, port).await;
     });
-    let mut resp = Response::new(Full::new(Bytes::new()));
+    let mut resp = Response::new(Full::new(Bytes::new()).boxed());
     *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     let h = resp.headers_mut();
     h.insert(http::header::UPGRADE, http::HeaderValue::from_static("websocket"));

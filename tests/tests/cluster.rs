@@ -161,3 +161,66 @@ fn targets_that_cannot_be_used_say_why_and_what_to_do() {
     assert_eq!(code, Some(4), "{err}");
     assert!(err.contains("not found in namespace elsewhere"), "{err}");
 }
+
+#[test]
+fn pods_that_come_and_go_get_and_lose_their_sessions() {
+    let Some(mut c) = cluster("pods_that_come_and_go_get_and_lose_their_sessions", 2) else { return };
+    let mut cli = c.connect("deployment/api", &steal_config("x-user: alice", c.local.addr.port()));
+    cli.wait_plan();
+    for pod in &c.pods {
+        assert_eq!(answered_by(pod, &["X-User: alice"]), "local");
+    }
+    // Requests keep going to the surviving pod throughout.
+    let survivor = c.pods.remove(0);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let client = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let (mut sent, mut wrong) = (0, Vec::new());
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) || sent < 20 {
+                let who = answered_by(&survivor, &["X-User: alice"]);
+                sent += 1;
+                if who != "local" {
+                    wrong.push(who);
+                }
+            }
+            (survivor, sent, wrong)
+        })
+    };
+    // A rollout deletes the other pod: terminating first, then gone.
+    let leaving = "api-7d4b9c-1";
+    let mut terminating =
+        apiserver::pod(NS, leaving, &json!({"app": "api"}), &c.pods[0].pod_ip.to_string(), true, true);
+    terminating["metadata"]["deletionTimestamp"] = json!("2026-11-30T12:00:00Z");
+    c.api.put(terminating);
+    let left = cli.wait_for(Duration::from_secs(5), |e| e["event"] == "left" && e["pod"] == leaving);
+    assert!(left.is_some(), "the deleted pod's session ends quietly");
+    drop(c.pods.remove(0));
+    c.api.delete("Pod", NS, leaving);
+    // A new pod becomes ready: it gets a session within 2 s.
+    let mut pod = Pod::new();
+    pod.start_app(&["--http", "0.0.0.0:80", "--name", "remote"], pod.addr(80));
+    pod.init(&["--ports", "80"]);
+    pod.start_sidecar(&["--ports", "80"]);
+    let joining = "api-7d4b9c-2";
+    c.api.forward_into(NS, joining, &pod.pod_ns);
+    let ready_at = std::time::Instant::now();
+    c.api.put(apiserver::pod(NS, joining, &json!({"app": "api"}), &pod.pod_ip.to_string(), true, true));
+    let joined = cli.wait_for(Duration::from_secs(2), |e| e["event"] == "joined" && e["pod"] == joining);
+    assert!(joined.is_some(), "no session on the new pod within 2 s");
+    eprintln!("new pod ready to session open: {:.0} ms", ready_at.elapsed().as_secs_f64() * 1000.0);
+    assert_eq!(answered_by(&pod, &["X-User: alice"]), "local");
+    assert_eq!(answered_by(&pod, &[]), "remote");
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (survivor, sent, wrong) = client.join().unwrap();
+    assert!(
+        sent > 3 && wrong.is_empty(),
+        "{} of {sent} requests to the surviving pod went wrong: {wrong:?}",
+        wrong.len()
+    );
+    cli.signal(libc::SIGINT);
+    let (code, err) = cli.finish();
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(answered_by(&survivor, &["X-User: alice"]), "remote");
+    assert_eq!(answered_by(&pod, &["X-User: alice"]), "remote");
+}

@@ -75,7 +75,7 @@ pub async fn run(mut args: ConnectArgs, stop: impl std::future::Future<Output = 
             return ExitCode::InvalidConfig;
         }
     };
-    let (places, what) = match places(&args, &config, &status).await {
+    let (places, what, watch) = match places(&args, &config, &status).await {
         Ok(found) => found,
         Err(code) => return code,
     };
@@ -90,55 +90,243 @@ pub async fn run(mut args: ConnectArgs, stop: impl std::future::Future<Output = 
     }
     let sessions: Vec<(Place, Opened)> = places.into_iter().zip(opened.into_iter().flatten()).collect();
     print_plan(&status, &sessions[0].1 .3, &what, &config);
-    if sessions.iter().any(|(place, _)| place.pod().is_some()) {
-        status.pods(sessions.len());
-    }
     if let Some(open) = args.on_open.take() {
         let _ = open.send(());
     }
-    let (stop_all, stopped) = tokio::sync::watch::channel(false);
-    let mut running = tokio::task::JoinSet::new();
-    for (place, (client, events, requests, plan)) in sessions {
-        let reporter = Reporter::new(status.clone(), place.pod());
+    let mut fleet = Fleet {
+        status: status.clone(),
+        config,
+        config_json,
+        args: Arc::new(args),
+        running: tokio::task::JoinSet::new(),
+        open: std::collections::HashMap::new(),
+    };
+    let pods = watch.is_some();
+    for (place, opened) in sessions {
+        fleet.serve(place, opened);
+    }
+    if pods {
+        status.pods(fleet.open.len());
+    }
+    fleet.run(stop, watch).await
+}
+
+/// The sessions of one `connect`, one per pod (or the one of `--addr`).
+struct Fleet {
+    status: Arc<Status>,
+    config: Config,
+    config_json: String,
+    args: Arc<ConnectArgs>,
+    /// Each session to its end: (where, how it ended).
+    running: tokio::task::JoinSet<(Place, ExitCode)>,
+    /// Pods with a session, and how to end each.
+    open: std::collections::HashMap<String, tokio::sync::watch::Sender<bool>>,
+}
+
+/// What `connect` follows while its sessions run: the target's pods.
+struct Watch {
+    cluster: Cluster,
+    selector: cluster::PodSelector,
+    described: String,
+}
+
+/// How long a pod whose port-forward broke waits before it is tried again,
+/// doubling up to [`RETRY_MAX`].
+const RETRY_FIRST: Duration = Duration::from_millis(250);
+const RETRY_MAX: Duration = Duration::from_secs(5);
+
+impl Fleet {
+    /// Runs an opened session until it ends or is told to.
+    fn serve(&mut self, place: Place, opened: Opened) {
+        let (client, events, requests, plan) = opened;
+        let reporter = Reporter::new(self.status.clone(), place.pod());
         let delivery = Arc::new(Delivery {
             client,
             session_id: plan.session_id.clone(),
             clients: Clients::default(),
             status: reporter.clone(),
-            config: config.clone(),
-            local_host: args.local_host,
+            config: self.config.clone(),
+            local_host: self.args.local_host,
             copies: Arc::new(tokio::sync::Semaphore::new(crate::deliver::MAX_COPIES_IN_FLIGHT)),
         });
-        let mut stopped = stopped.clone();
-        running.spawn(serve(events, delivery, reporter, requests, async move {
-            let _ = stopped.wait_for(|s| *s).await;
-        }));
+        let (end, mut ended) = tokio::sync::watch::channel(false);
+        self.open.insert(place.label(), end);
+        self.running.spawn(async move {
+            let code = serve(events, delivery, reporter, requests, async move {
+                let _ = ended.wait_for(|s| *s).await;
+            })
+            .await;
+            (place, code)
+        });
     }
-    tokio::pin!(stop);
-    let (mut code, mut stopping) = (ExitCode::Ok, false);
-    let mut ticker = tokio::time::interval(Duration::from_millis(500));
-    loop {
-        tokio::select! {
-            ended = running.join_next() => match ended {
-                Some(Ok(ExitCode::Ok)) => {}
-                Some(_) => code = ExitCode::Failure,
-                None => break,
-            },
-            _ = ticker.tick() => status.redraw(),
-            () = &mut stop, if !stopping => {
-                stopping = true;
-                let _ = stop_all.send(true);
+
+    /// Opens a session on a pod that appeared (or whose port-forward broke),
+    /// after `delay`, and serves it.
+    fn join(&mut self, cluster: &Cluster, pod: String, delay: Duration) {
+        let place = Place::Pod { cluster: cluster.clone(), pod: pod.clone() };
+        let (args, json) = (self.args.clone(), self.config_json.clone());
+        let (status, config) = (self.status.clone(), self.config.clone());
+        let (end, mut ended) = tokio::sync::watch::channel(false);
+        self.open.insert(pod.clone(), end);
+        self.running.spawn(async move {
+            tokio::select! {
+                () = tokio::time::sleep(delay) => {}
+                _ = ended.wait_for(|s| *s) => return (place, ExitCode::Ok),
+            }
+            let (client, events, requests, plan) = match open(&place, &args, json).await {
+                Ok(opened) => opened,
+                Err((_, message)) => {
+                    let reporter = Reporter::new(status, Some(&pod));
+                    reporter
+                        .say(serde_json::json!({"event": "retry", "message": message}), &format!("not yet: {message}"));
+                    return (place, ExitCode::Failure);
+                }
+            };
+            let reporter = Reporter::new(status, Some(&pod));
+            reporter.say(serde_json::json!({"event": "joined"}), "session open on this pod");
+            let delivery = Arc::new(Delivery {
+                client,
+                session_id: plan.session_id.clone(),
+                clients: Clients::default(),
+                status: reporter.clone(),
+                config,
+                local_host: args.local_host,
+                copies: Arc::new(tokio::sync::Semaphore::new(crate::deliver::MAX_COPIES_IN_FLIGHT)),
+            });
+            let code = serve(events, delivery, reporter, requests, async move {
+                let _ = ended.wait_for(|s| *s).await;
+            })
+            .await;
+            (place, code)
+        });
+    }
+
+    async fn run(mut self, stop: impl std::future::Future<Output = ()>, watch: Option<Watch>) -> ExitCode {
+        tokio::pin!(stop);
+        let (mut code, mut stopping) = (ExitCode::Ok, false);
+        let mut ticker = tokio::time::interval(Duration::from_millis(500));
+        let mut pods = watch.as_ref().map(|w| Box::pin(w.cluster.watch(&w.selector)));
+        // Pods that are there and ready, and how long each waits before a retry.
+        let mut ready: std::collections::HashMap<String, Duration> = std::collections::HashMap::new();
+        for pod in self.open.keys() {
+            ready.insert(pod.clone(), RETRY_FIRST);
+        }
+        let mut waiting_said = false;
+        loop {
+            tokio::select! {
+                ended = self.running.join_next(), if !self.running.is_empty() => match ended {
+                    Some(Ok((place, ended_with))) => {
+                        let label = place.label();
+                        self.open.remove(&label);
+                        match (&watch, place.pod()) {
+                            // --addr: its end is the end.
+                            (None, _) | (_, None) if ended_with != ExitCode::Ok => code = ended_with,
+                            (None, _) | (_, None) => {}
+                            (Some(w), Some(pod)) if !stopping => {
+                                if let Some(delay) = ready.get_mut(pod) {
+                                    // Still there: its port-forward or tunnel broke; again, later.
+                                    let wait = *delay;
+                                    *delay = (*delay * 2).min(RETRY_MAX);
+                                    self.join(&w.cluster, pod.to_owned(), wait);
+                                } else {
+                                    Reporter::new(self.status.clone(), Some(pod))
+                                        .say(serde_json::json!({"event": "left"}), "the pod is gone; its session ended");
+                                }
+                                self.status.pods(self.open.len());
+                            }
+                            _ => {}
+                        }
+                        if watch.is_some() && self.open.is_empty() && !stopping && !waiting_said {
+                            waiting_said = true;
+                            let described = watch.as_ref().map(|w| w.described.as_str()).unwrap_or_default();
+                            self.status.say(
+                                &serde_json::json!({"event": "waiting"}),
+                                &format!("no pod of {described} has a session: waiting for one (Ctrl-C to end)"),
+                            );
+                        }
+                    }
+                    Some(Err(_)) => code = ExitCode::Failure,
+                    None => {}
+                },
+                event = next_event(&mut pods), if !stopping => {
+                    let (Some(w), Some(event)) = (&watch, event) else { continue };
+                    use kube::runtime::watcher::Event;
+                    let (seen, gone) = match event {
+                        Ok(Event::Apply(pod) | Event::InitApply(pod)) => (cluster::TargetPod::of(&pod).or_else(|| {
+                            pod.metadata.name.clone().map(|name| cluster::TargetPod { name, injected: false, ready: false })
+                        }), None),
+                        Ok(Event::Delete(pod)) => (None, pod.metadata.name.clone()),
+                        Ok(Event::Init | Event::InitDone) => (None, None),
+                        Err(e) => {
+                            tracing_note(&self.status, &format!("watching the pods of {}: {e}; retrying", w.described));
+                            tokio::time::sleep(RETRY_FIRST).await;
+                            (None, None)
+                        }
+                    };
+                    if let Some(pod) = seen {
+                        if pod.injected && pod.ready {
+                            ready.entry(pod.name.clone()).or_insert(RETRY_FIRST);
+                            if !self.open.contains_key(&pod.name) {
+                                waiting_said = false;
+                                self.join(&w.cluster, pod.name.clone(), Duration::ZERO);
+                                self.status.pods(self.open.len());
+                            }
+                        } else if ready.remove(&pod.name).is_some() {
+                            // Going (terminating, not ready): its session ends quietly.
+                            if let Some(end) = self.open.get(&pod.name) {
+                                let _ = end.send(true);
+                            }
+                        }
+                    }
+                    if let Some(name) = gone {
+                        ready.remove(&name);
+                        if let Some(end) = self.open.get(&name) {
+                            let _ = end.send(true);
+                        }
+                    }
+                },
+                _ = ticker.tick() => self.status.redraw(),
+                () = &mut stop, if !stopping => {
+                    stopping = true;
+                    for end in self.open.values() {
+                        let _ = end.send(true);
+                    }
+                }
+            }
+            // Done when every session has ended and nothing brings another:
+            // Ctrl-C, or the one sidecar of --addr.
+            if self.running.is_empty() && (stopping || watch.is_none()) {
+                break;
             }
         }
+        code
     }
-    code
+}
+
+/// The next event of the pod watch, or never without one.
+async fn next_event<S>(pods: &mut Option<std::pin::Pin<Box<S>>>) -> Option<S::Item>
+where
+    S: futures::Stream,
+{
+    match pods {
+        Some(stream) => futures::StreamExt::next(stream).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn tracing_note(status: &Status, message: &str) {
+    status.say(&serde_json::json!({"event": "note", "message": message}), &format!("note: {message}"));
 }
 
 /// Where the sessions go: `--addr`, or every injected pod of the target;
 /// and how they are described ("127.0.0.1:18010", "3 pods of deployment/api").
-async fn places(args: &ConnectArgs, config: &Config, status: &Status) -> Result<(Vec<Place>, String), ExitCode> {
+async fn places(
+    args: &ConnectArgs,
+    config: &Config,
+    status: &Status,
+) -> Result<(Vec<Place>, String, Option<Watch>), ExitCode> {
     let target = match (&args.addr, &args.target) {
-        (Some(addr), _) => return Ok((vec![Place::Addr(addr.clone())], addr.clone())),
+        (Some(addr), _) => return Ok((vec![Place::Addr(addr.clone())], addr.clone(), None)),
         (None, Some(path)) => match Target::parse(path, args.namespace.as_deref()) {
             Ok(Some(target)) => target,
             Ok(None) => {
@@ -165,7 +353,8 @@ async fn places(args: &ConnectArgs, config: &Config, status: &Status) -> Result<
     };
     let described = format!("{}/{}", target.kind.as_str(), target.name);
     let cluster = Cluster::connect(&access, target.namespace.as_deref()).await.map_err(cluster_failed)?;
-    let pods = cluster.pods(&target).await.map_err(cluster_failed)?;
+    let selector = cluster.selector(&target).await.map_err(cluster_failed)?;
+    let pods = cluster.pods(&selector).await.map_err(cluster_failed)?;
     if pods.is_empty() {
         return Err(cluster_failed(cluster::Error::NoPods { target: described, namespace: cluster.namespace }));
     }
@@ -196,7 +385,8 @@ async fn places(args: &ConnectArgs, config: &Config, status: &Status) -> Result<
         1 => format!("pod {} of {described}", ready[0].name),
         n => format!("{n} pods of {described}"),
     };
-    Ok((ready.into_iter().map(|p| Place::Pod { cluster: cluster.clone(), pod: p.name }).collect(), what))
+    let places = ready.into_iter().map(|p| Place::Pod { cluster: cluster.clone(), pod: p.name }).collect();
+    Ok((places, what, Some(Watch { cluster, selector, described })))
 }
 
 fn cluster_failed(e: cluster::Error) -> ExitCode {
