@@ -13,6 +13,7 @@ pub mod vars;
 
 /// Documented exit codes of `mirrord-cli`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
 pub enum ExitCode {
     /// Success.
     Ok = 0,
@@ -28,4 +29,22 @@ pub enum ExitCode {
     /// The Kubernetes API cannot be used: no or unknown kubeconfig context,
     /// unreachable, or the request was forbidden (RBAC).
     Cluster = 5,
+    /// `connect -- CMD`: the command's own exit code (128 + the signal's
+    /// number when a signal ended it).
+    Command(u8),
+}
+
+impl ExitCode {
+    /// The process exit status.
+    pub fn code(self) -> u8 {
+        match self {
+            ExitCode::Ok => 0,
+            ExitCode::Failure => 1,
+            ExitCode::InvalidConfig => 2,
+            ExitCode::Refused => 3,
+            ExitCode::Target => 4,
+            ExitCode::Cluster => 5,
+            ExitCode::Command(code) => code,
+        }
+    }
 }

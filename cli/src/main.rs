@@ -38,7 +38,7 @@ fn main() -> std::process::ExitCode {
         Command::Connect(args) => block_on(connect::run(*args, ctrl_c())),
         Command::Demo => block_on(mirrord_cli::commands::demo::run()),
     };
-    std::process::ExitCode::from(code as u8)
+    std::process::ExitCode::from(code.code())
 }
 
 fn block_on(task: impl std::future::Future<Output = mirrord_cli::ExitCode>) -> mirrord_cli::ExitCode {

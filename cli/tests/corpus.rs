@@ -28,7 +28,7 @@ fn run(file: &Path) -> String {
     let dir = format!("{}/", file.parent().unwrap().display());
     format!(
         "exit {}\n--- stdout\n{}--- stderr\n{}",
-        code as i32,
+        code.code(),
         String::from_utf8(out).unwrap(),
         String::from_utf8(err).unwrap()
     )

@@ -24,15 +24,20 @@ impl Cli {
     }
 
     /// Connects with `config` as session `name`, with `flags` saying where
-    /// (`--addr …`, or `--target … --kubeconfig …`), and `env` added.
+    /// (`--addr …`, or `--target … --kubeconfig …`, and `-- CMD…` last), and
+    /// `env` added.
     pub fn connect_with(flags: &[&str], name: &str, config: &str, env: &[(&str, &str)]) -> Cli {
         let file = tempfile::Builder::new().suffix(".json").tempfile().expect("config file");
         std::fs::write(file.path(), config).expect("write config");
+        // A command after `--` stays last.
+        let split = flags.iter().position(|f| *f == "--").unwrap_or(flags.len());
+        let (flags, command) = flags.split_at(split);
         let mut child = Command::new(workspace_bin("mirrord-cli"))
             .arg("connect")
             .args(flags)
             .args(["--name", name, "--log-format", "json", "-f"])
             .arg(file.path())
+            .args(command)
             .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

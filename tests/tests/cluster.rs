@@ -224,3 +224,47 @@ fn pods_that_come_and_go_get_and_lose_their_sessions() {
     assert_eq!(answered_by(&survivor, &["X-User: alice"]), "remote");
     assert_eq!(answered_by(&pod, &["X-User: alice"]), "remote");
 }
+
+#[test]
+fn connect_runs_the_local_app_and_ends_with_it() {
+    let Some(c) = cluster("connect_runs_the_local_app_and_ends_with_it", 1) else { return };
+    let kubeconfig = c.kubeconfig();
+    // The command's exit code is connect's.
+    let mut cli = Cli::connect_with(
+        &["--target", "deployment/api", "--kubeconfig", &kubeconfig, "--", "sh", "-c", "sleep 0.5; exit 7"],
+        "alice",
+        &steal_config("x-user: alice", 1),
+        &[],
+    );
+    cli.wait_plan();
+    let (code, err) = cli.finish();
+    assert_eq!(code, Some(7), "{err}");
+    assert_eq!(answered_by(&c.pods[0], &["X-User: alice"]), "remote", "the session ended with the app");
+    // The app it starts gets the traffic; when it ends, so do the sessions.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let dir = tempfile::tempdir().unwrap();
+    let pid_file = dir.path().join("app.pid");
+    let script = format!(
+        "'{}' --http 127.0.0.1:{port} --name started & echo $! > '{}'; wait $!; exit 5",
+        workspace_bin("sample-app").display(),
+        pid_file.display()
+    );
+    let mut cli = Cli::connect_with(
+        &["--target", "deployment/api", "--kubeconfig", &kubeconfig, "--", "sh", "-c", &script],
+        "alice",
+        &steal_config("x-user: alice", port),
+        &[],
+    );
+    cli.wait_plan();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while answered_by(&c.pods[0], &["X-User: alice"]) != "started" {
+        assert!(std::time::Instant::now() < deadline, "the started app never answered");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let pid: i32 = std::fs::read_to_string(&pid_file).unwrap().trim().parse().unwrap();
+    // SAFETY: kill(2) of the app this test's command started.
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    let (code, err) = cli.finish();
+    assert_eq!(code, Some(5), "{err}");
+    assert_eq!(answered_by(&c.pods[0], &["X-User: alice"]), "remote");
+}

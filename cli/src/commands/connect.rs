@@ -63,6 +63,11 @@ pub struct ConnectArgs {
     /// Told once the session is open and its rules are in place (embedding).
     #[arg(skip)]
     pub on_open: Option<tokio::sync::oneshot::Sender<()>>,
+    /// The local app to run (after `--`): started before the sessions open,
+    /// it gets their traffic; when it exits the sessions end, and its exit
+    /// code is this command's.
+    #[arg(last = true, value_name = "CMD")]
+    pub command: Vec<String>,
 }
 
 /// Runs the sessions to their end.
@@ -79,12 +84,25 @@ pub async fn run(mut args: ConnectArgs, stop: impl std::future::Future<Output = 
         Ok(found) => found,
         Err(code) => return code,
     };
+    let mut app = match args.command.split_first() {
+        Some((program, rest)) => match tokio::process::Command::new(program).args(rest).kill_on_drop(true).spawn() {
+            Ok(child) => Some(child),
+            Err(e) => {
+                eprintln!("error: cannot start {program:?}: {e}");
+                return ExitCode::Failure;
+            }
+        },
+        None => None,
+    };
     // All or nothing: every pod's session opens, or none stays open.
     let opened = futures::future::join_all(places.iter().map(|p| open(p, &args, config_json.clone()))).await;
     if let Some(Err((code, message))) = opened.iter().find(|r| r.is_err()) {
         eprintln!("error: {message}");
         for (_, _, requests, _) in opened.iter().flatten() {
             let _ = requests.send(SessionRequest { kind: Some(session_request::Kind::Bye(Bye {})) }).await;
+        }
+        if let Some(app) = &mut app {
+            stop_app(app).await;
         }
         return *code;
     }
@@ -108,7 +126,50 @@ pub async fn run(mut args: ConnectArgs, stop: impl std::future::Future<Output = 
     if pods {
         status.pods(fleet.open.len());
     }
-    fleet.run(stop, watch).await
+    let Some(mut app) = app else { return fleet.run(stop, watch).await };
+    // The sessions end when the app exits (or on Ctrl-C, which reaches the
+    // app too: it is in the terminal's process group).
+    let (exited_tx, exited_rx) = tokio::sync::oneshot::channel::<ExitCode>();
+    let waiting = tokio::spawn(async move {
+        let code = match app.wait().await {
+            Ok(status) => ExitCode::Command(exit_status_code(status)),
+            Err(_) => ExitCode::Failure,
+        };
+        let _ = exited_tx.send(code);
+        code
+    });
+    let app_exited = async move {
+        tokio::select! {
+            () = stop => {}
+            _ = exited_rx => {}
+        }
+    };
+    let sessions = fleet.run(app_exited, watch).await;
+    match tokio::time::timeout(Duration::from_secs(10), waiting).await {
+        Ok(Ok(code)) => code,
+        _ => sessions,
+    }
+}
+
+/// A shell's view of how a process ended: its exit code, or 128 + signal.
+fn exit_status_code(status: std::process::ExitStatus) -> u8 {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(code), _) => u8::try_from(code & 0xff).unwrap_or(1),
+        (None, Some(signal)) => u8::try_from(128 + signal).unwrap_or(1),
+        (None, None) => 1,
+    }
+}
+
+/// Ends the local app this command started: SIGTERM, then SIGKILL.
+async fn stop_app(app: &mut tokio::process::Child) {
+    if let Some(pid) = app.id() {
+        // SAFETY: kill(2) of our own child, still unreaped.
+        unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
+    }
+    if tokio::time::timeout(Duration::from_secs(5), app.wait()).await.is_err() {
+        let _ = app.kill().await;
+    }
 }
 
 /// The sessions of one `connect`, one per pod (or the one of `--addr`).

@@ -149,6 +149,7 @@ async fn with_session(
         local_host: [127, 0, 0, 1].into(),
         log_format: LogFormat::Text,
         on_open: Some(open),
+        command: Vec::new(),
     };
     let (end, ended) = oneshot::channel::<()>();
     let session = tokio::spawn(connect::run(args, async {
