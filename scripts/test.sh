@@ -53,9 +53,10 @@ done
 
 # System tools: command -> Debian package.
 need_apt=()
-# openssl makes a short-lived certificate for the monitoring test's expiry alert.
+# openssl makes a short-lived certificate for the monitoring test's expiry
+# alert; shellcheck checks the scripts (scripts/kind-e2e.sh cannot run here).
 for tool in iptables:iptables ip:iproute2 curl:curl nsenter:util-linux python3:python3 openssl:openssl \
-  dpkg-deb:dpkg; do
+  dpkg-deb:dpkg shellcheck:shellcheck; do
   command -v "${tool%%:*}" >/dev/null 2>&1 || need_apt+=("${tool#*:}")
 done
 # Debian splits venv and ensurepip out of python3.

@@ -78,3 +78,25 @@ fn the_check_finds_a_doubled_cause() {
     assert_eq!(source_field("    Io { path: PathBuf, #[source] cause: std::io::Error },").as_deref(), Some("cause"));
     assert_eq!(source_field("    Read { file: PathBuf, error: std::io::Error },"), None);
 }
+
+/// Every shell script passes shellcheck (scripts/kind-e2e.sh, the real-cluster
+/// check, cannot run here: this is what is checked of it).
+#[test]
+fn scripts_pass_shellcheck() {
+    if !std::process::Command::new("shellcheck").arg("--version").output().is_ok_and(|o| o.status.success()) {
+        assert!(std::env::var("CI").map_or(true, |v| v != "true"), "shellcheck is required under CI=true");
+        eprintln!("SKIPPED: shellcheck is not installed (scripts/test.sh installs it)");
+        return;
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let mut scripts: Vec<PathBuf> = std::fs::read_dir(root.join("scripts"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "sh"))
+        .collect();
+    scripts.push(root.join(".ci/run"));
+    assert!(scripts.iter().any(|p| p.ends_with("kind-e2e.sh")), "{scripts:?}");
+    let out = std::process::Command::new("shellcheck").args(&scripts).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+}
