@@ -32,6 +32,20 @@ fn answered_by(pod: &Pod, headers: &[&str]) -> String {
         .unwrap_or(body)
 }
 
+/// The median time of 200 stolen GETs on one keep-alive connection, in ms.
+fn stolen_latency(pod: &Pod) -> f64 {
+    let url = format!("http://{}/who?n=[1-200]", pod.pod_ip);
+    // The timings go to stderr, the bodies to stdout.
+    let args = ["-s", "--noproxy", "*", "-w", "%{stderr}%{time_total}\\n", "-H", "X-User: alice", &url];
+    let out = pod.exec(Side::Node, "curl", &args);
+    let mut times: Vec<f64> =
+        String::from_utf8_lossy(&out.stderr).lines().filter_map(|l| l.trim().parse::<f64>().ok()).collect();
+    assert_eq!(times.len(), 200, "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).matches("\"local\"").count(), 200, "every one stolen");
+    times.sort_by(f64::total_cmp);
+    times[times.len() / 2] * 1000.0
+}
+
 fn steal_config(filter: &str, local_port: u16) -> String {
     format!(
         r#"{{"feature":{{"network":{{"incoming":{{"mode":"steal","ports":[80],"http_filter":{{"header_filter":"{filter}"}},"port_mapping":[[{local_port},80]]}}}}}}}}"#
@@ -104,9 +118,21 @@ fn a_header_steal_on_a_deployment_takes_matching_requests_on_every_replica() {
     }
     let delivered = cli.wait_for(Duration::from_secs(5), |e| e["event"] == "delivered").expect("delivered event");
     assert!(delivered["pod"].as_str().is_some_and(|p| p.starts_with("api-7d4b9c-")), "{delivered}");
+    let through_api = stolen_latency(&c.pods[0]);
     cli.signal(libc::SIGINT);
     let (code, err) = cli.finish();
     assert_eq!(code, Some(0), "{err}");
+    // The same requests through a port-forward made by hand (--addr).
+    let relay = mirrord_tests::relay::Relay::start(&c.pods[0].pod_ns, mirrord_config::names::TUNNEL_PORT).unwrap();
+    let mut direct = Cli::connect(relay.addr, "alice", &steal_config("x-user: alice", c.local.addr.port()));
+    direct.wait_plan();
+    let through_addr = stolen_latency(&c.pods[0]);
+    direct.signal(libc::SIGINT);
+    direct.finish();
+    eprintln!(
+        "stolen request, median of 200: {through_api:.3} ms over the API server's port-forward, {through_addr:.3} ms with --addr (x{:.2})",
+        through_api / through_addr
+    );
     for pod in &c.pods {
         assert_eq!(answered_by(pod, &["X-User: alice"]), "remote", "traffic is the app's again");
     }
@@ -267,4 +293,89 @@ fn connect_runs_the_local_app_and_ends_with_it() {
     let (code, err) = cli.finish();
     assert_eq!(code, Some(5), "{err}");
     assert_eq!(answered_by(&c.pods[0], &["X-User: alice"]), "remote");
+}
+
+/// A pod whose app can be paused: a shared PID namespace with the app, the
+/// sidecar and the guard, as the injector sets it up.
+struct PausablePod {
+    // Dropped first: the processes die with their PID 1, then the namespaces go.
+    _procs: mirrord_tests::pidns::Processes,
+    _pod: Pod,
+    app: mirrord_tests::pidns::Container,
+    sidecar: mirrord_tests::pidns::Container,
+}
+
+fn pausable_pods(api: &ApiServer, replicas: usize) -> Vec<PausablePod> {
+    let proxy = workspace_bin("mirrord-proxy").to_str().unwrap().to_owned();
+    let app_script =
+        format!("'{}' --http 0.0.0.0:80 --name remote & sleep 1000 & wait", workspace_bin("sample-app").display());
+    (0..replicas)
+        .map(|i| {
+            let pod = Pod::new();
+            let mut procs = mirrord_tests::pidns::Processes::new(&pod.pod_ns);
+            let app = procs.spawn("app", false, &[], "sh", &["-c", &app_script]);
+            mirrord_tests::netns::wait_listening(&pod.pod_ns, pod.addr(80), Duration::from_secs(10)).unwrap();
+            pod.init(&["--ports", "80"]);
+            let sidecar = procs.spawn("sidecar", false, &[], &proxy, &["run", "--ports", "80", "--grace-period", "1s"]);
+            pod.wait_ready(|| procs.log("sidecar"));
+            procs.spawn("guard", false, &[], &proxy, &["guard", "--interval", "50ms"]);
+            procs.wait_log("guard", "watching the sidecar", Duration::from_secs(10));
+            let name = format!("worker-6f7c-{i}");
+            api.put(apiserver::pod(NS, &name, &json!({"app": "worker"}), &pod.pod_ip.to_string(), true, true));
+            api.forward_into(NS, &name, &pod.pod_ns);
+            PausablePod { _procs: procs, _pod: pod, app, sidecar }
+        })
+        .collect()
+}
+
+#[test]
+fn pause_stops_every_replica_and_every_end_resumes_them_all() {
+    if !root_or_skip("pause_stops_every_replica_and_every_end_resumes_them_all") {
+        return;
+    }
+    let api = ApiServer::start();
+    let pods = pausable_pods(&api, 3);
+    api.put(apiserver::workload("Deployment", NS, "worker", &json!({"app": "worker"})));
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = api.kubeconfig(dir.path(), NS).display().to_string();
+    let config = r#"{"pause": true, "feature": {"network": {"incoming": "off"}}}"#;
+    let flags = ["--target", "deployment/worker", "--kubeconfig", kubeconfig.as_str()];
+    let all = |state: fn(&mirrord_tests::pidns::Container) -> bool| {
+        pods.iter().all(|p| p.app.wait(Duration::from_secs(5), state).is_some())
+    };
+    let stopped = mirrord_tests::pidns::Container::all_stopped;
+    let running = mirrord_tests::pidns::Container::none_stopped;
+    for end in ["Ctrl-C", "CLI SIGKILL"] {
+        let mut cli = Cli::connect_with(&flags, "alice", config, &[]);
+        cli.wait_plan();
+        for _ in 0..3 {
+            let paused = cli.wait_for(Duration::from_secs(5), |e| e["event"] == "pause" && e["paused"] == true);
+            assert!(paused.is_some_and(|e| e["pod"].is_string()), "a pause event per pod");
+        }
+        assert!(all(stopped), "every replica's app is stopped once each pod reported its pause");
+        match end {
+            "Ctrl-C" => {
+                cli.signal(libc::SIGINT);
+                assert_eq!(cli.finish().0, Some(0));
+            }
+            _ => {
+                cli.signal(libc::SIGKILL);
+                let _ = cli.finish();
+            }
+        }
+        assert!(all(running), "{end}: every replica resumed");
+    }
+    // One pod's sidecar dies: its guard resumes that app; the others stay
+    // paused for the session, which goes on.
+    let mut cli = Cli::connect_with(&flags, "alice", config, &[]);
+    cli.wait_plan();
+    assert!(all(stopped));
+    // SAFETY: kill(2) of a sidecar this test started.
+    unsafe { libc::kill(pods[0].sidecar.pids()[0] as i32, libc::SIGKILL) };
+    assert!(pods[0].app.wait(Duration::from_secs(2), running).is_some(), "the guard resumed the app");
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(pods[1..].iter().all(|p| p.app.all_stopped()), "the other replicas stay paused");
+    cli.signal(libc::SIGINT);
+    assert_eq!(cli.finish().0, Some(0));
+    assert!(all(running));
 }
