@@ -97,6 +97,8 @@ impl ApiServer {
                 let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
                 let serve = async {
                     while let Ok((tcp, _)) = listener.accept().await {
+                        // As Go's net/http does for every connection.
+                        let _ = tcp.set_nodelay(true);
                         let (acceptor, state, token) = (acceptor.clone(), served_state.clone(), served_token.clone());
                         let changes = served_changes.clone();
                         tokio::spawn(async move {
@@ -496,6 +498,8 @@ where
         Err(_) => return,
     };
     let _ = tcp.set_nonblocking(true);
+    // kubelet (Go) dials with TCP_NODELAY, as Go does by default.
+    let _ = tcp.set_nodelay(true);
     let Ok(tcp) = tokio::net::TcpStream::from_std(tcp) else { return };
     let (mut rd, mut wr) = tcp.into_split();
     let to_pod = async {
