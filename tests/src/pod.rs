@@ -220,6 +220,22 @@ impl Pod {
         SocketAddr::new(IpAddr::V4(self.pod_ip), port)
     }
 
+    /// Which app answered a GET /who sent from the node with `headers`:
+    /// "remote", "local", … (or the raw output when it is not an answer).
+    pub fn answered_by(&self, headers: &[&str]) -> String {
+        let mut args = vec!["-sS", "--max-time", "10", "--noproxy", "*"];
+        for h in headers {
+            args.extend(["-H", h]);
+        }
+        let url = format!("http://{}/who", self.pod_ip);
+        args.push(&url);
+        let out = self.exec(Side::Node, "curl", &args);
+        let body = String::from_utf8_lossy(&out.stdout).into_owned();
+        serde_json::from_str::<serde_json::Value>(&body)
+            .map(|v| v["app"].as_str().unwrap_or_default().to_owned())
+            .unwrap_or(body)
+    }
+
     /// Connects from the node to the pod, like a client of the pod's Service.
     pub fn connect_from_node(&self, addr: SocketAddr) -> std::net::TcpStream {
         netns::connect(&self.node_ns, addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"))

@@ -17,21 +17,6 @@ use serde_json::json;
 
 const NS: &str = "shop";
 
-/// Which app answered a GET /who from the pod's node: "remote" or "local".
-fn answered_by(pod: &Pod, headers: &[&str]) -> String {
-    let mut args = vec!["-sS", "--max-time", "10", "--noproxy", "*"];
-    for h in headers {
-        args.extend(["-H", h]);
-    }
-    let url = format!("http://{}/who", pod.pod_ip);
-    args.push(&url);
-    let out = pod.exec(Side::Node, "curl", &args);
-    let body = String::from_utf8_lossy(&out.stdout).into_owned();
-    serde_json::from_str::<serde_json::Value>(&body)
-        .map(|v| v["app"].as_str().unwrap_or_default().to_owned())
-        .unwrap_or(body)
-}
-
 /// The median time of 200 stolen GETs on one keep-alive connection, in ms.
 fn stolen_latency(pod: &Pod) -> f64 {
     let url = format!("http://{}/who?n=[1-200]", pod.pod_ip);
@@ -112,9 +97,9 @@ fn a_header_steal_on_a_deployment_takes_matching_requests_on_every_replica() {
     eprintln!("connect to plan on 3 pods: {:.0} ms", started.elapsed().as_secs_f64() * 1000.0);
     assert_eq!(plan["ports"][0]["port"], 80, "{plan}");
     for pod in &c.pods {
-        assert_eq!(answered_by(pod, &["X-User: alice"]), "local", "pod {}", pod.pod_ip);
-        assert_eq!(answered_by(pod, &["X-User: bob"]), "remote", "pod {}", pod.pod_ip);
-        assert_eq!(answered_by(pod, &[]), "remote");
+        assert_eq!(pod.answered_by(&["X-User: alice"]), "local", "pod {}", pod.pod_ip);
+        assert_eq!(pod.answered_by(&["X-User: bob"]), "remote", "pod {}", pod.pod_ip);
+        assert_eq!(pod.answered_by(&[]), "remote");
     }
     let delivered = cli.wait_for(Duration::from_secs(5), |e| e["event"] == "delivered").expect("delivered event");
     assert!(delivered["pod"].as_str().is_some_and(|p| p.starts_with("api-7d4b9c-")), "{delivered}");
@@ -134,7 +119,7 @@ fn a_header_steal_on_a_deployment_takes_matching_requests_on_every_replica() {
         through_api / through_addr
     );
     for pod in &c.pods {
-        assert_eq!(answered_by(pod, &["X-User: alice"]), "remote", "traffic is the app's again");
+        assert_eq!(pod.answered_by(&["X-User: alice"]), "remote", "traffic is the app's again");
     }
     // Only reads and port-forwards: nothing was written to the cluster.
     let requests = c.api.requests();
@@ -150,7 +135,7 @@ fn a_service_and_a_single_pod_are_targets_too() {
         cli.wait_plan();
         for (pod, local) in c.pods.iter().zip(expect_local) {
             let want = if local { "local" } else { "remote" };
-            assert_eq!(answered_by(pod, &["X-User: alice"]), want, "{target}, pod {}", pod.pod_ip);
+            assert_eq!(pod.answered_by(&["X-User: alice"]), want, "{target}, pod {}", pod.pod_ip);
         }
         cli.signal(libc::SIGINT);
         let (code, err) = cli.finish();
@@ -194,7 +179,7 @@ fn pods_that_come_and_go_get_and_lose_their_sessions() {
     let mut cli = c.connect("deployment/api", &steal_config("x-user: alice", c.local.addr.port()));
     cli.wait_plan();
     for pod in &c.pods {
-        assert_eq!(answered_by(pod, &["X-User: alice"]), "local");
+        assert_eq!(pod.answered_by(&["X-User: alice"]), "local");
     }
     // Requests keep going to the surviving pod throughout.
     let survivor = c.pods.remove(0);
@@ -204,7 +189,7 @@ fn pods_that_come_and_go_get_and_lose_their_sessions() {
         std::thread::spawn(move || {
             let (mut sent, mut wrong) = (0, Vec::new());
             while !stop.load(std::sync::atomic::Ordering::Relaxed) || sent < 20 {
-                let who = answered_by(&survivor, &["X-User: alice"]);
+                let who = survivor.answered_by(&["X-User: alice"]);
                 sent += 1;
                 if who != "local" {
                     wrong.push(who);
@@ -235,8 +220,8 @@ fn pods_that_come_and_go_get_and_lose_their_sessions() {
     let joined = cli.wait_for(Duration::from_secs(2), |e| e["event"] == "joined" && e["pod"] == joining);
     assert!(joined.is_some(), "no session on the new pod within 2 s");
     eprintln!("new pod ready to session open: {:.0} ms", ready_at.elapsed().as_secs_f64() * 1000.0);
-    assert_eq!(answered_by(&pod, &["X-User: alice"]), "local");
-    assert_eq!(answered_by(&pod, &[]), "remote");
+    assert_eq!(pod.answered_by(&["X-User: alice"]), "local");
+    assert_eq!(pod.answered_by(&[]), "remote");
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let (survivor, sent, wrong) = client.join().unwrap();
     assert!(
@@ -247,8 +232,8 @@ fn pods_that_come_and_go_get_and_lose_their_sessions() {
     cli.signal(libc::SIGINT);
     let (code, err) = cli.finish();
     assert_eq!(code, Some(0), "{err}");
-    assert_eq!(answered_by(&survivor, &["X-User: alice"]), "remote");
-    assert_eq!(answered_by(&pod, &["X-User: alice"]), "remote");
+    assert_eq!(survivor.answered_by(&["X-User: alice"]), "remote");
+    assert_eq!(pod.answered_by(&["X-User: alice"]), "remote");
 }
 
 #[test]
@@ -265,7 +250,7 @@ fn connect_runs_the_local_app_and_ends_with_it() {
     cli.wait_plan();
     let (code, err) = cli.finish();
     assert_eq!(code, Some(7), "{err}");
-    assert_eq!(answered_by(&c.pods[0], &["X-User: alice"]), "remote", "the session ended with the app");
+    assert_eq!(c.pods[0].answered_by(&["X-User: alice"]), "remote", "the session ended with the app");
     // The app it starts gets the traffic; when it ends, so do the sessions.
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let dir = tempfile::tempdir().unwrap();
@@ -283,7 +268,7 @@ fn connect_runs_the_local_app_and_ends_with_it() {
     );
     cli.wait_plan();
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while answered_by(&c.pods[0], &["X-User: alice"]) != "started" {
+    while c.pods[0].answered_by(&["X-User: alice"]) != "started" {
         assert!(std::time::Instant::now() < deadline, "the started app never answered");
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -292,7 +277,7 @@ fn connect_runs_the_local_app_and_ends_with_it() {
     unsafe { libc::kill(pid, libc::SIGTERM) };
     let (code, err) = cli.finish();
     assert_eq!(code, Some(5), "{err}");
-    assert_eq!(answered_by(&c.pods[0], &["X-User: alice"]), "remote");
+    assert_eq!(c.pods[0].answered_by(&["X-User: alice"]), "remote");
 }
 
 /// A pod whose app can be paused: a shared PID namespace with the app, the

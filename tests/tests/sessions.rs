@@ -41,21 +41,6 @@ fn steal_config(filter: &str, local_port: u16) -> String {
     )
 }
 
-/// Which app answered: "remote", "local", …
-fn answered_by(pod: &Pod, headers: &[&str]) -> String {
-    let mut args = vec!["-sS", "--max-time", "10", "--noproxy", "*"];
-    for h in headers {
-        args.extend(["-H", h]);
-    }
-    let url = format!("http://{}/who", pod.pod_ip);
-    args.push(&url);
-    let out = pod.exec(Side::Node, "curl", &args);
-    let body = String::from_utf8_lossy(&out.stdout).into_owned();
-    serde_json::from_str::<serde_json::Value>(&body)
-        .map(|v| v["app"].as_str().unwrap_or_default().to_owned())
-        .unwrap_or(body)
-}
-
 /// Reads one response with a Content-Length body from a keep-alive connection.
 fn read_response_body(s: &mut std::net::TcpStream) -> String {
     let mut data = Vec::new();
@@ -106,8 +91,8 @@ fn header_filter_steals_matching_requests_also_on_an_open_keepalive_connection()
     );
     assert_eq!(ask("alice"), "local", "the open keep-alive connection's next matching request must be stolen");
     assert_eq!(ask("bob"), "remote");
-    assert_eq!(answered_by(&w.pod, &["X-User: alice"]), "local");
-    assert_eq!(answered_by(&w.pod, &[]), "remote");
+    assert_eq!(w.pod.answered_by(&["X-User: alice"]), "local");
+    assert_eq!(w.pod.answered_by(&[]), "remote");
     assert!(
         metric(&w.pod, "mirrord_proxy_intercepted_total{port=\"80\",mode=\"steal\",session=\"alice\"} 2"),
         "{}",
@@ -118,7 +103,7 @@ fn header_filter_steals_matching_requests_also_on_an_open_keepalive_connection()
     cli.signal(libc::SIGINT);
     assert!(cli.wait_for(Duration::from_secs(5), |e| e["event"] == "closed" && e["acknowledged"] == true).is_some());
     assert_eq!(cli.child.wait().unwrap().code(), Some(0));
-    assert_eq!(answered_by(&w.pod, &["X-User: alice"]), "remote");
+    assert_eq!(w.pod.answered_by(&["X-User: alice"]), "remote");
 }
 
 #[test]
@@ -140,9 +125,9 @@ fn two_sessions_with_different_filters_each_get_only_their_own() {
         Cli::connect(w.relay.addr, "bob", &steal_config("baggage: .*mirrord-session=bob", bob_app.addr.port()));
     bob.wait_plan();
     for _ in 0..3 {
-        assert_eq!(answered_by(&w.pod, &["baggage: k=v,mirrord-session=alice"]), "alice-laptop");
-        assert_eq!(answered_by(&w.pod, &["baggage: mirrord-session=bob"]), "bob-laptop");
-        assert_eq!(answered_by(&w.pod, &[]), "remote");
+        assert_eq!(w.pod.answered_by(&["baggage: k=v,mirrord-session=alice"]), "alice-laptop");
+        assert_eq!(w.pod.answered_by(&["baggage: mirrord-session=bob"]), "bob-laptop");
+        assert_eq!(w.pod.answered_by(&[]), "remote");
     }
 }
 
@@ -175,7 +160,7 @@ fn mirror_copies_reach_the_local_app_while_the_remote_answers() {
     );
     let mut cli = Cli::connect(w.relay.addr, "mirror", &config);
     cli.wait_plan();
-    assert_eq!(answered_by(&w.pod, &["X-Copy: 1"]), "remote");
+    assert_eq!(w.pod.answered_by(&["X-Copy: 1"]), "remote");
     let copy = cli.wait_for(Duration::from_secs(5), |e| e["event"] == "delivered" && e["mode"] == "mirror");
     assert_eq!(copy.expect("the local app got the copy")["status"], 200);
     assert!(metric(&w.pod, "mirrord_proxy_intercepted_total{port=\"80\",mode=\"mirror\",session=\"mirror\"} 1"));
@@ -207,7 +192,7 @@ fn killed_cli_gives_the_traffic_back_at_once() {
     };
     let mut cli = Cli::connect(w.relay.addr, "doomed", &steal_config("x-user: alice", w.local.addr.port()));
     cli.wait_plan();
-    assert_eq!(answered_by(&w.pod, &["X-User: alice"]), "local");
+    assert_eq!(w.pod.answered_by(&["X-User: alice"]), "local");
     // A request in flight at the local app when the CLI dies.
     let pod_ip = w.pod.pod_ip;
     let node = w.pod.node_ns.clone();
@@ -236,7 +221,7 @@ fn killed_cli_gives_the_traffic_back_at_once() {
     cli.signal(libc::SIGKILL);
     let mut answered = None;
     while killed.elapsed() < Duration::from_secs(5) {
-        if answered_by(&w.pod, &["X-User: alice"]) == "remote" {
+        if w.pod.answered_by(&["X-User: alice"]) == "remote" {
             answered = Some(killed.elapsed());
             break;
         }
@@ -268,7 +253,7 @@ fn stopped_cli_ends_its_session_within_the_keepalive_bound() {
     eprintln!("silent CLI detected after {took:?}");
     cli.signal(libc::SIGCONT);
     assert!(took < Duration::from_millis(3500), "took {took:?}");
-    assert_eq!(answered_by(&w.pod, &["X-User: alice"]), "remote");
+    assert_eq!(w.pod.answered_by(&["X-User: alice"]), "remote");
 }
 
 /// Starts a Python app in this namespace (the laptop); returns it and the
@@ -392,7 +377,7 @@ fn local_app_down_gives_a_502_that_names_mirrord_and_the_session_goes_on() {
     assert!(response.contains("mirrord-cli: cannot reach the local app at 127.0.0.1:"), "{response}");
     assert!(cli.wait_for(Duration::from_secs(5), |e| e["event"] == "error").is_some());
     assert!(cli.child.try_wait().unwrap().is_none(), "the CLI must keep running");
-    assert_eq!(answered_by(&w.pod, &[]), "remote");
+    assert_eq!(w.pod.answered_by(&[]), "remote");
 }
 
 /// The filters of the documented examples (docs/steal.md), with a
