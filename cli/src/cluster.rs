@@ -239,13 +239,20 @@ impl Cluster {
 
     /// A byte stream to the sidecar's session tunnel in `pod`.
     pub async fn forward(&self, pod: &str) -> Result<Forwarded, Error> {
+        let forbidden = |message: String| Error::Forbidden {
+            verb: "create",
+            resource: format!("pods/{pod}/portforward"),
+            namespace: self.namespace.clone(),
+            message,
+        };
         let mut forwarder = self.api::<Pod>().portforward(pod, &[TUNNEL_PORT]).await.map_err(|e| match e {
-            kube::Error::Api(s) if s.code == 403 => Error::Forbidden {
-                verb: "create",
-                resource: format!("pods/{pod}/portforward"),
-                namespace: self.namespace.clone(),
-                message: s.message,
-            },
+            kube::Error::Api(s) if s.code == 403 => forbidden(s.message),
+            // The WebSocket upgrade refused: only the status is known.
+            kube::Error::UpgradeConnection(kube::client::UpgradeConnectionError::ProtocolSwitch(status))
+                if status == http::StatusCode::FORBIDDEN =>
+            {
+                forbidden("403 Forbidden".to_owned())
+            }
             other => Error::Forward { pod: pod.to_owned(), message: error_chain(&other) },
         })?;
         let stream = forwarder.take_stream(TUNNEL_PORT).ok_or_else(|| Error::Forward {

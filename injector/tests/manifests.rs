@@ -20,6 +20,7 @@ fn manifests() -> Vec<PathBuf> {
     // The dashboards' ConfigMaps (the monitoring component's other objects
     // are prometheus-operator kinds, checked in tests/tests/monitoring_files.rs).
     files.push(root.join("monitoring/dashboards/configmaps.yaml"));
+    files.push(root.join("rbac/developer.yaml"));
     files.sort();
     assert!(files.len() >= 9, "expected the install and example manifests, found {files:?}");
     files

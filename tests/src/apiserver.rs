@@ -49,6 +49,11 @@ struct State {
     history: Vec<(u64, String, String, &'static str, Value)>,
     /// Every request, as "VERB PATH" (for RBAC checks).
     log: Vec<String>,
+    /// Every request as RBAC authorizes it: (API group, resource, verb).
+    authorized: Vec<(String, String, String)>,
+    /// (verb, resource) pairs answered 403, as RBAC would without a grant;
+    /// verbs as Kubernetes names them (get, list, watch, create).
+    denied: Vec<(String, String)>,
 }
 
 /// Told the version of every change, for watches.
@@ -175,6 +180,18 @@ impl ApiServer {
     /// Which network namespace a port-forward to the pod enters.
     pub fn forward_into(&self, namespace: &str, pod: &str, netns: &str) {
         self.state.lock().expect("state").netns.insert((namespace.to_owned(), pod.to_owned()), netns.to_owned());
+    }
+
+    /// Answers `verb` on `resource` (e.g. "create", "pods/portforward") with
+    /// 403 from now on, as RBAC does for a role without that grant.
+    pub fn deny(&self, verb: &str, resource: &str) {
+        self.state.lock().expect("state").denied.push((verb.to_owned(), resource.to_owned()));
+    }
+
+    /// Every request so far as RBAC authorizes it: (API group, resource,
+    /// verb), e.g. ("", "pods/portforward", "create").
+    pub fn authorized(&self) -> Vec<(String, String, String)> {
+        self.state.lock().expect("state").authorized.clone()
     }
 
     /// The requests served so far, as "VERB PATH".
@@ -337,6 +354,30 @@ fn handle(req: Request<Incoming>, state: &Arc<Mutex<State>>, token: &str, change
             &format!("the server could not find the requested resource {path}"),
         );
     };
+    // The verb and resource as RBAC sees them.
+    let q = query(&req);
+    let (rbac_verb, rbac_resource) = match (req.method().as_str(), parts.as_slice()) {
+        ("GET", [_, _]) if q.get("watch").is_some_and(|w| w == "true" || w == "1") => ("watch", resource.to_owned()),
+        ("GET", [_, _]) => ("list", resource.to_owned()),
+        ("GET", [_, _, _, sub]) => ("create", format!("{resource}/{sub}")),
+        ("GET", _) => ("get", resource.to_owned()),
+        (other, _) => (if other == "PATCH" { "patch" } else { "create" }, resource.to_owned()),
+    };
+    let rbac_group = if prefix == "/api/v1" { "" } else { "apps" };
+    state.lock().expect("state").authorized.push((rbac_group.to_owned(), rbac_resource.clone(), rbac_verb.to_owned()));
+    let denied = state.lock().expect("state").denied.iter().any(|(v, r)| v == rbac_verb && *r == rbac_resource);
+    if denied {
+        let group_name = if prefix == "/api/v1" { "" } else { "apps" };
+        let name = parts.get(2).copied().unwrap_or("");
+        let what = if group_name.is_empty() { rbac_resource.clone() } else { format!("{rbac_resource}.{group_name}") };
+        return status(
+            StatusCode::FORBIDDEN,
+            "Forbidden",
+            &format!(
+                "{what} \"{name}\" is forbidden: User \"developer\" cannot {rbac_verb} resource \"{rbac_resource}\" in API group \"{group_name}\" in the namespace \"{ns}\""
+            ),
+        );
+    }
     match (req.method().as_str(), parts.as_slice()) {
         ("GET", [_, _]) if query(&req).get("watch").is_some_and(|w| w == "true" || w == "1") => {
             watch(query(&req), state, changes, resource, ns)

@@ -125,6 +125,26 @@ fn a_header_steal_on_a_deployment_takes_matching_requests_on_every_replica() {
     let requests = c.api.requests();
     assert!(requests.iter().all(|r| r.starts_with("GET ")), "{requests:?}");
     assert_eq!(requests.iter().filter(|r| r.ends_with("/portforward")).count(), 3, "{requests:?}");
+    covered_by_the_developer_role(&c.api);
+}
+
+/// Every request the CLI made is one `manifests/rbac/developer.yaml` grants.
+fn covered_by_the_developer_role(api: &ApiServer) {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../manifests/rbac/developer.yaml");
+    let text = std::fs::read_to_string(path).unwrap();
+    let role: serde_yaml::Value = serde_yaml::from_str(text.split("\n---\n").next().unwrap()).unwrap();
+    let rules = role["rules"].as_sequence().unwrap();
+    let grants = |group: &str, resource: &str, verb: &str| {
+        rules.iter().any(|r| {
+            let has = |key: &str, want: &str| r[key].as_sequence().unwrap().iter().any(|v| v == want);
+            has("apiGroups", group) && has("resources", resource) && has("verbs", verb)
+        })
+    };
+    let made = api.authorized();
+    assert!(made.len() >= 4, "{made:?}");
+    for (group, resource, verb) in &made {
+        assert!(grants(group, resource, verb), "the developer role lacks {verb} on {resource} (group {group:?})");
+    }
 }
 
 #[test]
@@ -165,12 +185,27 @@ fn targets_that_cannot_be_used_say_why_and_what_to_do() {
     let (code, err) = refused(&c, &["--target", "deployment/api", "--context", "prod"]);
     assert_eq!(code, Some(5), "{err}");
     assert!(err.contains("no context \"prod\" in the kubeconfig: expected one of sim"), "{err}");
+    covered_by_the_developer_role(&c.api);
     let (code, err) = refused(&c, &["--target", "job/nightly"]);
     assert_eq!(code, Some(4), "{err}");
     assert!(err.contains("job targets are not supported"), "{err}");
     let (code, err) = refused(&c, &["--target", "deployment/api", "-n", "elsewhere"]);
     assert_eq!(code, Some(4), "{err}");
     assert!(err.contains("not found in namespace elsewhere"), "{err}");
+    // RBAC: a role without port-forward, then one without reading deployments.
+    c.api.deny("create", "pods/portforward");
+    let (code, err) = refused(&c, &["--target", "deployment/api"]);
+    assert_eq!(code, Some(5), "{err}");
+    assert!(
+        err.contains("the Kubernetes API refused create on pods/api-7d4b9c-0/portforward in namespace shop"),
+        "{err}"
+    );
+    assert!(err.contains("manifests/rbac/developer.yaml"), "{err}");
+    c.api.deny("get", "deployments");
+    let (code, err) = refused(&c, &["--target", "deployment/api"]);
+    assert_eq!(code, Some(5), "{err}");
+    assert!(err.contains("refused get on deployments/api in namespace shop"), "{err}");
+    assert!(err.contains("cannot get resource \"deployments\" in API group \"apps\""), "{err}");
 }
 
 #[test]
@@ -234,6 +269,8 @@ fn pods_that_come_and_go_get_and_lose_their_sessions() {
     assert_eq!(code, Some(0), "{err}");
     assert_eq!(survivor.answered_by(&["X-User: alice"]), "remote");
     assert_eq!(pod.answered_by(&["X-User: alice"]), "remote");
+    assert!(c.api.authorized().iter().any(|(_, r, v)| r == "pods" && v == "watch"));
+    covered_by_the_developer_role(&c.api);
 }
 
 #[test]

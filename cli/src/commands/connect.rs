@@ -481,11 +481,21 @@ type Opened = (TunnelClient<Channel>, tonic::Streaming<proto::SessionEvent>, mps
 /// Connects, says Hello, and waits for the plan. `Err` is the exit code and
 /// what to print.
 async fn open(place: &Place, args: &ConnectArgs, config_json: String) -> Result<Opened, (ExitCode, String)> {
+    let unreachable =
+        |e: Unreachable| (ExitCode::Failure, format!("cannot reach the sidecar at {}: {e}", place.label()));
     let channel = match place {
-        Place::Addr(addr) => connect(addr).await,
-        Place::Pod { cluster, pod } => connect_pod(cluster, pod).await,
-    }
-    .map_err(|e| (ExitCode::Failure, format!("cannot reach the sidecar at {}: {e}", place.label())))?;
+        Place::Addr(addr) => connect(addr).await.map_err(unreachable)?,
+        Place::Pod { cluster, pod } => {
+            // The first port-forward is made here, so that what the API
+            // server says (forbidden, gone) is reported as it is.
+            let first = cluster.forward(pod).await.map_err(|e| {
+                let code =
+                    if matches!(e, cluster::Error::Forbidden { .. }) { ExitCode::Cluster } else { ExitCode::Failure };
+                (code, e.to_string())
+            })?;
+            connect_pod(cluster, pod, first).await.map_err(unreachable)?
+        }
+    };
     let mut client = TunnelClient::new(channel);
     let (requests, rx) = mpsc::channel(4);
     let hello = Hello {
@@ -602,11 +612,18 @@ fn refused_code(e: &tonic::Status) -> ExitCode {
 }
 
 /// Connects over a port-forward to the pod's sidecar, through the API server.
-async fn connect_pod(cluster: &Cluster, pod: &str) -> Result<Channel, Unreachable> {
+async fn connect_pod(cluster: &Cluster, pod: &str, first: cluster::Forwarded) -> Result<Channel, Unreachable> {
     let (cluster, pod) = (cluster.clone(), pod.to_owned());
+    let first = Arc::new(std::sync::Mutex::new(Some(first)));
     let connector = tower::service_fn(move |_: http::Uri| {
         let (cluster, pod) = (cluster.clone(), pod.clone());
-        async move { cluster.forward(&pod).await.map(hyper_util::rt::TokioIo::new) }
+        let ready = first.lock().unwrap_or_else(|p| p.into_inner()).take();
+        async move {
+            match ready {
+                Some(stream) => Ok(hyper_util::rt::TokioIo::new(stream)),
+                None => cluster.forward(&pod).await.map(hyper_util::rt::TokioIo::new),
+            }
+        }
     });
     Endpoint::from_static("http://sidecar.mirrord")
         .connect_timeout(Duration::from_secs(10))
