@@ -1,18 +1,11 @@
-//! The little the injector needs from the Kubernetes API: writing its CA into
-//! the caBundle of its own MutatingWebhookConfiguration (`--self-signed`).
-//! In-cluster credentials: the service account token and CA, and the
-//! KUBERNETES_SERVICE_HOST/PORT environment.
+//! The little the injector needs from the Kubernetes API, through kube-rs:
+//! writing its CA into the caBundle of its own MutatingWebhookConfiguration
+//! (`--self-signed`), and the Namespaces it watches ([`crate::namespaces`]).
 
-use std::sync::Arc;
-
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper_util::rt::TokioIo;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName};
 use serde_json::{json, Value};
 
-use crate::review::{base64, unbase64};
+use crate::review::base64;
 
 /// CAs kept in a caBundle besides the new one (the other replica's, and one
 /// more for a rollout in progress).
@@ -33,8 +26,7 @@ pub fn merged_bundle(current: &str, ca_pem: &str) -> String {
     certs.concat()
 }
 
-const SERVICE_ACCOUNT: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
-
+/// Why the API cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("not in a cluster: {0}")]
@@ -43,143 +35,94 @@ pub enum Error {
     Api { what: String, message: String },
 }
 
-/// A client of one API server.
+/// A client of one API server (kube-rs, rustls).
 #[derive(Clone)]
 pub struct Api {
-    host: String,
-    port: u16,
-    token: String,
-    tls: tokio_rustls::TlsConnector,
+    client: kube::Client,
 }
 
 impl std::fmt::Debug for Api {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // The token stays out of logs.
-        f.debug_struct("Api").field("host", &self.host).field("port", &self.port).finish_non_exhaustive()
+        f.debug_struct("Api").finish_non_exhaustive()
+    }
+}
+
+/// The message of a kube error, with the HTTP status of an API error.
+fn message(e: &kube::Error) -> String {
+    match e {
+        kube::Error::Api(s) => format!("{} {} ({})", s.code, s.reason, s.message),
+        other => {
+            let mut text = other.to_string();
+            let mut source = std::error::Error::source(other);
+            while let Some(s) = source {
+                text.push_str(&format!(": {s}"));
+                source = s.source();
+            }
+            text
+        }
     }
 }
 
 impl Api {
-    /// The API server that signed `ca_pem`, at `host:port`, with a bearer token.
+    /// An API server at `https://HOST:PORT` trusted through `ca_pem`, with a
+    /// bearer token (surrounding whitespace ignored, as a mounted token has it).
     pub fn new(host: &str, port: u16, token: &str, ca_pem: &[u8]) -> Result<Api, Error> {
-        let mut roots = rustls::RootCertStore::empty();
-        for cert in CertificateDer::pem_slice_iter(ca_pem) {
-            let cert = cert.map_err(|e| Error::NotInCluster(format!("unreadable CA: {e}")))?;
-            roots.add(cert).map_err(|e| Error::NotInCluster(format!("unusable CA: {e}")))?;
-        }
-        let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()
-            .map_err(|e| Error::NotInCluster(e.to_string()))?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        let tls = tokio_rustls::TlsConnector::from(Arc::new(config));
-        Ok(Api { host: host.to_owned(), port, token: token.trim().to_owned(), tls })
+        let url: http::Uri = format!("https://{host}:{port}")
+            .parse()
+            .map_err(|e| Error::NotInCluster(format!("invalid API address {host}:{port}: {e}")))?;
+        let mut config = kube::Config::new(url);
+        let roots: Vec<Vec<u8>> = rustls::pki_types::CertificateDer::pem_slice_iter(ca_pem)
+            .map(|c| c.map(|c| c.to_vec()))
+            .collect::<Result<_, _>>()
+            .map_err(|e| Error::NotInCluster(format!("unreadable CA: {e}")))?;
+        config.root_cert = Some(roots);
+        config.auth_info.token = Some(token.trim().to_owned().into());
+        Api::from_config(config)
     }
 
-    /// The in-cluster API server, from the pod's service account.
+    /// In-cluster credentials: the service account token and CA, and the
+    /// KUBERNETES_SERVICE_HOST/PORT environment.
     pub fn in_cluster() -> Result<Api, Error> {
-        let env = |k: &str| std::env::var(k).map_err(|_| Error::NotInCluster(format!("{k} is not set")));
-        let (host, port) = (env("KUBERNETES_SERVICE_HOST")?, env("KUBERNETES_SERVICE_PORT")?);
-        let port =
-            port.parse().map_err(|_| Error::NotInCluster(format!("KUBERNETES_SERVICE_PORT {port:?} is not a port")))?;
-        let read = |f: &str| {
-            std::fs::read(format!("{SERVICE_ACCOUNT}/{f}"))
-                .map_err(|e| Error::NotInCluster(format!("{SERVICE_ACCOUNT}/{f}: {e}")))
-        };
-        let token = String::from_utf8_lossy(&read("token")?).into_owned();
-        Api::new(&host, port, &token, &read("ca.crt")?)
+        let config = kube::Config::incluster().map_err(|e| Error::NotInCluster(e.to_string()))?;
+        Api::from_config(config)
     }
 
-    /// Sends one request; `Err` unless the answer is a success.
-    async fn send(
-        &self,
-        method: http::Method,
-        path: &str,
-        content_type: Option<&str>,
-        body: Vec<u8>,
-    ) -> Result<http::Response<hyper::body::Incoming>, Error> {
-        let what = format!("{method} {path}");
-        let fail = |message: String| Error::Api { what: what.clone(), message };
-        let tcp =
-            tokio::net::TcpStream::connect((self.host.as_str(), self.port)).await.map_err(|e| fail(e.to_string()))?;
-        let name = ServerName::try_from(self.host.clone()).map_err(|e| fail(e.to_string()))?;
-        let stream = self.tls.connect(name, tcp).await.map_err(|e| fail(format!("TLS: {e}")))?;
-        let (mut sender, conn) =
-            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(|e| fail(e.to_string()))?;
-        tokio::spawn(conn);
-        let mut req = http::Request::builder()
-            .method(method)
-            .uri(path)
-            .header("host", format!("{}:{}", self.host, self.port))
-            .header("authorization", format!("Bearer {}", self.token))
-            .header("accept", "application/json");
-        if let Some(ct) = content_type {
-            req = req.header("content-type", ct);
-        }
-        let req = req.body(Full::new(Bytes::from(body))).map_err(|e| fail(e.to_string()))?;
-        let resp = sender.send_request(req).await.map_err(|e| fail(e.to_string()))?;
-        if resp.status().is_success() {
-            return Ok(resp);
-        }
-        let status = resp.status();
-        let bytes = resp.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
-        Err(fail(format!("{status}: {}", String::from_utf8_lossy(&bytes).trim())))
+    fn from_config(config: kube::Config) -> Result<Api, Error> {
+        let client = kube::Client::try_from(config).map_err(|e| Error::NotInCluster(message(&e)))?;
+        Ok(Api { client })
     }
 
-    /// One request, its JSON answer.
-    pub(crate) async fn call(
-        &self,
-        method: http::Method,
-        path: &str,
-        content_type: Option<&str>,
-        body: Vec<u8>,
-    ) -> Result<Value, Error> {
-        let what = format!("{method} {path}");
-        let resp = self.send(method, path, content_type, body).await?;
-        let bytes =
-            resp.into_body().collect().await.map_err(|e| Error::Api { what: what.clone(), message: e.to_string() })?;
-        serde_json::from_slice(&bytes.to_bytes())
-            .map_err(|e| Error::Api { what, message: format!("unreadable answer: {e}") })
-    }
-
-    /// A watch: each event (one JSON object per line) is handed to `on_event`
-    /// until the API server ends the stream.
-    pub(crate) async fn watch(&self, path: &str, mut on_event: impl FnMut(Value)) -> Result<(), Error> {
-        let mut body = self.send(http::Method::GET, path, None, Vec::new()).await?.into_body();
-        let mut pending = Vec::new();
-        while let Some(frame) = body.frame().await {
-            let frame = frame.map_err(|e| Error::Api { what: format!("GET {path}"), message: e.to_string() })?;
-            let Ok(data) = frame.into_data() else { continue };
-            pending.extend_from_slice(&data);
-            while let Some(end) = pending.iter().position(|&b| b == b'\n') {
-                let line: Vec<u8> = pending.drain(..=end).collect();
-                if let Ok(event) = serde_json::from_slice::<Value>(&line) {
-                    on_event(event);
-                }
-            }
-        }
-        Ok(())
+    pub fn client(&self) -> kube::Client {
+        self.client.clone()
     }
 
     /// Adds `ca_pem` to the caBundle of every webhook of the
     /// MutatingWebhookConfiguration `name`, keeping the newest CAs already
     /// there: every replica generates its own CA, and all must be trusted.
     pub async fn patch_ca_bundle(&self, name: &str, ca_pem: &str) -> Result<usize, Error> {
+        use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
+        let api: kube::Api<MutatingWebhookConfiguration> = kube::Api::all(self.client.clone());
         let path = format!("/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations/{name}");
-        let config = self.call(http::Method::GET, &path, None, Vec::new()).await?;
-        let webhooks = config["webhooks"].as_array().cloned().unwrap_or_default();
-        let ops: Vec<Value> = webhooks
+        let config =
+            api.get(name).await.map_err(|e| Error::Api { what: format!("GET {path}"), message: message(&e) })?;
+        let ops: Vec<Value> = config
+            .webhooks
+            .unwrap_or_default()
             .iter()
             .enumerate()
             .map(|(i, webhook)| {
-                let current = webhook["clientConfig"]["caBundle"].as_str().and_then(unbase64).unwrap_or_default();
+                let current = webhook.client_config.ca_bundle.as_ref().map(|b| b.0.clone()).unwrap_or_default();
                 let bundle = base64(merged_bundle(&String::from_utf8_lossy(&current), ca_pem).as_bytes());
                 json!({"op": "add", "path": format!("/webhooks/{i}/clientConfig/caBundle"), "value": bundle})
             })
             .collect();
         let count = ops.len();
-        let body = serde_json::to_vec(&ops).unwrap_or_default();
-        self.call(http::Method::PATCH, &path, Some("application/json-patch+json"), body).await?;
+        let patch: json_patch::Patch = serde_json::from_value(Value::Array(ops))
+            .map_err(|e| Error::Api { what: format!("PATCH {path}"), message: e.to_string() })?;
+        api.patch(name, &kube::api::PatchParams::default(), &kube::api::Patch::Json::<()>(patch))
+            .await
+            .map_err(|e| Error::Api { what: format!("PATCH {path}"), message: message(&e) })?;
         Ok(count)
     }
 }

@@ -6,8 +6,8 @@ use std::collections::HashSet;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use k8s_openapi::api::core::v1::Namespace;
 use mirrord_config::names::ANNOTATION_INJECT;
-use serde_json::Value;
 use tracing::{info, warn};
 
 use crate::kube::Api;
@@ -28,68 +28,62 @@ impl Namespaces {
     }
 
     /// Applies one watch event; returns its resourceVersion.
-    fn apply(&self, event: &Value) -> Option<String> {
-        let object = &event["object"];
-        if event["type"] == "BOOKMARK" {
-            return object["metadata"]["resourceVersion"].as_str().map(str::to_owned);
-        }
-        let name = object["metadata"]["name"].as_str()?.to_owned();
+    /// A namespace as it is now: in the set if it opts in.
+    fn set(&self, namespace: &Namespace) {
+        let Some(name) = namespace.metadata.name.clone() else { return };
         let mut set = self.opted_in.write().unwrap_or_else(|p| p.into_inner());
-        if event["type"] != "DELETED" && opts_in(object) {
+        if opts_in(namespace) {
             set.insert(name);
         } else {
             set.remove(&name);
         }
-        object["metadata"]["resourceVersion"].as_str().map(str::to_owned)
+    }
+
+    fn remove(&self, name: &str) {
+        self.opted_in.write().unwrap_or_else(|p| p.into_inner()).remove(name);
     }
 }
 
-fn opts_in(namespace: &Value) -> bool {
-    namespace["metadata"]["annotations"][ANNOTATION_INJECT] == "enabled"
+fn opts_in(namespace: &Namespace) -> bool {
+    namespace.metadata.annotations.as_ref().and_then(|a| a.get(ANNOTATION_INJECT)).is_some_and(|v| v == "enabled")
 }
 
 /// Keeps `cache` current for as long as the process runs: list, then watch
 /// from the list's resourceVersion; after a failed or expired watch, list again.
 pub async fn keep(api: Api, cache: Arc<Namespaces>, metrics: Arc<crate::metrics::Metrics>) {
-    let mut backoff = Duration::from_millis(500);
-    loop {
-        match sync(&api, &cache).await {
-            Ok(()) => backoff = Duration::from_millis(500),
+    use futures::StreamExt;
+    use kube::runtime::watcher::{self, Event};
+    let namespaces: kube::Api<Namespace> = kube::Api::all(api.client());
+    // The watcher lists, then watches from the list's version, and lists
+    // again when the watch expires; errors come out of it and it retries.
+    let events = watcher::watcher(namespaces, watcher::Config::default());
+    let mut events = std::pin::pin!(events);
+    let (mut listing, mut backoff) = (HashSet::new(), Duration::from_millis(500));
+    while let Some(event) = events.next().await {
+        match event {
+            Ok(Event::Init) => listing.clear(),
+            Ok(Event::InitApply(ns)) => {
+                if opts_in(&ns) {
+                    listing.extend(ns.metadata.name);
+                }
+            }
+            Ok(Event::InitDone) => {
+                cache.replace(std::mem::take(&mut listing));
+                backoff = Duration::from_millis(500);
+                info!("namespace opt-ins listed; watching");
+            }
+            Ok(Event::Apply(ns)) => cache.set(&ns),
+            Ok(Event::Delete(ns)) => {
+                if let Some(name) = &ns.metadata.name {
+                    cache.remove(name);
+                }
+            }
             Err(e) => {
                 metrics.api_error(crate::metrics::ApiCall::WatchNamespaces);
                 warn!("namespace watch: {e}; retrying in {backoff:?}");
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(30));
             }
-        }
-    }
-}
-
-async fn sync(api: &Api, cache: &Namespaces) -> Result<(), crate::kube::Error> {
-    let list = api.call(http::Method::GET, "/api/v1/namespaces", None, Vec::new()).await?;
-    let names = list["items"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|n| opts_in(n))
-        .filter_map(|n| n["metadata"]["name"].as_str());
-    cache.replace(names.map(str::to_owned).collect());
-    let mut version = list["metadata"]["resourceVersion"].as_str().unwrap_or("").to_owned();
-    info!("namespace opt-ins listed; watching");
-    loop {
-        let path = format!("/api/v1/namespaces?watch=1&allowWatchBookmarks=true&resourceVersion={version}");
-        let mut expired = false;
-        api.watch(&path, |event| {
-            if event["type"] == "ERROR" {
-                // 410 Gone: the version is too old; a fresh list follows.
-                expired = true;
-            } else if let Some(v) = cache.apply(&event) {
-                version = v;
-            }
-        })
-        .await?;
-        if expired {
-            return Ok(());
         }
     }
 }

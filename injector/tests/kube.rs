@@ -48,15 +48,29 @@ async fn fake_api() -> (u16, String, Seen) {
                             body,
                         ));
                         let (status, answer) = if auth != "Bearer sa-token" {
-                            (401, json!({"kind": "Status", "message": "Unauthorized"}))
+                            (
+                                401,
+                                json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                                         "message": "Unauthorized", "reason": "Unauthorized", "code": 401}),
+                            )
                         } else if parts.uri.path()
                             != "/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations/mirrord-injector"
                         {
-                            (404, json!({"kind": "Status", "message": "not found"}))
+                            (
+                                404,
+                                json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                                         "message": "not found", "reason": "NotFound", "code": 404}),
+                            )
                         } else {
+                            let webhook = |name: &str| {
+                                json!({"name": name, "clientConfig": {"service": {"name": "mirrord-injector", "namespace": "mirrord"}},
+                                       "sideEffects": "None", "admissionReviewVersions": ["v1"]})
+                            };
                             (
                                 200,
-                                json!({"kind": "MutatingWebhookConfiguration", "webhooks": [{"name": "a"}, {"name": "b"}]}),
+                                json!({"apiVersion": "admissionregistration.k8s.io/v1", "kind": "MutatingWebhookConfiguration",
+                                       "metadata": {"name": "mirrord-injector", "resourceVersion": "7"},
+                                       "webhooks": [webhook("a"), webhook("b")]}),
                             )
                         };
                         let mut resp = hyper::Response::new(Full::new(Bytes::from(answer.to_string())));

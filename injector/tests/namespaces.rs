@@ -45,7 +45,7 @@ async fn fake_api() -> (u16, String, mpsc::UnboundedSender<serde_json::Value>) {
                     async move {
                         assert_eq!(req.headers()["authorization"], "Bearer t");
                         let query = req.uri().query().unwrap_or("").to_owned();
-                        let body: Body = if query.contains("watch=1") {
+                        let body: Body = if query.contains("watch=true") {
                             assert!(
                                 query.contains("resourceVersion=10"),
                                 "watch must start at the list's version: {query}"
