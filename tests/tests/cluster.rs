@@ -401,3 +401,28 @@ fn pause_stops_every_replica_and_every_end_resumes_them_all() {
     assert_eq!(cli.finish().0, Some(0));
     assert!(all(running));
 }
+
+#[test]
+fn a_mirror_on_a_statefulset_copies_from_every_replica() {
+    let Some(c) = cluster("a_mirror_on_a_statefulset_copies_from_every_replica", 3) else { return };
+    c.api.put(apiserver::workload("StatefulSet", NS, "api-db", &json!({"app": "api"})));
+    let config = format!(
+        r#"{{"feature":{{"network":{{"incoming":{{"mode":"mirror","ports":[80],"port_mapping":[[{},80]]}}}}}}}}"#,
+        c.local.addr.port()
+    );
+    let mut cli = c.connect("statefulset/api-db", &config);
+    cli.wait_plan();
+    for pod in &c.pods {
+        assert_eq!(pod.answered_by(&[]), "remote", "the pod answers a mirrored request");
+    }
+    let mut copied_from = std::collections::BTreeSet::new();
+    while copied_from.len() < 3 {
+        let Some(event) = cli.wait_for(Duration::from_secs(5), |e| e["event"] == "delivered" && e["mode"] == "mirror")
+        else {
+            panic!("copies came from {copied_from:?} only");
+        };
+        copied_from.insert(event["pod"].as_str().unwrap().to_owned());
+    }
+    cli.signal(libc::SIGINT);
+    assert_eq!(cli.finish().0, Some(0));
+}
