@@ -44,10 +44,20 @@ pub enum Error {
     Unsupported { target: String, why: String },
     #[error("{target} has no running pod in namespace {namespace}")]
     NoPods { target: String, namespace: String },
-    #[error("{target}: none of its {count} pod(s) has the mirrord sidecar ({which}); opt it in with `mirrord-cli inject {target}` (or the annotation mirrord.dev/inject: \"enabled\" on its pod template or namespace), then let it roll out")]
-    NotInjected { target: String, count: usize, which: String },
+    #[error("{target}: none of its {count} pod(s) has the mirrord sidecar ({which}); {}", not_injected_hint(target, *.opted_in))]
+    NotInjected { target: String, count: usize, which: String, opted_in: bool },
     #[error("port-forward to pod {pod}: {message}")]
     Forward { pod: String, message: String },
+}
+
+/// What to do about pods without the sidecar: opt in, or, when the pods
+/// already carry the opt-in, look at the injector (it did not act on them).
+fn not_injected_hint(target: &str, opted_in: bool) -> String {
+    if opted_in {
+        "they carry the opt-in annotation, so the injector did not act when they were created: check that it runs (kubectl -n mirrord get pods) and that its webhook is configured, then roll the pods out again".to_owned()
+    } else {
+        format!("neither their pod template nor their namespace opts in: run `mirrord-cli inject {target}` (or set the annotation mirrord.dev/inject: \"enabled\" on the pod template or the namespace), then let it roll out")
+    }
 }
 
 fn known_list(known: &[String]) -> String {
@@ -336,6 +346,8 @@ pub struct TargetPod {
     pub name: String,
     /// The injector added the sidecar.
     pub injected: bool,
+    /// The pod carries the opt-in annotation (from its template).
+    pub opted_in: bool,
     /// Running, and the sidecar is ready.
     pub ready: bool,
 }
@@ -364,7 +376,18 @@ impl TargetPod {
                 .chain(s.init_container_statuses.iter().flatten())
                 .any(|c| c.name == CONTAINER_PROXY && c.ready)
         });
-        Some(TargetPod { name, injected: annotated || has_sidecar, ready: phase == "Running" && sidecar_ready })
+        let opted_in = pod
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(mirrord_config::names::ANNOTATION_INJECT))
+            .is_some_and(|v| v == "enabled");
+        Some(TargetPod {
+            name,
+            injected: annotated || has_sidecar,
+            opted_in,
+            ready: phase == "Running" && sidecar_ready,
+        })
     }
 }
 

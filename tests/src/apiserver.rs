@@ -214,15 +214,28 @@ impl Drop for ApiServer {
 /// A pod as the API server shows it: labels, the injector's marks when
 /// `injected`, Running with the sidecar ready when `ready`.
 pub fn pod(namespace: &str, name: &str, labels: &Value, ip: &str, injected: bool, ready: bool) -> Value {
+    pod_with(namespace, name, labels, ip, injected, ready, &json!({}))
+}
+
+/// [`pod`] with more annotations (from its template).
+pub fn pod_with(
+    namespace: &str,
+    name: &str,
+    labels: &Value,
+    ip: &str,
+    injected: bool,
+    ready: bool,
+    extra: &Value,
+) -> Value {
     let containers = vec![json!({"name": "app", "image": "app:1"})];
     let mut init = Vec::new();
-    let mut annotations = json!({});
+    let mut annotations = extra.clone();
     let statuses = vec![
         json!({"name": "app", "ready": ready, "restartCount": 0, "image": "app:1", "imageID": "", "started": ready}),
     ];
     let mut init_statuses = Vec::new();
     if injected {
-        annotations = json!({"mirrord.dev/status": "injected"});
+        annotations["mirrord.dev/status"] = json!("injected");
         init.push(json!({"name": "mirrord-init", "image": "mirrord-proxy:1"}));
         init.push(json!({"name": "mirrord-proxy", "image": "mirrord-proxy:1", "restartPolicy": "Always"}));
         init_statuses

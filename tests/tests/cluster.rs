@@ -79,6 +79,11 @@ fn cluster(test: &str, replicas: usize) -> Option<Cluster> {
     let legacy = json!({"app": "legacy"});
     api.put(apiserver::workload("Deployment", NS, "legacy", &legacy));
     api.put(apiserver::pod(NS, "legacy-5f6d-0", &legacy, "10.0.0.9", false, true));
+    // Opted in, but created while the injector was away.
+    let missed = json!({"app": "missed"});
+    api.put(apiserver::workload("Deployment", NS, "missed", &missed));
+    let opt_in = json!({"mirrord.dev/inject": "enabled"});
+    api.put(apiserver::pod_with(NS, "missed-8c2d-0", &missed, "10.0.0.10", false, true, &opt_in));
     let kubeconfig = tempfile::tempdir().unwrap();
     api.kubeconfig(kubeconfig.path(), NS);
     let local =
@@ -178,7 +183,15 @@ fn targets_that_cannot_be_used_say_why_and_what_to_do() {
     let (code, err) = refused(&c, &["--target", "deployment/legacy"]);
     assert_eq!(code, Some(4), "{err}");
     assert!(err.contains("none of its 1 pod(s) has the mirrord sidecar (legacy-5f6d-0)"), "{err}");
-    assert!(err.contains("mirrord-cli inject deployment/legacy"), "{err}");
+    assert!(
+        err.contains(
+            "neither their pod template nor their namespace opts in: run `mirrord-cli inject deployment/legacy`"
+        ),
+        "{err}"
+    );
+    let (code, err) = refused(&c, &["--target", "deployment/missed"]);
+    assert_eq!(code, Some(4), "{err}");
+    assert!(err.contains("they carry the opt-in annotation, so the injector did not act"), "{err}");
     let (code, err) = refused(&c, &["--target", "deployment/apj"]);
     assert_eq!(code, Some(4), "{err}");
     assert!(err.contains("deployment \"apj\" not found in namespace shop; did you mean \"api\"?"), "{err}");

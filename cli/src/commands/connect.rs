@@ -314,7 +314,12 @@ impl Fleet {
                     use kube::runtime::watcher::Event;
                     let (seen, gone) = match event {
                         Ok(Event::Apply(pod) | Event::InitApply(pod)) => (cluster::TargetPod::of(&pod).or_else(|| {
-                            pod.metadata.name.clone().map(|name| cluster::TargetPod { name, injected: false, ready: false })
+                            pod.metadata.name.clone().map(|name| cluster::TargetPod {
+                                name,
+                                injected: false,
+                                opted_in: false,
+                                ready: false,
+                            })
                         }), None),
                         Ok(Event::Delete(pod)) => (None, pod.metadata.name.clone()),
                         Ok(Event::Init | Event::InitDone) => (None, None),
@@ -422,7 +427,13 @@ async fn places(
     let (injected, plain): (Vec<_>, Vec<_>) = pods.into_iter().partition(|p| p.injected);
     if injected.is_empty() {
         let which = plain.iter().map(|p| p.name.as_str()).collect::<Vec<_>>().join(", ");
-        return Err(cluster_failed(cluster::Error::NotInjected { target: described, count: plain.len(), which }));
+        let opted_in = plain.iter().any(|p| p.opted_in);
+        return Err(cluster_failed(cluster::Error::NotInjected {
+            target: described,
+            count: plain.len(),
+            which,
+            opted_in,
+        }));
     }
     let (ready, waiting): (Vec<_>, Vec<_>) = injected.into_iter().partition(|p| p.ready);
     if !plain.is_empty() || !waiting.is_empty() {
