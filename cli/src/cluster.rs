@@ -34,6 +34,8 @@ pub enum Error {
     NoCredentials(String),
     #[error("cannot reach the Kubernetes API at {server}: {message}")]
     Unreachable { server: String, message: String },
+    #[error("the Kubernetes API at {server} did not answer {what} within {} s", API_TIMEOUT.as_secs())]
+    Timeout { server: String, what: String },
     #[error("the Kubernetes API refused {verb} on {resource} in namespace {namespace}: {message} (ask for a Role that grants it; manifests/rbac/developer.yaml lists what mirrord-cli needs)")]
     Forbidden { verb: &'static str, resource: String, namespace: String, message: String },
     #[error("{kind} {name:?} not found in namespace {namespace}{}", suggestions(.nearest, .existing))]
@@ -75,6 +77,9 @@ fn suggestions(nearest: &Option<String>, existing: &[String]) -> String {
         (None, names) => format!("; there are: {}", names.join(", ")),
     }
 }
+
+/// The longest any one call to the API may take.
+pub const API_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// A connection to the cluster.
 #[derive(Clone)]
@@ -136,8 +141,24 @@ impl Cluster {
         Api::namespaced(self.client.clone(), &self.namespace)
     }
 
+    /// Bounds an API call by [`API_TIMEOUT`].
+    async fn bounded<T>(
+        &self,
+        what: &str,
+        call: impl std::future::Future<Output = Result<T, Error>>,
+    ) -> Result<T, Error> {
+        tokio::time::timeout(API_TIMEOUT, call)
+            .await
+            .unwrap_or_else(|_| Err(Error::Timeout { server: self.server.clone(), what: what.to_owned() }))
+    }
+
     /// Which pods a target stands for (reading its workload or Service).
     pub async fn selector(&self, target: &Target) -> Result<PodSelector, Error> {
+        self.bounded(&format!("reading {}/{}", target.kind.as_str(), target.name), self.selector_unbounded(target))
+            .await
+    }
+
+    async fn selector_unbounded(&self, target: &Target) -> Result<PodSelector, Error> {
         let name = &target.name;
         let selector = match target.kind {
             TargetKind::Pod => {
@@ -183,8 +204,11 @@ impl Cluster {
 
     /// The pods of a selector now, injected or not.
     pub async fn pods(&self, selector: &PodSelector) -> Result<Vec<TargetPod>, Error> {
-        let list =
-            self.api::<Pod>().list(&selector.list_params()).await.map_err(|e| self.failed(e, "list", "pods", None))?;
+        let list = self
+            .bounded("listing pods", async {
+                self.api::<Pod>().list(&selector.list_params()).await.map_err(|e| self.failed(e, "list", "pods", None))
+            })
+            .await?;
         Ok(list.items.iter().filter_map(TargetPod::of).collect())
     }
 
@@ -249,6 +273,10 @@ impl Cluster {
 
     /// A byte stream to the sidecar's session tunnel in `pod`.
     pub async fn forward(&self, pod: &str) -> Result<Forwarded, Error> {
+        self.bounded(&format!("a port-forward to pod {pod}"), self.forward_unbounded(pod)).await
+    }
+
+    async fn forward_unbounded(&self, pod: &str) -> Result<Forwarded, Error> {
         let forbidden = |message: String| Error::Forbidden {
             verb: "create",
             resource: format!("pods/{pod}/portforward"),
