@@ -101,6 +101,7 @@ fn a_header_steal_on_a_deployment_takes_matching_requests_on_every_replica() {
     let plan = cli.wait_plan();
     eprintln!("connect to plan on 3 pods: {:.0} ms", started.elapsed().as_secs_f64() * 1000.0);
     assert_eq!(plan["ports"][0]["port"], 80, "{plan}");
+    assert_eq!(plan["on"], "3 pods of deployment/api", "{plan}");
     for pod in &c.pods {
         assert_eq!(pod.answered_by(&["X-User: alice"]), "local", "pod {}", pod.pod_ip);
         assert_eq!(pod.answered_by(&["X-User: bob"]), "remote", "pod {}", pod.pod_ip);

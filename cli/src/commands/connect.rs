@@ -659,7 +659,7 @@ fn print_plan(status: &Status, plan: &proto::Plan, addr: &str, config: &Config) 
     for w in &warnings {
         text.push_str(&format!("\n  warning: {w}"));
     }
-    let event = serde_json::json!({"event": "plan", "ports": ports, "warnings": warnings});
+    let event = serde_json::json!({"event": "plan", "on": addr, "ports": ports, "warnings": warnings});
     status.say(&event, &text);
 }
 
