@@ -297,58 +297,16 @@ impl Cluster {
             pod: pod.to_owned(),
             message: "no stream for the tunnel port".to_owned(),
         })?;
-        Ok(Forwarded { stream: Box::new(stream), _forwarder: forwarder })
+        Ok(Box::new(stream))
     }
 }
 
-/// A port-forwarded stream; the forwarder's task lives as long as it does.
-pub struct Forwarded {
-    stream: Box<dyn Stream>,
-    _forwarder: kube::api::Portforwarder,
-}
+/// A port-forwarded stream (kube's forwarding task ends with it).
+pub type Forwarded = Box<dyn Stream>;
 
-impl std::fmt::Debug for Forwarded {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Forwarded").finish_non_exhaustive()
-    }
-}
-
-trait Stream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+/// What a forwarded stream is, as one trait for a trait object.
+pub trait Stream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
 impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Stream for T {}
-
-impl tokio::io::AsyncRead for Forwarded {
-    fn poll_read(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.stream).poll_read(cx, buf)
-    }
-}
-
-impl tokio::io::AsyncWrite for Forwarded {
-    fn poll_write(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &[u8],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        std::pin::Pin::new(&mut self.stream).poll_write(cx, buf)
-    }
-
-    fn poll_flush(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.stream).poll_flush(cx)
-    }
-
-    fn poll_shutdown(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.stream).poll_shutdown(cx)
-    }
-}
 
 /// The pods a target stands for.
 #[derive(Debug, Clone, PartialEq, Eq)]

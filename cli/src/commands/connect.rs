@@ -197,68 +197,47 @@ const RETRY_FIRST: Duration = Duration::from_millis(250);
 const RETRY_MAX: Duration = Duration::from_secs(5);
 
 impl Fleet {
+    /// Registers a session's end signal and a task that runs it: what
+    /// `task` returns when told to end (or on its own) is its end.
+    fn spawn<F>(&mut self, place: Place, task: impl FnOnce(tokio::sync::watch::Receiver<bool>) -> F)
+    where
+        F: std::future::Future<Output = ExitCode> + Send + 'static,
+    {
+        let (end, ended) = tokio::sync::watch::channel(false);
+        self.open.insert(place.label(), end);
+        let session = task(ended);
+        self.running.spawn(async move { (place, session.await) });
+    }
+
     /// Runs an opened session until it ends or is told to.
     fn serve(&mut self, place: Place, opened: Opened) {
-        let (client, events, requests, plan) = opened;
         let reporter = Reporter::new(self.status.clone(), place.pod());
-        let delivery = Arc::new(Delivery {
-            client,
-            session_id: plan.session_id.clone(),
-            clients: Clients::default(),
-            status: reporter.clone(),
-            config: self.config.clone(),
-            local_host: self.args.local_host,
-            copies: Arc::new(tokio::sync::Semaphore::new(crate::deliver::MAX_COPIES_IN_FLIGHT)),
-        });
-        let (end, mut ended) = tokio::sync::watch::channel(false);
-        self.open.insert(place.label(), end);
-        self.running.spawn(async move {
-            let code = serve(events, delivery, reporter, requests, async move {
-                let _ = ended.wait_for(|s| *s).await;
-            })
-            .await;
-            (place, code)
-        });
+        let (config, local_host) = (self.config.clone(), self.args.local_host);
+        self.spawn(place, |ended| deliver(opened, reporter, config, local_host, ended));
     }
 
     /// Opens a session on a pod that appeared (or whose port-forward broke),
     /// after `delay`, and serves it.
     fn join(&mut self, cluster: &Cluster, pod: String, delay: Duration) {
         let place = Place::Pod { cluster: cluster.clone(), pod: pod.clone() };
-        let (args, json) = (self.args.clone(), self.config_json.clone());
-        let (status, config) = (self.status.clone(), self.config.clone());
-        let (end, mut ended) = tokio::sync::watch::channel(false);
-        self.open.insert(pod.clone(), end);
-        self.running.spawn(async move {
+        let (args, json, config) = (self.args.clone(), self.config_json.clone(), self.config.clone());
+        let reporter = Reporter::new(self.status.clone(), Some(&pod));
+        self.spawn(place.clone(), |mut ended| async move {
             tokio::select! {
                 () = tokio::time::sleep(delay) => {}
-                _ = ended.wait_for(|s| *s) => return (place, ExitCode::Ok),
+                _ = ended.wait_for(|s| *s) => return ExitCode::Ok,
             }
-            let (client, events, requests, plan) = match open(&place, &args, json).await {
-                Ok(opened) => opened,
+            match open(&place, &args, json).await {
+                Ok(opened) => {
+                    reporter.say(serde_json::json!({"event": "joined"}), "session open on this pod");
+                    deliver(opened, reporter, config, args.local_host, ended).await
+                }
                 Err((_, message)) => {
-                    let reporter = Reporter::new(status, Some(&pod));
                     reporter
                         .say(serde_json::json!({"event": "retry", "message": message}), &format!("not yet: {message}"));
-                    return (place, ExitCode::Failure);
+                    ExitCode::Failure
                 }
-            };
-            let reporter = Reporter::new(status, Some(&pod));
-            reporter.say(serde_json::json!({"event": "joined"}), "session open on this pod");
-            let delivery = Arc::new(Delivery {
-                client,
-                session_id: plan.session_id.clone(),
-                clients: Clients::default(),
-                status: reporter.clone(),
-                config,
-                local_host: args.local_host,
-                copies: Arc::new(tokio::sync::Semaphore::new(crate::deliver::MAX_COPIES_IN_FLIGHT)),
-            });
-            let code = serve(events, delivery, reporter, requests, async move {
-                let _ = ended.wait_for(|s| *s).await;
-            })
-            .await;
-            (place, code)
+            }
         });
     }
 
@@ -312,40 +291,30 @@ impl Fleet {
                 event = next_event(&mut pods), if !stopping => {
                     let (Some(w), Some(event)) = (&watch, event) else { continue };
                     use kube::runtime::watcher::Event;
-                    let (seen, gone) = match event {
-                        Ok(Event::Apply(pod) | Event::InitApply(pod)) => (cluster::TargetPod::of(&pod).or_else(|| {
-                            pod.metadata.name.clone().map(|name| cluster::TargetPod {
-                                name,
-                                injected: false,
-                                opted_in: false,
-                                ready: false,
-                            })
-                        }), None),
-                        Ok(Event::Delete(pod)) => (None, pod.metadata.name.clone()),
-                        Ok(Event::Init | Event::InitDone) => (None, None),
+                    // A pod and whether it can have a session now.
+                    let (name, usable) = match event {
+                        Ok(Event::Apply(pod) | Event::InitApply(pod)) => {
+                            (pod.metadata.name.clone(), cluster::TargetPod::of(&pod).is_some_and(|p| p.injected && p.ready))
+                        }
+                        Ok(Event::Delete(pod)) => (pod.metadata.name.clone(), false),
+                        Ok(Event::Init | Event::InitDone) => (None, false),
                         Err(e) => {
-                            tracing_note(&self.status, &format!("watching the pods of {}: {e}; retrying", w.described));
+                            let message = format!("watching the pods of {}: {e}; retrying", w.described);
+                            self.status.say(&serde_json::json!({"event": "note", "message": message}), &format!("note: {message}"));
                             tokio::time::sleep(RETRY_FIRST).await;
-                            (None, None)
+                            (None, false)
                         }
                     };
-                    if let Some(pod) = seen {
-                        if pod.injected && pod.ready {
-                            ready.entry(pod.name.clone()).or_insert(RETRY_FIRST);
-                            if !self.open.contains_key(&pod.name) {
-                                waiting_said = false;
-                                self.join(&w.cluster, pod.name.clone(), Duration::ZERO);
-                                self.status.pods(self.open.len());
-                            }
-                        } else if ready.remove(&pod.name).is_some() {
-                            // Going (terminating, not ready): its session ends quietly.
-                            if let Some(end) = self.open.get(&pod.name) {
-                                let _ = end.send(true);
-                            }
+                    let Some(name) = name else { continue };
+                    if usable {
+                        ready.entry(name.clone()).or_insert(RETRY_FIRST);
+                        if !self.open.contains_key(&name) {
+                            waiting_said = false;
+                            self.join(&w.cluster, name, Duration::ZERO);
+                            self.status.pods(self.open.len());
                         }
-                    }
-                    if let Some(name) = gone {
-                        ready.remove(&name);
+                    } else if ready.remove(&name).is_some() {
+                        // Going (terminating, not ready, deleted): its session ends quietly.
                         if let Some(end) = self.open.get(&name) {
                             let _ = end.send(true);
                         }
@@ -369,6 +338,31 @@ impl Fleet {
     }
 }
 
+/// Delivers an opened session's traffic to the local app until it ends or
+/// `ended` says to end it.
+async fn deliver(
+    opened: Opened,
+    reporter: Reporter,
+    config: Config,
+    local_host: IpAddr,
+    mut ended: tokio::sync::watch::Receiver<bool>,
+) -> ExitCode {
+    let (client, events, requests, plan) = opened;
+    let delivery = Arc::new(Delivery {
+        client,
+        session_id: plan.session_id,
+        clients: Clients::default(),
+        status: reporter.clone(),
+        config,
+        local_host,
+        copies: Arc::new(tokio::sync::Semaphore::new(crate::deliver::MAX_COPIES_IN_FLIGHT)),
+    });
+    serve(events, delivery, reporter, requests, async move {
+        let _ = ended.wait_for(|s| *s).await;
+    })
+    .await
+}
+
 /// The next event of the pod watch, or never without one.
 async fn next_event<S>(pods: &mut Option<std::pin::Pin<Box<S>>>) -> Option<S::Item>
 where
@@ -378,10 +372,6 @@ where
         Some(stream) => futures::StreamExt::next(stream).await,
         None => std::future::pending().await,
     }
-}
-
-fn tracing_note(status: &Status, message: &str) {
-    status.say(&serde_json::json!({"event": "note", "message": message}), &format!("note: {message}"));
 }
 
 /// Where the sessions go: `--addr`, or every injected pod of the target;
