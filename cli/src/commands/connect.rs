@@ -15,11 +15,13 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Channel, Endpoint};
 
+mod fleet;
+
 use crate::cluster::{self, Access, Cluster, Place};
 use crate::deliver::Delivery;
-use crate::local::Clients;
 use crate::status::{LogFormat, Reporter, Status};
 use crate::ExitCode;
+use fleet::{Fleet, Watch};
 
 /// Flags of `mirrord-cli connect`.
 #[derive(Debug, clap::Args)]
@@ -172,208 +174,6 @@ async fn stop_app(app: &mut tokio::process::Child) {
     }
 }
 
-/// The sessions of one `connect`, one per pod (or the one of `--addr`).
-struct Fleet {
-    status: Arc<Status>,
-    config: Config,
-    config_json: String,
-    args: Arc<ConnectArgs>,
-    /// Each session to its end: (where, how it ended).
-    running: tokio::task::JoinSet<(Place, ExitCode)>,
-    /// Pods with a session, and how to end each.
-    open: std::collections::HashMap<String, tokio::sync::watch::Sender<bool>>,
-}
-
-/// What `connect` follows while its sessions run: the target's pods.
-struct Watch {
-    cluster: Cluster,
-    selector: cluster::PodSelector,
-    described: String,
-}
-
-/// How long a pod whose port-forward broke waits before it is tried again,
-/// doubling up to [`RETRY_MAX`].
-const RETRY_FIRST: Duration = Duration::from_millis(250);
-const RETRY_MAX: Duration = Duration::from_secs(5);
-
-impl Fleet {
-    /// Registers a session's end signal and a task that runs it: what
-    /// `task` returns when told to end (or on its own) is its end.
-    fn spawn<F>(&mut self, place: Place, task: impl FnOnce(tokio::sync::watch::Receiver<bool>) -> F)
-    where
-        F: std::future::Future<Output = ExitCode> + Send + 'static,
-    {
-        let (end, ended) = tokio::sync::watch::channel(false);
-        self.open.insert(place.label(), end);
-        let session = task(ended);
-        self.running.spawn(async move { (place, session.await) });
-    }
-
-    /// Runs an opened session until it ends or is told to.
-    fn serve(&mut self, place: Place, opened: Opened) {
-        let reporter = Reporter::new(self.status.clone(), place.pod());
-        let (config, local_host) = (self.config.clone(), self.args.local_host);
-        self.spawn(place, |ended| deliver(opened, reporter, config, local_host, ended));
-    }
-
-    /// Opens a session on a pod that appeared (or whose port-forward broke),
-    /// after `delay`, and serves it.
-    fn join(&mut self, cluster: &Cluster, pod: String, delay: Duration) {
-        let place = Place::Pod { cluster: cluster.clone(), pod: pod.clone() };
-        let (args, json, config) = (self.args.clone(), self.config_json.clone(), self.config.clone());
-        let reporter = Reporter::new(self.status.clone(), Some(&pod));
-        self.spawn(place.clone(), |mut ended| async move {
-            tokio::select! {
-                () = tokio::time::sleep(delay) => {}
-                _ = ended.wait_for(|s| *s) => return ExitCode::Ok,
-            }
-            match open(&place, &args, json).await {
-                Ok(opened) => {
-                    reporter.say(serde_json::json!({"event": "joined"}), "session open on this pod");
-                    deliver(opened, reporter, config, args.local_host, ended).await
-                }
-                Err((_, message)) => {
-                    reporter
-                        .say(serde_json::json!({"event": "retry", "message": message}), &format!("not yet: {message}"));
-                    ExitCode::Failure
-                }
-            }
-        });
-    }
-
-    async fn run(mut self, stop: impl std::future::Future<Output = ()>, watch: Option<Watch>) -> ExitCode {
-        tokio::pin!(stop);
-        let (mut code, mut stopping) = (ExitCode::Ok, false);
-        let mut ticker = tokio::time::interval(Duration::from_millis(500));
-        let mut pods = watch.as_ref().map(|w| Box::pin(w.cluster.watch(&w.selector)));
-        // Pods that are there and ready, and how long each waits before a retry.
-        let mut ready: std::collections::HashMap<String, Duration> = std::collections::HashMap::new();
-        for pod in self.open.keys() {
-            ready.insert(pod.clone(), RETRY_FIRST);
-        }
-        let mut waiting_said = false;
-        loop {
-            tokio::select! {
-                ended = self.running.join_next(), if !self.running.is_empty() => match ended {
-                    Some(Ok((place, ended_with))) => {
-                        let label = place.label();
-                        self.open.remove(&label);
-                        match (&watch, place.pod()) {
-                            // --addr: its end is the end.
-                            (None, _) | (_, None) if ended_with != ExitCode::Ok => code = ended_with,
-                            (None, _) | (_, None) => {}
-                            (Some(w), Some(pod)) if !stopping => {
-                                if let Some(delay) = ready.get_mut(pod) {
-                                    // Still there: its port-forward or tunnel broke; again, later.
-                                    let wait = *delay;
-                                    *delay = (*delay * 2).min(RETRY_MAX);
-                                    self.join(&w.cluster, pod.to_owned(), wait);
-                                } else {
-                                    Reporter::new(self.status.clone(), Some(pod))
-                                        .say(serde_json::json!({"event": "left"}), "the pod is gone; its session ended");
-                                }
-                                self.status.pods(self.open.len());
-                            }
-                            _ => {}
-                        }
-                        if watch.is_some() && self.open.is_empty() && !stopping && !waiting_said {
-                            waiting_said = true;
-                            let described = watch.as_ref().map(|w| w.described.as_str()).unwrap_or_default();
-                            self.status.say(
-                                &serde_json::json!({"event": "waiting"}),
-                                &format!("no pod of {described} has a session: waiting for one (Ctrl-C to end)"),
-                            );
-                        }
-                    }
-                    Some(Err(_)) => code = ExitCode::Failure,
-                    None => {}
-                },
-                event = next_event(&mut pods), if !stopping => {
-                    let (Some(w), Some(event)) = (&watch, event) else { continue };
-                    use kube::runtime::watcher::Event;
-                    // A pod and whether it can have a session now.
-                    let (name, usable) = match event {
-                        Ok(Event::Apply(pod) | Event::InitApply(pod)) => {
-                            (pod.metadata.name.clone(), cluster::TargetPod::of(&pod).is_some_and(|p| p.injected && p.ready))
-                        }
-                        Ok(Event::Delete(pod)) => (pod.metadata.name.clone(), false),
-                        Ok(Event::Init | Event::InitDone) => (None, false),
-                        Err(e) => {
-                            let message = format!("watching the pods of {}: {e}; retrying", w.described);
-                            self.status.say(&serde_json::json!({"event": "note", "message": message}), &format!("note: {message}"));
-                            tokio::time::sleep(RETRY_FIRST).await;
-                            (None, false)
-                        }
-                    };
-                    let Some(name) = name else { continue };
-                    if usable {
-                        ready.entry(name.clone()).or_insert(RETRY_FIRST);
-                        if !self.open.contains_key(&name) {
-                            waiting_said = false;
-                            self.join(&w.cluster, name, Duration::ZERO);
-                            self.status.pods(self.open.len());
-                        }
-                    } else if ready.remove(&name).is_some() {
-                        // Going (terminating, not ready, deleted): its session ends quietly.
-                        if let Some(end) = self.open.get(&name) {
-                            let _ = end.send(true);
-                        }
-                    }
-                },
-                _ = ticker.tick() => self.status.redraw(),
-                () = &mut stop, if !stopping => {
-                    stopping = true;
-                    for end in self.open.values() {
-                        let _ = end.send(true);
-                    }
-                }
-            }
-            // Done when every session has ended and nothing brings another:
-            // Ctrl-C, or the one sidecar of --addr.
-            if self.running.is_empty() && (stopping || watch.is_none()) {
-                break;
-            }
-        }
-        code
-    }
-}
-
-/// Delivers an opened session's traffic to the local app until it ends or
-/// `ended` says to end it.
-async fn deliver(
-    opened: Opened,
-    reporter: Reporter,
-    config: Config,
-    local_host: IpAddr,
-    mut ended: tokio::sync::watch::Receiver<bool>,
-) -> ExitCode {
-    let (client, events, requests, plan) = opened;
-    let delivery = Arc::new(Delivery {
-        client,
-        session_id: plan.session_id,
-        clients: Clients::default(),
-        status: reporter.clone(),
-        config,
-        local_host,
-        copies: Arc::new(tokio::sync::Semaphore::new(crate::deliver::MAX_COPIES_IN_FLIGHT)),
-    });
-    serve(events, delivery, reporter, requests, async move {
-        let _ = ended.wait_for(|s| *s).await;
-    })
-    .await
-}
-
-/// The next event of the pod watch, or never without one.
-async fn next_event<S>(pods: &mut Option<std::pin::Pin<Box<S>>>) -> Option<S::Item>
-where
-    S: futures::Stream,
-{
-    match pods {
-        Some(stream) => futures::StreamExt::next(stream).await,
-        None => std::future::pending().await,
-    }
-}
-
 /// Where the sessions go: `--addr`, or every injected pod of the target;
 /// and how they are described ("127.0.0.1:18010", "3 pods of deployment/api").
 async fn places(
@@ -477,7 +277,8 @@ fn load_config(path: Option<&std::path::Path>) -> Result<(Config, String), mirro
     Ok((loaded.config, loaded.json))
 }
 
-type Opened = (TunnelClient<Channel>, tonic::Streaming<proto::SessionEvent>, mpsc::Sender<SessionRequest>, proto::Plan);
+pub(super) type Opened =
+    (TunnelClient<Channel>, tonic::Streaming<proto::SessionEvent>, mpsc::Sender<SessionRequest>, proto::Plan);
 
 /// Connects, says Hello, and waits for the plan. `Err` is the exit code and
 /// what to print.
