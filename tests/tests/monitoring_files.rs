@@ -104,7 +104,7 @@ fn dashboards_are_what_the_generator_writes() {
 }
 
 /// Every query of a dashboard (panel targets and variable queries).
-pub fn dashboard_queries(board: &serde_json::Value) -> Vec<String> {
+fn dashboard_queries(board: &serde_json::Value) -> Vec<String> {
     let mut out: Vec<String> = board["panels"]
         .as_array()
         .unwrap()

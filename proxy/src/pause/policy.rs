@@ -121,10 +121,6 @@ impl<T: ProcessTable> Policy<T> {
         self.stopped.len()
     }
 
-    pub fn holders(&self) -> &[u64] {
-        &self.holders
-    }
-
     pub fn table(&mut self) -> &mut T {
         &mut self.table
     }
