@@ -1,11 +1,14 @@
 use clap::{Parser, Subcommand};
 use mirrord_cli::commands::config::{self, ConfigCommand};
 use mirrord_cli::commands::connect::{self, ConnectArgs};
+use mirrord_cli::commands::{inject, status};
 
 /// mirrord: run your local process as part of a Kubernetes service.
 ///
 /// Exit codes: 0 success, 1 run-time failure (sidecar unreachable, tunnel
-/// lost), 2 invalid config or flags, 3 session refused by the sidecar.
+/// lost, a rollout that failed), 2 invalid config or flags, 3 session
+/// refused by the sidecar, 4 target unusable (not found, not injected, no
+/// session token), 5 Kubernetes API unusable (credentials, RBAC).
 #[derive(Debug, Parser)]
 #[command(name = "mirrord-cli", version)]
 struct Cli {
@@ -22,6 +25,22 @@ enum Command {
     Connect(Box<ConnectArgs>),
     /// mirrord end to end on this machine: a sidecar, a session, two apps.
     Demo,
+    /// Opt a workload's pods (or a namespace) in to the sidecar; makes the
+    /// namespace's session token when missing.
+    Inject(Box<inject::InjectArgs>),
+    /// Opt a workload's pods (or a namespace) out again.
+    Uninject(Box<inject::UninjectArgs>),
+    /// The pods of a target (or namespace) and what their sidecars are doing.
+    Status(Box<status::StatusArgs>),
+    /// The namespace's session token.
+    #[command(subcommand)]
+    Token(TokenCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum TokenCommand {
+    /// A new token (made when missing); sessions already open stay open.
+    Rotate(inject::TokenArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -35,15 +54,21 @@ fn main() -> std::process::ExitCode {
     };
     let code = match cli.command {
         Command::Config(cmd) => config::run(&cmd, &mut std::io::stdout(), &mut std::io::stderr()),
-        Command::Connect(args) => block_on(connect::run(*args, ctrl_c())),
-        Command::Demo => block_on(mirrord_cli::commands::demo::run()),
+        Command::Connect(args) => block_on(|| connect::run(*args, ctrl_c())),
+        Command::Demo => block_on(mirrord_cli::commands::demo::run),
+        Command::Inject(args) => block_on(|| inject::inject(*args)),
+        Command::Uninject(args) => block_on(|| inject::uninject(*args)),
+        Command::Status(args) => block_on(|| status::run(*args)),
+        Command::Token(TokenCommand::Rotate(args)) => block_on(|| inject::rotate(args)),
     };
     std::process::ExitCode::from(code.code())
 }
 
-fn block_on(task: impl std::future::Future<Output = mirrord_cli::ExitCode>) -> mirrord_cli::ExitCode {
+/// Runs the task made by `make` (inside the runtime, so that what it sets up
+/// at once, such as signal handlers, can be).
+fn block_on<F: std::future::Future<Output = mirrord_cli::ExitCode>>(make: impl FnOnce() -> F) -> mirrord_cli::ExitCode {
     match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
-        Ok(rt) => rt.block_on(task),
+        Ok(rt) => rt.block_on(async move { make().await }),
         Err(e) => {
             eprintln!("error: cannot start the runtime: {e}");
             mirrord_cli::ExitCode::Failure
@@ -51,18 +76,28 @@ fn block_on(task: impl std::future::Future<Output = mirrord_cli::ExitCode>) -> m
     }
 }
 
-/// Ctrl-C or SIGTERM.
-async fn ctrl_c() {
+/// Ctrl-C or SIGTERM. The handlers are installed when this is called, not
+/// when the future is first polled: a Ctrl-C right after the session opened
+/// must end it cleanly, not kill the process.
+fn ctrl_c() -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{signal, SignalKind};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
+    let interrupt = signal(SignalKind::interrupt());
+    let terminate = signal(SignalKind::terminate());
+    async move {
+        match (interrupt, terminate) {
+            (Ok(mut int), Ok(mut term)) => {
+                tokio::select! {
+                    _ = int.recv() => {}
+                    _ = term.recv() => {}
+                }
             }
-        }
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
+            (Ok(mut int), Err(_)) => {
+                int.recv().await;
+            }
+            (Err(_), Ok(mut term)) => {
+                term.recv().await;
+            }
+            (Err(_), Err(_)) => std::future::pending().await,
         }
     }
 }

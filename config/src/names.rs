@@ -44,3 +44,16 @@ pub const ENV_APP_CONTAINERS: &str = "MIRRORD_APP_CONTAINERS";
 pub const ENV_LOG: &str = "MIRRORD_LOG";
 /// Environment variable: log format, `text` or `json`.
 pub const ENV_LOG_FORMAT: &str = "MIRRORD_LOG_FORMAT";
+
+/// The Secret (one per namespace) holding the token sessions present to the
+/// sidecars of that namespace. `mirrord-cli inject` creates it; the injector
+/// mounts it into every sidecar (optional: pods start without it, and then
+/// refuse sessions until it exists).
+pub const TOKEN_SECRET: &str = "mirrord-session-token";
+/// The Secret's key holding the token.
+pub const TOKEN_KEY: &str = "token";
+/// Where the sidecar sees the Secret (a read-only volume).
+pub const TOKEN_DIR: &str = "/var/run/secrets/mirrord";
+/// The token file the sidecar reads at every session open, so that a rotated
+/// Secret takes effect without a restart.
+pub const TOKEN_FILE: &str = "/var/run/secrets/mirrord/token";

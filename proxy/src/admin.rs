@@ -1,4 +1,6 @@
-//! The admin server: `/live`, `/ready` and `/metrics` for kubelet and Prometheus.
+//! The admin server: `/live`, `/ready` and `/metrics` for kubelet and
+//! Prometheus, and `/status` (sessions and pause, as JSON) for
+//! `mirrord-cli status`.
 
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -22,6 +24,8 @@ pub struct Admin {
     pub metrics: Arc<Metrics>,
     /// True once the proxy listens, false again while it drains.
     pub ready: AtomicBool,
+    pub sessions: Arc<crate::session::Sessions>,
+    pub pause: Arc<crate::pause::Pause>,
 }
 
 impl Admin {
@@ -35,15 +39,55 @@ impl Admin {
             (&Method::GET, "/metrics") => {
                 (StatusCode::OK, "application/openmetrics-text; version=1.0.0; charset=utf-8", self.metrics.render())
             }
-            (_, "/live" | "/ready" | "/metrics") => {
+            (&Method::GET, "/status") => (StatusCode::OK, "application/json", self.status().to_string()),
+            (_, "/live" | "/ready" | "/metrics" | "/status") => {
                 (StatusCode::METHOD_NOT_ALLOWED, "text/plain", "expected GET\n".to_owned())
             }
-            _ => (StatusCode::NOT_FOUND, "text/plain", "not found: expected /live, /ready or /metrics\n".to_owned()),
+            _ => (
+                StatusCode::NOT_FOUND,
+                "text/plain",
+                "not found: expected /live, /ready, /metrics or /status\n".to_owned(),
+            ),
         };
         let mut resp = Response::new(Full::new(Bytes::from(body)));
+        // Session names and filters are the cluster's business, not a cache's.
+        resp.headers_mut().insert(header::CACHE_CONTROL, header::HeaderValue::from_static("no-store"));
         *resp.status_mut() = status;
         resp.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static(content_type));
         resp
+    }
+}
+
+impl Admin {
+    /// The sidecar's version, its sessions (name, mode, filter, since,
+    /// counts) and the pause, read by `mirrord-cli status`. Nothing secret:
+    /// no session ids, no tokens.
+    pub fn status(&self) -> serde_json::Value {
+        use std::sync::atomic::Ordering::Relaxed;
+        let now = std::time::SystemTime::now();
+        let sessions: Vec<serde_json::Value> = self
+            .sessions
+            .snapshot()
+            .iter()
+            .map(|s| {
+                let since = s.opened.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+                serde_json::json!({
+                    "name": s.name,
+                    "config": s.config.to_string(),
+                    "pause": s.config.pause,
+                    "since_unix": since,
+                    "open_seconds": now.duration_since(s.opened).map(|d| d.as_secs()).unwrap_or(0),
+                    "stolen": s.stolen.load(Relaxed),
+                    "mirrored": s.mirrored.load(Relaxed),
+                })
+            })
+            .collect();
+        serde_json::json!({
+            "version": env!("CARGO_PKG_VERSION"),
+            "ready": self.ready.load(Ordering::Relaxed),
+            "sessions": sessions,
+            "pause": self.pause.status(),
+        })
     }
 }
 

@@ -67,8 +67,10 @@ pub struct RunArgs {
     /// reach it through the Kubernetes port-forward.
     #[arg(long, value_name = "ADDR", default_value_t = SocketAddr::from(([127, 0, 0, 1], TUNNEL_PORT)))]
     pub tunnel: SocketAddr,
-    /// File holding a token that sessions must present (every container of
-    /// the pod shares the tunnel's loopback).
+    /// File holding the token sessions must present (every container of the
+    /// pod shares the tunnel's loopback). Read at every session open, so a
+    /// rotated token takes effect at once; while the file is missing or
+    /// empty, sessions are refused.
     #[arg(long, value_name = "PATH")]
     pub token_file: Option<std::path::PathBuf>,
     /// The pod ports the init container redirects (for session plans and
@@ -103,10 +105,6 @@ pub enum Error {
     Bind { addr: SocketAddr, error: std::io::Error },
     #[error("--max-header-size {0} is too small: expected at least 1024 bytes")]
     HeaderSize(usize),
-    #[error("cannot read --token-file {path}: {error}")]
-    Token { path: std::path::PathBuf, error: std::io::Error },
-    #[error("--token-file {0} is empty: expected a token")]
-    EmptyToken(std::path::PathBuf),
 }
 
 /// A sidecar whose sockets are bound; [`Running::serve`] runs it.
@@ -142,7 +140,7 @@ impl Running {
         };
         let tunnel = Tunnel {
             sessions: sessions.clone(),
-            token: read_token(args)?,
+            token: token_file(args),
             metrics: metrics.clone(),
             pause: pause.clone(),
         };
@@ -163,7 +161,7 @@ impl Running {
             metrics: metrics.clone(),
             pause: pause.clone(),
         };
-        let admin = Admin { metrics, ready: false.into() };
+        let admin = Admin { metrics, ready: false.into(), sessions: tunnel.sessions.clone(), pause: pause.clone() };
         Ok(Running {
             listeners,
             admin_listener,
@@ -248,14 +246,12 @@ async fn serve_tunnel(listener: TcpListener, tunnel: Tunnel, stop: impl Future<O
     }
 }
 
-fn read_token(args: &RunArgs) -> Result<Option<Arc<str>>, Error> {
-    let Some(path) = &args.token_file else { return Ok(None) };
-    let text = std::fs::read_to_string(path).map_err(|error| Error::Token { path: path.clone(), error })?;
-    let token = text.trim();
-    if token.is_empty() {
-        return Err(Error::EmptyToken(path.clone()));
+fn token_file(args: &RunArgs) -> Option<crate::secret::TokenFile> {
+    let file = crate::secret::TokenFile(args.token_file.clone()?);
+    if let Err(e @ crate::secret::TokenError::Missing { .. }) = file.check("") {
+        warn!("sessions are refused until the token exists: {e}");
     }
-    Ok(Some(Arc::from(token)))
+    Some(file)
 }
 
 /// Binds the inbound addresses. With none given, binds the redirect port on

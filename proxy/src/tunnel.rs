@@ -30,8 +30,8 @@ const SETTLE: std::time::Duration = std::time::Duration::from_secs(2);
 #[derive(Debug, Clone)]
 pub struct Tunnel {
     pub sessions: Arc<Sessions>,
-    /// Sessions must present this token when set.
-    pub token: Option<Arc<str>>,
+    /// Sessions must present the token in this file when set.
+    pub token: Option<crate::secret::TokenFile>,
     pub metrics: Arc<Metrics>,
     pub pause: Arc<Pause>,
 }
@@ -190,12 +190,16 @@ impl proto::tunnel_server::Tunnel for Tunnel {
 
 impl Tunnel {
     fn check_token(&self, presented: &str) -> Result<(), Status> {
-        match &self.token {
-            Some(token) if !crate::secret::constant_time_eq(token.as_bytes(), presented.as_bytes()) => {
-                Err(Status::unauthenticated("this sidecar requires a session token, and the one given does not match"))
+        use crate::secret::TokenError;
+        let Some(file) = &self.token else { return Ok(()) };
+        file.check(presented).map_err(|e| {
+            tracing::warn!("session refused: {e}");
+            match e {
+                TokenError::Mismatch => Status::unauthenticated(e.to_string()),
+                TokenError::Missing { .. } => Status::failed_precondition(e.to_string()),
+                TokenError::Unreadable { .. } => Status::internal(e.to_string()),
             }
-            _ => Ok(()),
-        }
+        })
     }
 }
 

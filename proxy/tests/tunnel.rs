@@ -51,6 +51,8 @@ impl tower_service::Service<Uri> for Duplex {
 struct Fixture {
     client: TunnelClient<Channel>,
     sessions: Arc<Sessions>,
+    /// Holds the token file.
+    _dir: tempfile::TempDir,
 }
 
 async fn fixture(known: &str, token: Option<&str>) -> Fixture {
@@ -58,13 +60,19 @@ async fn fixture(known: &str, token: Option<&str>) -> Fixture {
     let metrics = Arc::new(Metrics::default());
     let pause =
         Pause::disabled("pausing is disabled on this pod (annotation mirrord.dev/pause: disabled)", metrics.clone());
-    let tunnel = Tunnel { sessions: sessions.clone(), token: token.map(Arc::from), metrics, pause };
+    let dir = tempfile::tempdir().unwrap();
+    let token = token.map(|t| {
+        let path = dir.path().join("token");
+        std::fs::write(&path, t).unwrap();
+        mirrord_proxy::secret::TokenFile(path)
+    });
+    let tunnel = Tunnel { sessions: sessions.clone(), token, metrics, pause };
     let (tx, rx) = mpsc::unbounded_channel();
     let incoming =
         tokio_stream::StreamExt::map(tokio_stream::wrappers::UnboundedReceiverStream::new(rx), Ok::<_, std::io::Error>);
     tokio::spawn(tonic::transport::Server::builder().serve_with_incoming(TunnelServer::new(tunnel), incoming));
     let channel = Endpoint::try_from("http://tunnel.test").unwrap().connect_with_connector(Duplex(tx)).await.unwrap();
-    Fixture { client: TunnelClient::new(channel), sessions }
+    Fixture { client: TunnelClient::new(channel), sessions, _dir: dir }
 }
 
 fn hello(config: &str, token: &str, version: u32) -> proto::SessionRequest {

@@ -30,8 +30,11 @@ use tokio_tungstenite::tungstenite::protocol::{Message, Role};
 use tokio_tungstenite::WebSocketStream;
 
 /// The resources served, with their API group path.
-const RESOURCES: [(&str, &str, &str); 5] = [
+const RESOURCES: [(&str, &str, &str); 8] = [
     ("pods", "/api/v1", "Pod"),
+    ("secrets", "/api/v1", "Secret"),
+    ("events", "/api/v1", "Event"),
+    ("namespaces", "/api/v1", "Namespace"),
     ("services", "/api/v1", "Service"),
     ("deployments", "/apis/apps/v1", "Deployment"),
     ("statefulsets", "/apis/apps/v1", "StatefulSet"),
@@ -54,6 +57,13 @@ struct State {
     /// (verb, resource) pairs answered 403, as RBAC would without a grant;
     /// verbs as Kubernetes names them (get, list, watch, create).
     denied: Vec<(String, String)>,
+    /// The role every request is checked against, when set.
+    rules: Option<Vec<Rule>>,
+    /// Requests answered 403, as "VERB PATH".
+    forbidden: Vec<String>,
+    /// Pods of rollouts are admitted through this webhook; without one,
+    /// changing a template rolls nothing out.
+    webhook: Option<Webhook>,
 }
 
 /// Told the version of every change, for watches.
@@ -110,7 +120,7 @@ impl ApiServer {
                             let Ok(tls) = acceptor.accept(tcp).await else { return };
                             let svc = hyper::service::service_fn(move |req| {
                                 let (state, token, changes) = (state.clone(), token.clone(), changes.clone());
-                                async move { Ok::<_, std::convert::Infallible>(handle(req, &state, &token, &changes)) }
+                                async move { Ok::<_, std::convert::Infallible>(handle(req, &state, &token, &changes).await) }
                             });
                             let _ = hyper::server::conn::http1::Builder::new()
                                 .serve_connection(TokioIo::new(tls), svc)
@@ -146,7 +156,10 @@ impl ApiServer {
     pub fn put(&self, object: Value) {
         let kind = object["kind"].as_str().expect("kind");
         let resource = RESOURCES.iter().find(|(_, _, k)| *k == kind).map(|(r, _, _)| *r).expect("a served kind");
-        let ns = object["metadata"]["namespace"].as_str().expect("namespace").to_owned();
+        let ns = match kind {
+            "Namespace" => String::new(),
+            _ => object["metadata"]["namespace"].as_str().expect("namespace").to_owned(),
+        };
         let name = object["metadata"]["name"].as_str().expect("name").to_owned();
         let mut state = self.state.lock().expect("state");
         state.version += 1;
@@ -188,10 +201,61 @@ impl ApiServer {
         self.state.lock().expect("state").denied.push((verb.to_owned(), resource.to_owned()));
     }
 
+    /// From now on, answers 403 to every request the role's rules do not
+    /// grant, as RBAC does for a user bound to that role alone.
+    pub fn enforce(&self, rules: Vec<Rule>) {
+        self.state.lock().expect("state").rules = Some(rules);
+    }
+
+    /// From now on, a changed pod template rolls out (see [`roll_out`]),
+    /// each new pod admitted through `webhook`.
+    pub fn admit_with(&self, webhook: Webhook) {
+        self.state.lock().expect("state").webhook = Some(webhook);
+    }
+
+    /// The object `kind`/`name` in `namespace` ("" for cluster-scoped), as stored.
+    pub fn get(&self, kind: &str, namespace: &str, name: &str) -> Option<Value> {
+        let resource = RESOURCES.iter().find(|(_, _, k)| *k == kind).map(|(r, _, _)| *r).expect("a served kind");
+        self.state
+            .lock()
+            .expect("state")
+            .objects
+            .get(&(resource.to_owned(), namespace.to_owned(), name.to_owned()))
+            .cloned()
+    }
+
+    /// The objects of `kind` in `namespace`.
+    pub fn list(&self, kind: &str, namespace: &str) -> Vec<Value> {
+        let resource = RESOURCES.iter().find(|(_, _, k)| *k == kind).map(|(r, _, _)| *r).expect("a served kind");
+        let st = self.state.lock().expect("state");
+        st.objects.iter().filter(|((r, n, _), _)| r == resource && n == namespace).map(|(_, o)| o.clone()).collect()
+    }
+
     /// Every request so far as RBAC authorizes it: (API group, resource,
     /// verb), e.g. ("", "pods/portforward", "create").
     pub fn authorized(&self) -> Vec<(String, String, String)> {
         self.state.lock().expect("state").authorized.clone()
+    }
+
+    /// The requests answered 403 so far, as "VERB PATH".
+    pub fn forbidden(&self) -> Vec<String> {
+        self.state.lock().expect("state").forbidden.clone()
+    }
+
+    /// The rules of the ClusterRoles in `manifests/rbac/developer.yaml`
+    /// named `names`.
+    pub fn roles(names: &[&str]) -> Vec<Rule> {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../manifests/rbac/developer.yaml");
+        let text = std::fs::read_to_string(path).expect("developer.yaml");
+        let mut rules = Vec::new();
+        for doc in text.split("\n---\n") {
+            let role: Value = serde_yaml::from_str(doc).expect("YAML");
+            if role["kind"] == "ClusterRole" && names.iter().any(|n| role["metadata"]["name"] == *n) {
+                rules.extend(Rule::of_role(&role));
+            }
+        }
+        assert!(!rules.is_empty(), "no ClusterRole {names:?} in developer.yaml");
+        rules
     }
 
     /// The requests served so far, as "VERB PATH".
@@ -260,6 +324,15 @@ pub fn workload(kind: &str, namespace: &str, name: &str, labels: &Value) -> Valu
         "metadata": {"name": name, "namespace": namespace},
         "spec": {"selector": {"matchLabels": labels},
                  "template": {"metadata": {"labels": labels}, "spec": {"containers": [{"name": "app", "image": "app:1"}]}}}
+    })
+}
+
+/// The namespace's session token Secret, as `mirrord-cli inject` makes it.
+pub fn token_secret(namespace: &str, token: &str) -> Value {
+    json!({
+        "apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+        "metadata": {"name": mirrord_config::names::TOKEN_SECRET, "namespace": namespace},
+        "data": {mirrord_config::names::TOKEN_KEY: mirrord_injector::review::base64(token.as_bytes())}
     })
 }
 
@@ -338,7 +411,47 @@ fn selected(q: &HashMap<String, String>, object: &Value) -> bool {
     matches(labels, &object["metadata"]["labels"]) && name.is_none_or(|n| object["metadata"]["name"] == n)
 }
 
-fn handle(req: Request<Incoming>, state: &Arc<Mutex<State>>, token: &str, changes: &Changes) -> Response<Body> {
+/// A rule of a (Cluster)Role, as RBAC evaluates it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rule {
+    pub groups: Vec<String>,
+    pub resources: Vec<String>,
+    pub verbs: Vec<String>,
+    /// Empty: every name.
+    pub names: Vec<String>,
+}
+
+impl Rule {
+    /// The rules of a ClusterRole or Role object.
+    pub fn of_role(role: &Value) -> Vec<Rule> {
+        let list = |r: &Value, key: &str| -> Vec<String> {
+            r[key].as_array().into_iter().flatten().filter_map(Value::as_str).map(str::to_owned).collect()
+        };
+        role["rules"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|r| Rule {
+                groups: list(r, "apiGroups"),
+                resources: list(r, "resources"),
+                verbs: list(r, "verbs"),
+                names: list(r, "resourceNames"),
+            })
+            .collect()
+    }
+
+    /// Whether this rule grants `verb` on `resource` (as `pods/portforward`)
+    /// in API group `group`, on the object `name` when the request names one.
+    pub fn allows(&self, group: &str, resource: &str, verb: &str, name: Option<&str>) -> bool {
+        let has = |list: &[String], v: &str| list.iter().any(|x| x == "*" || x == v);
+        has(&self.groups, group)
+            && has(&self.resources, resource)
+            && has(&self.verbs, verb)
+            && (self.names.is_empty() || name.is_some_and(|n| self.names.iter().any(|x| x == n)))
+    }
+}
+
+async fn handle(req: Request<Incoming>, state: &Arc<Mutex<State>>, token: &str, changes: &Changes) -> Response<Body> {
     let path = req.uri().path().to_owned();
     let verb = req.method().as_str().to_owned();
     state.lock().expect("state").log.push(format!("{verb} {path}"));
@@ -350,16 +463,26 @@ fn handle(req: Request<Incoming>, state: &Arc<Mutex<State>>, token: &str, change
     if !authorized {
         return status(StatusCode::UNAUTHORIZED, "Unauthorized", "Unauthorized");
     }
-    // /api/v1/namespaces/NS/RESOURCE[/NAME[/SUB]] or /apis/apps/v1/namespaces/...
-    let (prefix, rest) = match path.split_once("/namespaces/") {
-        Some(split) => split,
-        None => return status(StatusCode::NOT_FOUND, "NotFound", &format!("the server could not find {path}")),
-    };
-    let parts: Vec<&str> = rest.split('/').collect();
-    let (ns, resource) = match parts.as_slice() {
-        [ns, resource, ..] => (*ns, *resource),
-        _ => return status(StatusCode::NOT_FOUND, "NotFound", &format!("the server could not find {path}")),
-    };
+    let not_found = || status(StatusCode::NOT_FOUND, "NotFound", &format!("the server could not find {path}"));
+    // /api/v1/namespaces[/NAME] (cluster-scoped), or
+    // /api/v1/namespaces/NS/RESOURCE[/NAME[/SUB]], /apis/apps/v1/namespaces/...
+    let (prefix, ns, resource, parts): (&str, &str, &str, Vec<&str>) =
+        if let Some(rest) = path.strip_prefix("/api/v1/namespaces").filter(|r| r.is_empty() || !r[1..].contains('/')) {
+            let name = rest.trim_start_matches('/');
+            (
+                "/api/v1",
+                "",
+                "namespaces",
+                if name.is_empty() { vec!["", "namespaces"] } else { vec!["", "namespaces", name] },
+            )
+        } else {
+            let Some((prefix, rest)) = path.split_once("/namespaces/") else { return not_found() };
+            let parts: Vec<&str> = rest.split('/').collect();
+            match parts.as_slice() {
+                [ns, resource, ..] => (prefix, *ns, *resource, parts.clone()),
+                _ => return not_found(),
+            }
+        };
     let Some((_, group, kind)) = RESOURCES.iter().find(|(r, g, _)| *r == resource && *g == prefix) else {
         return status(
             StatusCode::NOT_FOUND,
@@ -367,36 +490,54 @@ fn handle(req: Request<Incoming>, state: &Arc<Mutex<State>>, token: &str, change
             &format!("the server could not find the requested resource {path}"),
         );
     };
-    // The verb and resource as RBAC sees them.
+    // The verbs and resource as RBAC sees them. Kubernetes 1.35 authorizes a
+    // WebSocket port-forward (a GET) with both get and create.
     let q = query(&req);
-    let (rbac_verb, rbac_resource) = match (req.method().as_str(), parts.as_slice()) {
-        ("GET", [_, _]) if q.get("watch").is_some_and(|w| w == "true" || w == "1") => ("watch", resource.to_owned()),
-        ("GET", [_, _]) => ("list", resource.to_owned()),
-        ("GET", [_, _, _, sub]) => ("create", format!("{resource}/{sub}")),
-        ("GET", _) => ("get", resource.to_owned()),
-        (other, _) => (if other == "PATCH" { "patch" } else { "create" }, resource.to_owned()),
+    let watching = q.get("watch").is_some_and(|w| w == "true" || w == "1");
+    let (rbac_verbs, rbac_resource): (Vec<&str>, String) = match (req.method().as_str(), parts.as_slice()) {
+        ("GET", [_, _]) if watching => (vec!["watch"], resource.to_owned()),
+        ("GET", [_, _]) => (vec!["list"], resource.to_owned()),
+        ("GET", [_, _, _, sub]) => (vec!["get", "create"], format!("{resource}/{sub}")),
+        ("GET", _) => (vec!["get"], resource.to_owned()),
+        ("PATCH", _) => (vec!["patch"], resource.to_owned()),
+        ("PUT", _) => (vec!["update"], resource.to_owned()),
+        ("DELETE", _) => (vec!["delete"], resource.to_owned()),
+        (_, _) => (vec!["create"], resource.to_owned()),
     };
     let rbac_group = if prefix == "/api/v1" { "" } else { "apps" };
-    state.lock().expect("state").authorized.push((rbac_group.to_owned(), rbac_resource.clone(), rbac_verb.to_owned()));
-    let denied = state.lock().expect("state").denied.iter().any(|(v, r)| v == rbac_verb && *r == rbac_resource);
-    if denied {
-        let group_name = if prefix == "/api/v1" { "" } else { "apps" };
-        let name = parts.get(2).copied().unwrap_or("");
-        let what = if group_name.is_empty() { rbac_resource.clone() } else { format!("{rbac_resource}.{group_name}") };
-        return status(
-            StatusCode::FORBIDDEN,
-            "Forbidden",
-            &format!(
-                "{what} \"{name}\" is forbidden: User \"developer\" cannot {rbac_verb} resource \"{rbac_resource}\" in API group \"{group_name}\" in the namespace \"{ns}\""
-            ),
-        );
-    }
-    match (req.method().as_str(), parts.as_slice()) {
-        ("GET", [_, _]) if query(&req).get("watch").is_some_and(|w| w == "true" || w == "1") => {
-            watch(query(&req), state, changes, resource, ns)
+    let name = parts.get(2).copied().filter(|n| !n.is_empty());
+    for rbac_verb in rbac_verbs {
+        let mut st = state.lock().expect("state");
+        st.authorized.push((rbac_group.to_owned(), rbac_resource.clone(), rbac_verb.to_owned()));
+        let denied = st.denied.iter().any(|(v, r)| v == rbac_verb && *r == rbac_resource)
+            || st
+                .rules
+                .as_ref()
+                .is_some_and(|rules| !rules.iter().any(|r| r.allows(rbac_group, &rbac_resource, rbac_verb, name)));
+        if denied {
+            st.forbidden.push(format!("{verb} {path}"));
         }
+        drop(st);
+        if denied {
+            let what =
+                if rbac_group.is_empty() { rbac_resource.clone() } else { format!("{rbac_resource}.{rbac_group}") };
+            let scope =
+                if ns.is_empty() { "at the cluster scope".to_owned() } else { format!("in the namespace \"{ns}\"") };
+            return status(
+                StatusCode::FORBIDDEN,
+                "Forbidden",
+                &format!(
+                    "{what} \"{}\" is forbidden: User \"developer\" cannot {rbac_verb} resource \"{rbac_resource}\" in API group \"{rbac_group}\" {scope}",
+                    name.unwrap_or("")
+                ),
+            );
+        }
+    }
+    let content_type =
+        req.headers().get(http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
+    match (req.method().as_str(), parts.as_slice()) {
+        ("GET", [_, _]) if watching => watch(q, state, changes, resource, ns),
         ("GET", [_, _]) => {
-            let q = query(&req);
             let metadata_only = req
                 .headers()
                 .get(http::header::ACCEPT)
@@ -434,8 +575,312 @@ fn handle(req: Request<Incoming>, state: &Arc<Mutex<State>>, token: &str, change
             }
         }
         ("GET", [_, "pods", name, "portforward"]) => portforward(req, state, ns, name),
+        ("POST", [_, _]) => {
+            let Some(mut object) = body_json(req).await else {
+                return status(StatusCode::BAD_REQUEST, "BadRequest", "the body is not a JSON object");
+            };
+            let Some(name) = object["metadata"]["name"].as_str().map(str::to_owned) else {
+                return status(StatusCode::UNPROCESSABLE_ENTITY, "Invalid", "metadata.name: Required value");
+            };
+            if state.lock().expect("state").objects.contains_key(&(resource.to_owned(), ns.to_owned(), name.clone())) {
+                return status(StatusCode::CONFLICT, "AlreadyExists", &format!("{resource} \"{name}\" already exists"));
+            }
+            object["metadata"]["namespace"] = json!(ns);
+            object["metadata"]["uid"] = json!(format!("uid-{resource}-{name}"));
+            record_manager(&mut object, &q, "Update");
+            respond(StatusCode::CREATED, store(state, changes, resource, ns, object))
+        }
+        ("PATCH", [_, _, name]) => {
+            if content_type != "application/merge-patch+json" {
+                return status(
+                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                    "UnsupportedMediaType",
+                    &format!("the stand-in applies merge patches only, not {content_type:?}"),
+                );
+            }
+            let Some(patch) = body_json(req).await else {
+                return status(StatusCode::BAD_REQUEST, "BadRequest", "the body is not a JSON object");
+            };
+            let key = (resource.to_owned(), ns.to_owned(), (*name).to_owned());
+            let Some(before) = state.lock().expect("state").objects.get(&key).cloned() else {
+                return status(StatusCode::NOT_FOUND, "NotFound", &format!("{resource} \"{name}\" not found"));
+            };
+            let mut after = before.clone();
+            merge_patch(&mut after, &patch);
+            if after == before {
+                return respond(StatusCode::OK, before);
+            }
+            record_manager(&mut after, &q, "Update");
+            let template_changed = after["spec"]["template"] != before["spec"]["template"];
+            if after["spec"] != before["spec"] {
+                let generation = before["metadata"]["generation"].as_u64().unwrap_or(1) + 1;
+                after["metadata"]["generation"] = json!(generation);
+            }
+            let stored = store(state, changes, resource, ns, after);
+            let webhook = state.lock().expect("state").webhook.clone();
+            if let (true, Some(webhook)) = (template_changed && group == &"/apis/apps/v1", webhook) {
+                let (state, changes) = (state.clone(), changes.clone());
+                let (resource, ns, name) = (resource.to_owned(), ns.to_owned(), (*name).to_owned());
+                tokio::spawn(async move { roll_out(&state, &changes, &webhook, &resource, &ns, &name).await });
+            }
+            respond(StatusCode::OK, stored)
+        }
         _ => status(StatusCode::METHOD_NOT_ALLOWED, "MethodNotAllowed", &format!("{verb} is not supported on {path}")),
     }
+}
+
+async fn body_json(req: Request<Incoming>) -> Option<Value> {
+    let bytes = req.into_body().collect().await.ok()?.to_bytes();
+    serde_json::from_slice::<Value>(&bytes).ok().filter(Value::is_object)
+}
+
+/// RFC 7386: objects merge key by key, `null` removes, anything else replaces.
+fn merge_patch(target: &mut Value, patch: &Value) {
+    let Some(patch) = patch.as_object() else {
+        *target = patch.clone();
+        return;
+    };
+    if !target.is_object() {
+        *target = json!({});
+    }
+    let object = target.as_object_mut().expect("an object");
+    for (key, value) in patch {
+        if value.is_null() {
+            object.remove(key);
+        } else {
+            merge_patch(object.entry(key.clone()).or_insert(Value::Null), value);
+        }
+    }
+}
+
+/// Notes the request's field manager in `metadata.managedFields`, as the API
+/// server does (without the field set).
+fn record_manager(object: &mut Value, q: &HashMap<String, String>, operation: &str) {
+    let manager = q.get("fieldManager").cloned().unwrap_or_else(|| "unknown".to_owned());
+    let fields = &mut object["metadata"]["managedFields"];
+    if !fields.is_array() {
+        *fields = json!([]);
+    }
+    let list = fields.as_array_mut().expect("an array");
+    list.retain(|m| m["manager"] != manager.as_str());
+    list.push(json!({"manager": manager, "operation": operation, "apiVersion": "v1"}));
+}
+
+/// Stores a created or changed object, tells watches, returns it as stored.
+fn store(state: &Arc<Mutex<State>>, changes: &Changes, resource: &str, ns: &str, mut object: Value) -> Value {
+    let name = object["metadata"]["name"].as_str().unwrap_or_default().to_owned();
+    let mut st = state.lock().expect("state");
+    st.version += 1;
+    let version = st.version;
+    object["metadata"]["resourceVersion"] = json!(version.to_string());
+    if object["metadata"]["generation"].is_null() {
+        object["metadata"]["generation"] = json!(1);
+    }
+    let key = (resource.to_owned(), ns.to_owned(), name);
+    let change = if st.objects.contains_key(&key) { "MODIFIED" } else { "ADDED" };
+    st.objects.insert(key, object.clone());
+    st.history.push((version, resource.to_owned(), ns.to_owned(), change, object.clone()));
+    drop(st);
+    let _ = changes.send(version);
+    object
+}
+
+/// The mutating admission webhook the stand-in calls for every pod it
+/// creates, as an API server does for a MutatingWebhookConfiguration.
+#[derive(Debug, Clone)]
+pub struct Webhook {
+    /// `https://HOST:PORT/PATH`.
+    pub url: String,
+    /// The CA that signed the webhook's certificate (the caBundle).
+    pub ca_file: PathBuf,
+}
+
+/// A rollout as the Deployment (StatefulSet, ReplicaSet) controller and the
+/// kubelet would make it, at once: the old pods go, `replicas` new ones are
+/// made from the template, each admitted through the webhook; then they run,
+/// ready, and the workload's status says so. A webhook's refusal becomes a
+/// FailedCreate event and a ReplicaFailure condition, as there.
+async fn roll_out(
+    state: &Arc<Mutex<State>>,
+    changes: &Changes,
+    webhook: &Webhook,
+    resource: &str,
+    ns: &str,
+    name: &str,
+) {
+    let Some(workload) =
+        state.lock().expect("state").objects.get(&(resource.to_owned(), ns.to_owned(), name.to_owned())).cloned()
+    else {
+        return;
+    };
+    let generation = workload["metadata"]["generation"].as_u64().unwrap_or(1);
+    let replicas = workload["spec"]["replicas"].as_u64().unwrap_or(1);
+    let template = &workload["spec"]["template"];
+    let labels = template["metadata"]["labels"].clone();
+    let old: Vec<String> = {
+        let st = state.lock().expect("state");
+        st.objects
+            .iter()
+            .filter(|((r, n, _), o)| {
+                r == "pods"
+                    && n == ns
+                    && matches_labels(&workload["spec"]["selector"]["matchLabels"], &o["metadata"]["labels"])
+            })
+            .map(|((_, _, pod), _)| pod.clone())
+            .collect()
+    };
+    for pod in old {
+        let mut st = state.lock().expect("state");
+        if let Some(mut object) = st.objects.remove(&("pods".to_owned(), ns.to_owned(), pod.clone())) {
+            st.version += 1;
+            let version = st.version;
+            object["metadata"]["resourceVersion"] = json!(version.to_string());
+            st.history.push((version, "pods".to_owned(), ns.to_owned(), "DELETED", object));
+            drop(st);
+            let _ = changes.send(version);
+        }
+    }
+    let mut ready = 0;
+    let mut failure = None;
+    for i in 0..replicas {
+        let pod_name = format!("{name}-{generation}-{i}");
+        let mut pod = json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": pod_name, "namespace": ns, "labels": labels,
+                         "annotations": template["metadata"]["annotations"].clone(),
+                         "uid": format!("uid-{pod_name}"),
+                         "ownerReferences": [{"apiVersion": "apps/v1", "kind": workload["kind"], "name": name,
+                                              "uid": workload["metadata"]["uid"], "controller": true}]},
+            "spec": template["spec"].clone()
+        });
+        match admit(webhook, &pod, ns).await {
+            Ok(ops) => {
+                if let Err(e) = json_patch::patch(&mut pod, &ops) {
+                    failure = Some(format!("the webhook's patch does not apply: {e}"));
+                    continue;
+                }
+            }
+            Err(message) => {
+                failure = Some(message);
+                continue;
+            }
+        }
+        let statuses = |list: &str, always_ready: bool| -> Vec<Value> {
+            pod["spec"][list]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|c| {
+                    let running = always_ready || c["restartPolicy"] == "Always";
+                    json!({"name": c["name"], "ready": running, "started": running, "restartCount": 0,
+                           "image": c["image"], "imageID": ""})
+                })
+                .collect()
+        };
+        pod["status"] = json!({
+            "phase": "Running", "podIP": format!("10.0.0.{}", 10 + i),
+            "conditions": [{"type": "Ready", "status": "True"}],
+            "containerStatuses": statuses("containers", true),
+            "initContainerStatuses": statuses("initContainers", false),
+        });
+        store(state, changes, "pods", ns, pod);
+        ready += 1;
+    }
+    let mut workload = workload;
+    let mut status = json!({"observedGeneration": generation, "replicas": ready, "updatedReplicas": ready,
+                            "readyReplicas": ready, "availableReplicas": ready});
+    if let Some(message) = &failure {
+        status["conditions"] =
+            json!([{"type": "ReplicaFailure", "status": "True", "reason": "FailedCreate", "message": message}]);
+        let event = json!({
+            "apiVersion": "v1", "kind": "Event",
+            "metadata": {"name": format!("{name}.{generation}"), "namespace": ns},
+            "involvedObject": {"kind": workload["kind"], "name": name, "namespace": ns, "apiVersion": "apps/v1"},
+            "reason": "FailedCreate", "message": message, "type": "Warning", "count": 1
+        });
+        store(state, changes, "events", ns, event);
+    }
+    workload["status"] = status;
+    store(state, changes, resource, ns, workload);
+}
+
+fn matches_labels(selector: &Value, labels: &Value) -> bool {
+    selector.as_object().is_some_and(|s| !s.is_empty() && s.iter().all(|(k, v)| &labels[k] == v))
+}
+
+/// One AdmissionReview to the webhook over HTTPS (curl, verifying the
+/// webhook's certificate against the CA): the JSON patch to apply, or why
+/// the pod was refused, worded as the API server words it.
+async fn admit(webhook: &Webhook, pod: &Value, ns: &str) -> Result<json_patch::Patch, String> {
+    let review = json!({
+        "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+        "request": {"uid": format!("review-{}", pod["metadata"]["name"].as_str().unwrap_or_default()),
+                    "kind": {"group": "", "version": "v1", "kind": "Pod"},
+                    "resource": {"group": "", "version": "v1", "resource": "pods"},
+                    "requestKind": {"group": "", "version": "v1", "kind": "Pod"},
+                    "requestResource": {"group": "", "version": "v1", "resource": "pods"},
+                    "namespace": ns, "operation": "CREATE",
+                    "userInfo": {"username": "system:serviceaccount:kube-system:replicaset-controller"},
+                    "object": pod, "options": {"apiVersion": "meta.k8s.io/v1", "kind": "CreateOptions"},
+                    "dryRun": false}
+    });
+    let webhook = webhook.clone();
+    let answer = tokio::task::spawn_blocking(move || {
+        use std::io::Write;
+        let mut child = std::process::Command::new("curl")
+            .args(["-sS", "--max-time", "10", "--cacert"])
+            .arg(&webhook.ca_file)
+            .args(["-H", "Content-Type: application/json", "--data-binary", "@-", &webhook.url])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("curl: {e}"))?;
+        child.stdin.take().expect("stdin").write_all(review.to_string().as_bytes()).map_err(|e| e.to_string())?;
+        let out = child.wait_with_output().map_err(|e| e.to_string())?;
+        if !out.status.success() {
+            return Err(format!(
+                "Internal error occurred: failed calling webhook \"inject.mirrord.dev\": {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+        }
+        serde_json::from_slice::<Value>(&out.stdout).map_err(|e| format!("the webhook's answer is not JSON: {e}"))
+    })
+    .await
+    .map_err(|e| e.to_string())??;
+    let response = &answer["response"];
+    if response["allowed"] != true {
+        return Err(format!(
+            "admission webhook \"inject.mirrord.dev\" denied the request: {}",
+            response["status"]["message"].as_str().unwrap_or("no reason given")
+        ));
+    }
+    let Some(patch) = response["patch"].as_str() else { return Ok(json_patch::Patch(Vec::new())) };
+    let bytes = base64_decode(patch).ok_or("the webhook's patch is not base64")?;
+    serde_json::from_slice(&bytes).map_err(|e| format!("the webhook's patch is not a JSON patch: {e}"))
+}
+
+fn base64_decode(text: &str) -> Option<Vec<u8>> {
+    let value = |c: u8| -> Option<u32> {
+        Some(match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' => 62,
+            b'/' => 63,
+            _ => return None,
+        } as u32)
+    };
+    let bytes: Vec<u8> = text.bytes().filter(|&b| b != b'=').collect();
+    let mut out = Vec::with_capacity(bytes.len() * 3 / 4);
+    for chunk in bytes.chunks(4) {
+        let mut n = 0u32;
+        for (i, &c) in chunk.iter().enumerate() {
+            n |= value(c)? << (18 - 6 * i);
+        }
+        out.extend(&n.to_be_bytes()[1..chunk.len()]);
+    }
+    Some(out)
 }
 
 /// A watch: what changed after `resourceVersion`, then every change as it

@@ -13,12 +13,14 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 pub mod apiserver;
+pub mod injector;
 pub mod loopback;
 pub mod netns;
 pub mod pidns;
 pub mod pod;
 pub mod relay;
 pub mod session;
+pub mod volume;
 
 use std::io::Write;
 use std::path::PathBuf;

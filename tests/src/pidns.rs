@@ -6,7 +6,7 @@
 //! Killing PID 1 ends every process of the namespace (the kernel does).
 
 use std::fs;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -127,6 +127,22 @@ impl Processes {
     /// Starts `program` as (or in) container `name`, in its own cgroup. With
     /// `named`, its processes carry kubelet's per-container mount.
     pub fn spawn(&mut self, name: &str, named: bool, env: &[(&str, &str)], program: &str, args: &[&str]) -> Container {
+        self.spawn_mounted(name, named, env, program, args, &[])
+    }
+
+    /// [`Processes::spawn`] with volumes: each `(source, target)` is bind
+    /// mounted at `target` in the container's own mount namespace. Targets
+    /// live under `/run` (`/var/run`), which the container sees as its own
+    /// tmpfs, so nothing is made on the machine.
+    pub fn spawn_mounted(
+        &mut self,
+        name: &str,
+        named: bool,
+        env: &[(&str, &str)],
+        program: &str,
+        args: &[&str],
+        mounts: &[(&Path, &str)],
+    ) -> Container {
         let cgroup = self.cgroups.join(name);
         fs::create_dir_all(&cgroup).expect("container cgroup");
         let log = fs::OpenOptions::new().create(true).append(true).open(self.log_path(name)).expect("log file");
@@ -142,6 +158,21 @@ impl Processes {
             let target = self.dir.path().join(format!("termination-log-{id}"));
             fs::write(&target, "").expect("mount point");
             script.push_str(&format!("mount --bind '{}' '{}' || exit 98; ", source.display(), target.display()));
+        }
+        if !mounts.is_empty() {
+            script.push_str("mount -t tmpfs pod-run /run || exit 96; ");
+            for (source, target) in mounts {
+                assert!(
+                    target.starts_with("/run/") || target.starts_with("/var/run/"),
+                    "volume target {target} not under /run"
+                );
+                script.push_str(&format!(
+                    "mkdir -p '{target}' && mount --bind '{}' '{target}' || exit 95; ",
+                    source.display()
+                ));
+            }
+        }
+        if named || !mounts.is_empty() {
             cmd.args(["unshare", "--mount", "--propagation", "private"]);
         }
         // Like a container's main process, a child of the namespace's PID 1

@@ -76,7 +76,13 @@ fn mutated_fixture_runs_in_the_pod_simulation() {
     assert!(out.status.success(), "init as injected: {}", String::from_utf8_lossy(&out.stderr));
     let sidecar_cmd = command(container(&mutated, "initContainers", SIDECAR_NAME), &pod, "api-x7k2p");
     let args: Vec<&str> = sidecar_cmd[1..].iter().map(String::as_str).collect();
-    let sidecar = procs.spawn(SIDECAR_NAME, true, &[], &sidecar_cmd[0], &args);
+    // The namespace's token Secret, mounted where the mutated spec says.
+    let sidecar_spec = container(&mutated, "initContainers", SIDECAR_NAME);
+    assert_eq!(sidecar_spec["volumeMounts"][0]["mountPath"], mirrord_config::names::TOKEN_DIR, "{sidecar_spec}");
+    let mut secret = mirrord_tests::volume::SecretVolume::new();
+    secret.write(&[(mirrord_config::names::TOKEN_KEY, "4f1d9a")]);
+    let mounts = [(secret.path(), mirrord_config::names::TOKEN_DIR)];
+    let sidecar = procs.spawn_mounted(SIDECAR_NAME, true, &[], &sidecar_cmd[0], &args, &mounts);
     pod.wait_ready(|| procs.log(SIDECAR_NAME));
     let guard_cmd = command(container(&mutated, "initContainers", GUARD_NAME), &pod, "api-x7k2p");
     let args: Vec<&str> = guard_cmd[1..].iter().map(String::as_str).collect();
@@ -100,7 +106,12 @@ fn mutated_fixture_runs_in_the_pod_simulation() {
 
     // Pause with the injected guard: the sidecar's SIGKILL resumes the app.
     let relay = Relay::start(&pod.pod_ns, mirrord_config::names::TUNNEL_PORT).unwrap();
-    let mut cli = Cli::connect(relay.addr, "alice", r#"{"pause":true,"feature":{"network":{"incoming":"steal"}}}"#);
+    let config = r#"{"pause":true,"feature":{"network":{"incoming":"steal"}}}"#;
+    let (code, err) = Cli::connect(relay.addr, "alice", config).finish();
+    assert_eq!(code, Some(3), "without the token the session is refused: {err}");
+    assert!(err.contains("does not match"), "{err}");
+    let addr = relay.addr.to_string();
+    let mut cli = Cli::connect_with(&["--addr", &addr], "alice", config, &[("MIRRORD_TOKEN", "4f1d9a")]);
     cli.wait_plan();
     cli.wait_for(Duration::from_secs(5), |e| e["event"] == "pause").expect("pause event");
     assert!(app.wait(Duration::from_secs(2), Container::all_stopped).is_some(), "{:?}", app.states());

@@ -286,37 +286,6 @@ fn review(annotations: Value, env_vars: usize) -> String {
     .to_string()
 }
 
-/// The injector with a certificate that expires in 3 days.
-fn start_injector(dir: &Path) -> (Running, SocketAddr, SocketAddr, PathBuf) {
-    let (cert, key) = (dir.join("tls.crt"), dir.join("tls.key"));
-    let out = Command::new("openssl")
-        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "3"])
-        .args(["-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost", "-keyout"])
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .output()
-        .expect("openssl (scripts/test.sh installs it)");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let listen = SocketAddr::from(([127, 0, 0, 1], free_port()));
-    let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
-    let child = Command::new(workspace_bin("mirrord-injector"))
-        .arg(format!("--listen={listen}"))
-        .arg(format!("--admin={admin}"))
-        .arg(format!("--cert-file={}", cert.display()))
-        .arg(format!("--key-file={}", key.display()))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !http_get(admin, "/ready").is_ok_and(|(s, _)| s == 200) {
-        assert!(Instant::now() < deadline, "the injector did not become ready");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    (Running(child), listen, admin, cert)
-}
-
 #[test]
 fn dashboards_and_alerts_against_a_real_prometheus() {
     if !root_or_skip("dashboards_and_alerts_against_a_real_prometheus") {
@@ -350,7 +319,9 @@ fn dashboards_and_alerts_against_a_real_prometheus() {
         }
     });
     let certs = tempfile::tempdir().unwrap();
-    let (injector, injector_addr, injector_admin, ca) = start_injector(certs.path());
+    // A certificate that expires in 3 days.
+    let injector = mirrord_tests::injector::Injector::start(certs.path(), 3);
+    let (injector_addr, injector_admin, ca) = (injector.listen, injector.admin, injector.cert.clone());
     let prom = Prometheus::start(admin.addr, injector_admin);
     prom.wait_value(r#"up{job="mirrord-sidecars"}"#, |v| v == 1.0);
     prom.wait_value(r#"up{job="mirrord-injector"}"#, |v| v == 1.0);

@@ -50,8 +50,9 @@ pub struct ConnectArgs {
     /// Session config (JSON, YAML or TOML).
     #[arg(short = 'f', long = "config-file", value_name = "FILE")]
     pub config: Option<PathBuf>,
-    /// Token, when the sidecar requires one.
-    #[arg(long, value_name = "TOKEN")]
+    /// The session token (with --addr; a target's is read from its
+    /// namespace's Secret mirrord-session-token).
+    #[arg(long, value_name = "TOKEN", env = "MIRRORD_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
     /// How this session is named to other sessions (default: user@host).
     #[arg(long)]
@@ -86,6 +87,14 @@ pub async fn run(mut args: ConnectArgs, stop: impl std::future::Future<Output = 
         Ok(found) => found,
         Err(code) => return code,
     };
+    // Checked before any port-forward: without the token every sidecar
+    // would refuse the session.
+    if let (Some(watch), None) = (&watch, &args.token) {
+        match watch.cluster.session_token().await {
+            Ok(token) => args.token = Some(token),
+            Err(e) => return cluster_failed(e),
+        }
+    }
     let mut app = match args.command.split_first() {
         Some((program, rest)) => match tokio::process::Command::new(program).args(rest).kill_on_drop(true).spawn() {
             Ok(child) => Some(child),
@@ -253,11 +262,7 @@ async fn places(
 
 fn cluster_failed(e: cluster::Error) -> ExitCode {
     eprintln!("error: {e}");
-    use cluster::Error as E;
-    match e {
-        E::NotFound { .. } | E::NoPods { .. } | E::NotInjected { .. } | E::Unsupported { .. } => ExitCode::Target,
-        _ => ExitCode::Cluster,
-    }
+    e.exit_code()
 }
 
 /// The validated config, and the JSON the sidecar gets (the empty config

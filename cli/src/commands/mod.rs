@@ -3,3 +3,5 @@
 pub mod config;
 pub mod connect;
 pub mod demo;
+pub mod inject;
+pub mod status;

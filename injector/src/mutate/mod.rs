@@ -6,7 +6,8 @@ use std::collections::BTreeSet;
 
 use mirrord_config::names::{
     ADMIN_PORT, ADMIN_PORT_NAME, ANNOTATION_INJECT, ANNOTATION_OPAQUE_PORTS, ANNOTATION_PORTS, ANNOTATION_SKIP_PORTS,
-    ANNOTATION_STATUS, CONTAINER_GUARD, CONTAINER_INIT, CONTAINER_PROXY, INJECTED_CONTAINERS, TUNNEL_PORT,
+    ANNOTATION_STATUS, CONTAINER_GUARD, CONTAINER_INIT, CONTAINER_PROXY, INJECTED_CONTAINERS, TOKEN_DIR, TOKEN_FILE,
+    TOKEN_KEY, TOKEN_SECRET, TUNNEL_PORT,
 };
 use serde_json::{json, Map, Value};
 
@@ -18,6 +19,8 @@ pub const INIT_NAME: &str = CONTAINER_INIT;
 pub const SIDECAR_NAME: &str = CONTAINER_PROXY;
 /// Name of the pause guard (resumes the app if the sidecar dies).
 pub const GUARD_NAME: &str = CONTAINER_GUARD;
+/// Name of the token Secret's volume in the pod.
+pub const TOKEN_VOLUME: &str = "mirrord-session-token";
 const DEFAULT_CONTAINER: &str = "kubectl.kubernetes.io/default-container";
 
 /// How the injector is set up (flags of `mirrord-injector`).
@@ -161,6 +164,7 @@ fn inject(pod: &mut Map<String, Value>, what: &Injected<'_>, settings: &Settings
         run_args.extend(["--opaque-ports".to_owned(), list(what.opaque)]);
     }
     run_args.extend(what.pause.run_args());
+    run_args.extend(["--token-file".to_owned(), TOKEN_FILE.to_owned()]);
     let init = json!({
         "name": INIT_NAME,
         "image": settings.image,
@@ -182,6 +186,7 @@ fn inject(pod: &mut Map<String, Value>, what: &Injected<'_>, settings: &Settings
             what.pause.env()
         ],
         "ports": [{"name": ADMIN_PORT_NAME, "containerPort": ADMIN_PORT, "protocol": "TCP"}],
+        "volumeMounts": [{"name": TOKEN_VOLUME, "mountPath": TOKEN_DIR, "readOnly": true}],
         "readinessProbe": {"httpGet": {"path": "/ready", "port": ADMIN_PORT}, "periodSeconds": 5},
         "livenessProbe": {"httpGet": {"path": "/live", "port": ADMIN_PORT}, "periodSeconds": 10},
         "resources": {"requests": {"cpu": "10m", "memory": "16Mi"}, "limits": {"memory": "64Mi"}},
@@ -189,6 +194,15 @@ fn inject(pod: &mut Map<String, Value>, what: &Injected<'_>, settings: &Settings
     });
     let mut guard = what.pause.guard(&settings.image);
     let spec = object(pod, "spec");
+    // Mounted in the sidecar alone, readable whatever user it runs as.
+    // Optional: the pod starts without the Secret (its sidecar then refuses
+    // sessions, saying how to create it), and the kubelet fills the volume in
+    // when the Secret appears or changes.
+    array(spec, "volumes").push(json!({
+        "name": TOKEN_VOLUME,
+        "secret": {"secretName": TOKEN_SECRET, "optional": true, "defaultMode": 0o444,
+                   "items": [{"key": TOKEN_KEY, "path": TOKEN_KEY}]}
+    }));
     let inits = array(spec, "initContainers");
     inits.insert(0, init);
     if settings.native_sidecar {

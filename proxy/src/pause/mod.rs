@@ -96,6 +96,30 @@ impl Pause {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// What `/status` says of the pause.
+    pub fn status(&self) -> serde_json::Value {
+        use serde_json::json;
+        if let Some(why) = &self.disabled {
+            return json!({"available": false, "why": why, "paused": false});
+        }
+        let state = self.state();
+        let lease = state.policy.lease();
+        let Some(since) = state.policy.paused_since() else {
+            return json!({"available": true, "paused": false, "lease_seconds": lease.as_secs()});
+        };
+        let paused_for = since.elapsed();
+        let mut holders: Vec<String> =
+            state.sessions.values().filter_map(Weak::upgrade).map(|s| s.name.clone()).collect();
+        holders.sort();
+        json!({
+            "available": true, "paused": true,
+            "paused_seconds": paused_for.as_secs(),
+            "lease_left_seconds": lease.saturating_sub(paused_for).as_secs(),
+            "processes": state.policy.stopped(),
+            "holders": holders,
+        })
+    }
+
     pub fn is_paused(&self) -> bool {
         self.paused.load(Ordering::Relaxed)
     }

@@ -59,6 +59,11 @@ pub struct Session {
     attached: tokio::sync::Notify,
     /// Ports given up to another session (`on_concurrent_steal`).
     pub yielded: Yielded,
+    /// When it opened, for `/status`.
+    pub opened: std::time::SystemTime,
+    /// Requests and connections stolen, and copies made, for `/status`.
+    pub stolen: AtomicU64,
+    pub mirrored: AtomicU64,
 }
 
 impl Session {
@@ -82,6 +87,9 @@ impl Session {
             told_about: Mutex::default(),
             attached: tokio::sync::Notify::new(),
             yielded: Yielded::default(),
+            opened: std::time::SystemTime::now(),
+            stolen: AtomicU64::new(0),
+            mirrored: AtomicU64::new(0),
         };
         (Arc::new(session), rx)
     }

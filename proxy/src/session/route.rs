@@ -48,6 +48,7 @@ pub async fn open_steal(session: &Session, port: u16, announce: Announced, metri
     let exchange = session.open(port, Mode::Steal, announce).await;
     if exchange.is_some() {
         metrics.intercepted(port, InterceptMode::Steal, &session.label);
+        session.stolen.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
     exchange
 }
@@ -76,6 +77,7 @@ pub async fn open_copies(mirrors: &[Arc<Session>], port: u16, announce: &Announc
         };
         if opened {
             metrics.intercepted(port, InterceptMode::Mirror, &session.label);
+            session.mirrored.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         } else {
             metrics.mirror_dropped(&session.label);
         }

@@ -1,0 +1,369 @@
+//! `mirrord-cli inject | uninject`: opt a workload's pods (or a whole
+//! namespace) in or out of the sidecar, by the annotations the injector
+//! reads, and `mirrord-cli token rotate`: the namespace's session token.
+//!
+//! A workload is changed by a JSON merge patch of its pod template's
+//! annotations (field manager `mirrord-cli`), which touches nothing else and
+//! starts a rollout; `--wait` follows it. The annotations mirrord-cli owns
+//! are the `mirrord.dev/` keys it writes ([`OWNED`]); `uninject` removes
+//! exactly those.
+
+use std::time::{Duration, Instant};
+
+use mirrord_config::names::{
+    ANNOTATION_INJECT, ANNOTATION_MAX_PAUSE, ANNOTATION_OPAQUE_PORTS, ANNOTATION_PAUSE, ANNOTATION_PORTS,
+    ANNOTATION_SKIP_PORTS, TOKEN_SECRET,
+};
+use serde_json::{json, Map, Value};
+
+use crate::cluster::{self, Cluster, ClusterFlags, Workload};
+use crate::ExitCode;
+
+/// The annotations `inject` writes and `uninject` removes.
+pub const OWNED: [&str; 6] = [
+    ANNOTATION_INJECT,
+    ANNOTATION_PORTS,
+    ANNOTATION_SKIP_PORTS,
+    ANNOTATION_OPAQUE_PORTS,
+    ANNOTATION_PAUSE,
+    ANNOTATION_MAX_PAUSE,
+];
+
+/// Flags of `mirrord-cli inject`.
+#[derive(Debug, clap::Args)]
+pub struct InjectArgs {
+    /// deployment/NAME (deploy/), statefulset/NAME or replicaset/NAME;
+    /// without it, `--namespace NS` opts in every new pod of the namespace.
+    #[arg(value_name = "TARGET")]
+    pub target: Option<String>,
+    #[command(flatten)]
+    pub cluster: ClusterFlags,
+    /// Whether sessions may pause the app (`--pause` alone: enabled).
+    #[arg(long, value_name = "enabled|disabled", num_args = 0..=1, default_missing_value = "enabled",
+          value_parser = ["enabled", "disabled"])]
+    pub pause: Option<String>,
+    /// Inbound ports to redirect (default: the declared container ports).
+    #[arg(long, value_name = "PORT,…", value_parser = port_list)]
+    pub ports: Option<String>,
+    /// Inbound ports never redirected.
+    #[arg(long, value_name = "PORT,…", value_parser = port_list)]
+    pub skip_ports: Option<String>,
+    /// Ports whose traffic is never inspected for HTTP.
+    #[arg(long, value_name = "PORT,…", value_parser = port_list)]
+    pub opaque_ports: Option<String>,
+    /// The longest a session may keep the app paused (e.g. 10m).
+    #[arg(long, value_name = "DURATION", value_parser = lease)]
+    pub max_pause: Option<String>,
+    #[command(flatten)]
+    pub apply: ApplyFlags,
+}
+
+/// Flags of `mirrord-cli uninject`.
+#[derive(Debug, clap::Args)]
+pub struct UninjectArgs {
+    /// deployment/NAME (deploy/), statefulset/NAME or replicaset/NAME;
+    /// without it, `--namespace NS` opts the namespace out.
+    #[arg(value_name = "TARGET")]
+    pub target: Option<String>,
+    #[command(flatten)]
+    pub cluster: ClusterFlags,
+    #[command(flatten)]
+    pub apply: ApplyFlags,
+}
+
+/// How a change is applied.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ApplyFlags {
+    /// Print the patch instead of applying it.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Follow the rollout until every pod is updated and ready (or fail
+    /// with the reason).
+    #[arg(long)]
+    pub wait: bool,
+    /// How long `--wait` waits.
+    #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = mirrord_config::parse_duration)]
+    pub timeout: Duration,
+}
+
+/// Flags of `mirrord-cli token rotate`.
+#[derive(Debug, clap::Args)]
+pub struct TokenArgs {
+    #[command(flatten)]
+    pub cluster: ClusterFlags,
+}
+
+fn port_list(text: &str) -> Result<String, String> {
+    let ports: Result<Vec<u16>, _> = text.split(',').map(|p| p.trim().parse::<u16>()).collect();
+    match ports {
+        Ok(ports) if !ports.is_empty() && !ports.contains(&0) => {
+            Ok(ports.iter().map(u16::to_string).collect::<Vec<_>>().join(","))
+        }
+        _ => Err(format!("invalid port list {text:?}: expected ports from 1 to 65535, comma-separated (8080,9090)")),
+    }
+}
+
+fn lease(text: &str) -> Result<String, String> {
+    mirrord_config::parse_lease(text).map(|_| text.to_owned())
+}
+
+/// What is opted in or out.
+#[derive(Debug)]
+enum Subject {
+    Workload(Workload),
+    Namespace,
+}
+
+fn subject(target: Option<&str>, cluster: &ClusterFlags) -> Result<Subject, String> {
+    match target {
+        Some(path) => Workload::parse(path).map(Subject::Workload),
+        None if cluster.namespace.is_some() => Ok(Subject::Namespace),
+        None => Err("give a TARGET (deployment/NAME, statefulset/NAME or replicaset/NAME), or --namespace NS to \
+                     opt in every new pod of a namespace"
+            .to_owned()),
+    }
+}
+
+/// `mirrord-cli inject`.
+pub async fn inject(args: InjectArgs) -> ExitCode {
+    let subject = match subject(args.target.as_deref(), &args.cluster) {
+        Ok(s) => s,
+        Err(e) => return usage(&e),
+    };
+    let mut wanted: Vec<(&str, Option<String>)> = vec![(ANNOTATION_INJECT, Some("enabled".to_owned()))];
+    for (key, value) in [
+        (ANNOTATION_PORTS, &args.ports),
+        (ANNOTATION_SKIP_PORTS, &args.skip_ports),
+        (ANNOTATION_OPAQUE_PORTS, &args.opaque_ports),
+        (ANNOTATION_PAUSE, &args.pause),
+        (ANNOTATION_MAX_PAUSE, &args.max_pause),
+    ] {
+        if let Some(value) = value {
+            if matches!(subject, Subject::Namespace) {
+                return usage(&format!(
+                    "--{} applies to a workload's pods: the namespace opt-in takes no settings (set them on each \
+                     workload with `mirrord-cli inject TARGET`)",
+                    key.trim_start_matches("mirrord.dev/")
+                ));
+            }
+            wanted.push((key, Some(value.clone())));
+        }
+    }
+    change(subject, wanted, &args.cluster, &args.apply, true).await
+}
+
+/// `mirrord-cli uninject`.
+pub async fn uninject(args: UninjectArgs) -> ExitCode {
+    let subject = match subject(args.target.as_deref(), &args.cluster) {
+        Ok(s) => s,
+        Err(e) => return usage(&e),
+    };
+    let wanted = OWNED.iter().map(|k| (*k, None)).collect();
+    change(subject, wanted, &args.cluster, &args.apply, false).await
+}
+
+fn usage(message: &str) -> ExitCode {
+    eprintln!("error: {message}");
+    ExitCode::InvalidConfig
+}
+
+fn failed(e: cluster::Error) -> ExitCode {
+    eprintln!("error: {e}");
+    e.exit_code()
+}
+
+/// Sets (`Some`) or removes (`None`) annotations of the subject, unless they
+/// already are so; then, for `inject`, makes sure the namespace has a
+/// session token; then, with `--wait`, follows the rollout.
+async fn change(
+    subject: Subject,
+    wanted: Vec<(&str, Option<String>)>,
+    flags: &ClusterFlags,
+    apply: &ApplyFlags,
+    injecting: bool,
+) -> ExitCode {
+    let cluster = match Cluster::connect(&flags.access(), None).await {
+        Ok(c) => c,
+        Err(e) => return failed(e),
+    };
+    let (described, annotations_path) = match &subject {
+        Subject::Workload(w) => (w.describe(), vec!["spec", "template", "metadata", "annotations"]),
+        Subject::Namespace => (format!("namespace/{}", cluster.namespace), vec!["metadata", "annotations"]),
+    };
+    let object = if apply.dry_run {
+        None
+    } else {
+        let got = match &subject {
+            Subject::Workload(w) => cluster.workload(w).await,
+            Subject::Namespace => cluster.namespace_object().await,
+        };
+        match got {
+            Ok(o) => Some(o),
+            Err(e) => return failed(e),
+        }
+    };
+    // Only what differs goes into the patch: an unchanged key is not touched.
+    let current = object.as_ref().map(|o| annotations_path.iter().fold(o, |v, k| &v[*k]).clone());
+    let mut changes = Map::new();
+    for (key, value) in &wanted {
+        let now = current.as_ref().map(|c| c[*key].as_str().map(str::to_owned));
+        match (value, now) {
+            (Some(v), Some(Some(n))) if *v == n => {}
+            (None, Some(None)) => {}
+            (Some(v), _) => {
+                changes.insert((*key).to_owned(), json!(v));
+            }
+            (None, _) => {
+                changes.insert((*key).to_owned(), Value::Null);
+            }
+        }
+    }
+    let patch = annotations_path.iter().rev().fold(Value::Object(changes.clone()), |v, k| json!({ *k: v }));
+    if apply.dry_run {
+        let resource = match &subject {
+            Subject::Workload(w) => format!("{} {} in namespace {}", w.resource(), w.name, cluster.namespace),
+            Subject::Namespace => format!("namespaces {}", cluster.namespace),
+        };
+        println!("# PATCH {resource} (application/merge-patch+json, fieldManager=mirrord-cli)");
+        println!("{}", serde_json::to_string_pretty(&patch).unwrap_or_default());
+        return ExitCode::Ok;
+    }
+    if changes.is_empty() {
+        let state = if injecting { "already opted in with these settings" } else { "not opted in" };
+        println!("{described} is {state}: nothing changed");
+    } else {
+        let result = match &subject {
+            Subject::Workload(w) => cluster.patch_workload(w, &patch).await,
+            Subject::Namespace => cluster.patch_namespace(&patch).await,
+        };
+        if let Err(e) = result {
+            return failed(e);
+        }
+        let what: Vec<String> = changes
+            .iter()
+            .map(|(k, v)| match v.as_str() {
+                Some(v) => format!("{k}={v}"),
+                None => format!("-{k}"),
+            })
+            .collect();
+        let effect = match &subject {
+            Subject::Workload(_) => "its pods roll out",
+            Subject::Namespace => "pods created from now on follow it",
+        };
+        println!("{described}: {} ({effect})", what.join(", "));
+    }
+    if injecting {
+        match cluster.ensure_session_token().await {
+            Ok(true) => {
+                println!("created the session token (Secret {TOKEN_SECRET}) in namespace {}", cluster.namespace)
+            }
+            Ok(false) => {}
+            Err(e) => return failed(e),
+        }
+    }
+    match (&subject, apply.wait) {
+        (Subject::Workload(w), true) => wait(&cluster, w, apply.timeout, injecting).await,
+        (Subject::Namespace, true) => {
+            println!("note: --wait has nothing to follow for a namespace: existing pods are not rolled out");
+            ExitCode::Ok
+        }
+        _ => ExitCode::Ok,
+    }
+}
+
+/// Follows a rollout like `kubectl rollout status`: progress lines, then
+/// done, or why not (the workload's failure condition, warning events).
+async fn wait(cluster: &Cluster, workload: &Workload, timeout: Duration, injecting: bool) -> ExitCode {
+    let deadline = Instant::now() + timeout;
+    let described = workload.describe();
+    let mut last = String::new();
+    loop {
+        let object = match cluster.workload(workload).await {
+            Ok(o) => o,
+            Err(e) => return failed(e),
+        };
+        let progress = cluster::Rollout::of(&object);
+        let line = progress.to_string();
+        if line != last {
+            println!("{described}: {line}");
+            last.clone_from(&line);
+        }
+        if let Some(failure) = &progress.failure {
+            eprintln!("error: {described}: the rollout is stuck: {failure}");
+            print_events(cluster, workload).await;
+            return ExitCode::Failure;
+        }
+        if progress.done() {
+            break;
+        }
+        if Instant::now() >= deadline {
+            eprintln!("error: {described}: the rollout did not finish within {} s ({line})", timeout.as_secs());
+            print_events(cluster, workload).await;
+            return ExitCode::Failure;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    // The rollout is over: do the new pods have the sidecar (or not)?
+    let pods = match cluster.workload_pods(workload).await {
+        Ok(p) => p,
+        Err(e) => return failed(e),
+    };
+    let with_sidecar = pods.iter().filter(|p| p.injected).count();
+    match (injecting, with_sidecar) {
+        (true, n) if n < pods.len() => {
+            eprintln!(
+                "error: {described}: {} of {} pods rolled out without the sidecar: is the injector installed and \
+                 its webhook configured? (kubectl -n mirrord get pods; kubectl get mutatingwebhookconfiguration \
+                 mirrord-injector)",
+                pods.len() - n,
+                pods.len()
+            );
+            ExitCode::Failure
+        }
+        (false, n) if n > 0 => {
+            eprintln!(
+                "error: {described}: {n} pod(s) still have the sidecar: does the namespace opt in? \
+                 (mirrord-cli uninject --namespace {})",
+                cluster.namespace
+            );
+            ExitCode::Failure
+        }
+        _ => {
+            let state = if injecting { "with the sidecar" } else { "without the sidecar" };
+            println!("{described}: rolled out, {} pod(s) {state}", pods.len());
+            ExitCode::Ok
+        }
+    }
+}
+
+async fn print_events(cluster: &Cluster, workload: &Workload) {
+    match cluster.warnings(workload).await {
+        Ok(events) => {
+            for e in events {
+                eprintln!("  event: {e}");
+            }
+        }
+        Err(e) => eprintln!("  (events cannot be read: {e})"),
+    }
+}
+
+/// `mirrord-cli token rotate`: a new session token for the namespace (made
+/// when missing). Sidecars read it at the next session open; sessions
+/// already open stay open.
+pub async fn rotate(args: TokenArgs) -> ExitCode {
+    let cluster = match Cluster::connect(&args.cluster.access(), None).await {
+        Ok(c) => c,
+        Err(e) => return failed(e),
+    };
+    match cluster.rotate_session_token().await {
+        Ok(()) => {
+            println!(
+                "new session token in Secret {TOKEN_SECRET} of namespace {} (sidecars use it once the kubelet updates \
+                 their volume, within a minute or two; open sessions stay open)",
+                cluster.namespace
+            );
+            ExitCode::Ok
+        }
+        Err(e) => failed(e),
+    }
+}
