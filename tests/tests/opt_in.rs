@@ -150,19 +150,20 @@ fn a_rollout_the_webhook_cannot_admit_fails_with_the_reason() {
     assert!(api.forbidden().is_empty(), "{:?}", api.forbidden());
 }
 
+/// A simulated pod whose container `app` (the sample app, "remote") listens on 80.
+fn with_app() -> (Pod, Processes) {
+    let pod = Pod::new();
+    let mut procs = Processes::new(&pod.pod_ns);
+    let sample = workspace_bin("sample-app");
+    procs.spawn("app", true, &[], sample.to_str().unwrap(), &["--http", "0.0.0.0:80", "--name", "remote"]);
+    mirrord_tests::netns::wait_listening(&pod.pod_ns, pod.addr(80), Duration::from_secs(10)).unwrap();
+    (pod, procs)
+}
+
 /// Starts the pod the stand-in made, as admitted: app, init container,
 /// sidecar with the token Secret's volume.
 fn run_admitted(pod_json: &Value, token: &mut SecretVolume) -> (Pod, Processes) {
-    let pod = Pod::new();
-    let mut procs = Processes::new(&pod.pod_ns);
-    procs.spawn(
-        "app",
-        true,
-        &[],
-        workspace_bin("sample-app").to_str().unwrap(),
-        &["--http", "0.0.0.0:80", "--name", "remote"],
-    );
-    mirrord_tests::netns::wait_listening(&pod.pod_ns, pod.addr(80), Duration::from_secs(10)).unwrap();
+    let (pod, mut procs) = with_app();
     let init = container(pod_json, "mirrord-init").expect("the init container");
     let args = strings(&init["args"]);
     let out = pod.exec(
@@ -358,16 +359,7 @@ fn inject_connect_status_rotate_uninject() {
     assert_eq!(plain["spec"]["containers"].as_array().unwrap().len(), 1, "{plain}");
     assert!(plain["spec"]["volumes"].is_null(), "{plain}");
     // Run as specified (the app alone): no redirect rule in the pod.
-    let next = Pod::new();
-    let mut procs = Processes::new(&next.pod_ns);
-    procs.spawn(
-        "app",
-        true,
-        &[],
-        workspace_bin("sample-app").to_str().unwrap(),
-        &["--http", "0.0.0.0:80", "--name", "remote"],
-    );
-    mirrord_tests::netns::wait_listening(&next.pod_ns, next.addr(80), Duration::from_secs(10)).unwrap();
+    let (next, _procs) = with_app();
     assert!(!next.nat_rules(false).contains("REDIRECT"), "{}", next.nat_rules(false));
     assert_eq!(next.answered_by(&["X-User: alice"]), "remote");
 
