@@ -155,39 +155,16 @@ impl ApiServer {
     /// Adds or replaces an object (its kind says which resource).
     pub fn put(&self, object: Value) {
         let kind = object["kind"].as_str().expect("kind");
-        let resource = RESOURCES.iter().find(|(_, _, k)| *k == kind).map(|(r, _, _)| *r).expect("a served kind");
         let ns = match kind {
             "Namespace" => String::new(),
             _ => object["metadata"]["namespace"].as_str().expect("namespace").to_owned(),
         };
-        let name = object["metadata"]["name"].as_str().expect("name").to_owned();
-        let mut state = self.state.lock().expect("state");
-        state.version += 1;
-        let version = state.version;
-        let mut object = object;
-        object["metadata"]["resourceVersion"] = json!(version.to_string());
-        let key = (resource.to_owned(), ns.clone(), name);
-        let change = if state.objects.contains_key(&key) { "MODIFIED" } else { "ADDED" };
-        state.objects.insert(key, object.clone());
-        state.history.push((version, resource.to_owned(), ns, change, object));
-        drop(state);
-        let _ = self.changes.send(version);
+        store(&self.state, &self.changes, resource_of(kind), &ns, object);
     }
 
     /// Deletes an object (`kind` as in its `kind` field).
     pub fn delete(&self, kind: &str, namespace: &str, name: &str) {
-        let resource = RESOURCES.iter().find(|(_, _, k)| *k == kind).map(|(r, _, _)| *r).expect("a served kind");
-        let mut state = self.state.lock().expect("state");
-        let Some(mut object) = state.objects.remove(&(resource.to_owned(), namespace.to_owned(), name.to_owned()))
-        else {
-            return;
-        };
-        state.version += 1;
-        let version = state.version;
-        object["metadata"]["resourceVersion"] = json!(version.to_string());
-        state.history.push((version, resource.to_owned(), namespace.to_owned(), "DELETED", object));
-        drop(state);
-        let _ = self.changes.send(version);
+        remove(&self.state, &self.changes, resource_of(kind), namespace, name);
     }
 
     /// Which network namespace a port-forward to the pod enters.
@@ -226,7 +203,7 @@ impl ApiServer {
 
     /// The objects of `kind` in `namespace`.
     pub fn list(&self, kind: &str, namespace: &str) -> Vec<Value> {
-        let resource = RESOURCES.iter().find(|(_, _, k)| *k == kind).map(|(r, _, _)| *r).expect("a served kind");
+        let resource = resource_of(kind);
         let st = self.state.lock().expect("state");
         st.objects.iter().filter(|((r, n, _), _)| r == resource && n == namespace).map(|(_, o)| o.clone()).collect()
     }
@@ -587,6 +564,7 @@ async fn handle(req: Request<Incoming>, state: &Arc<Mutex<State>>, token: &str, 
             }
             object["metadata"]["namespace"] = json!(ns);
             object["metadata"]["uid"] = json!(format!("uid-{resource}-{name}"));
+            object["metadata"]["generation"] = json!(1);
             record_manager(&mut object, &q, "Update");
             respond(StatusCode::CREATED, store(state, changes, resource, ns, object))
         }
@@ -673,9 +651,6 @@ fn store(state: &Arc<Mutex<State>>, changes: &Changes, resource: &str, ns: &str,
     st.version += 1;
     let version = st.version;
     object["metadata"]["resourceVersion"] = json!(version.to_string());
-    if object["metadata"]["generation"].is_null() {
-        object["metadata"]["generation"] = json!(1);
-    }
     let key = (resource.to_owned(), ns.to_owned(), name);
     let change = if st.objects.contains_key(&key) { "MODIFIED" } else { "ADDED" };
     st.objects.insert(key, object.clone());
@@ -683,6 +658,23 @@ fn store(state: &Arc<Mutex<State>>, changes: &Changes, resource: &str, ns: &str,
     drop(st);
     let _ = changes.send(version);
     object
+}
+
+/// Deletes an object, tells watches.
+fn remove(state: &Arc<Mutex<State>>, changes: &Changes, resource: &str, ns: &str, name: &str) {
+    let mut st = state.lock().expect("state");
+    let Some(mut object) = st.objects.remove(&(resource.to_owned(), ns.to_owned(), name.to_owned())) else { return };
+    st.version += 1;
+    let version = st.version;
+    object["metadata"]["resourceVersion"] = json!(version.to_string());
+    st.history.push((version, resource.to_owned(), ns.to_owned(), "DELETED", object));
+    drop(st);
+    let _ = changes.send(version);
+}
+
+/// The resource (`pods`) of a kind (`Pod`) the stand-in serves.
+fn resource_of(kind: &str) -> &'static str {
+    RESOURCES.iter().find(|(_, _, k)| *k == kind).map(|(r, _, _)| *r).expect("a served kind")
 }
 
 /// The mutating admission webhook the stand-in calls for every pod it
@@ -730,15 +722,7 @@ async fn roll_out(
             .collect()
     };
     for pod in old {
-        let mut st = state.lock().expect("state");
-        if let Some(mut object) = st.objects.remove(&("pods".to_owned(), ns.to_owned(), pod.clone())) {
-            st.version += 1;
-            let version = st.version;
-            object["metadata"]["resourceVersion"] = json!(version.to_string());
-            st.history.push((version, "pods".to_owned(), ns.to_owned(), "DELETED", object));
-            drop(st);
-            let _ = changes.send(version);
-        }
+        remove(state, changes, "pods", ns, &pod);
     }
     let mut ready = 0;
     let mut failure = None;
@@ -856,31 +840,8 @@ async fn admit(webhook: &Webhook, pod: &Value, ns: &str) -> Result<json_patch::P
         ));
     }
     let Some(patch) = response["patch"].as_str() else { return Ok(json_patch::Patch(Vec::new())) };
-    let bytes = base64_decode(patch).ok_or("the webhook's patch is not base64")?;
+    let bytes = mirrord_injector::review::unbase64(patch).ok_or("the webhook's patch is not base64")?;
     serde_json::from_slice(&bytes).map_err(|e| format!("the webhook's patch is not a JSON patch: {e}"))
-}
-
-fn base64_decode(text: &str) -> Option<Vec<u8>> {
-    let value = |c: u8| -> Option<u32> {
-        Some(match c {
-            b'A'..=b'Z' => c - b'A',
-            b'a'..=b'z' => c - b'a' + 26,
-            b'0'..=b'9' => c - b'0' + 52,
-            b'+' => 62,
-            b'/' => 63,
-            _ => return None,
-        } as u32)
-    };
-    let bytes: Vec<u8> = text.bytes().filter(|&b| b != b'=').collect();
-    let mut out = Vec::with_capacity(bytes.len() * 3 / 4);
-    for chunk in bytes.chunks(4) {
-        let mut n = 0u32;
-        for (i, &c) in chunk.iter().enumerate() {
-            n |= value(c)? << (18 - 6 * i);
-        }
-        out.extend(&n.to_be_bytes()[1..chunk.len()]);
-    }
-    Some(out)
 }
 
 /// A watch: what changed after `resourceVersion`, then every change as it

@@ -2,12 +2,12 @@
 //! with a certificate made by openssl (`CN=localhost`), which is also the CA
 //! a client verifies it with.
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::workspace_bin;
+use crate::{free_port, http_get, workspace_bin};
 
 /// A running injector; killed and reaped when dropped.
 #[derive(Debug)]
@@ -26,10 +26,6 @@ impl Drop for Injector {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
 }
 
 impl Injector {
@@ -60,7 +56,7 @@ impl Injector {
             .expect("mirrord-injector");
         let injector = Injector { listen, admin, cert, child };
         let deadline = Instant::now() + Duration::from_secs(10);
-        while !ready(admin) {
+        while !http_get(admin, "/ready").is_ok_and(|(status, _)| status == 200) {
             assert!(Instant::now() < deadline, "the injector did not become ready");
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -71,16 +67,4 @@ impl Injector {
     pub fn url(&self) -> String {
         format!("https://localhost:{}/mutate", self.listen.port())
     }
-}
-
-fn ready(admin: SocketAddr) -> bool {
-    use std::io::{Read, Write};
-    let Ok(mut s) = std::net::TcpStream::connect(admin) else { return false };
-    let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
-    if write!(s, "GET /ready HTTP/1.0\r\nHost: localhost\r\n\r\n").is_err() {
-        return false;
-    }
-    let mut text = String::new();
-    let _ = s.read_to_string(&mut text);
-    text.starts_with("HTTP/1.1 200") || text.starts_with("HTTP/1.0 200")
 }

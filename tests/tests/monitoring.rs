@@ -12,8 +12,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -24,7 +23,7 @@ use mirrord_tests::pidns::{Container, Processes};
 use mirrord_tests::pod::{Pod, Side};
 use mirrord_tests::relay::Relay;
 use mirrord_tests::session::Cli;
-use mirrord_tests::{netns, root_or_skip, workspace_bin};
+use mirrord_tests::{free_port, http_get, netns, root_or_skip, workspace_bin};
 use serde_json::Value;
 
 const NAMESPACE: &str = "shop";
@@ -33,12 +32,6 @@ const POD: &str = "api-5d8f9c7b6-x2x7q";
 
 fn monitoring() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../manifests/monitoring")
-}
-
-/// A port nothing listens on right now (for programs that cannot report the
-/// port they bound).
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 /// A child process killed and reaped when dropped.
@@ -58,17 +51,6 @@ fn percent_encode(text: &str) -> String {
             _ => format!("%{b:02X}"),
         })
         .collect()
-}
-
-/// GET on a loopback HTTP server: (status, body).
-fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
-    let mut s = TcpStream::connect(addr)?;
-    s.set_read_timeout(Some(Duration::from_secs(10)))?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n")?;
-    let mut text = String::new();
-    s.read_to_string(&mut text)?;
-    let status = text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-    Ok((status, text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default()))
 }
 
 struct Prometheus {

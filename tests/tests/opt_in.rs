@@ -82,16 +82,8 @@ fn strings(v: &Value) -> Vec<String> {
 /// The Secret's token, as the stand-in stores it.
 fn token(api: &ApiServer) -> String {
     let secret = api.get("Secret", NS, TOKEN_SECRET).expect("the token Secret");
-    let b64 = secret["data"][TOKEN_KEY].as_str().unwrap().to_owned();
-    let out = Command::new("base64")
-        .arg("-d")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn();
-    let mut child = out.unwrap();
-    use std::io::Write;
-    child.stdin.take().unwrap().write_all(b64.as_bytes()).unwrap();
-    String::from_utf8(child.wait_with_output().unwrap().stdout).unwrap()
+    let bytes = mirrord_injector::review::unbase64(secret["data"][TOKEN_KEY].as_str().unwrap()).unwrap();
+    String::from_utf8(bytes).unwrap()
 }
 
 #[test]
