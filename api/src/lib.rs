@@ -17,3 +17,18 @@ pub mod proto {
 /// client of 2 must not meet a sidecar of 1.
 pub const PROTOCOL_VERSION: u32 = 2;
 pub const MIN_PROTOCOL_VERSION: u32 = 1;
+
+/// `bytes` random bytes from the kernel, in hex: session ids (16) and the
+/// namespace's session token (32).
+pub fn random_hex(bytes: usize) -> std::io::Result<String> {
+    let mut buf = vec![0u8; bytes];
+    // getentropy fills at most 256 bytes per call.
+    for chunk in buf.chunks_mut(256) {
+        // SAFETY: getentropy writes exactly `len` (at most 256) bytes into
+        // the buffer or fails; it exists on Linux (glibc, musl) and macOS.
+        if unsafe { libc::getentropy(chunk.as_mut_ptr().cast(), chunk.len()) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(buf.iter().map(|b| format!("{b:02x}")).collect())
+}

@@ -683,18 +683,6 @@ impl std::fmt::Display for Rollout {
     }
 }
 
-/// The Secret's token: 256 random bits, in hex.
-fn new_token() -> std::io::Result<String> {
-    let mut bytes = [0u8; 32];
-    // SAFETY: getentropy writes exactly `len` (at most 256) bytes into the
-    // buffer or fails.
-    let rc = unsafe { libc::getentropy(bytes.as_mut_ptr().cast(), bytes.len()) };
-    if rc != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
-}
-
 const FIELD_MANAGER: &str = "mirrord-cli";
 
 impl Cluster {
@@ -802,7 +790,7 @@ impl Cluster {
     }
 
     fn fresh_token(&self) -> Result<String, Error> {
-        new_token().map_err(|e| Error::Api {
+        mirrord_api::random_hex(32).map_err(|e| Error::Api {
             verb: "create",
             resource: format!("secrets/{TOKEN_SECRET}"),
             message: format!("no randomness for a token: {e}"),

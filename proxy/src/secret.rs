@@ -12,14 +12,7 @@ pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 
 /// 128 random bits from the kernel, in hex.
 pub fn random_id() -> std::io::Result<String> {
-    let mut bytes = [0u8; 16];
-    // SAFETY: getentropy writes exactly `len` (at most 256) bytes into the
-    // buffer or fails; it exists on Linux (glibc, musl) and macOS alike.
-    let rc = unsafe { libc::getentropy(bytes.as_mut_ptr().cast(), bytes.len()) };
-    if rc != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+    mirrord_api::random_hex(16)
 }
 
 /// The session token, read from its file at every session open: the file is
