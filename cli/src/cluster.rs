@@ -1,6 +1,8 @@
 //! The Kubernetes side of `connect`: credentials as every Kubernetes tool
 //! resolves them, a target resolved to its pods, and a port-forward to each
-//! pod's sidecar over the API server (no local listener).
+//! pod's sidecar over the API server (no local listener). `workload`: what
+//! `inject`/`uninject` read and change; `token`: the namespace's session
+//! token.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -10,8 +12,13 @@ use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::api::{Api, ListParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
-use mirrord_config::names::{ANNOTATION_STATUS, CONTAINER_PROXY, TOKEN_KEY, TOKEN_SECRET, TUNNEL_PORT};
+use mirrord_config::names::{ANNOTATION_STATUS, CONTAINER_PROXY, TOKEN_SECRET, TUNNEL_PORT};
 use mirrord_config::{Target, TargetKind};
+
+mod token;
+mod workload;
+
+pub use workload::{Rollout, Workload};
 
 /// Where the cluster's credentials come from (flags, then the session
 /// config's `kubeconfig` / `kube_context`, then the environment).
@@ -80,6 +87,9 @@ fn suggestions(nearest: &Option<String>, existing: &[String]) -> String {
     }
 }
 
+/// Who `mirrord-cli` is in `managedFields`.
+const FIELD_MANAGER: &str = "mirrord-cli";
+
 /// The longest any one call to the API may take.
 pub const API_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
@@ -141,6 +151,31 @@ impl Cluster {
         <K as kube::Resource>::DynamicType: Default,
     {
         Api::namespaced(self.client.clone(), &self.namespace)
+    }
+
+    fn patch_params() -> kube::api::PatchParams {
+        kube::api::PatchParams { field_manager: Some(FIELD_MANAGER.to_owned()), ..kube::api::PatchParams::default() }
+    }
+
+    /// A JSON merge patch of `resource/name` (field manager `mirrord-cli`):
+    /// it touches nothing the patch does not name.
+    async fn merge_patch<K>(
+        &self,
+        api: Api<K>,
+        resource: &str,
+        name: &str,
+        patch: &serde_json::Value,
+    ) -> Result<(), Error>
+    where
+        K: Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+    {
+        self.bounded(&format!("patching {resource}/{name}"), async {
+            api.patch(name, &Self::patch_params(), &kube::api::Patch::Merge(patch))
+                .await
+                .map(drop)
+                .map_err(|e| self.failed(e, "patch", resource, Some(name)))
+        })
+        .await
     }
 
     /// Bounds an API call by [`API_TIMEOUT`].
@@ -212,29 +247,6 @@ impl Cluster {
             })
             .await?;
         Ok(list.items.iter().filter_map(TargetPod::of).collect())
-    }
-
-    /// The namespace's session token: key `token` of the Secret
-    /// `mirrord-session-token`, which the injector mounts into every sidecar
-    /// of the namespace (`get` on that one Secret is what RBAC grants).
-    pub async fn session_token(&self) -> Result<String, Error> {
-        let secret = self
-            .bounded("reading the session token", async {
-                self.api::<k8s_openapi::api::core::v1::Secret>()
-                    .get_opt(TOKEN_SECRET)
-                    .await
-                    .map_err(|e| self.failed(e, "get", "secrets", Some(TOKEN_SECRET)))
-            })
-            .await?;
-        let no_token = |why| Error::NoToken { namespace: self.namespace.clone(), why };
-        let secret = secret.ok_or_else(|| no_token(" does not exist"))?;
-        let value = secret.data.and_then(|mut d| d.remove(TOKEN_KEY)).ok_or_else(|| no_token(" has no key token"))?;
-        let token = String::from_utf8(value.0).map_err(|_| no_token(": its token is not text"))?;
-        let token = token.trim();
-        if token.is_empty() {
-            return Err(no_token(": its token is empty"));
-        }
-        Ok(token.to_owned())
     }
 
     /// The selector's pods as they come, change and go.
@@ -530,17 +542,19 @@ impl Error {
     }
 }
 
-/// The cluster flags of `inject`, `uninject`, `status` and `token`.
+/// The cluster flags every command that talks to the API shares.
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct ClusterFlags {
-    /// Namespace (default: the kubeconfig context's).
+    /// Namespace (default: for connect, the config's target.namespace; then
+    /// the kubeconfig context's).
     #[arg(short = 'n', long, value_name = "NAMESPACE")]
     pub namespace: Option<String>,
-    /// Kubeconfig file (default: KUBECONFIG, then ~/.kube/config, then the
-    /// in-cluster service account).
+    /// Kubeconfig file (default: for connect, the config's `kubeconfig`;
+    /// then KUBECONFIG, ~/.kube/config, the in-cluster service account).
     #[arg(long, value_name = "FILE")]
     pub kubeconfig: Option<PathBuf>,
-    /// Kubeconfig context (default: the kubeconfig's current context).
+    /// Kubeconfig context (default: for connect, the config's
+    /// `kube_context`; then the kubeconfig's current context).
     #[arg(long, value_name = "CONTEXT")]
     pub context: Option<String>,
 }
@@ -548,323 +562,5 @@ pub struct ClusterFlags {
 impl ClusterFlags {
     pub fn access(&self) -> Access {
         Access { kubeconfig: self.kubeconfig.clone(), context: self.context.clone(), namespace: self.namespace.clone() }
-    }
-}
-
-/// A workload whose pod template can be opted in.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Workload {
-    pub kind: WorkloadKind,
-    pub name: String,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum WorkloadKind {
-    Deployment,
-    StatefulSet,
-    ReplicaSet,
-}
-
-impl Workload {
-    /// `deployment/NAME` (`deploy/`), `statefulset/NAME`, `replicaset/NAME`;
-    /// other kinds are refused with the reason.
-    pub fn parse(path: &str) -> Result<Workload, String> {
-        let Some((kind, name)) = path.split_once('/') else {
-            return Err(format!("invalid target {path:?}: expected KIND/NAME, e.g. deployment/api"));
-        };
-        let kind = match kind.to_ascii_lowercase().as_str() {
-            "deployment" | "deploy" => WorkloadKind::Deployment,
-            "statefulset" | "sts" => WorkloadKind::StatefulSet,
-            "replicaset" | "rs" => WorkloadKind::ReplicaSet,
-            "daemonset" | "ds" => {
-                return Err(format!(
-                    "{path}: DaemonSets are not opted in: a session follows the replicas of a service, and a \
-                     DaemonSet's rollout restarts a pod on every node; opt its pods in with the annotation {} on \
-                     its template if you mean it",
-                    mirrord_config::names::ANNOTATION_INJECT
-                ))
-            }
-            "job" | "cronjob" => {
-                return Err(format!(
-                    "{path}: a Job's pod template cannot be changed once it exists; set the annotation {} in its \
-                     manifest (or opt in the namespace with --namespace)",
-                    mirrord_config::names::ANNOTATION_INJECT
-                ))
-            }
-            "pod" | "po" => {
-                return Err(format!(
-                    "{path}: a pod cannot gain containers once created: opt in the workload that owns it"
-                ))
-            }
-            "service" | "svc" => {
-                return Err(format!("{path}: opt in the workload behind the Service (deployment/NAME)"));
-            }
-            other => {
-                return Err(format!(
-                    "invalid target {path:?}: unknown kind {other:?}, expected deployment, statefulset or replicaset"
-                ))
-            }
-        };
-        if name.is_empty() || name.contains('/') {
-            return Err(format!("invalid target {path:?}: expected KIND/NAME, e.g. deployment/api"));
-        }
-        Ok(Workload { kind, name: name.to_owned() })
-    }
-
-    pub fn describe(&self) -> String {
-        format!("{}/{}", self.kind_name(), self.name)
-    }
-
-    fn kind_name(&self) -> &'static str {
-        match self.kind {
-            WorkloadKind::Deployment => "deployment",
-            WorkloadKind::StatefulSet => "statefulset",
-            WorkloadKind::ReplicaSet => "replicaset",
-        }
-    }
-
-    /// The API resource, as in a URL (`deployments.apps/v1`).
-    pub fn resource(&self) -> String {
-        format!("{}s.apps/v1", self.kind_name())
-    }
-
-    fn api_resource(&self) -> kube::discovery::ApiResource {
-        match self.kind {
-            WorkloadKind::Deployment => kube::discovery::ApiResource::erase::<Deployment>(&()),
-            WorkloadKind::StatefulSet => kube::discovery::ApiResource::erase::<StatefulSet>(&()),
-            WorkloadKind::ReplicaSet => kube::discovery::ApiResource::erase::<ReplicaSet>(&()),
-        }
-    }
-}
-
-/// How far a rollout is, from the workload's generation and status.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Rollout {
-    pub wanted: u64,
-    pub updated: u64,
-    pub ready: u64,
-    /// The controller has seen the latest template.
-    pub observed: bool,
-    /// Why pods cannot be created (the ReplicaFailure condition).
-    pub failure: Option<String>,
-}
-
-impl Rollout {
-    pub fn of(workload: &serde_json::Value) -> Rollout {
-        let n = |v: &serde_json::Value| v.as_u64().unwrap_or(0);
-        let status = &workload["status"];
-        let generation = n(&workload["metadata"]["generation"]);
-        let failure = status["conditions"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .find(|c| c["type"] == "ReplicaFailure" && c["status"] == "True")
-            .map(|c| c["message"].as_str().unwrap_or("pods cannot be created").to_owned());
-        Rollout {
-            wanted: workload["spec"]["replicas"].as_u64().unwrap_or(1),
-            updated: n(&status["updatedReplicas"]),
-            ready: n(&status["readyReplicas"]),
-            observed: n(&status["observedGeneration"]) >= generation,
-            failure,
-        }
-    }
-
-    pub fn done(&self) -> bool {
-        self.observed && self.updated >= self.wanted && self.ready >= self.wanted
-    }
-}
-
-impl std::fmt::Display for Rollout {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        if !self.observed {
-            return write!(f, "waiting for the controller to see the new template");
-        }
-        write!(f, "{} of {} pods updated, {} ready", self.updated, self.wanted, self.ready)
-    }
-}
-
-const FIELD_MANAGER: &str = "mirrord-cli";
-
-impl Cluster {
-    fn dynamic(&self, workload: &Workload) -> Api<kube::api::DynamicObject> {
-        Api::namespaced_with(self.client.clone(), &self.namespace, &workload.api_resource())
-    }
-
-    /// The workload as the API has it.
-    pub async fn workload(&self, workload: &Workload) -> Result<serde_json::Value, Error> {
-        let resource = format!("{}s", workload.kind_name());
-        let got = self
-            .bounded(&format!("reading {}", workload.describe()), async {
-                self.dynamic(workload)
-                    .get_opt(&workload.name)
-                    .await
-                    .map_err(|e| self.failed(e, "get", &resource, Some(&workload.name)))
-            })
-            .await?;
-        match got {
-            Some(object) => Ok(serde_json::to_value(object).unwrap_or_default()),
-            None => {
-                // The "did you mean" of the typed lookup.
-                let error = match workload.kind {
-                    WorkloadKind::Deployment => {
-                        self.get::<Deployment>("deployment", "deployments", &workload.name).await.err()
-                    }
-                    WorkloadKind::StatefulSet => {
-                        self.get::<StatefulSet>("statefulset", "statefulsets", &workload.name).await.err()
-                    }
-                    WorkloadKind::ReplicaSet => {
-                        self.get::<ReplicaSet>("replicaset", "replicasets", &workload.name).await.err()
-                    }
-                };
-                Err(error.unwrap_or(Error::NotFound {
-                    kind: workload.kind_name(),
-                    name: workload.name.clone(),
-                    namespace: self.namespace.clone(),
-                    nearest: None,
-                    existing: Vec::new(),
-                }))
-            }
-        }
-    }
-
-    /// The namespace object (for its annotations).
-    pub async fn namespace_object(&self) -> Result<serde_json::Value, Error> {
-        let api: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(self.client.clone());
-        let ns = self.namespace.clone();
-        let got = self
-            .bounded(&format!("reading namespace {ns}"), async {
-                api.get_opt(&ns).await.map_err(|e| self.failed(e, "get", "namespaces", Some(&ns)))
-            })
-            .await?;
-        match got {
-            Some(object) => Ok(serde_json::to_value(object).unwrap_or_default()),
-            None => Err(Error::NotFound {
-                kind: "namespace",
-                name: ns.clone(),
-                namespace: ns,
-                nearest: None,
-                existing: Vec::new(),
-            }),
-        }
-    }
-
-    fn patch_params() -> kube::api::PatchParams {
-        kube::api::PatchParams { field_manager: Some(FIELD_MANAGER.to_owned()), ..kube::api::PatchParams::default() }
-    }
-
-    /// A merge patch of the workload (field manager `mirrord-cli`).
-    pub async fn patch_workload(&self, workload: &Workload, patch: &serde_json::Value) -> Result<(), Error> {
-        let resource = format!("{}s", workload.kind_name());
-        self.bounded(&format!("patching {}", workload.describe()), async {
-            self.dynamic(workload)
-                .patch(&workload.name, &Self::patch_params(), &kube::api::Patch::Merge(patch))
-                .await
-                .map(drop)
-                .map_err(|e| self.failed(e, "patch", &resource, Some(&workload.name)))
-        })
-        .await
-    }
-
-    /// A merge patch of the namespace object.
-    pub async fn patch_namespace(&self, patch: &serde_json::Value) -> Result<(), Error> {
-        let api: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(self.client.clone());
-        let ns = self.namespace.clone();
-        self.bounded(&format!("patching namespace {ns}"), async {
-            api.patch(&ns, &Self::patch_params(), &kube::api::Patch::Merge(patch))
-                .await
-                .map(drop)
-                .map_err(|e| self.failed(e, "patch", "namespaces", Some(&ns)))
-        })
-        .await
-    }
-
-    fn token_secret(token: &str) -> k8s_openapi::api::core::v1::Secret {
-        let mut secret = k8s_openapi::api::core::v1::Secret::default();
-        secret.metadata.name = Some(TOKEN_SECRET.to_owned());
-        secret.metadata.labels =
-            Some([("app.kubernetes.io/part-of".to_owned(), "mirrord".to_owned())].into_iter().collect());
-        secret.type_ = Some("Opaque".to_owned());
-        secret.data =
-            Some([(TOKEN_KEY.to_owned(), k8s_openapi::ByteString(token.as_bytes().to_vec()))].into_iter().collect());
-        secret
-    }
-
-    fn fresh_token(&self) -> Result<String, Error> {
-        mirrord_api::random_hex(32).map_err(|e| Error::Api {
-            verb: "create",
-            resource: format!("secrets/{TOKEN_SECRET}"),
-            message: format!("no randomness for a token: {e}"),
-        })
-    }
-
-    /// Creates the namespace's session token when it has none; true when it
-    /// was created.
-    pub async fn ensure_session_token(&self) -> Result<bool, Error> {
-        let api: Api<k8s_openapi::api::core::v1::Secret> = self.api();
-        let exists = self
-            .bounded("reading the session token", async {
-                api.get_opt(TOKEN_SECRET).await.map_err(|e| self.failed(e, "get", "secrets", Some(TOKEN_SECRET)))
-            })
-            .await?
-            .is_some();
-        if exists {
-            return Ok(false);
-        }
-        let secret = Self::token_secret(&self.fresh_token()?);
-        let params = kube::api::PostParams { field_manager: Some(FIELD_MANAGER.to_owned()), ..Default::default() };
-        self.bounded("creating the session token", async {
-            match api.create(&params, &secret).await {
-                Ok(_) => Ok(true),
-                // Made meanwhile by someone else: theirs stands.
-                Err(kube::Error::Api(s)) if s.code == 409 => Ok(false),
-                Err(e) => Err(self.failed(e, "create", "secrets", None)),
-            }
-        })
-        .await
-    }
-
-    /// A new token in the namespace's Secret (made when missing).
-    pub async fn rotate_session_token(&self) -> Result<(), Error> {
-        if self.ensure_session_token().await? {
-            return Ok(());
-        }
-        let api: Api<k8s_openapi::api::core::v1::Secret> = self.api();
-        let token = self.fresh_token()?;
-        let patch = serde_json::json!({"data": {TOKEN_KEY: k8s_openapi::ByteString(token.into_bytes())}});
-        self.bounded("rotating the session token", async {
-            api.patch(TOKEN_SECRET, &Self::patch_params(), &kube::api::Patch::Merge(&patch))
-                .await
-                .map(drop)
-                .map_err(|e| self.failed(e, "patch", "secrets", Some(TOKEN_SECRET)))
-        })
-        .await
-    }
-
-    /// The workload's pods now.
-    pub async fn workload_pods(&self, workload: &Workload) -> Result<Vec<TargetPod>, Error> {
-        let target = Target::parse(&workload.describe(), None)
-            .map_err(|why| Error::Unsupported { target: workload.describe(), why })?;
-        let Some(target) = target else { return Ok(Vec::new()) };
-        let selector = self.selector(&target).await?;
-        self.pods(&selector).await
-    }
-
-    /// Warning events of the workload and its pods, oldest first, as
-    /// "Reason: message".
-    pub async fn warnings(&self, workload: &Workload) -> Result<Vec<String>, Error> {
-        let api: Api<k8s_openapi::api::core::v1::Event> = self.api();
-        let list = self
-            .bounded("listing events", async {
-                api.list(&ListParams::default()).await.map_err(|e| self.failed(e, "list", "events", None))
-            })
-            .await?;
-        let prefix = format!("{}-", workload.name);
-        Ok(list
-            .items
-            .into_iter()
-            .filter(|e| e.type_.as_deref() == Some("Warning"))
-            .filter(|e| e.involved_object.name.as_deref().is_some_and(|n| n == workload.name || n.starts_with(&prefix)))
-            .map(|e| format!("{}: {}", e.reason.unwrap_or_default(), e.message.unwrap_or_default()))
-            .collect())
     }
 }

@@ -17,7 +17,7 @@ use tonic::transport::{Channel, Endpoint};
 
 mod fleet;
 
-use crate::cluster::{self, Access, Cluster, Place};
+use crate::cluster::{self, Access, Cluster, ClusterFlags, Place};
 use crate::deliver::Delivery;
 use crate::status::{LogFormat, Reporter, Status};
 use crate::ExitCode;
@@ -31,18 +31,8 @@ pub struct ConnectArgs {
     /// label/KEY=VALUE; default: the config's `target`.
     #[arg(short = 't', long, value_name = "TARGET", conflicts_with = "addr")]
     pub target: Option<String>,
-    /// Namespace of the target (default: the config's target.namespace, then
-    /// the kubeconfig context's).
-    #[arg(short = 'n', long, value_name = "NAMESPACE")]
-    pub namespace: Option<String>,
-    /// Kubeconfig file (default: the config's `kubeconfig`, then KUBECONFIG,
-    /// then ~/.kube/config, then the in-cluster service account).
-    #[arg(long, value_name = "FILE")]
-    pub kubeconfig: Option<PathBuf>,
-    /// Kubeconfig context (default: the config's `kube_context`, then the
-    /// kubeconfig's current context).
-    #[arg(long, value_name = "CONTEXT")]
-    pub context: Option<String>,
+    #[command(flatten)]
+    pub cluster: ClusterFlags,
     /// One sidecar's session tunnel, HOST:PORT (a port-forward of a pod's
     /// 18010 made by hand, or a sidecar on this machine), instead of a target.
     #[arg(long, value_name = "HOST:PORT")]
@@ -192,7 +182,7 @@ async fn places(
 ) -> Result<(Vec<Place>, String, Option<Watch>), ExitCode> {
     let target = match (&args.addr, &args.target) {
         (Some(addr), _) => return Ok((vec![Place::Addr(addr.clone())], addr.clone(), None)),
-        (None, Some(path)) => match Target::parse(path, args.namespace.as_deref()) {
+        (None, Some(path)) => match Target::parse(path, args.cluster.namespace.as_deref()) {
             Ok(Some(target)) => target,
             Ok(None) => {
                 eprintln!("error: --target targetless has no pods to attach to: give a workload, or --addr");
@@ -212,9 +202,9 @@ async fn places(
         },
     };
     let access = Access {
-        kubeconfig: args.kubeconfig.clone().or_else(|| config.kubeconfig.clone().map(PathBuf::from)),
-        context: args.context.clone().or_else(|| config.kube_context.clone()),
-        namespace: args.namespace.clone(),
+        kubeconfig: args.cluster.kubeconfig.clone().or_else(|| config.kubeconfig.clone().map(PathBuf::from)),
+        context: args.cluster.context.clone().or_else(|| config.kube_context.clone()),
+        namespace: args.cluster.namespace.clone(),
     };
     let described = format!("{}/{}", target.kind.as_str(), target.name);
     let cluster = Cluster::connect(&access, target.namespace.as_deref()).await.map_err(cluster_failed)?;

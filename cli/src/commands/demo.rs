@@ -139,9 +139,7 @@ async fn with_session(
     let (open, opened) = oneshot::channel();
     let args = ConnectArgs {
         target: None,
-        namespace: None,
-        kubeconfig: None,
-        context: None,
+        cluster: Default::default(),
         addr: Some(tunnel.to_string()),
         config: Some(path.clone()),
         token: None,

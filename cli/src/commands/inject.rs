@@ -221,7 +221,7 @@ async fn change(
     let patch = annotations_path.iter().rev().fold(Value::Object(changes.clone()), |v, k| json!({ *k: v }));
     if apply.dry_run {
         let resource = match &subject {
-            Subject::Workload(w) => format!("{} {} in namespace {}", w.resource(), w.name, cluster.namespace),
+            Subject::Workload(w) => format!("{} {} in namespace {}", w.resource(), w.name(), cluster.namespace),
             Subject::Namespace => format!("namespaces {}", cluster.namespace),
         };
         println!("# PATCH {resource} (application/merge-patch+json, fieldManager=mirrord-cli)");
