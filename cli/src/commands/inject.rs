@@ -172,6 +172,63 @@ fn failed(e: cluster::Error) -> ExitCode {
     e.exit_code()
 }
 
+impl Subject {
+    /// `deployment/api`, `namespace/shop`.
+    fn describe(&self, cluster: &Cluster) -> String {
+        match self {
+            Subject::Workload(w) => w.describe(),
+            Subject::Namespace => format!("namespace/{}", cluster.namespace),
+        }
+    }
+
+    /// Where the annotations are in the object.
+    fn annotations_path(&self) -> &'static [&'static str] {
+        match self {
+            Subject::Workload(_) => &["spec", "template", "metadata", "annotations"],
+            Subject::Namespace => &["metadata", "annotations"],
+        }
+    }
+
+    async fn read(&self, cluster: &Cluster) -> Result<Value, cluster::Error> {
+        match self {
+            Subject::Workload(w) => cluster.workload(w).await,
+            Subject::Namespace => cluster.namespace_object().await,
+        }
+    }
+
+    async fn patch(&self, cluster: &Cluster, patch: &Value) -> Result<(), cluster::Error> {
+        match self {
+            Subject::Workload(w) => cluster.patch_workload(w, patch).await,
+            Subject::Namespace => cluster.patch_namespace(patch).await,
+        }
+    }
+
+    /// The object as a PATCH request names it.
+    fn resource(&self, cluster: &Cluster) -> String {
+        match self {
+            Subject::Workload(w) => format!("{} {} in namespace {}", w.resource(), w.name(), cluster.namespace),
+            Subject::Namespace => format!("namespaces {}", cluster.namespace),
+        }
+    }
+
+    fn effect(&self) -> &'static str {
+        match self {
+            Subject::Workload(_) => "its pods roll out",
+            Subject::Namespace => "pods created from now on follow it",
+        }
+    }
+}
+
+/// The annotations to set (a value) or remove (null): only those `wanted`
+/// differs on from `current` (all of them when `current` is unknown).
+fn differing(current: Option<&Value>, wanted: &[(&str, Option<String>)]) -> Map<String, Value> {
+    wanted
+        .iter()
+        .filter(|(key, value)| current.is_none_or(|c| c[*key].as_str() != value.as_deref()))
+        .map(|(key, value)| ((*key).to_owned(), value.as_ref().map_or(Value::Null, |v| json!(v))))
+        .collect()
+}
+
 /// Sets (`Some`) or removes (`None`) annotations of the subject, unless they
 /// already are so; then, for `inject`, makes sure the namespace has a
 /// session token; then, with `--wait`, follows the rollout.
@@ -186,45 +243,20 @@ async fn change(
         Ok(c) => c,
         Err(e) => return failed(e),
     };
-    let (described, annotations_path) = match &subject {
-        Subject::Workload(w) => (w.describe(), vec!["spec", "template", "metadata", "annotations"]),
-        Subject::Namespace => (format!("namespace/{}", cluster.namespace), vec!["metadata", "annotations"]),
-    };
-    let object = if apply.dry_run {
-        None
-    } else {
-        let got = match &subject {
-            Subject::Workload(w) => cluster.workload(w).await,
-            Subject::Namespace => cluster.namespace_object().await,
-        };
-        match got {
+    let described = subject.describe(&cluster);
+    let path = subject.annotations_path();
+    let object = match apply.dry_run {
+        true => None,
+        false => match subject.read(&cluster).await {
             Ok(o) => Some(o),
             Err(e) => return failed(e),
-        }
+        },
     };
-    // Only what differs goes into the patch: an unchanged key is not touched.
-    let current = object.as_ref().map(|o| annotations_path.iter().fold(o, |v, k| &v[*k]).clone());
-    let mut changes = Map::new();
-    for (key, value) in &wanted {
-        let now = current.as_ref().map(|c| c[*key].as_str().map(str::to_owned));
-        match (value, now) {
-            (Some(v), Some(Some(n))) if *v == n => {}
-            (None, Some(None)) => {}
-            (Some(v), _) => {
-                changes.insert((*key).to_owned(), json!(v));
-            }
-            (None, _) => {
-                changes.insert((*key).to_owned(), Value::Null);
-            }
-        }
-    }
-    let patch = annotations_path.iter().rev().fold(Value::Object(changes.clone()), |v, k| json!({ *k: v }));
+    let current = object.as_ref().map(|o| path.iter().fold(o, |v, k| &v[*k]));
+    let changes = differing(current, &wanted);
+    let patch = path.iter().rev().fold(Value::Object(changes.clone()), |v, k| json!({ *k: v }));
     if apply.dry_run {
-        let resource = match &subject {
-            Subject::Workload(w) => format!("{} {} in namespace {}", w.resource(), w.name(), cluster.namespace),
-            Subject::Namespace => format!("namespaces {}", cluster.namespace),
-        };
-        println!("# PATCH {resource} (application/merge-patch+json, fieldManager=mirrord-cli)");
+        println!("# PATCH {} (application/merge-patch+json, fieldManager=mirrord-cli)", subject.resource(&cluster));
         println!("{}", serde_json::to_string_pretty(&patch).unwrap_or_default());
         return ExitCode::Ok;
     }
@@ -232,11 +264,7 @@ async fn change(
         let state = if injecting { "already opted in with these settings" } else { "not opted in" };
         println!("{described} is {state}: nothing changed");
     } else {
-        let result = match &subject {
-            Subject::Workload(w) => cluster.patch_workload(w, &patch).await,
-            Subject::Namespace => cluster.patch_namespace(&patch).await,
-        };
-        if let Err(e) = result {
+        if let Err(e) = subject.patch(&cluster, &patch).await {
             return failed(e);
         }
         let what: Vec<String> = changes
@@ -246,11 +274,7 @@ async fn change(
                 None => format!("-{k}"),
             })
             .collect();
-        let effect = match &subject {
-            Subject::Workload(_) => "its pods roll out",
-            Subject::Namespace => "pods created from now on follow it",
-        };
-        println!("{described}: {} ({effect})", what.join(", "));
+        println!("{described}: {} ({})", what.join(", "), subject.effect());
     }
     if injecting {
         match cluster.ensure_session_token().await {
@@ -365,5 +389,22 @@ pub async fn rotate(args: TokenArgs) -> ExitCode {
             ExitCode::Ok
         }
         Err(e) => failed(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_what_differs_is_patched() {
+        let wanted = [(ANNOTATION_INJECT, Some("enabled".to_owned())), (ANNOTATION_PORTS, None)];
+        let all = differing(None, &wanted);
+        assert_eq!(Value::Object(all), json!({ANNOTATION_INJECT: "enabled", ANNOTATION_PORTS: null}));
+        let current = json!({ANNOTATION_INJECT: "enabled", "team": "shop"});
+        assert!(differing(Some(&current), &wanted).is_empty(), "already so");
+        let current = json!({ANNOTATION_INJECT: "disabled", ANNOTATION_PORTS: "80"});
+        let both = differing(Some(&current), &wanted);
+        assert_eq!(Value::Object(both), json!({ANNOTATION_INJECT: "enabled", ANNOTATION_PORTS: null}));
     }
 }
