@@ -4,10 +4,12 @@
 //!
 //! It serves GET, LIST and WATCH (with equality label selectors and the
 //! `metadata.name` field selector; a watch replays what changed after its
-//! resourceVersion) of pods, services, deployments, statefulsets and
-//! replicasets, metadata-only lists
-//! (`as=PartialObjectMetadataList`), 401/403/404 in Kubernetes' `Status`
-//! shape, and `pods/NAME/portforward` over WebSocket as the API server and
+//! resourceVersion) of pods, services, secrets, events, namespaces,
+//! deployments, statefulsets and replicasets; POST and JSON merge PATCH;
+//! metadata-only lists (`as=PartialObjectMetadataList`); 401/403/404/409 in
+//! Kubernetes' `Status` shape, with RBAC rules enforced when given
+//! ([`Rule`]); rollouts of a changed template through a webhook
+//! ([`Webhook`]); and `pods/NAME/portforward` over WebSocket as the API server and
 //! kubelet do: subprotocol `v4.channel.k8s.io`, a data and an error channel
 //! per port, each opened by a frame carrying the port (little-endian); the
 //! data channel's bytes go to 127.0.0.1:PORT inside the pod's network
@@ -70,6 +72,14 @@ struct State {
 type Changes = tokio::sync::broadcast::Sender<u64>;
 
 type Body = http_body_util::combinators::BoxBody<Bytes, std::convert::Infallible>;
+
+mod objects;
+mod rbac;
+mod rollout;
+
+pub use objects::{pod, pod_with, service, token_secret, workload};
+pub use rbac::Rule;
+pub use rollout::Webhook;
 
 /// A running stand-in; stops when dropped.
 #[derive(Debug)]
@@ -184,7 +194,7 @@ impl ApiServer {
         self.state.lock().expect("state").rules = Some(rules);
     }
 
-    /// From now on, a changed pod template rolls out (see [`roll_out`]),
+    /// From now on, a changed pod template rolls out (see [`rollout::roll_out`]),
     /// each new pod admitted through `webhook`.
     pub fn admit_with(&self, webhook: Webhook) {
         self.state.lock().expect("state").webhook = Some(webhook);
@@ -252,76 +262,6 @@ impl Drop for ApiServer {
     }
 }
 
-/// A pod as the API server shows it: labels, the injector's marks when
-/// `injected`, Running with the sidecar ready when `ready`.
-pub fn pod(namespace: &str, name: &str, labels: &Value, ip: &str, injected: bool, ready: bool) -> Value {
-    pod_with(namespace, name, labels, ip, injected, ready, &json!({}))
-}
-
-/// [`pod`] with more annotations (from its template).
-pub fn pod_with(
-    namespace: &str,
-    name: &str,
-    labels: &Value,
-    ip: &str,
-    injected: bool,
-    ready: bool,
-    extra: &Value,
-) -> Value {
-    let containers = vec![json!({"name": "app", "image": "app:1"})];
-    let mut init = Vec::new();
-    let mut annotations = extra.clone();
-    let statuses = vec![
-        json!({"name": "app", "ready": ready, "restartCount": 0, "image": "app:1", "imageID": "", "started": ready}),
-    ];
-    let mut init_statuses = Vec::new();
-    if injected {
-        annotations["mirrord.dev/status"] = json!("injected");
-        init.push(json!({"name": "mirrord-init", "image": "mirrord-proxy:1"}));
-        init.push(json!({"name": "mirrord-proxy", "image": "mirrord-proxy:1", "restartPolicy": "Always"}));
-        init_statuses
-            .push(json!({"name": "mirrord-init", "ready": false, "restartCount": 0, "image": "", "imageID": ""}));
-        init_statuses.push(json!({"name": "mirrord-proxy", "ready": ready, "restartCount": 0, "image": "", "imageID": "", "started": ready}));
-    }
-    json!({
-        "apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": name, "namespace": namespace, "labels": labels, "annotations": annotations,
-                     "uid": format!("uid-{name}")},
-        "spec": {"containers": containers, "initContainers": init},
-        "status": {"phase": if ready { "Running" } else { "Pending" }, "podIP": ip,
-                   "conditions": [{"type": "Ready", "status": if ready { "True" } else { "False" }}],
-                   "containerStatuses": statuses, "initContainerStatuses": init_statuses}
-    })
-}
-
-/// A workload whose selector matches `labels`.
-pub fn workload(kind: &str, namespace: &str, name: &str, labels: &Value) -> Value {
-    json!({
-        "apiVersion": "apps/v1", "kind": kind,
-        "metadata": {"name": name, "namespace": namespace},
-        "spec": {"selector": {"matchLabels": labels},
-                 "template": {"metadata": {"labels": labels}, "spec": {"containers": [{"name": "app", "image": "app:1"}]}}}
-    })
-}
-
-/// The namespace's session token Secret, as `mirrord-cli inject` makes it.
-pub fn token_secret(namespace: &str, token: &str) -> Value {
-    json!({
-        "apiVersion": "v1", "kind": "Secret", "type": "Opaque",
-        "metadata": {"name": mirrord_config::names::TOKEN_SECRET, "namespace": namespace},
-        "data": {mirrord_config::names::TOKEN_KEY: mirrord_injector::review::base64(token.as_bytes())}
-    })
-}
-
-/// A Service selecting `labels`.
-pub fn service(namespace: &str, name: &str, labels: &Value) -> Value {
-    json!({
-        "apiVersion": "v1", "kind": "Service",
-        "metadata": {"name": name, "namespace": namespace},
-        "spec": {"selector": labels, "ports": [{"port": 80}]}
-    })
-}
-
 fn status(code: StatusCode, reason: &str, message: &str) -> Response<Body> {
     let body = json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
                       "message": message, "reason": reason, "code": code.as_u16()});
@@ -386,46 +326,6 @@ fn selected(q: &HashMap<String, String>, object: &Value) -> bool {
     let labels = q.get("labelSelector").map(String::as_str).unwrap_or("");
     let name = q.get("fieldSelector").and_then(|f| f.strip_prefix("metadata.name="));
     matches(labels, &object["metadata"]["labels"]) && name.is_none_or(|n| object["metadata"]["name"] == n)
-}
-
-/// A rule of a (Cluster)Role, as RBAC evaluates it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Rule {
-    pub groups: Vec<String>,
-    pub resources: Vec<String>,
-    pub verbs: Vec<String>,
-    /// Empty: every name.
-    pub names: Vec<String>,
-}
-
-impl Rule {
-    /// The rules of a ClusterRole or Role object.
-    pub fn of_role(role: &Value) -> Vec<Rule> {
-        let list = |r: &Value, key: &str| -> Vec<String> {
-            r[key].as_array().into_iter().flatten().filter_map(Value::as_str).map(str::to_owned).collect()
-        };
-        role["rules"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .map(|r| Rule {
-                groups: list(r, "apiGroups"),
-                resources: list(r, "resources"),
-                verbs: list(r, "verbs"),
-                names: list(r, "resourceNames"),
-            })
-            .collect()
-    }
-
-    /// Whether this rule grants `verb` on `resource` (as `pods/portforward`)
-    /// in API group `group`, on the object `name` when the request names one.
-    pub fn allows(&self, group: &str, resource: &str, verb: &str, name: Option<&str>) -> bool {
-        let has = |list: &[String], v: &str| list.iter().any(|x| x == "*" || x == v);
-        has(&self.groups, group)
-            && has(&self.resources, resource)
-            && has(&self.verbs, verb)
-            && (self.names.is_empty() || name.is_some_and(|n| self.names.iter().any(|x| x == n)))
-    }
 }
 
 async fn handle(req: Request<Incoming>, state: &Arc<Mutex<State>>, token: &str, changes: &Changes) -> Response<Body> {
@@ -599,7 +499,7 @@ async fn handle(req: Request<Incoming>, state: &Arc<Mutex<State>>, token: &str, 
             if let (true, Some(webhook)) = (template_changed && group == &"/apis/apps/v1", webhook) {
                 let (state, changes) = (state.clone(), changes.clone());
                 let (resource, ns, name) = (resource.to_owned(), ns.to_owned(), (*name).to_owned());
-                tokio::spawn(async move { roll_out(&state, &changes, &webhook, &resource, &ns, &name).await });
+                tokio::spawn(async move { rollout::roll_out(&state, &changes, &webhook, &resource, &ns, &name).await });
             }
             respond(StatusCode::OK, stored)
         }
@@ -675,173 +575,6 @@ fn remove(state: &Arc<Mutex<State>>, changes: &Changes, resource: &str, ns: &str
 /// The resource (`pods`) of a kind (`Pod`) the stand-in serves.
 fn resource_of(kind: &str) -> &'static str {
     RESOURCES.iter().find(|(_, _, k)| *k == kind).map(|(r, _, _)| *r).expect("a served kind")
-}
-
-/// The mutating admission webhook the stand-in calls for every pod it
-/// creates, as an API server does for a MutatingWebhookConfiguration.
-#[derive(Debug, Clone)]
-pub struct Webhook {
-    /// `https://HOST:PORT/PATH`.
-    pub url: String,
-    /// The CA that signed the webhook's certificate (the caBundle).
-    pub ca_file: PathBuf,
-}
-
-/// A rollout as the Deployment (StatefulSet, ReplicaSet) controller and the
-/// kubelet would make it, at once: the old pods go, `replicas` new ones are
-/// made from the template, each admitted through the webhook; then they run,
-/// ready, and the workload's status says so. A webhook's refusal becomes a
-/// FailedCreate event and a ReplicaFailure condition, as there.
-async fn roll_out(
-    state: &Arc<Mutex<State>>,
-    changes: &Changes,
-    webhook: &Webhook,
-    resource: &str,
-    ns: &str,
-    name: &str,
-) {
-    let Some(workload) =
-        state.lock().expect("state").objects.get(&(resource.to_owned(), ns.to_owned(), name.to_owned())).cloned()
-    else {
-        return;
-    };
-    let generation = workload["metadata"]["generation"].as_u64().unwrap_or(1);
-    let replicas = workload["spec"]["replicas"].as_u64().unwrap_or(1);
-    let template = &workload["spec"]["template"];
-    let labels = template["metadata"]["labels"].clone();
-    let old: Vec<String> = {
-        let st = state.lock().expect("state");
-        st.objects
-            .iter()
-            .filter(|((r, n, _), o)| {
-                r == "pods"
-                    && n == ns
-                    && matches_labels(&workload["spec"]["selector"]["matchLabels"], &o["metadata"]["labels"])
-            })
-            .map(|((_, _, pod), _)| pod.clone())
-            .collect()
-    };
-    for pod in old {
-        remove(state, changes, "pods", ns, &pod);
-    }
-    let mut ready = 0;
-    let mut failure = None;
-    for i in 0..replicas {
-        let pod_name = format!("{name}-{generation}-{i}");
-        let mut pod = json!({
-            "apiVersion": "v1", "kind": "Pod",
-            "metadata": {"name": pod_name, "namespace": ns, "labels": labels,
-                         "annotations": template["metadata"]["annotations"].clone(),
-                         "uid": format!("uid-{pod_name}"),
-                         "ownerReferences": [{"apiVersion": "apps/v1", "kind": workload["kind"], "name": name,
-                                              "uid": workload["metadata"]["uid"], "controller": true}]},
-            "spec": template["spec"].clone()
-        });
-        match admit(webhook, &pod, ns).await {
-            Ok(ops) => {
-                if let Err(e) = json_patch::patch(&mut pod, &ops) {
-                    failure = Some(format!("the webhook's patch does not apply: {e}"));
-                    continue;
-                }
-            }
-            Err(message) => {
-                failure = Some(message);
-                continue;
-            }
-        }
-        let statuses = |list: &str, always_ready: bool| -> Vec<Value> {
-            pod["spec"][list]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .map(|c| {
-                    let running = always_ready || c["restartPolicy"] == "Always";
-                    json!({"name": c["name"], "ready": running, "started": running, "restartCount": 0,
-                           "image": c["image"], "imageID": ""})
-                })
-                .collect()
-        };
-        pod["status"] = json!({
-            "phase": "Running", "podIP": format!("10.0.0.{}", 10 + i),
-            "conditions": [{"type": "Ready", "status": "True"}],
-            "containerStatuses": statuses("containers", true),
-            "initContainerStatuses": statuses("initContainers", false),
-        });
-        store(state, changes, "pods", ns, pod);
-        ready += 1;
-    }
-    let mut workload = workload;
-    let mut status = json!({"observedGeneration": generation, "replicas": ready, "updatedReplicas": ready,
-                            "readyReplicas": ready, "availableReplicas": ready});
-    if let Some(message) = &failure {
-        status["conditions"] =
-            json!([{"type": "ReplicaFailure", "status": "True", "reason": "FailedCreate", "message": message}]);
-        let event = json!({
-            "apiVersion": "v1", "kind": "Event",
-            "metadata": {"name": format!("{name}.{generation}"), "namespace": ns},
-            "involvedObject": {"kind": workload["kind"], "name": name, "namespace": ns, "apiVersion": "apps/v1"},
-            "reason": "FailedCreate", "message": message, "type": "Warning", "count": 1
-        });
-        store(state, changes, "events", ns, event);
-    }
-    workload["status"] = status;
-    store(state, changes, resource, ns, workload);
-}
-
-fn matches_labels(selector: &Value, labels: &Value) -> bool {
-    selector.as_object().is_some_and(|s| !s.is_empty() && s.iter().all(|(k, v)| &labels[k] == v))
-}
-
-/// One AdmissionReview to the webhook over HTTPS (curl, verifying the
-/// webhook's certificate against the CA): the JSON patch to apply, or why
-/// the pod was refused, worded as the API server words it.
-async fn admit(webhook: &Webhook, pod: &Value, ns: &str) -> Result<json_patch::Patch, String> {
-    let review = json!({
-        "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
-        "request": {"uid": format!("review-{}", pod["metadata"]["name"].as_str().unwrap_or_default()),
-                    "kind": {"group": "", "version": "v1", "kind": "Pod"},
-                    "resource": {"group": "", "version": "v1", "resource": "pods"},
-                    "requestKind": {"group": "", "version": "v1", "kind": "Pod"},
-                    "requestResource": {"group": "", "version": "v1", "resource": "pods"},
-                    "namespace": ns, "operation": "CREATE",
-                    "userInfo": {"username": "system:serviceaccount:kube-system:replicaset-controller"},
-                    "object": pod, "options": {"apiVersion": "meta.k8s.io/v1", "kind": "CreateOptions"},
-                    "dryRun": false}
-    });
-    let webhook = webhook.clone();
-    let answer = tokio::task::spawn_blocking(move || {
-        use std::io::Write;
-        let mut child = std::process::Command::new("curl")
-            .args(["-sS", "--max-time", "10", "--cacert"])
-            .arg(&webhook.ca_file)
-            .args(["-H", "Content-Type: application/json", "--data-binary", "@-", &webhook.url])
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .map_err(|e| format!("curl: {e}"))?;
-        child.stdin.take().expect("stdin").write_all(review.to_string().as_bytes()).map_err(|e| e.to_string())?;
-        let out = child.wait_with_output().map_err(|e| e.to_string())?;
-        if !out.status.success() {
-            return Err(format!(
-                "Internal error occurred: failed calling webhook \"inject.mirrord.dev\": {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            ));
-        }
-        serde_json::from_slice::<Value>(&out.stdout).map_err(|e| format!("the webhook's answer is not JSON: {e}"))
-    })
-    .await
-    .map_err(|e| e.to_string())??;
-    let response = &answer["response"];
-    if response["allowed"] != true {
-        return Err(format!(
-            "admission webhook \"inject.mirrord.dev\" denied the request: {}",
-            response["status"]["message"].as_str().unwrap_or("no reason given")
-        ));
-    }
-    let Some(patch) = response["patch"].as_str() else { return Ok(json_patch::Patch(Vec::new())) };
-    let bytes = mirrord_injector::review::unbase64(patch).ok_or("the webhook's patch is not base64")?;
-    serde_json::from_slice(&bytes).map_err(|e| format!("the webhook's patch is not a JSON patch: {e}"))
 }
 
 /// A watch: what changed after `resourceVersion`, then every change as it
