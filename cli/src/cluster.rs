@@ -241,12 +241,7 @@ impl Cluster {
 
     /// The pods of a selector now, injected or not.
     pub async fn pods(&self, selector: &PodSelector) -> Result<Vec<TargetPod>, Error> {
-        let list = self
-            .bounded("listing pods", async {
-                self.api::<Pod>().list(&selector.list_params()).await.map_err(|e| self.failed(e, "list", "pods", None))
-            })
-            .await?;
-        Ok(list.items.iter().filter_map(TargetPod::of).collect())
+        Ok(self.pod_objects(Some(selector)).await?.iter().filter_map(TargetPod::of).collect())
     }
 
     /// The selector's pods as they come, change and go.

@@ -56,27 +56,22 @@ impl Admin {
         resp.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static(content_type));
         resp
     }
-}
 
-impl Admin {
-    /// The sidecar's version, its sessions (name, mode, filter, since,
+    /// The sidecar's version, its sessions (name, mode, filter, how long open,
     /// counts) and the pause, read by `mirrord-cli status`. Nothing secret:
     /// no session ids, no tokens.
     pub fn status(&self) -> serde_json::Value {
         use std::sync::atomic::Ordering::Relaxed;
-        let now = std::time::SystemTime::now();
         let sessions: Vec<serde_json::Value> = self
             .sessions
             .snapshot()
             .iter()
             .map(|s| {
-                let since = s.opened.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
                 serde_json::json!({
                     "name": s.name,
                     "config": s.config.to_string(),
                     "pause": s.config.pause,
-                    "since_unix": since,
-                    "open_seconds": now.duration_since(s.opened).map(|d| d.as_secs()).unwrap_or(0),
+                    "open_seconds": s.opened.elapsed().as_secs(),
                     "stolen": s.stolen.load(Relaxed),
                     "mirrored": s.mirrored.load(Relaxed),
                 })

@@ -60,7 +60,7 @@ pub struct Session {
     /// Ports given up to another session (`on_concurrent_steal`).
     pub yielded: Yielded,
     /// When it opened, for `/status`.
-    pub opened: std::time::SystemTime,
+    pub opened: std::time::Instant,
     /// Requests and connections stolen, and copies made, for `/status`.
     pub stolen: AtomicU64,
     pub mirrored: AtomicU64,
@@ -87,7 +87,7 @@ impl Session {
             told_about: Mutex::default(),
             attached: tokio::sync::Notify::new(),
             yielded: Yielded::default(),
-            opened: std::time::SystemTime::now(),
+            opened: std::time::Instant::now(),
             stolen: AtomicU64::new(0),
             mirrored: AtomicU64::new(0),
         };
