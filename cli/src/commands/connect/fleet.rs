@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use mirrord_config::Config;
 
-use super::{open, serve, ConnectArgs, Opened};
+use super::session::{open, serve, Opened};
+use super::ConnectArgs;
 use crate::cluster::{self, Cluster, Place};
 use crate::deliver::Delivery;
 use crate::local::Clients;
