@@ -1,7 +1,8 @@
 //! The monitoring manifests as files: rules that promtool accepts and whose
 //! unit tests pass, one set of alerts in both shapes, runbooks for every
 //! alert, dashboards that are what their generator writes, with stable uids
-//! and a datasource variable.
+//! and a datasource variable; prometheus-operator objects that their
+//! published CRDs (checked in under `tests/crd/`) accept.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -173,4 +174,57 @@ fn the_component_lists_every_manifest() {
     );
     let scrape = std::fs::read_to_string(monitoring().join("scrape-configs.yaml")).unwrap();
     assert!(scrape.contains(&format!("regex: {}\n", mirrord_config::names::ADMIN_PORT_NAME)));
+}
+
+/// `python3 tests/crd/validate.py` on `files`: (success, output). `None`
+/// when its modules (jsonschema, PyYAML: the test venv's) are missing (a
+/// skip, never under CI=true).
+fn validate_crd_objects(files: &[PathBuf]) -> Option<(bool, String)> {
+    let have = Command::new("python3").args(["-c", "import jsonschema, yaml"]).output();
+    if !have.is_ok_and(|o| o.status.success()) {
+        assert!(std::env::var("CI").map_or(true, |v| v != "true"), "jsonschema and PyYAML are required under CI=true");
+        eprintln!("SKIPPED: python3 lacks jsonschema or PyYAML (scripts/test.sh installs them in its venv)");
+        return None;
+    }
+    let crd = Path::new(env!("CARGO_MANIFEST_DIR")).join("crd");
+    let out = Command::new("python3")
+        .arg(crd.join("validate.py"))
+        .arg(crd.join("prometheus-operator"))
+        .args(files)
+        .output()
+        .unwrap();
+    Some((
+        out.status.success(),
+        format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)),
+    ))
+}
+
+#[test]
+fn operator_objects_validate_against_the_published_crds() {
+    let files: Vec<PathBuf> = ["podmonitor.yaml", "servicemonitor.yaml", "prometheusrule.yaml"]
+        .iter()
+        .map(|f| monitoring().join(f))
+        .collect();
+    let Some((ok, text)) = validate_crd_objects(&files) else { return };
+    assert!(ok, "{text}");
+    // The check can fail: a misspelt field, a duration the CRD's pattern
+    // refuses, a field where the schema has none.
+    let dir = tempfile::tempdir().unwrap();
+    let podmonitor = std::fs::read_to_string(&files[0]).unwrap().replace("podMetricsEndpoints", "podMetricEndpoints");
+    let rules = std::fs::read_to_string(&files[2])
+        .unwrap()
+        .replacen("      for: 1m", "      for: a minute", 1)
+        .replacen("      labels:\n", "      severity: critical\n      labels:\n", 1);
+    let bad = [dir.path().join("podmonitor.yaml"), dir.path().join("prometheusrule.yaml")];
+    std::fs::write(&bad[0], podmonitor).unwrap();
+    std::fs::write(&bad[1], rules).unwrap();
+    let (ok, text) = validate_crd_objects(&bad).unwrap();
+    assert!(!ok, "{text}");
+    for expected in [
+        "PodMonitor mirrord-sidecars: .spec.podMetricEndpoints: unknown field",
+        "PrometheusRule mirrord: .spec.groups[0].rules[0].for: 'a minute' does not match",
+        "PrometheusRule mirrord: .spec.groups[0].rules[0].severity: unknown field",
+    ] {
+        assert!(text.contains(expected), "{expected:?} not in:\n{text}");
+    }
 }
