@@ -6,9 +6,10 @@
 //! expression is evaluated through Prometheus' HTTP API, and the values the
 //! test knows exactly are checked.
 //!
-//! Prometheus scrapes static targets whose labels are the ones the shipped
-//! PodMonitor and scrape configs give in a cluster (namespace, pod,
-//! workload): kubernetes_sd cannot run without an API server.
+//! Prometheus scrapes through the shipped `scrape-configs.yaml` (its
+//! relabelling as written), with static targets in place of
+//! kubernetes_sd, which cannot run without an API server: each carries the
+//! `__meta_kubernetes_*` labels discovery gives such a pod.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -29,6 +30,8 @@ use serde_json::Value;
 const NAMESPACE: &str = "shop";
 const WORKLOAD: &str = "api";
 const POD: &str = "api-5d8f9c7b6-x2x7q";
+/// A pod port that is not the sidecar's: the scrape config drops it.
+const DROPPED_TARGET: &str = "10.9.9.9:8080";
 
 fn monitoring() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../manifests/monitoring")
@@ -60,26 +63,49 @@ struct Prometheus {
 }
 
 impl Prometheus {
+    /// Prometheus scraping the sidecar and the injector through the shipped
+    /// `scrape-configs.yaml`: its relabelling as written, each
+    /// `kubernetes_sd_configs` replaced by static targets carrying the
+    /// `__meta_kubernetes_*` labels that discovery gives such a pod (and a
+    /// pod port the rules must drop).
     fn start(sidecar_admin: SocketAddr, injector_admin: SocketAddr) -> Prometheus {
         let dir = tempfile::tempdir().unwrap();
         let rules = monitoring().join("rules/mirrord.rules.yaml").canonicalize().unwrap();
-        let config = format!(
-            r#"global:
-  scrape_interval: 1s
-  evaluation_interval: 1s
-rule_files: ["{rules}"]
-scrape_configs:
-  - job_name: mirrord-sidecars
-    static_configs:
-      - targets: ["{sidecar_admin}"]
-        labels: {{namespace: {NAMESPACE}, pod: {POD}, workload: {WORKLOAD}}}
-  - job_name: mirrord-injector
-    static_configs:
-      - targets: ["{injector_admin}"]
-        labels: {{namespace: mirrord, pod: mirrord-injector-6c9f8d-abcde}}
-"#,
-            rules = rules.display()
-        );
+        let shipped: serde_yaml::Value =
+            serde_yaml::from_str(&std::fs::read_to_string(monitoring().join("scrape-configs.yaml")).unwrap()).unwrap();
+        let replica_set = POD.rsplit_once('-').unwrap().0;
+        let mut jobs = shipped["scrape_configs"].as_sequence().unwrap().clone();
+        for job in &mut jobs {
+            let discovered = match job["job_name"].as_str().unwrap() {
+                "mirrord-sidecars" => serde_json::json!([
+                    {"targets": [sidecar_admin.to_string()],
+                     "labels": {"__meta_kubernetes_namespace": NAMESPACE, "__meta_kubernetes_pod_name": POD,
+                                "__meta_kubernetes_pod_container_port_name": "mirrord-admin",
+                                "__meta_kubernetes_pod_controller_kind": "ReplicaSet",
+                                "__meta_kubernetes_pod_controller_name": replica_set}},
+                    {"targets": [DROPPED_TARGET],
+                     "labels": {"__meta_kubernetes_namespace": NAMESPACE, "__meta_kubernetes_pod_name": POD,
+                                "__meta_kubernetes_pod_container_port_name": "http"}}
+                ]),
+                "mirrord-injector" => serde_json::json!([
+                    {"targets": [injector_admin.to_string()],
+                     "labels": {"__meta_kubernetes_namespace": "mirrord",
+                                "__meta_kubernetes_pod_name": "mirrord-injector-6c9f8d-abcde",
+                                "__meta_kubernetes_service_name": "mirrord-injector",
+                                "__meta_kubernetes_endpoint_port_name": "admin"}}
+                ]),
+                other => panic!("a scrape job the test does not know: {other}"),
+            };
+            let job = job.as_mapping_mut().unwrap();
+            assert!(job.remove("kubernetes_sd_configs").is_some());
+            job.insert("static_configs".into(), serde_yaml::to_value(discovered).unwrap());
+        }
+        let config = serde_json::json!({
+            "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+            "rule_files": [rules],
+            "scrape_configs": jobs,
+        });
+        let config = serde_yaml::to_string(&config).unwrap();
         std::fs::write(dir.path().join("prometheus.yml"), config).unwrap();
         let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let process = Command::new("prometheus")
@@ -307,6 +333,16 @@ fn dashboards_and_alerts_against_a_real_prometheus() {
     let prom = Prometheus::start(admin.addr, injector_admin);
     prom.wait_value(r#"up{job="mirrord-sidecars"}"#, |v| v == 1.0);
     prom.wait_value(r#"up{job="mirrord-injector"}"#, |v| v == 1.0);
+    // The labels come from the shipped relabelling; the app's port is dropped.
+    let up = prom.query_at(r#"up{job="mirrord-sidecars"}"#, None).unwrap();
+    assert_eq!(up.len(), 1, "{up:?}");
+    assert_eq!(up[0]["metric"]["namespace"], NAMESPACE);
+    assert_eq!(up[0]["metric"]["pod"], POD);
+    assert_eq!(up[0]["metric"]["workload"], WORKLOAD);
+    let up = prom.query_at(r#"up{job="mirrord-injector"}"#, None).unwrap();
+    assert_eq!(up[0]["metric"]["namespace"], "mirrord", "{up:?}");
+    let (_, targets) = http_get(prom.addr, "/api/v1/targets?state=dropped").unwrap();
+    assert!(targets.contains(DROPPED_TARGET), "{targets}");
 
     // Passthrough, then a steal session that takes exactly the matching requests.
     assert_eq!(requests(&pod, 20, &[]), 0);
