@@ -11,6 +11,10 @@ pub enum Error {
     Handshake { dst: SocketAddr, error: hyper::Error },
     #[error("the app at {dst} did not answer: {error}")]
     Request { dst: SocketAddr, error: hyper::Error },
+    #[error(
+        "no connection to the app at {dst}: the sidecar holds its whole budget of {limit} file descriptors (see --fd-budget)"
+    )]
+    Budget { dst: SocketAddr, limit: usize },
 }
 
 impl Error {
@@ -21,6 +25,7 @@ impl Error {
             Error::Connect { .. } => Fault::UpstreamConnect,
             Error::Handshake { .. } => Fault::UpstreamHandshake,
             Error::Request { .. } => Fault::UpstreamRequest,
+            Error::Budget { .. } => Fault::FdBudget,
         }
     }
 }

@@ -11,12 +11,14 @@ use prometheus_client::metrics::gauge::Gauge;
 use tokio::net::{TcpListener, TcpStream};
 use tracing::{debug, warn, Instrument};
 
+use crate::budget::{Budget, Fds};
 use crate::detect::{self, Detected};
 use crate::h1;
 use crate::h2::{self, Proxy};
 use crate::limits::Limits;
 use crate::metrics::{ConnLabels, Metrics, Protocol};
 use crate::pause::Pause;
+use crate::pool::Pool;
 use crate::rewind::Rewind;
 use crate::session::Sessions;
 use crate::shutdown::Shutdown;
@@ -47,10 +49,14 @@ pub struct Inbound {
     pub metrics: Arc<Metrics>,
     /// While it holds the app paused, kubelet's HTTP probes are answered here.
     pub pause: Arc<Pause>,
+    /// Idle HTTP/1 app connections.
+    pub pool: Arc<Pool>,
+    pub budget: Arc<Budget>,
 }
 
 /// Accepts until shutdown; each connection runs in its own task.
 pub async fn accept_loop(listener: TcpListener, inbound: Arc<Inbound>, mut shutdown: Shutdown) {
+    let mut refusals = Refusals::default();
     loop {
         let accepted = tokio::select! {
             a = listener.accept() => a,
@@ -58,8 +64,12 @@ pub async fn accept_loop(listener: TcpListener, inbound: Arc<Inbound>, mut shutd
         };
         match accepted {
             Ok((stream, peer)) => {
+                let Some(fds) = inbound.budget.take(1) else {
+                    refusals.refuse(stream, &inbound);
+                    continue;
+                };
                 let span = tracing::debug_span!("conn", %peer);
-                tokio::spawn(handle(stream, inbound.clone(), shutdown.clone()).instrument(span));
+                tokio::spawn(handle(stream, fds, inbound.clone(), shutdown.clone()).instrument(span));
             }
             Err(e) => {
                 // Typically EMFILE: back off instead of spinning.
@@ -71,7 +81,34 @@ pub async fn accept_loop(listener: TcpListener, inbound: Arc<Inbound>, mut shutd
     }
 }
 
-async fn handle(mut stream: TcpStream, inbound: Arc<Inbound>, shutdown: Shutdown) {
+/// Connections refused for the budget: reset at once (a client retries or
+/// fails fast, rather than waiting on a connection nobody serves), counted,
+/// and logged at most every ten seconds.
+#[derive(Default)]
+struct Refusals {
+    since_log: u64,
+    logged: Option<std::time::Instant>,
+}
+
+impl Refusals {
+    fn refuse(&mut self, stream: TcpStream, inbound: &Inbound) {
+        let _ = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO));
+        drop(stream);
+        inbound.metrics.error(crate::metrics::Fault::FdBudget);
+        self.since_log += 1;
+        if self.logged.is_none_or(|at| at.elapsed() >= Duration::from_secs(10)) {
+            warn!(
+                refused = self.since_log,
+                budget = inbound.budget.limit(),
+                "connections refused: the inbound side holds its whole file-descriptor budget (--fd-budget)"
+            );
+            self.since_log = 0;
+            self.logged = Some(std::time::Instant::now());
+        }
+    }
+}
+
+async fn handle(mut stream: TcpStream, _fds: Fds, inbound: Arc<Inbound>, shutdown: Shutdown) {
     socket::tune(&stream);
     let dst = match inbound.destination {
         Destination::Fixed(addr) => addr,
@@ -118,6 +155,8 @@ async fn handle(mut stream: TcpStream, inbound: Arc<Inbound>, shutdown: Shutdown
                 shutdown,
                 sessions: inbound.sessions.clone(),
                 pause: inbound.pause.clone(),
+                pool: inbound.pool.clone(),
+                budget: inbound.budget.clone(),
             };
             h1::serve(stream, prefix, conn).await;
         }
@@ -127,7 +166,7 @@ async fn handle(mut stream: TcpStream, inbound: Arc<Inbound>, shutdown: Shutdown
         }
         Protocol::Tcp => {
             let idle = inbound.limits.tcp_idle_timeout;
-            tcp::forward(stream, prefix, dst, &inbound.sessions, &inbound.metrics, idle).await
+            tcp::forward(stream, prefix, dst, &inbound, idle).await
         }
     }
 }

@@ -8,6 +8,7 @@
 
 pub mod admin;
 pub mod app;
+pub mod budget;
 pub mod detect;
 pub mod gate;
 pub mod h1;
@@ -17,6 +18,7 @@ pub mod iptables;
 pub mod limits;
 pub mod metrics;
 pub mod pause;
+pub mod pool;
 pub mod ports;
 pub mod rewind;
 pub mod run;

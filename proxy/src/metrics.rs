@@ -44,6 +44,9 @@ pub struct Metrics {
     /// Session names that have a label of their own.
     session_names: Mutex<Vec<SessionLabel>>,
     pub paused: Gauge,
+    /// File descriptors the inbound side holds, and may hold.
+    pub inbound_fds: Gauge,
+    pub fd_budget: Gauge,
     /// When the current pause began (Unix seconds); 0 while the app runs.
     pub pause_started: Gauge,
     /// The longest a pause may last (`--max-pause`).
@@ -86,6 +89,8 @@ impl Default for Metrics {
             Fault::UpstreamResponse,
             Fault::BodyReadTimeout,
             Fault::RequestBodyIncomplete,
+            Fault::FdBudget,
+            Fault::HttpIdleTimeout,
         ] {
             let _ = Family::<FaultLabels, Counter>::get_or_create(&errors, &FaultLabels { reason });
         }
@@ -129,6 +134,18 @@ impl Default for Metrics {
             "build",
             "The sidecar's version",
             Info::new(vec![("version".to_owned(), env!("CARGO_PKG_VERSION").to_owned())]),
+        );
+        let inbound_fds = Gauge::default();
+        registry.register(
+            "inbound_fds",
+            "File descriptors held for inbound connections (client and app sockets, splice pipes)",
+            inbound_fds.clone(),
+        );
+        let fd_budget = Gauge::default();
+        registry.register(
+            "fd_budget",
+            "File descriptors inbound connections may hold at once (--fd-budget)",
+            fd_budget.clone(),
         );
         let paused = Gauge::default();
         registry.register("paused", "1 while the app is paused for a session, else 0", paused.clone());
@@ -178,6 +195,8 @@ impl Default for Metrics {
             tunnel_bytes,
             session_names: Mutex::default(),
             paused,
+            inbound_fds,
+            fd_budget,
             pause_started,
             pause_lease,
             paused_processes,

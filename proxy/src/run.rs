@@ -12,6 +12,7 @@ use tokio::net::TcpListener;
 use tracing::{info, warn};
 
 use crate::admin::{self, Admin};
+use crate::budget::{self, Budget};
 use crate::inbound::{self, Destination, Inbound};
 use crate::limits::Limits;
 use crate::metrics::Metrics;
@@ -57,6 +58,18 @@ pub struct RunArgs {
     /// long-lived protocols keep working.
     #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = parse_duration)]
     pub tcp_idle_timeout: Duration,
+    /// How long an HTTP/1 client connection may wait for its next request
+    /// (0s: never closed for idleness). Between requests it holds no app
+    /// connection and no buffer, so idle clients are cheap.
+    #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = parse_duration)]
+    pub http_idle_timeout: Duration,
+    /// File descriptors the inbound side may hold at once (client and app
+    /// sockets, splice pipes). Default: the open-files limit less a
+    /// sixteenth of it (at least 64, at most 4096), kept for the tunnel,
+    /// the admin port and pausing. Beyond it, new connections are refused
+    /// (`mirrord_proxy_errors_total{reason="fd_budget"}`).
+    #[arg(long, value_name = "FDS")]
+    pub fd_budget: Option<usize>,
     /// Largest HTTP request head accepted, in bytes (431 beyond).
     #[arg(long, value_name = "BYTES", default_value_t = 64 * 1024)]
     pub max_header_size: usize,
@@ -130,6 +143,11 @@ impl Running {
         let admin_listener = socket::listen(args.admin).map_err(|error| Error::Bind { addr: args.admin, error })?;
         let tunnel_listener = socket::listen(args.tunnel).map_err(|error| Error::Bind { addr: args.tunnel, error })?;
         let metrics = Arc::new(Metrics::default());
+        let fd_budget = args.fd_budget.unwrap_or_else(|| {
+            // Where the limit cannot be read, assume the common default.
+            budget::for_limit(socket::open_files_limit().unwrap_or(1024))
+        });
+        metrics.fd_budget.set(i64::try_from(fd_budget).unwrap_or(i64::MAX));
         let sessions = Arc::new(Sessions::new(args.ports.clone()));
         let pause = match args.pause {
             PauseSetting::Enabled => Pause::new(args.scope.scope(), args.max_pause, metrics.clone(), None),
@@ -157,7 +175,10 @@ impl Running {
                 max_head: args.max_header_size,
                 body_read_timeout: args.body_read_timeout,
                 tcp_idle_timeout: Some(args.tcp_idle_timeout).filter(|d| !d.is_zero()),
+                http_idle_timeout: Some(args.http_idle_timeout).filter(|d| !d.is_zero()),
             },
+            pool: Arc::default(),
+            budget: Budget::new(fd_budget, metrics.inbound_fds.clone()),
             metrics: metrics.clone(),
             pause: pause.clone(),
         };
@@ -196,6 +217,7 @@ impl Running {
         for listener in self.listeners {
             tokio::spawn(inbound::accept_loop(listener, self.inbound.clone(), shutdown.clone()));
         }
+        tokio::spawn(sweep_pool(self.inbound.pool.clone(), shutdown.clone()));
         tokio::spawn(admin::serve(self.admin_listener, self.admin.clone(), shutdown.clone()));
         tokio::spawn(serve_tunnel(self.tunnel_listener, self.tunnel, shutdown.signal()));
         drop(shutdown);
@@ -267,4 +289,16 @@ fn bind_inbound(addrs: &[SocketAddr]) -> Result<Vec<TcpListener>, Error> {
         Err(e) => info!("IPv6 inbound listener not available: {e}"),
     }
     Ok(listeners)
+}
+
+/// Closes idle app connections as they expire.
+async fn sweep_pool(pool: Arc<crate::pool::Pool>, mut shutdown: shutdown::Shutdown) {
+    let mut tick = tokio::time::interval(crate::pool::MAX_IDLE / 2);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => pool.sweep(),
+            () = shutdown.signalled() => return,
+        }
+    }
 }

@@ -2,7 +2,10 @@
 //!
 //! Bytes move socket → pipe → socket with splice(2), never entering user
 //! space: higher throughput than a copy loop and no per-connection buffer
-//! memory. If pipes cannot be had (fd limit), a buffered copy takes over.
+//! memory. A direction's pipe is made when its first bytes arrive and given
+//! back after a second without any, so a silent connection holds its two
+//! sockets only. If a pipe cannot be had (the descriptor budget or the
+//! kernel's limit), a buffered copy takes over that direction.
 
 use std::io;
 
@@ -11,8 +14,12 @@ use socket2::SockRef;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use std::sync::Arc;
+
+use crate::budget::Budget;
+use crate::inbound::Inbound;
 use crate::metrics::Metrics;
-use crate::session::{open_copies, open_steal, Copies, Exchange, Sessions};
+use crate::session::{open_copies, open_steal, Copies, Exchange};
 use crate::session::{Announced, Frame};
 
 /// Per-direction copy buffer for the fallback and for upgraded HTTP
@@ -26,10 +33,10 @@ pub async fn forward(
     mut client: TcpStream,
     prefix: Bytes,
     dst: std::net::SocketAddr,
-    sessions: &Sessions,
-    metrics: &Metrics,
+    inbound: &Inbound,
     idle_limit: Option<std::time::Duration>,
 ) {
+    let (sessions, metrics) = (&inbound.sessions, &*inbound.metrics);
     let client_fd = std::os::fd::AsRawFd::as_raw_fd(&client);
     let port = dst.port();
     let announce = || Announced::Tcp(prefix.clone());
@@ -43,6 +50,11 @@ pub async fn forward(
             return;
         }
     }
+    let Some(_app_fd) = inbound.budget.take(1) else {
+        metrics.error(crate::metrics::Fault::FdBudget);
+        let _ = SockRef::from(&client).set_linger(Some(std::time::Duration::ZERO));
+        return;
+    };
     let mut app = match crate::socket::connect(dst).await {
         Ok(s) => s,
         Err(e) => {
@@ -61,7 +73,7 @@ pub async fn forward(
     let copies = open_copies(&decision.mirrors, port, &announce(), metrics).await;
     let transfer = async {
         if copies.is_empty() {
-            splice(&mut client, &mut app).await.map(drop)
+            splice(&mut client, &mut app, &inbound.budget).await.map(drop)
         } else {
             copy_mirrored(&mut client, &mut app, copies, metrics).await
         }
@@ -132,14 +144,18 @@ where
 }
 
 /// Like [`copy`], for two TCP sockets, through the kernel (splice(2) on
-/// Linux; elsewhere a plain copy).
-pub async fn splice(a: &mut TcpStream, b: &mut TcpStream) -> io::Result<(u64, u64)> {
+/// Linux, its pipes taken from `budget`; elsewhere a plain copy).
+pub async fn splice(a: &mut TcpStream, b: &mut TcpStream, budget: &Arc<Budget>) -> io::Result<(u64, u64)> {
     #[cfg(target_os = "linux")]
-    if let (Ok(a_to_b), Ok(b_to_a)) = (kernel::Pipe::new(), kernel::Pipe::new()) {
-        let (sent, received) = tokio::join!(kernel::one_way(a, b, a_to_b), kernel::one_way(b, a, b_to_a));
-        return Ok((sent?, received?));
+    {
+        let (sent, received) = tokio::join!(kernel::one_way(a, b, budget), kernel::one_way(b, a, budget));
+        Ok((sent?, received?))
     }
-    copy(a, b).await
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = budget;
+        copy(a, b).await
+    }
 }
 
 /// splice(2): socket → pipe → socket inside the kernel.
@@ -147,10 +163,14 @@ pub async fn splice(a: &mut TcpStream, b: &mut TcpStream) -> io::Result<(u64, u6
 mod kernel {
     use std::io;
     use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+    use std::sync::Arc;
+    use std::time::Duration;
 
     use socket2::SockRef;
     use tokio::io::Interest;
     use tokio::net::TcpStream;
+
+    use crate::budget::{Budget, Fds};
 
     /// Pipe capacity asked for (the kernel default is 64 KiB).
     const PIPE_SIZE: libc::c_int = 256 * 1024;
@@ -188,14 +208,32 @@ mod kernel {
         }
     }
 
+    /// How long a direction keeps its pipe without bytes to move.
+    const PIPE_IDLE: Duration = Duration::from_secs(1);
+
     /// Moves bytes from `src` to `dst` until EOF, then half-closes `dst`.
-    pub(super) async fn one_way(src: &TcpStream, dst: &TcpStream, pipe: Pipe) -> io::Result<u64> {
+    pub(super) async fn one_way(src: &TcpStream, dst: &TcpStream, budget: &Arc<Budget>) -> io::Result<u64> {
+        let mut pipe: Option<(Pipe, Fds)> = None;
         let mut total = 0u64;
         loop {
             let queued = loop {
-                src.readable().await?;
+                if pipe.is_some() {
+                    if tokio::time::timeout(PIPE_IDLE, src.readable()).await.is_err() {
+                        pipe = None;
+                        continue;
+                    }
+                } else {
+                    src.readable().await?;
+                }
+                let write_end = match &pipe {
+                    Some((p, _)) => p.write.as_raw_fd(),
+                    None => match budget.take(2).and_then(|fds| Some((Pipe::new().ok()?, fds))) {
+                        Some((p, fds)) => pipe.insert((p, fds)).0.write.as_raw_fd(),
+                        None => return Ok(total + copy_one_way(src, dst).await?),
+                    },
+                };
                 let sock = src.as_raw_fd();
-                match src.try_io(Interest::READABLE, || splice_fd(sock, pipe.write.as_raw_fd(), PIPE_SIZE as usize)) {
+                match src.try_io(Interest::READABLE, || splice_fd(sock, write_end, PIPE_SIZE as usize)) {
                     Ok(n) => break n,
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
                     Err(e) => return Err(e),
@@ -205,17 +243,46 @@ mod kernel {
                 SockRef::from(dst).shutdown(std::net::Shutdown::Write)?;
                 return Ok(total);
             }
+            let Some((p, _)) = &pipe else { unreachable!("bytes were queued into the pipe") };
             let mut left = queued;
             while left > 0 {
                 dst.writable().await?;
                 let sock = dst.as_raw_fd();
-                match dst.try_io(Interest::WRITABLE, || splice_fd(pipe.read.as_raw_fd(), sock, left)) {
+                match dst.try_io(Interest::WRITABLE, || splice_fd(p.read.as_raw_fd(), sock, left)) {
                     Ok(n) => left -= n,
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
                     Err(e) => return Err(e),
                 }
             }
             total += queued as u64;
+        }
+    }
+
+    /// The same through a buffer in user space, for when no pipe can be had.
+    async fn copy_one_way(src: &TcpStream, dst: &TcpStream) -> io::Result<u64> {
+        let mut buf = vec![0u8; super::COPY_BUFFER];
+        let mut total = 0u64;
+        loop {
+            src.readable().await?;
+            let n = match src.try_read(&mut buf) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Err(e),
+            };
+            if n == 0 {
+                SockRef::from(dst).shutdown(std::net::Shutdown::Write)?;
+                return Ok(total);
+            }
+            let mut written = 0;
+            while written < n {
+                dst.writable().await?;
+                match dst.try_write(&buf[written..n]) {
+                    Ok(w) => written += w,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                    Err(e) => return Err(e),
+                }
+            }
+            total += n as u64;
         }
     }
 }

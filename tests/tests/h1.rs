@@ -26,7 +26,7 @@ fn transcript(addr: SocketAddr, request: &[u8]) -> String {
     // port it reports. Neither is touched by the sidecar; they vary per run.
     String::from_utf8_lossy(&out)
         .lines()
-        .filter(|l| !l.to_ascii_lowercase().starts_with("date:"))
+        .filter(|l| !l.to_ascii_lowercase().starts_with("date:") && !l.to_ascii_lowercase().starts_with("x-peer-port:"))
         .collect::<Vec<_>>()
         .join("\n")
 }

@@ -39,7 +39,8 @@ fn comparable(response: &str) -> (String, String) {
     let mut peer = String::new();
     let mut lines = Vec::new();
     for line in response.lines() {
-        if line.to_ascii_lowercase().starts_with("date:") {
+        let lower = line.to_ascii_lowercase();
+        if lower.starts_with("date:") || lower.starts_with("x-peer-port:") {
             continue;
         }
         if line.starts_with('{') {

@@ -157,6 +157,9 @@ pub struct ResponseHead {
     pub body: Body,
     /// 101, or 2xx to CONNECT: raw bytes both ways from here on.
     pub tunnel: bool,
+    /// The app will close the connection after this response
+    /// (`Connection: close`, or HTTP/1.0 without keep-alive).
+    pub close: bool,
 }
 
 /// Parses a request head at the start of `buf`: `Ok(None)` if incomplete.
@@ -255,7 +258,8 @@ pub fn parse_response(buf: &[u8], kind: Kind) -> Result<Option<ResponseHead>, Ba
             (false, None) => Body::UntilClose,
         }
     };
-    Ok(Some(ResponseHead { len, status, body, tunnel }))
+    let close = framing.close || (resp.version == Some(0) && !framing.keep_alive) || body == Body::UntilClose;
+    Ok(Some(ResponseHead { len, status, body, tunnel, close }))
 }
 
 enum FramingHeader {

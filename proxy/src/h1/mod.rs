@@ -12,6 +12,14 @@
 //! [`response`] (app → client). They share a queue of what each response
 //! answers, so that HEAD and upgrade responses are framed right and a refusal
 //! is written only after every earlier response is complete.
+//!
+//! An app connection is held only while a request is in flight: when every
+//! request read so far has been answered and no byte of the next one has
+//! arrived, the app connection goes back to the [`pool`](crate::pool) and
+//! the client connection waits alone, with no buffer. The pairing is kept
+//! for the rest of the connection once the app answers 401 or 407 (NTLM and
+//! Negotiate authenticate the connection, not the request), and after a
+//! protocol switch (the connection is a tunnel then).
 
 pub mod body;
 pub mod head;
@@ -22,6 +30,7 @@ mod stolen;
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -31,8 +40,10 @@ use tokio::net::TcpStream;
 use tokio::sync::{oneshot, Notify};
 use tracing::debug;
 
+use crate::budget::Budget;
 use crate::limits::Limits;
 use crate::metrics::Metrics;
+use crate::pool::{AppConn, Pool};
 use crate::session::Sessions;
 use crate::shutdown::Shutdown;
 use crate::{app, socket};
@@ -52,6 +63,9 @@ pub struct Conn {
     pub shutdown: Shutdown,
     pub sessions: Arc<Sessions>,
     pub pause: Arc<crate::pause::Pause>,
+    /// Idle app connections, shared by every client connection.
+    pub pool: Arc<Pool>,
+    pub budget: Arc<Budget>,
 }
 
 /// How a pump ended.
@@ -62,6 +76,9 @@ enum Done {
     Eof,
     /// The whole connection must end now.
     Close,
+    /// Every request read so far is answered, and no byte of the next one
+    /// has arrived: the app connection may be given back.
+    Idle,
 }
 
 /// Queued by the request pump, consumed in order by the response pump.
@@ -85,12 +102,18 @@ enum Pending {
     Local(&'static [u8]),
     /// Close once every earlier response is complete (shutdown).
     Close,
+    /// End the round once every earlier response is complete: the app
+    /// connection is idle.
+    Release,
 }
 
 #[derive(Debug, Default)]
 struct Shared {
     queue: Mutex<VecDeque<Pending>>,
     changed: Notify,
+    /// The app connection stays with this client connection (see the module
+    /// documentation).
+    pinned: AtomicBool,
 }
 
 impl Shared {
@@ -127,31 +150,127 @@ impl Shared {
 
 /// Proxies one HTTP/1 client connection whose first bytes are `prefix`.
 pub async fn serve(mut client: TcpStream, prefix: Bytes, conn: Conn) {
-    let mut app = match socket::connect(conn.dst).await {
-        Ok(app) => app,
-        Err(error) => {
-            let e = app::Error::Connect { dst: conn.dst, error };
-            debug!("{e}");
-            conn.metrics.error(e.reason());
-            let _ = client.write_all(&bad_gateway(&e)).await;
-            let _ = client.shutdown().await;
-            return;
+    let shared = Shared::default();
+    let mut requests = request::State::new(prefix);
+    let mut responses = response::State::new(&conn);
+    // The app connection kept between rounds once pinned.
+    let mut held: Option<AppConn> = None;
+    loop {
+        if requests.buf.is_empty() && held.is_none() && !wait_for_request(&client, &mut requests.buf, &conn).await {
+            break;
         }
-    };
-    {
-        let shared = Shared::default();
-        let (client_rd, client_wr) = client.split();
-        let (app_rd, app_wr) = app.split();
-        let requests = request::pump(client_rd, app_wr, prefix, &shared, &conn);
-        let responses = response::pump(app_rd, client_wr, &shared, &conn);
-        tokio::pin!(requests, responses);
-        tokio::select! {
-            done = &mut requests => if done == Done::Eof { responses.await; },
-            done = &mut responses => if done == Done::Eof { requests.await; },
+        let mut app = match held.take() {
+            Some(app) => app,
+            None => match app_conn(&conn).await {
+                Ok(app) => app,
+                Err(e) => {
+                    debug!("{e}");
+                    conn.metrics.error(e.reason());
+                    let _ = client.write_all(&error_response(&e)).await;
+                    break;
+                }
+            },
+        };
+        // Boxed: the pumps' state exists only while a request is in flight,
+        // and an idle connection's task stays small.
+        let round = Box::pin(round(&mut client, &mut app.stream, &mut requests, &mut responses, &shared, &conn)).await;
+        if round != Done::Idle {
+            break;
+        }
+        if shared.pinned.load(Ordering::Relaxed) {
+            held = Some(app);
+        } else if responses.buf.is_empty() {
+            conn.pool.put(conn.dst, app);
+            // An idle connection keeps no buffer.
+            responses.buf = BytesMut::new();
+        } else {
+            // The app sent bytes nobody asked for: not reusable.
+            debug!("the app sent bytes after its last response; its connection is closed");
+            conn.metrics.error(crate::metrics::Fault::UpstreamResponse);
+            responses.buf.clear();
         }
     }
-    drop(app);
     linger(&mut client).await;
+}
+
+/// One round: both pumps, until the connection ends ([`Done::Close`] or
+/// [`Done::Eof`]) or is idle ([`Done::Idle`]).
+async fn round(
+    client: &mut TcpStream,
+    app: &mut TcpStream,
+    requests: &mut request::State,
+    responses: &mut response::State,
+    shared: &Shared,
+    conn: &Conn,
+) -> Done {
+    let (client_rd, client_wr) = client.split();
+    let (app_rd, app_wr) = app.split();
+    let request_pump = request::pump(client_rd, app_wr, requests, shared, conn);
+    let response_pump = response::pump(app_rd, client_wr, responses, shared, conn);
+    tokio::pin!(request_pump, response_pump);
+    tokio::select! {
+        done = &mut request_pump => match done {
+            Done::Eof => {
+                response_pump.await;
+                Done::Eof
+            }
+            Done::Idle => response_pump.await,
+            Done::Close => Done::Close,
+        },
+        done = &mut response_pump => {
+            if done != Done::Close {
+                request_pump.await;
+            }
+            Done::Close
+        }
+    }
+}
+
+/// Waits, holding nothing but the client socket, for the first bytes of
+/// the next request. False: the client closed, the keep-alive timeout
+/// passed, or the sidecar is shutting down.
+async fn wait_for_request(client: &TcpStream, buf: &mut BytesMut, conn: &Conn) -> bool {
+    // An idle connection keeps no buffer.
+    *buf = BytesMut::new();
+    let mut shutdown = conn.shutdown.clone();
+    let deadline = conn.limits.http_idle_timeout.map(|t| tokio::time::Instant::now() + t);
+    let expired = async {
+        match deadline {
+            Some(at) => tokio::time::sleep_until(at).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(expired);
+    loop {
+        tokio::select! {
+            ready = client.readable() => if ready.is_err() { return false },
+            () = shutdown.signalled() => return false,
+            () = &mut expired => {
+                conn.metrics.error(crate::metrics::Fault::HttpIdleTimeout);
+                return false;
+            }
+        }
+        buf.reserve(INITIAL_BUFFER);
+        match client.try_read_buf(buf) {
+            Ok(n) => return n > 0,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) => {
+                debug!("client read failed: {e}");
+                return false;
+            }
+        }
+    }
+}
+
+/// An idle pooled connection to the app, or a new one.
+async fn app_conn(conn: &Conn) -> Result<AppConn, app::Error> {
+    if let Some(app) = conn.pool.take(conn.dst) {
+        return Ok(app);
+    }
+    let dst = conn.dst;
+    let fds = conn.budget.take(1).ok_or(app::Error::Budget { dst, limit: conn.budget.limit() })?;
+    let stream = socket::connect(dst).await.map_err(|error| app::Error::Connect { dst, error })?;
+    Ok(AppConn { stream, fds: Some(fds) })
 }
 
 /// Lingering close: when the sidecar ends a connection that the client is
@@ -176,11 +295,16 @@ async fn linger(client: &mut TcpStream) {
 const LINGER: Duration = Duration::from_secs(2);
 const LINGER_BYTES: usize = 1 << 20;
 
-/// A complete 502 response naming the proxy, for when the app cannot be reached.
-pub fn bad_gateway(e: &app::Error) -> Vec<u8> {
+/// A complete response naming the proxy, for when the app cannot be
+/// reached: 502, or 503 when the sidecar's descriptor budget is spent.
+pub fn error_response(e: &app::Error) -> Vec<u8> {
     let body = format!("mirrord-proxy: {e}\n");
+    let status = match e {
+        app::Error::Budget { .. } => "503 Service Unavailable",
+        _ => "502 Bad Gateway",
+    };
     format!(
-        "HTTP/1.1 502 Bad Gateway\r\ncontent-type: text/plain; charset=utf-8\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
+        "HTTP/1.1 {status}\r\ncontent-type: text/plain; charset=utf-8\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
         body.len()
     )
     .into_bytes()

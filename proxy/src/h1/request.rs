@@ -20,6 +20,21 @@ use crate::session::{Routed, BODY_FILTER_CAP, BODY_FILTER_WAIT};
 /// The answer to a kubelet probe while the app is paused.
 const PROBE_ANSWER: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: 61\r\n\r\nthe app is paused by mirrord; its sidecar answers the probes\n";
 
+/// What the request side keeps from one round to the next.
+pub(super) struct State {
+    /// Bytes read from the client and not yet passed on.
+    pub buf: BytesMut,
+    fields: Fields,
+}
+
+impl State {
+    pub fn new(prefix: Bytes) -> Self {
+        let mut buf = BytesMut::with_capacity(INITIAL_BUFFER.max(prefix.len()));
+        buf.extend_from_slice(&prefix);
+        State { buf, fields: Fields::default() }
+    }
+}
+
 enum Next {
     Head(RequestHead),
     Eof,
@@ -28,17 +43,26 @@ enum Next {
     Failed,
 }
 
-pub(super) async fn pump<R, W>(mut rd: R, mut wr: W, prefix: Bytes, shared: &Shared, conn: &Conn) -> Done
+pub(super) async fn pump<R, W>(mut rd: R, mut wr: W, state: &mut State, shared: &Shared, conn: &Conn) -> Done
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let mut buf = BytesMut::with_capacity(INITIAL_BUFFER.max(prefix.len()));
-    buf.extend_from_slice(&prefix);
+    let State { buf, fields } = state;
     let mut shutdown = conn.shutdown.clone();
-    let mut fields = Fields::default();
+    let mut first = true;
+    // The client said it sends no more requests: its connection ends after
+    // the answers, so the app connection is not given back either.
+    let mut closing = false;
     loop {
-        let head = match next_head(&mut rd, &mut buf, &mut fields, conn, &mut shutdown).await {
+        if buf.is_empty() && !first && !closing && !shared.pinned.load(std::sync::atomic::Ordering::Relaxed) {
+            // Between requests with nothing of the next one: the round ends
+            // once every response is complete.
+            shared.push(Pending::Release);
+            return Done::Idle;
+        }
+        first = false;
+        let head = match next_head(&mut rd, buf, fields, conn, &mut shutdown).await {
             Next::Head(head) => head,
             Next::Eof => return if wr.shutdown().await.is_ok() { Done::Eof } else { Done::Close },
             Next::Reject(r) => {
@@ -57,10 +81,10 @@ where
             Routed::default()
         } else {
             let body = match conn.sessions.need_body(conn.dst.port()) {
-                true => body_for_filters(&mut rd, &mut buf, &head).await,
+                true => body_for_filters(&mut rd, buf, &head).await,
                 false => None,
             };
-            route(conn, &buf[..head.len], &head, &fields, body.as_deref()).await
+            route(conn, &buf[..head.len], &head, fields, body.as_deref()).await
         };
         let (switched_tx, switched_rx) = match head.kind {
             Kind::Upgrade | Kind::Connect => {
@@ -70,6 +94,7 @@ where
             _ => (None, None),
         };
         let (close, kind) = (head.close, head.kind);
+        closing |= close;
         if steal.is_none() && conn.pause.is_paused() && head.body == Body::Empty && head.kube_probe {
             // The paused app would not answer, and kubelet would restart it.
             shared.push(Pending::Local(PROBE_ANSWER));
@@ -96,12 +121,12 @@ where
                 }
                 buf.advance(head.len);
                 let sink: Sink<'_, W> = Sink::Session(Some(exchange.to_client));
-                pass_body(&mut rd, sink, shared, &mut buf, 0, head.body, &mut copies, conn).await
+                pass_body(&mut rd, sink, shared, buf, 0, head.body, &mut copies, conn).await
             }
             None => {
                 let route = if copies.mirrored() { Route::Mirrored } else { Route::Passthrough };
                 shared.push(Pending::Response { kind, switched: switched_tx, started, route });
-                pass_body(&mut rd, Sink::App(&mut wr), shared, &mut buf, head.len, head.body, &mut copies, conn).await
+                pass_body(&mut rd, Sink::App(&mut wr), shared, buf, head.len, head.body, &mut copies, conn).await
             }
         };
         let session = match done {
@@ -113,8 +138,8 @@ where
             // answer says whether the protocol switched.
             if rx.await.unwrap_or(false) {
                 return match session {
-                    Some(to_client) => tunnel_to_session(&mut rd, &mut buf, to_client).await,
-                    None => tunnel(&mut rd, &mut wr, &mut buf).await,
+                    Some(to_client) => tunnel_to_session(&mut rd, buf, to_client).await,
+                    None => tunnel(&mut rd, &mut wr, buf).await,
                 };
             }
         }

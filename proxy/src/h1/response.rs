@@ -9,33 +9,59 @@ use tracing::debug;
 use super::body::Body;
 use super::head::{parse_response, Kind};
 use super::stolen::{self, After};
-use super::{body, fill, forward, tunnel, Conn, Done, Pending, Shared, INITIAL_BUFFER, MAX_BUFFER};
+use super::{body, fill, forward, tunnel, Conn, Done, Pending, Shared, MAX_BUFFER};
 use crate::metrics::{status_class, Protocol, RequestLabels, Route, Timers};
 use crate::session::Frame;
 
-pub(super) async fn pump<R, W>(mut rd: R, mut wr: W, shared: &Shared, conn: &Conn) -> Done
+/// What the response side keeps from one round to the next.
+pub(super) struct State {
+    /// Bytes read from the app and not yet passed on; empty between rounds
+    /// unless the app sent more than it was asked for.
+    pub buf: BytesMut,
+    /// Counter handles, cached per connection.
+    counters: [Option<Counter>; 5],
+    timers: Timers,
+    /// The app said it closes the connection after its last response.
+    closing: bool,
+}
+
+impl State {
+    pub fn new(conn: &Conn) -> Self {
+        State {
+            buf: BytesMut::new(),
+            counters: Default::default(),
+            timers: Timers::new(conn.dst.port(), Protocol::Http1),
+            closing: false,
+        }
+    }
+}
+
+pub(super) async fn pump<R, W>(mut rd: R, mut wr: W, state: &mut State, shared: &Shared, conn: &Conn) -> Done
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let mut buf = BytesMut::with_capacity(INITIAL_BUFFER);
-    let mut counters: [Option<Counter>; 5] = Default::default();
-    let mut timers = Timers::new(conn.dst.port(), Protocol::Http1);
+    let State { buf, counters, timers, closing } = state;
     loop {
         if let Some(done) = due_refusal(&mut wr, shared, conn).await {
             return done;
+        }
+        // An app connection that is closing is never given back: its close
+        // is waited for and passed on, as without the sidecar.
+        if !*closing && due_release(shared) {
+            return Done::Idle;
         }
         if let Some(answer) = due_local(shared) {
             if wr.write_all(answer).await.is_err() {
                 return Done::Close;
             }
-            count(&mut counters, conn, 200);
+            count(counters, conn, 200);
             continue;
         }
         if let Some(stolen) = due_stolen(shared) {
             let started = stolen.started;
             let (status, after) = stolen::respond(&mut wr, stolen).await;
-            count(&mut counters, conn, status);
+            count(counters, conn, status);
             timers.observe(&conn.metrics, Route::Stolen, started);
             match after {
                 After::Continue => continue,
@@ -49,7 +75,7 @@ where
         if buf.is_empty() {
             // Between responses: wait for the app, or for a queued refusal.
             let read = tokio::select! {
-                r = fill(&mut rd, &mut buf) => r,
+                r = fill(&mut rd, buf) => r,
                 () = shared.changed.notified() => continue,
             };
             match read {
@@ -62,9 +88,9 @@ where
             Some(Pending::Response { kind, .. }) => *kind,
             _ => Kind::Normal,
         };
-        let head = match parse_response(&buf, kind) {
+        let head = match parse_response(buf, kind) {
             Ok(Some(head)) => head,
-            Ok(None) if buf.len() < MAX_BUFFER => match fill(&mut rd, &mut buf).await {
+            Ok(None) if buf.len() < MAX_BUFFER => match fill(&mut rd, buf).await {
                 Ok(n) if n > 0 => continue,
                 _ => return Done::Close,
             },
@@ -74,7 +100,12 @@ where
                 return Done::Close;
             }
         };
-        let informational = (100..200).contains(&head.status) && !head.tunnel;
+        *closing |= head.close && !informational_status(head.status, head.tunnel);
+        if head.status == 401 || head.status == 407 {
+            // NTLM and Negotiate authenticate the connection: keep the pair.
+            shared.pinned.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        let informational = informational_status(head.status, head.tunnel);
         let mut timing = None;
         if !informational {
             if let Some(Pending::Response { switched, started, route, .. }) = shared.queue().pop_front() {
@@ -83,11 +114,11 @@ where
                 }
                 timing = Some((route, started));
             }
-            count(&mut counters, conn, head.status);
+            count(counters, conn, head.status);
         }
         let tunnel_after = head.tunnel;
         let until_close = head.body == Body::UntilClose;
-        match forward_message(&mut rd, &mut wr, &mut buf, head.len, head.body).await {
+        match forward_message(&mut rd, &mut wr, buf, head.len, head.body).await {
             Message::Complete => {
                 if let Some((route, started)) = timing {
                     timers.observe(&conn.metrics, route, started);
@@ -108,7 +139,7 @@ where
             }
         }
         if tunnel_after {
-            return tunnel(&mut rd, &mut wr, &mut buf).await;
+            return tunnel(&mut rd, &mut wr, buf).await;
         }
     }
 }
@@ -128,6 +159,21 @@ async fn due_refusal<W: AsyncWrite + Unpin>(wr: &mut W, shared: &Shared, conn: &
     }
     let _ = wr.shutdown().await;
     Some(Done::Close)
+}
+
+fn informational_status(status: u16, tunnel: bool) -> bool {
+    (100..200).contains(&status) && !tunnel
+}
+
+/// True when the round's end is next in line (every earlier response is
+/// complete).
+fn due_release(shared: &Shared) -> bool {
+    let mut queue = shared.queue();
+    if matches!(queue.front(), Some(Pending::Release)) {
+        queue.pop_front();
+        return true;
+    }
+    false
 }
 
 /// Counts a final response, with the counter handles cached per connection.

@@ -219,6 +219,11 @@ pub enum Fault {
     BodyReadTimeout,
     /// A request body ended before its framing said it would.
     RequestBodyIncomplete,
+    /// A connection refused, or a request answered 503, because the
+    /// inbound side holds its whole file-descriptor budget.
+    FdBudget,
+    /// An HTTP/1 client idle past `--http-idle-timeout` between requests.
+    HttpIdleTimeout,
     /// A request refused before it reached anyone (400, 408, 414, 431, …).
     Refused(Reject),
 }
@@ -237,6 +242,8 @@ impl Fault {
             Fault::UpstreamResponse => "upstream_response",
             Fault::BodyReadTimeout => "body_read_timeout",
             Fault::RequestBodyIncomplete => "request_body_incomplete",
+            Fault::FdBudget => "fd_budget",
+            Fault::HttpIdleTimeout => "http_idle_timeout",
             Fault::Refused(r) => r.reason(),
         }
     }

@@ -4,7 +4,9 @@
 //!
 //! - `--http ADDR`: HTTP/1.1 and h2c (prior knowledge) on one port. Answers
 //!   with a JSON echo of the request (method, path, version, headers, body,
-//!   peer). `/slow/MS` waits MS milliseconds first; `/status/N` answers N.
+//!   peer address), and the peer's port in `x-peer-port` (which connection
+//!   of the proxy in front carried it). `/slow/MS` waits MS milliseconds
+//!   first; `/status/N` answers N.
 //! - `--tcp-echo ADDR`: echoes bytes; on the client's FIN, finishes and closes.
 //! - `--greeting ADDR`: a server-first protocol: sends a greeting line on
 //!   accept, then echoes.
@@ -136,5 +138,6 @@ async fn respond(req: Request<Incoming>, peer: SocketAddr, name: &str) -> Result
     *resp.status_mut() = http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::OK);
     resp.headers_mut().insert("content-type", http::HeaderValue::from_static("application/json"));
     resp.headers_mut().insert("x-sample-app", http::HeaderValue::from_static("1"));
+    resp.headers_mut().insert("x-peer-port", http::HeaderValue::from(peer.port()));
     Ok(resp)
 }
