@@ -66,7 +66,8 @@ worker_processes 1;
 daemon off;
 pid {tmp}/{name}.pid;
 error_log /dev/null crit;
-events {{ worker_connections 4096; }}
+worker_rlimit_nofile 20000;
+events {{ worker_connections 19000; }}
 http {{
   access_log off;
   keepalive_requests 10000000;
@@ -95,7 +96,9 @@ def haproxy_conf(tmp, port, h2_port, tcp_port, app, app_tcp):
     conf = f"""
 global
   nbthread 1
-  maxconn 4000
+  # Two descriptors per connection within the open-files hard limit (often
+  # 20000 in containers; haproxy refuses to start beyond it).
+  maxconn 9900
 defaults
   timeout connect 5s
   timeout client 60s
@@ -137,6 +140,24 @@ def wrk(port, seconds):
     return float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
 
 
+def wrk_close(port, seconds):
+    """Closed loop, each request on a new connection (Connection: close)."""
+    out = load(["wrk", "-t1", "-c16", f"-d{seconds}s", "-H", "Connection: close", f"http://127.0.0.1:{port}/"])
+    return float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+
+
+def wrk_errors(out):
+    """Socket errors plus non-2xx/3xx answers in a wrk report."""
+    errors = 0
+    m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    if m:
+        errors += sum(int(x) for x in m.groups())
+    m = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    if m:
+        errors += int(m.group(1))
+    return errors
+
+
 def oha_latency(port, seconds, rate):
     out = load(["oha", "--no-tui", "--output-format", "json", "-z", f"{seconds}s", "-q", str(rate), "-c", "16",
                 "--latency-correction", f"http://127.0.0.1:{port}/"])
@@ -165,6 +186,69 @@ def proc_stat(pid):
         fields = f.read().rsplit(")", 1)[1].split()
     cpu = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
     return rss, hwm, cpu
+
+
+def children(pid):
+    """Direct children of a process (nginx's worker under its master)."""
+    kids = []
+    for task in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{task}/children") as f:
+            kids += [int(k) for k in f.read().split()]
+    return kids
+
+
+def rss_kib(pids):
+    total = 0
+    for pid in pids:
+        with open(f"/proc/{pid}/status") as f:
+            total += int(re.search(r"VmRSS:\s+(\d+)", f.read()).group(1))
+    return total
+
+
+def idle_bench(targets, count, seconds):
+    """`count` idle keep-alive connections (each has had one request answered)
+    per target, RSS per connection, wrk -c64 meanwhile, RSS after they close."""
+    import resource
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    print(f"\n== {count} idle keep-alive connections per target (each after one answered request), "
+          f"then wrk -c64 for {seconds}s beside them")
+    request = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"
+    for name, (port, pids) in targets.items():
+        time.sleep(1.5)
+        before = rss_kib(pids)
+        conns, failed = [], 0
+        # haproxy's maxconn (above) leaves room for wrk's 64.
+        n = min(count, 9900 - 100) if name == "haproxy" else count
+        for _ in range(n):
+            try:
+                s = socket.create_connection(("127.0.0.1", port), timeout=5)
+                s.sendall(request)
+                if not s.recv(65536):
+                    failed += 1
+                conns.append(s)
+            except OSError:
+                failed += 1
+        time.sleep(2)  # pooled app connections expire, buffers settle
+        held = rss_kib(pids)
+        out = subprocess.run(["taskset", "-c", LOAD_CPU, "wrk", "-t1", "-c64", f"-d{seconds}s",
+                              f"http://127.0.0.1:{port}/"], capture_output=True, text=True, timeout=300).stdout
+        rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+        errors = wrk_errors(out)
+        alive = 0
+        for s in conns:
+            try:
+                s.sendall(request)
+                alive += bool(s.recv(65536))
+            except OSError:
+                pass
+            s.close()
+        time.sleep(2)
+        after = rss_kib(pids)
+        per = (held - before) * 1024 / max(n - failed, 1)
+        print(f"  {name}: {n} connections, {per:,.0f} bytes per idle connection (RSS {before / 1024:.1f} -> {held / 1024:.1f} MiB, "
+              f"{after / 1024:.1f} MiB after they closed); {failed} not opened; wrk -c64 {rps:,.0f} req/s with "
+              f"{errors} errors; {alive} of {len(conns)} idle connections answered again")
 
 
 def nginx_mirror_conf(tmp, port, app, mirror_target):
@@ -266,7 +350,8 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--seconds", type=int, default=5)
-    ap.add_argument("--only", choices=["proxy", "sessions"], help="run one part only")
+    ap.add_argument("--only", choices=["proxy", "sessions", "idle"], help="run one part only")
+    ap.add_argument("--idle", type=int, default=10000, metavar="N", help="idle connections per target (idle part)")
     ap.add_argument("--baseline", metavar="BIN",
                     help="another mirrord-proxy binary (e.g. built from an earlier commit), measured as 'baseline' "
                          "in the same interleaved rounds")
@@ -296,14 +381,16 @@ def main():
         procs.start([f"{RELEASE}/mirrord-proxy", "run", "--threads", "1",
                      "--listen", f"127.0.0.1:{ports['sidecar_tcp']}", "--upstream", f"127.0.0.1:{ports['iperf']}",
                      "--admin", f"127.0.0.1:{ports['admin_tcp']}", "--tunnel", "127.0.0.1:0"])
+        baseline = None
         if args.baseline:
             for listen, upstream, admin in (("baseline", "app", "baseline_admin"),
                                             ("baseline_tcp", "iperf", "baseline_admin_tcp")):
-                procs.start([args.baseline, "run", "--threads", "1", "--listen", f"127.0.0.1:{ports[listen]}",
-                             "--upstream", f"127.0.0.1:{ports[upstream]}", "--admin", f"127.0.0.1:{ports[admin]}",
-                             "--tunnel", "127.0.0.1:0"])
-        procs.start(["nginx", "-c", nginx_conf(tmp, ports["nginx"], ports["nginx_h2"], ports["app"])])
-        procs.start(["haproxy", "-f", haproxy_conf(tmp, ports["haproxy"], ports["haproxy_h2"], ports["haproxy_tcp"],
+                started = procs.start([args.baseline, "run", "--threads", "1", "--listen", f"127.0.0.1:{ports[listen]}",
+                                       "--upstream", f"127.0.0.1:{ports[upstream]}", "--admin",
+                                       f"127.0.0.1:{ports[admin]}", "--tunnel", "127.0.0.1:0"])
+                baseline = baseline or started
+        nginx = procs.start(["nginx", "-c", nginx_conf(tmp, ports["nginx"], ports["nginx_h2"], ports["app"])])
+        haproxy = procs.start(["haproxy", "-f", haproxy_conf(tmp, ports["haproxy"], ports["haproxy_h2"], ports["haproxy_tcp"],
                                                   ports["app"], ports["iperf"])])
         for k in ("app", "iperf", "sidecar", "sidecar_tcp", "nginx", "nginx_h2", "haproxy", "haproxy_h2", "haproxy_tcp"):
             try:
@@ -321,8 +408,15 @@ def main():
             wait_port(ports["baseline_tcp"])
             h1["baseline"] = h2["baseline"] = ports["baseline"]
             tcp["baseline"] = ports["baseline_tcp"]
+        if args.only == "idle":
+            targets = {"sidecar": (ports["sidecar"], [sidecar.pid]), "nginx": (ports["nginx"], children(nginx.pid)),
+                       "haproxy": (ports["haproxy"], [haproxy.pid])}
+            if args.baseline:
+                targets["baseline"] = (ports["baseline"], [baseline.pid])
+            idle_bench(targets, args.idle, args.seconds)
+            return
         results = {m: {k: [] for k in targets} for m, targets in
-                   (("h1_rps", h1), ("lat", h1), ("h2_rps", h2), ("tcp", tcp))}
+                   (("h1_rps", h1), ("new_conn", h1), ("lat", h1), ("h2_rps", h2), ("tcp", tcp))}
         sidecar_cpu, sidecar_reqs = 0.0, 0
         for r in range(args.rounds):
             print(f"round {r + 1}/{args.rounds}", file=sys.stderr)
@@ -334,6 +428,8 @@ def main():
                     sidecar_cpu += proc_stat(sidecar.pid)[2] - before
                     sidecar_reqs += rps * args.seconds
             for k, port in h1.items():
+                results["new_conn"][k].append(wrk_close(port, args.seconds))
+            for k, port in h1.items():
                 results["lat"][k].append(oha_latency(port, args.seconds, 2000))
             for k, port in h2.items():
                 results["h2_rps"][k].append(h2load(port, args.seconds))
@@ -344,6 +440,8 @@ def main():
         med = lambda xs: statistics.median(xs)
         print(f"\n== mirrord sidecar benchmark ({args.rounds} rounds x {args.seconds}s, interleaved; app+proxies on CPU 0, load on CPU 1)")
         row("HTTP/1.1 keep-alive throughput, req/s (wrk -c32)", {k: med(v) for k, v in results["h1_rps"].items()})
+        row("HTTP/1.1 new connection per request, req/s (wrk -c16, Connection: close)",
+            {k: med(v) for k, v in results["new_conn"].items()})
         for pct in ("p50", "p99"):
             row(f"HTTP/1.1 latency at 2000 req/s, {pct} ms (oha)",
                 {k: med([x[pct] for x in v]) for k, v in results["lat"].items()}, higher_better=False)

@@ -100,8 +100,16 @@ impl Pool {
 }
 
 /// True when nothing can be read from `stream`: the app has neither closed
-/// it nor sent anything unasked.
+/// it nor sent anything unasked. The reactor's readiness answers first: a
+/// socket it has not seen become readable since its last short read needs
+/// no system call; otherwise a non-blocking peek decides.
 fn is_quiet(stream: &TcpStream) -> bool {
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    match stream.poll_read_ready(&mut cx) {
+        std::task::Poll::Pending => return true,
+        std::task::Poll::Ready(Err(_)) => return false,
+        std::task::Poll::Ready(Ok(())) => {}
+    }
     let mut byte = [std::mem::MaybeUninit::<u8>::uninit(); 1];
     matches!(socket2::SockRef::from(stream).peek(&mut byte), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
 }

@@ -1,5 +1,5 @@
 //! Bounded resources on loopback (no root): idle keep-alive clients hold no
-//! app connection, app connections are reused across clients but never
+//! app connection (10 ms after a response at most), app connections are reused across clients but never
 //! once the app closed them or authenticated the connection, the
 //! descriptor budget refuses clearly and recovers, and silent raw TCP
 //! connections hold no pipes.
@@ -75,6 +75,12 @@ fn errors(sidecar: &Sidecar, reason: &str) -> i64 {
     gauge(sidecar, &format!("mirrord_proxy_errors_total{{reason=\"{reason}\"}}"))
 }
 
+/// Longer than the 10 ms a client keeps its app connection after a response
+/// in case its next request follows at once.
+fn settle() {
+    std::thread::sleep(Duration::from_millis(40));
+}
+
 /// Polls `f` until it is true or 5 s have passed.
 fn eventually(what: &str, mut f: impl FnMut() -> bool) {
     let start = Instant::now();
@@ -90,13 +96,17 @@ fn idle_keep_alive_clients_hold_no_app_connection() {
     let sidecar = Sidecar::start(app.addr, &[]);
     let mut clients: Vec<Client> = (0..100).map(|_| Client::connect(sidecar.addr)).collect();
     let mut ports = std::collections::BTreeSet::new();
-    for c in &mut clients {
+    for c in &mut clients[..20] {
         let (status, peer, _) = c.get("/first").unwrap();
         assert_eq!(status, 200);
         ports.insert(peer);
+        settle();
     }
     // One request at a time: each found the previous one's app connection idle.
     assert_eq!(ports.len(), 1, "app connections used: {ports:?}");
+    for c in &mut clients[20..] {
+        assert_eq!(c.get("/first").unwrap().0, 200);
+    }
     // Once the pooled connection expires, only the clients' own sockets remain.
     eventually("the pool to empty", || gauge(&sidecar, "mirrord_proxy_inbound_fds") == 100);
     for c in &mut clients {
@@ -113,12 +123,16 @@ fn a_401_keeps_the_client_on_its_app_connection() {
     let (mut a, mut b) = (Client::connect(sidecar.addr), Client::connect(sidecar.addr));
     // Without authentication, the next client reuses the idle app connection.
     let first = a.get("/").unwrap().1;
+    settle();
     assert_eq!(b.get("/").unwrap().1, first);
+    settle();
     // A 401 (NTLM, Negotiate: the connection is being authenticated) pins it.
     let (status, pinned, _) = a.get("/status/401").unwrap();
     assert_eq!(status, 401);
     for _ in 0..3 {
+        settle();
         assert_ne!(b.get("/").unwrap().1, pinned, "another client got the pinned connection");
+        settle();
         assert_eq!(a.get("/").unwrap().1, pinned, "the client left its authenticated connection");
     }
 }
@@ -194,6 +208,7 @@ fn the_descriptor_budget_refuses_clearly_and_recovers() {
     let mut idle: Vec<Client> = (0..3).map(|_| Client::connect(sidecar.addr)).collect();
     for c in &mut idle {
         assert_eq!(c.get("/").unwrap().0, 200);
+        settle();
     }
     eventually("three client sockets only", || gauge(&sidecar, "mirrord_proxy_inbound_fds") == 3);
     // The fourth client is accepted, but its request finds no descriptor for the app.

@@ -13,7 +13,8 @@
 //! answers, so that HEAD and upgrade responses are framed right and a refusal
 //! is written only after every earlier response is complete.
 //!
-//! An app connection is held only while a request is in flight: when every
+//! An app connection is held only while a request is in flight (and 10 ms
+//! after, for a next request sent at once): when every
 //! request read so far has been answered and no byte of the next one has
 //! arrived, the app connection goes back to the [`pool`](crate::pool) and
 //! the client connection waits alone, with no buffer. The pairing is kept
@@ -48,6 +49,10 @@ use crate::session::Sessions;
 use crate::shutdown::Shutdown;
 use crate::{app, socket};
 use head::{Kind, Reject};
+
+/// How long a client connection keeps its app connection after the last
+/// response, for a next request sent at once.
+const GRACE: Duration = Duration::from_millis(10);
 
 /// Read buffers start small (idle keep-alive connections are common) and
 /// grow up to this while a read keeps filling them (bulk bodies).
@@ -139,9 +144,17 @@ impl Shared {
 
     fn push(&self, pending: Pending) {
         // A refusal, close or stolen request needs the response pump's
-        // attention now; for a forwarded request, the app's answer wakes it.
-        let wake = !matches!(pending, Pending::Response { .. });
-        self.queue().push_back(pending);
+        // attention now; for a forwarded request, the app's answer wakes it,
+        // and so it does for the end of a round behind a forwarded request
+        // (the response pump looks at the queue after every response).
+        let mut queue = self.queue();
+        let wake = match pending {
+            Pending::Response { .. } => false,
+            Pending::Release => !matches!(queue.back(), Some(Pending::Response { .. })),
+            _ => true,
+        };
+        queue.push_back(pending);
+        drop(queue);
         if wake {
             self.changed.notify_one();
         }
@@ -156,12 +169,13 @@ pub async fn serve(mut client: TcpStream, prefix: Bytes, conn: Conn) {
     // The app connection kept between rounds once pinned.
     let mut held: Option<AppConn> = None;
     loop {
-        if requests.buf.is_empty() && held.is_none() && !wait_for_request(&client, &mut requests.buf, &conn).await {
+        if requests.buf.is_empty() && held.is_none() && !wait_for_request(&mut client, &mut requests.buf, &conn).await {
             break;
         }
-        let mut app = match held.take() {
+        let mut app = match held.take().or_else(|| conn.pool.take(conn.dst)) {
             Some(app) => app,
-            None => match app_conn(&conn).await {
+            // Boxed, like the round: connecting is rare next to waiting.
+            None => match Box::pin(app_conn(&conn)).await {
                 Ok(app) => app,
                 Err(e) => {
                     debug!("{e}");
@@ -229,7 +243,7 @@ async fn round(
 /// Waits, holding nothing but the client socket, for the first bytes of
 /// the next request. False: the client closed, the keep-alive timeout
 /// passed, or the sidecar is shutting down.
-async fn wait_for_request(client: &TcpStream, buf: &mut BytesMut, conn: &Conn) -> bool {
+async fn wait_for_request(client: &mut TcpStream, buf: &mut BytesMut, conn: &Conn) -> bool {
     // An idle connection keeps no buffer.
     *buf = BytesMut::new();
     let mut shutdown = conn.shutdown.clone();
@@ -250,23 +264,45 @@ async fn wait_for_request(client: &TcpStream, buf: &mut BytesMut, conn: &Conn) -
                 return false;
             }
         }
+        // A read through the reactor (not `try_read`): a short read clears
+        // the readiness, so the next wait needs no failed read to learn
+        // that nothing more is there.
         buf.reserve(INITIAL_BUFFER);
-        match client.try_read_buf(buf) {
-            Ok(n) => return n > 0,
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-            Err(e) => {
+        match poll_once_read(client, buf) {
+            std::task::Poll::Ready(Ok(n)) => return n > 0,
+            std::task::Poll::Ready(Err(e)) => {
                 debug!("client read failed: {e}");
                 return false;
             }
+            // The readiness was stale: wait again, without the buffer.
+            std::task::Poll::Pending => *buf = BytesMut::new(),
         }
     }
 }
 
-/// An idle pooled connection to the app, or a new one.
-async fn app_conn(conn: &Conn) -> Result<AppConn, app::Error> {
-    if let Some(app) = conn.pool.take(conn.dst) {
-        return Ok(app);
+/// One read into the spare capacity of `buf`, without waiting.
+fn poll_once_read(client: &mut TcpStream, buf: &mut BytesMut) -> std::task::Poll<std::io::Result<usize>> {
+    use bytes::BufMut;
+    use tokio::io::ReadBuf;
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    let spare = buf.chunk_mut();
+    // SAFETY: ReadBuf only writes initialised bytes into the spare
+    // capacity and reports how many; only those are added to `buf`.
+    let mut read = ReadBuf::uninit(unsafe { spare.as_uninit_slice_mut() });
+    match std::pin::Pin::new(client).poll_read(&mut cx, &mut read) {
+        std::task::Poll::Ready(Ok(())) => {
+            let n = read.filled().len();
+            // SAFETY: the first n bytes of the spare capacity were just filled.
+            unsafe { buf.advance_mut(n) };
+            std::task::Poll::Ready(Ok(n))
+        }
+        std::task::Poll::Ready(Err(e)) => std::task::Poll::Ready(Err(e)),
+        std::task::Poll::Pending => std::task::Poll::Pending,
     }
+}
+
+/// A new connection to the app.
+async fn app_conn(conn: &Conn) -> Result<AppConn, app::Error> {
     let dst = conn.dst;
     let fds = conn.budget.take(1).ok_or(app::Error::Budget { dst, limit: conn.budget.limit() })?;
     let stream = socket::connect(dst).await.map_err(|error| app::Error::Connect { dst, error })?;
@@ -281,7 +317,8 @@ async fn app_conn(conn: &Conn) -> Result<AppConn, app::Error> {
 async fn linger(client: &mut TcpStream) {
     let _ = client.shutdown().await;
     let deadline = tokio::time::Instant::now() + LINGER;
-    let mut sink = [0u8; 4096];
+    // On the heap: an array here would sit in every connection's task.
+    let mut sink = vec![0u8; 4096];
     let mut drained = 0usize;
     while drained < LINGER_BYTES {
         match tokio::time::timeout_at(deadline, client.read(&mut sink)).await {

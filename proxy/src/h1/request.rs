@@ -56,10 +56,18 @@ where
     let mut closing = false;
     loop {
         if buf.is_empty() && !first && !closing && !shared.pinned.load(std::sync::atomic::Ordering::Relaxed) {
-            // Between requests with nothing of the next one: the round ends
-            // once every response is complete.
-            shared.push(Pending::Release);
-            return Done::Idle;
+            // Between requests with nothing of the next one: a client that
+            // sends its next request at once keeps its app connection;
+            // otherwise the round ends once every response is complete.
+            match tokio::time::timeout(super::GRACE, fill(&mut rd, buf)).await {
+                Ok(Ok(n)) if n > 0 => {}
+                Ok(Ok(_)) => return if wr.shutdown().await.is_ok() { Done::Eof } else { Done::Close },
+                Ok(Err(_)) => return Done::Close,
+                Err(_) => {
+                    shared.push(Pending::Release);
+                    return Done::Idle;
+                }
+            }
         }
         first = false;
         let head = match next_head(&mut rd, buf, fields, conn, &mut shutdown).await {
