@@ -13,4 +13,7 @@ command -v oha >/dev/null 2>&1 || cargo install oha --locked
 cargo build --release -q -p mirrord-proxy -p mirrord-tests --bins
 # Filter cost per request (plain vs look-around regexes), in-process.
 cargo run --release -q -p mirrord-config --example filter_cost
+# The framing table through the sidecar, nginx and haproxy (what reaches the app).
+cargo test -q -p mirrord-tests --test framing_table -- --ignored --nocapture framing_table_through 2>&1 \
+  | grep -E '^(==|  )' || true
 exec python3 bench/bench.py "$@"

@@ -350,3 +350,100 @@ fn every_framing_is_forwarded_verbatim_refused_or_cut_never_reinterpreted() {
     eprintln!("{} framing cases: {forwarded} forwarded verbatim, {refused} refused or cut", cases.len());
     assert!(failures.is_empty(), "{} of {} cases differ:\n{}", failures.len(), cases.len(), failures.join("\n"));
 }
+
+/// A peer proxy on loopback in front of `upstream`, stopped on drop.
+struct Peer {
+    name: &'static str,
+    addr: SocketAddr,
+    child: std::process::Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn peer(name: &'static str, upstream: SocketAddr) -> Option<Peer> {
+    let dir = tempfile::tempdir().unwrap();
+    let port = mirrord_tests::free_port();
+    let d = dir.path().display();
+    let (program, args, conf) = match name {
+        "nginx" => (
+            "nginx",
+            vec!["-c".to_owned(), format!("{d}/nginx.conf")],
+            format!(
+                "worker_processes 1; daemon off; pid {d}/nginx.pid; error_log /dev/null crit;\n\
+                 events {{ worker_connections 256; }}\n\
+                 http {{ access_log off; client_body_temp_path {d}; proxy_temp_path {d};\n\
+                 fastcgi_temp_path {d}; uwsgi_temp_path {d}; scgi_temp_path {d};\n\
+                 upstream app {{ server {upstream}; keepalive 8; }}\n\
+                 server {{ listen 127.0.0.1:{port}; location / {{ proxy_pass http://app;\n\
+                 proxy_http_version 1.1; proxy_set_header Connection \"\"; }} }} }}\n"
+            ),
+        ),
+        _ => (
+            "haproxy",
+            vec!["-f".to_owned(), format!("{d}/haproxy.conf")],
+            format!(
+                "defaults\n  mode http\n  timeout connect 5s\n  timeout client 5s\n  timeout server 5s\n\
+                 frontend f\n  bind 127.0.0.1:{port}\n  default_backend b\n\
+                 backend b\n  http-reuse always\n  server app {upstream}\n"
+            ),
+        ),
+    };
+    let conf_path = dir.path().join(if name == "nginx" { "nginx.conf" } else { "haproxy.conf" });
+    std::fs::write(conf_path, conf).unwrap();
+    let child = std::process::Command::new(program)
+        .args(&args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .ok()?;
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let started = Instant::now();
+    while TcpStream::connect(addr).is_err() {
+        if started.elapsed() > Duration::from_secs(5) {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Some(Peer { name, addr, child, _dir: dir })
+}
+
+/// Where the sidecar stands among reverse proxies: the same table through
+/// nginx and haproxy, counting the cases the sidecar refuses or cuts that
+/// a peer lets reach the app anyway (the app answers a request made of
+/// them). Run by `scripts/bench.sh`; skipped where nginx or haproxy is
+/// missing. Peers rewrite requests (headers, framing), so only whether the
+/// app answered is compared, not the bytes.
+#[test]
+#[ignore = "a comparison, run by scripts/bench.sh"]
+fn framing_table_through_nginx_and_haproxy() {
+    let app = App::start(env!("CARGO_BIN_EXE_sample-app"));
+    let (relay, seen) = recording_relay(app.addr);
+    let sidecar = Sidecar::start(relay, &[]);
+    let cases = cases();
+    let strict: Vec<&Case> = cases.iter().filter(|c| !matches!(c.want, Want::Forward(_))).collect();
+    let peers: Vec<Peer> = ["nginx", "haproxy"].into_iter().filter_map(|n| peer(n, relay)).collect();
+    let mut targets = vec![("mirrord-proxy", sidecar.addr)];
+    targets.extend(peers.iter().map(|p| (p.name, p.addr)));
+    println!(
+        "\n== framing table: of the {} framings the sidecar refuses or cuts, how many reach the app through each proxy",
+        strict.len()
+    );
+    for (name, addr) in targets {
+        let mut reached = Vec::new();
+        for case in &strict {
+            let out = exchange(addr, &case.bytes);
+            let _ = settled(&seen);
+            let earlier = usize::from(case.before > 0);
+            if out.matches(" 200 OK\r\n").count() > earlier {
+                reached.push(case.name.as_str());
+            }
+        }
+        println!("  {name}: {} reached the app {:?}", reached.len(), &reached[..reached.len().min(12)]);
+    }
+}
