@@ -289,7 +289,8 @@ def session_bench(procs, tmp, seconds, rounds):
     procs.start([f"{RELEASE}/sample-app", "--http", f"127.0.0.1:{ports['stalled']}", "--delay-ms", "100000000"], cpu=LOAD_CPU)
     sidecar = procs.start([f"{RELEASE}/mirrord-proxy", "run", "--threads", "1", "--listen", f"127.0.0.1:{ports['sidecar']}",
                            "--upstream", f"127.0.0.1:{ports['app']}", "--admin", f"127.0.0.1:{ports['admin']}",
-                           "--tunnel", f"127.0.0.1:{ports['tunnel']}", "--ports", str(ports["app"])])
+                           "--tunnel", f"127.0.0.1:{ports['tunnel']}", "--ports", str(ports["app"]),
+                           "--insecure-no-token"])
     procs.start(["nginx", "-c", nginx_mirror_conf(tmp, ports["nginx_slow"], ports["app"], ports["slow"])])
     procs.start(["nginx", "-c", nginx_mirror_conf(tmp, ports["nginx_stalled"], ports["app"], ports["stalled"])])
     for k in ports:

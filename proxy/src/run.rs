@@ -19,6 +19,7 @@ use crate::metrics::Metrics;
 use crate::pause::{self, procs::ScopeArgs, Pause};
 use crate::ports::PortList;
 use crate::proto::tunnel_server::TunnelServer;
+use crate::secret::SessionToken;
 use crate::session::Sessions;
 use crate::shutdown;
 use crate::socket;
@@ -83,9 +84,16 @@ pub struct RunArgs {
     /// File holding the token sessions must present (every container of the
     /// pod shares the tunnel's loopback). Read at every session open, so a
     /// rotated token takes effect at once; while the file is missing or
-    /// empty, sessions are refused.
-    #[arg(long, value_name = "PATH")]
+    /// empty, sessions are refused. The injector always sets it. Without
+    /// it, explicit mode (--upstream) makes a token for this run and logs
+    /// it, and redirect mode refuses to start.
+    #[arg(long, value_name = "PATH", conflicts_with = "insecure_no_token")]
     pub token_file: Option<std::path::PathBuf>,
+    /// Accept sessions without a token: any process that reaches the tunnel
+    /// (every container of the pod shares its loopback) can then steal the
+    /// pod's traffic and pause its app. For local experiments only.
+    #[arg(long)]
+    pub insecure_no_token: bool,
     /// The pod ports the init container redirects (for session plans and
     /// conflict checks): a list, or `*` when unknown.
     #[arg(long, value_name = "PORTS", default_value = "*")]
@@ -118,6 +126,13 @@ pub enum Error {
     Bind { addr: SocketAddr, error: std::io::Error },
     #[error("--max-header-size {0} is too small: expected at least 1024 bytes")]
     HeaderSize(usize),
+    #[error(
+        "the session tunnel needs a token: pass --token-file PATH (the injector does), or --insecure-no-token to \
+         accept unauthenticated sessions (local experiments only)"
+    )]
+    NoToken,
+    #[error("cannot make a session token: {0}")]
+    Random(std::io::Error),
 }
 
 /// A sidecar whose sockets are bound; [`Running::serve`] runs it.
@@ -139,6 +154,7 @@ impl Running {
         if args.max_header_size < 1024 {
             return Err(Error::HeaderSize(args.max_header_size));
         }
+        let token = session_token(args)?;
         let listeners = bind_inbound(&args.listen)?;
         let admin_listener = socket::listen(args.admin).map_err(|error| Error::Bind { addr: args.admin, error })?;
         let tunnel_listener = socket::listen(args.tunnel).map_err(|error| Error::Bind { addr: args.tunnel, error })?;
@@ -156,12 +172,7 @@ impl Running {
                 metrics.clone(),
             ),
         };
-        let tunnel = Tunnel {
-            sessions: sessions.clone(),
-            token: token_file(args),
-            metrics: metrics.clone(),
-            pause: pause.clone(),
-        };
+        let tunnel = Tunnel { sessions: sessions.clone(), token, metrics: metrics.clone(), pause: pause.clone() };
         let mut own_ports: std::collections::BTreeSet<u16> = PROXY_PORTS.into_iter().collect();
         own_ports.extend(listeners.iter().filter_map(|l| l.local_addr().ok()).map(|a| a.port()));
         let inbound = Inbound {
@@ -198,6 +209,14 @@ impl Running {
     /// Addresses accepting inbound connections.
     pub fn inbound_addrs(&self) -> Vec<SocketAddr> {
         self.listeners.iter().filter_map(|l| l.local_addr().ok()).collect()
+    }
+
+    /// The token made for this run, in explicit mode without `--token-file`.
+    pub fn session_token(&self) -> Option<&str> {
+        match &self.tunnel.token {
+            Some(SessionToken::Generated(token)) => Some(token),
+            _ => None,
+        }
     }
 
     pub fn admin_addr(&self) -> Option<SocketAddr> {
@@ -268,12 +287,28 @@ async fn serve_tunnel(listener: TcpListener, tunnel: Tunnel, stop: impl Future<O
     }
 }
 
-fn token_file(args: &RunArgs) -> Option<crate::secret::TokenFile> {
-    let file = crate::secret::TokenFile(args.token_file.clone()?);
-    if let Err(e @ crate::secret::TokenError::Missing { .. }) = file.check("") {
-        warn!("sessions are refused until the token exists: {e}");
+/// What sessions must present: the token file; or, in explicit mode, a
+/// token made for this run and logged; nothing only when asked for.
+fn session_token(args: &RunArgs) -> Result<Option<SessionToken>, Error> {
+    if let Some(path) = &args.token_file {
+        let file = crate::secret::TokenFile(path.clone());
+        if let Err(e @ crate::secret::TokenError::Missing { .. }) = file.check("") {
+            warn!("sessions are refused until the token exists: {e}");
+        }
+        return Ok(Some(SessionToken::File(file)));
     }
-    Some(file)
+    if args.insecure_no_token {
+        warn!("sessions are not authenticated (--insecure-no-token): any process that reaches the tunnel can open one");
+        return Ok(None);
+    }
+    if args.upstream.is_none() {
+        return Err(Error::NoToken);
+    }
+    let token = mirrord_api::random_hex(32).map_err(Error::Random)?;
+    info!(
+        "sessions must present this token: {token} (mirrord-cli connect --addr ADDR --token TOKEN, or MIRRORD_TOKEN)"
+    );
+    Ok(Some(SessionToken::Generated(token)))
 }
 
 /// Binds the inbound addresses. With none given, binds the redirect port on

@@ -15,6 +15,29 @@ pub fn random_id() -> std::io::Result<String> {
     mirrord_api::random_hex(16)
 }
 
+/// What a session must present to open.
+#[derive(Debug, Clone)]
+pub enum SessionToken {
+    /// The token in a file (an injected pod's mounted Secret).
+    File(TokenFile),
+    /// A token made for this run (explicit mode without `--token-file`).
+    Generated(String),
+}
+
+impl SessionToken {
+    /// Accepts `presented` when it equals the token (surrounding whitespace
+    /// ignored).
+    pub fn check(&self, presented: &str) -> Result<(), TokenError> {
+        match self {
+            SessionToken::File(file) => file.check(presented),
+            SessionToken::Generated(token) if constant_time_eq(token.as_bytes(), presented.trim_ascii().as_bytes()) => {
+                Ok(())
+            }
+            SessionToken::Generated(_) => Err(TokenError::Generated),
+        }
+    }
+}
+
 /// The session token, read from its file at every session open: the file is
 /// a mounted Secret, which the kubelet swaps in place when the Secret is
 /// rotated, so a new token takes effect without a restart (sessions already
@@ -40,6 +63,11 @@ pub enum TokenError {
         mirrord_config::names::TOKEN_SECRET
     )]
     Mismatch,
+    #[error(
+        "this sidecar runs with a token of its own (explicit mode without --token-file): pass the one it logged at \
+         start with --token or MIRRORD_TOKEN"
+    )]
+    Generated,
 }
 
 impl TokenFile {

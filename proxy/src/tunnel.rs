@@ -30,8 +30,8 @@ const SETTLE: std::time::Duration = std::time::Duration::from_secs(2);
 #[derive(Debug, Clone)]
 pub struct Tunnel {
     pub sessions: Arc<Sessions>,
-    /// Sessions must present the token in this file when set.
-    pub token: Option<crate::secret::TokenFile>,
+    /// What sessions must present; `None` only with `--insecure-no-token`.
+    pub token: Option<crate::secret::SessionToken>,
     pub metrics: Arc<Metrics>,
     pub pause: Arc<Pause>,
 }
@@ -191,11 +191,11 @@ impl proto::tunnel_server::Tunnel for Tunnel {
 impl Tunnel {
     fn check_token(&self, presented: &str) -> Result<(), Status> {
         use crate::secret::TokenError;
-        let Some(file) = &self.token else { return Ok(()) };
-        file.check(presented).map_err(|e| {
+        let Some(token) = &self.token else { return Ok(()) };
+        token.check(presented).map_err(|e| {
             tracing::warn!("session refused: {e}");
             match e {
-                TokenError::Mismatch => Status::unauthenticated(e.to_string()),
+                TokenError::Mismatch | TokenError::Generated => Status::unauthenticated(e.to_string()),
                 TokenError::Missing { .. } => Status::failed_precondition(e.to_string()),
                 TokenError::Unreadable { .. } => Status::internal(e.to_string()),
             }

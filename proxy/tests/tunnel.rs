@@ -64,7 +64,7 @@ async fn fixture(known: &str, token: Option<&str>) -> Fixture {
     let token = token.map(|t| {
         let path = dir.path().join("token");
         std::fs::write(&path, t).unwrap();
-        mirrord_proxy::secret::TokenFile(path)
+        mirrord_proxy::secret::SessionToken::File(mirrord_proxy::secret::TokenFile(path))
     });
     let tunnel = Tunnel { sessions: sessions.clone(), token, metrics, pause };
     let (tx, rx) = mpsc::unbounded_channel();

@@ -15,6 +15,8 @@ pub struct Sidecar {
     pub admin: SocketAddr,
     /// The session tunnel.
     pub tunnel: SocketAddr,
+    /// The token sessions must present (made for the run in explicit mode).
+    pub token: Option<String>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -39,13 +41,24 @@ impl Sidecar {
         let addr = running.inbound_addrs()[0];
         let admin = running.admin_addr().expect("admin address");
         let tunnel = running.tunnel_addr().expect("tunnel address");
+        let token = running.session_token().map(str::to_owned);
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let thread = std::thread::spawn(move || {
             runtime.block_on(running.serve(async {
                 let _ = rx.await;
             }))
         });
-        Sidecar { addr, admin, tunnel, stop: Some(tx), thread: Some(thread) }
+        Sidecar { addr, admin, tunnel, token, stop: Some(tx), thread: Some(thread) }
+    }
+
+    /// `mirrord-cli connect --addr` to this sidecar's tunnel, with its token.
+    pub fn connect(&self, name: &str, config: &str) -> crate::session::Cli {
+        let tunnel = self.tunnel.to_string();
+        let mut flags = vec!["--addr", &tunnel];
+        if let Some(token) = &self.token {
+            flags.extend(["--token", token]);
+        }
+        crate::session::Cli::connect_with(&flags, name, config, &[])
     }
 
     /// The admin server's `/metrics` text.

@@ -30,7 +30,7 @@ fn world(http_filter: &str) -> World {
         r#"{{"feature":{{"network":{{"incoming":{{"mode":"steal","http_filter":{http_filter},"port_mapping":[[{},{port}]]}}}}}}}}"#,
         local.addr.port()
     );
-    let mut cli = Cli::connect(sidecar.tunnel, "body", &config);
+    let mut cli = sidecar.connect("body", &config);
     cli.wait_plan();
     World { _remote: remote, local, sidecar, _cli: cli }
 }

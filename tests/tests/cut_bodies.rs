@@ -12,7 +12,6 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use mirrord_tests::loopback::{App, Sidecar};
-use mirrord_tests::session::Cli;
 
 /// Accepts one connection and returns everything it received until the
 /// peer closed or went quiet for two seconds.
@@ -45,7 +44,7 @@ fn run(mode: &str, cut: &[u8]) -> String {
         local.port(),
         remote.addr.port()
     );
-    let mut cli = Cli::connect(sidecar.tunnel, "cut", &config);
+    let mut cli = sidecar.connect("cut", &config);
     cli.wait_plan();
     let mut client = TcpStream::connect(sidecar.addr).unwrap();
     client.write_all(b"POST /upload HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n").unwrap();

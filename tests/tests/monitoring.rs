@@ -229,7 +229,7 @@ fn start_sidecar(procs: &mut Processes, pod: &Pod) -> Container {
         false,
         &[],
         workspace_bin("mirrord-proxy").to_str().unwrap(),
-        &["run", "--ports", "80", "--grace-period", "1s", "--max-pause", "10m"],
+        &["run", "--ports", "80", "--grace-period", "1s", "--max-pause", "10m", "--insecure-no-token"],
     );
     pod.wait_ready(|| procs.log("sidecar"));
     sidecar

@@ -63,7 +63,7 @@ fn world(test: &str, guard: bool, sidecar_args: &[&str], sidecar_env: &[(&str, &
 }
 
 fn start_sidecar(procs: &mut Processes, pod: &Pod, args: &[&str], env: &[(&str, &str)]) -> Container {
-    let mut all = vec!["run", "--ports", "80", "--grace-period", "2s"];
+    let mut all = vec!["run", "--ports", "80", "--grace-period", "2s", "--insecure-no-token"];
     all.extend_from_slice(args);
     let sidecar = procs.spawn("sidecar", false, env, &proxy(), &all);
     pod.wait_ready(|| procs.log("sidecar"));
@@ -350,7 +350,7 @@ fn pause_is_refused_when_the_app_is_not_visible() {
         Side::Pod,
         "sidecar",
         "unshare",
-        &["--pid", "--fork", "--kill-child", "--mount-proc", &bin, "run", "--ports", "80"],
+        &["--pid", "--fork", "--kill-child", "--mount-proc", &bin, "run", "--ports", "80", "--insecure-no-token"],
     );
     pod.wait_ready(|| pod.log("sidecar"));
     let local =
@@ -484,7 +484,7 @@ fn only_the_named_app_containers_are_paused() {
     netns::wait_listening(&pod.pod_ns, pod.addr(80), Duration::from_secs(10)).expect("app listening");
     pod.init(&["--ports", "80"]);
     let env = [(mirrord_config::names::ENV_APP_CONTAINERS, "app")];
-    let sidecar = procs.spawn("mirrord-proxy", true, &env, &proxy(), &["run", "--ports", "80"]);
+    let sidecar = procs.spawn("mirrord-proxy", true, &env, &proxy(), &["run", "--ports", "80", "--insecure-no-token"]);
     pod.wait_ready(|| procs.log("mirrord-proxy"));
     let local =
         App::start_with(workspace_bin("sample-app").to_str().unwrap(), &["--http", "127.0.0.1:0", "--name", "local"]);

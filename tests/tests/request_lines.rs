@@ -7,7 +7,6 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use mirrord_tests::loopback::{exchange, App, Sidecar};
-use mirrord_tests::session::Cli;
 
 #[test]
 fn every_shape_of_a_request_is_filtered_or_refused_never_passed_unchecked() {
@@ -20,7 +19,7 @@ fn every_shape_of_a_request_is_filtered_or_refused_never_passed_unchecked() {
         local.addr.port(),
         remote.addr.port()
     );
-    let mut cli = Cli::connect(sidecar.tunnel, "filter", &config);
+    let mut cli = sidecar.connect("filter", &config);
     cli.wait_plan();
     let close = "Host: a\r\nConnection: close\r\n\r\n";
     let stolen = [

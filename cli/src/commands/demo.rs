@@ -39,7 +39,7 @@ async fn demo() -> anyhow::Result<()> {
     let laptop_hits = Arc::new(AtomicUsize::new(0));
     let pod_app = app("the pod's app", pod_hits.clone()).await?;
     let laptop_app = app("your local app", laptop_hits.clone()).await?;
-    let (sidecar, tunnel, stop_sidecar) = sidecar(pod_app).await?;
+    let Sidecar { addr: sidecar, tunnel, token, stop: stop_sidecar } = sidecar(pod_app).await?;
     println!("pod app on {pod_app}, sidecar in front of it on {sidecar}, local app on {laptop_app}\n");
 
     println!("1. No session: the pod's app answers everything.");
@@ -52,7 +52,7 @@ async fn demo() -> anyhow::Result<()> {
     );
     println!("\n2. Mirror session: the pod's app still answers; your local app gets a copy of each request.");
     let before = laptop_hits.load(Ordering::SeqCst);
-    with_session(tunnel, &mirror, traffic(sidecar)).await?;
+    with_session(tunnel, &token, &mirror, traffic(sidecar)).await?;
     println!("   your local app received {} copies", laptop_hits.load(Ordering::SeqCst) - before);
 
     let steal = format!(
@@ -62,7 +62,7 @@ async fn demo() -> anyhow::Result<()> {
         pod_app.port()
     );
     println!("\n3. Steal session with a header filter: requests with `x-user: demo` go to your local app, the rest to the pod.");
-    with_session(tunnel, &steal, traffic(sidecar)).await?;
+    with_session(tunnel, &token, &steal, traffic(sidecar)).await?;
 
     println!("\n4. Session closed: the pod's app answers everything again.");
     traffic(sidecar).await?;
@@ -95,8 +95,18 @@ async fn app(name: &'static str, hits: Arc<AtomicUsize>) -> anyhow::Result<Socke
     Ok(addr)
 }
 
-/// The real sidecar, explicit mode, every port chosen by the kernel.
-async fn sidecar(upstream: SocketAddr) -> anyhow::Result<(SocketAddr, SocketAddr, oneshot::Sender<()>)> {
+/// The demo's sidecar: where it listens, its tunnel and session token, and
+/// how to stop it.
+struct Sidecar {
+    addr: SocketAddr,
+    tunnel: SocketAddr,
+    token: Option<String>,
+    stop: oneshot::Sender<()>,
+}
+
+/// The real sidecar, explicit mode, every port chosen by the kernel, with a
+/// session token of its own.
+async fn sidecar(upstream: SocketAddr) -> anyhow::Result<Sidecar> {
     #[derive(Parser)]
     struct Flags {
         #[command(flatten)]
@@ -120,17 +130,19 @@ async fn sidecar(upstream: SocketAddr) -> anyhow::Result<(SocketAddr, SocketAddr
     let running = Running::bind(&Flags::try_parse_from(argv)?.run)?;
     let inbound = running.inbound_addrs()[0];
     let tunnel = running.tunnel_addr().ok_or_else(|| anyhow::anyhow!("no tunnel address"))?;
+    let token = running.session_token().map(str::to_owned);
     let (stop, stopped) = oneshot::channel::<()>();
     tokio::spawn(running.serve(async {
         let _ = stopped.await;
     }));
-    Ok((inbound, tunnel, stop))
+    Ok(Sidecar { addr: inbound, tunnel, token, stop })
 }
 
 /// Runs `during` inside a session with `config`, then ends the session the
 /// way Ctrl-C does.
 async fn with_session(
     tunnel: SocketAddr,
+    token: &Option<String>,
     config: &str,
     during: impl std::future::Future<Output = anyhow::Result<()>>,
 ) -> anyhow::Result<()> {
@@ -142,7 +154,7 @@ async fn with_session(
         cluster: Default::default(),
         addr: Some(tunnel.to_string()),
         config: Some(path.clone()),
-        token: None,
+        token: token.clone(),
         name: Some("demo".to_owned()),
         local_host: [127, 0, 0, 1].into(),
         log_format: LogFormat::Text,
