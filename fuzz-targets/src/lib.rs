@@ -1,0 +1,112 @@
+//! What each fuzz target does with one input. The libFuzzer harnesses in
+//! `fuzz/` call these; `tests/corpus.rs` replays every seed through them in
+//! a plain `cargo test`. Each panics on a broken invariant (that is a
+//! finding), never on bad input (that must be refused cleanly).
+
+// A broken invariant panics on purpose: that is what the fuzzer reports.
+#![allow(clippy::expect_used, clippy::panic)]
+
+use std::time::Duration;
+
+use mirrord_config::{Config, Format, Vars};
+use mirrord_injector::mutate::{Settings, Skip};
+use mirrord_injector::review::{self, Outcome};
+use mirrord_proxy::h1::body::{Body, Chunked};
+use mirrord_proxy::h1::head::{parse_request, Fields};
+use serde_json::Value;
+
+/// What a target does with one input.
+pub type Target = fn(&[u8]);
+
+/// The targets, by the name of their corpus directory.
+pub const TARGETS: [(&str, Target); 5] = [
+    ("h1_request", h1_request),
+    ("chunked", chunked),
+    ("detect", detect),
+    ("config", config),
+    ("admission", admission),
+];
+
+/// An HTTP/1 request head, then the body its framing announces: the head
+/// lies within the input and the body never takes more than it is given.
+pub fn h1_request(data: &[u8]) {
+    let mut fields = Fields::default();
+    let Ok(Some(head)) = parse_request(data, &mut fields) else { return };
+    assert!(head.len <= data.len(), "the head is longer than the input");
+    let bytes = &data[..head.len];
+    let _ = (fields.method(bytes), fields.target(bytes), fields.headers(bytes).count());
+    let mut body = head.body.clone();
+    if let Ok((used, _)) = body.advance(&data[head.len..]) {
+        assert!(used <= data.len() - head.len, "the body took more than it was given");
+    }
+}
+
+/// A chunked body fed whole and in two pieces: the same verdict, the same
+/// content, the same end.
+pub fn chunked(data: &[u8]) {
+    let whole = decode(data, data.len());
+    let split = decode(data, data.len() / 2);
+    assert_eq!(whole, split, "the split changed how the body was read");
+}
+
+/// Content, bytes used and whether it ended; `None` for a framing error.
+fn decode(data: &[u8], first: usize) -> Option<(Vec<u8>, usize, bool)> {
+    let mut body = Body::Chunked(Chunked::default());
+    let mut content = Vec::new();
+    let (mut used, mut end) = (0, first.min(data.len()));
+    loop {
+        let (n, done) = body.advance_decoded(&data[used..end], &mut |c| content.extend_from_slice(c)).ok()?;
+        assert!(n <= end - used);
+        used += n;
+        if done || end == data.len() {
+            return Some((content, used, done));
+        }
+        end = data.len();
+    }
+}
+
+/// Protocol detection over the input as a client's first bytes: always an
+/// answer, and whatever it keeps is a prefix of the input.
+pub fn detect(data: &[u8]) {
+    use mirrord_proxy::detect::{detect, Detected};
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_time().build().expect("a runtime");
+    let mut reader = data;
+    let detected = runtime.block_on(detect(&mut reader, Duration::from_millis(50)));
+    if let Ok(Detected::Http1(prefix) | Detected::Http2(prefix) | Detected::Tcp(prefix)) = detected {
+        assert!(data.starts_with(&prefix), "detection kept bytes the client did not send");
+    }
+}
+
+/// A config file in each of mirrord's formats: accepted or refused with an
+/// error, and an accepted one's canonical JSON is accepted by the sidecar.
+pub fn config(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else { return };
+    let vars = Vars { key: Some("fuzz".to_owned()), generated_key: "fuzz0".to_owned(), git_branch: None };
+    for format in [Format::Json, Format::Yaml, Format::Toml] {
+        if let Ok(loaded) = Config::parse(text, format, None, &vars) {
+            if let Err(e) = Config::from_json(&loaded.json) {
+                panic!("the sidecar refuses what the CLI accepted and sends: {e}\n{}", loaded.json);
+            }
+        }
+    }
+}
+
+/// An AdmissionReview: answered or refused with an error; a patch, when
+/// given, applies to the pod, and the patched pod is not injected again.
+pub fn admission(data: &[u8]) {
+    let settings = Settings { image: "mirrord-proxy:fuzz".to_owned(), native_sidecar: data.len().is_multiple_of(2) };
+    let Ok((answer, outcome)) = review::answer(data, |_| true, &settings) else { return };
+    if !matches!(outcome, Outcome::Injected) {
+        return;
+    }
+    let patch = answer.pointer("/response/patch").and_then(Value::as_str).expect("an injection has a patch");
+    let ops: Vec<Value> = serde_json::from_slice(&review::unbase64(patch).expect("base64")).expect("the patch is JSON");
+    let request: Value = serde_json::from_slice(data).expect("it was answered, so it parses");
+    let mut pod = request.pointer("/request/object").cloned().expect("a pod");
+    mirrord_injector::patch::apply(&mut pod, &ops).expect("the patch applies to the pod it was made for");
+    let mut again = request;
+    again["request"]["object"] = pod;
+    let body = serde_json::to_vec(&again).expect("serialisable");
+    let (_, second) = review::answer(&body, |_| true, &settings).expect("the patched review is answered");
+    assert!(matches!(second, Outcome::Skipped(Skip::AlreadyInjected)), "an injected pod was changed again: {second:?}");
+}
