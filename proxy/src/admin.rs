@@ -86,21 +86,34 @@ impl Admin {
     }
 }
 
+/// Admin connections served at once; more are closed at once. With the
+/// 5 s limit on a request head, a client cannot hold the admin port (and
+/// the descriptors kept for it) for long.
+pub const MAX_ADMIN_CONNECTIONS: usize = 64;
+
 /// Serves the admin endpoints until shutdown.
 pub async fn serve(listener: TcpListener, admin: Arc<Admin>, mut shutdown: Shutdown) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_ADMIN_CONNECTIONS));
     loop {
         let (stream, _) = tokio::select! {
             a = listener.accept() => match a {
                 Ok(a) => a,
                 Err(e) => {
+                    // Typically EMFILE: back off instead of spinning.
                     debug!("admin accept failed: {e}");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                     continue;
                 }
             },
             () = shutdown.signalled() => return,
         };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            debug!("admin connection refused: {MAX_ADMIN_CONNECTIONS} already open");
+            continue;
+        };
         let admin = admin.clone();
         tokio::spawn(async move {
+            let _slot = slot;
             let svc = service_fn(move |req: http::Request<hyper::body::Incoming>| {
                 let resp = admin.respond(req.method(), req.uri().path());
                 async move { Ok::<_, Infallible>(resp) }

@@ -56,10 +56,9 @@ impl Client {
         Ok((status, peer, String::from_utf8_lossy(&body).into_owned()))
     }
 
-    /// True once the server closed the connection.
+    /// True once the server closed the connection (waits for it).
     fn closed(&mut self) -> bool {
-        let mut byte = [0u8; 1];
-        matches!(self.0.read(&mut byte), Ok(0) | Err(_))
+        closed_by_peer(self.0.get_mut())
     }
 }
 
@@ -253,5 +252,34 @@ fn silent_tcp_connections_hold_no_pipes() {
         let mut echo = [0u8; 4];
         c.read_exact(&mut echo).unwrap();
         assert_eq!(&echo, b"pong", "the connection works after its pipes went");
+    }
+}
+
+#[test]
+fn silent_admin_connections_cannot_hold_the_admin_port() {
+    let app = app();
+    let sidecar = Sidecar::start(app.addr, &[]);
+    let max = mirrord_proxy::admin::MAX_ADMIN_CONNECTIONS;
+    let silent: Vec<TcpStream> = (0..max).map(|_| TcpStream::connect(sidecar.admin).unwrap()).collect();
+    // One more is closed at once.
+    let mut extra = TcpStream::connect(sidecar.admin).unwrap();
+    extra.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    assert!(closed_by_peer(&mut extra), "over the cap");
+    // The silent ones are closed once they have sent no head for 5 s, and
+    // the admin port answers again.
+    let start = Instant::now();
+    for mut s in silent {
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        assert!(closed_by_peer(&mut s));
+    }
+    assert!(start.elapsed() < Duration::from_secs(8), "held for {:?}", start.elapsed());
+    assert!(sidecar.metrics().contains("mirrord_proxy_fd_budget"));
+}
+
+/// The peer closed (or reset) the connection; a read timeout is not that.
+fn closed_by_peer(s: &mut TcpStream) -> bool {
+    match s.read(&mut [0u8; 1]) {
+        Ok(n) => n == 0,
+        Err(e) => !matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut),
     }
 }
