@@ -19,12 +19,13 @@ use serde_json::Value;
 pub type Target = fn(&[u8]);
 
 /// The targets, by the name of their corpus directory.
-pub const TARGETS: [(&str, Target); 5] = [
+pub const TARGETS: [(&str, Target); 6] = [
     ("h1_request", h1_request),
     ("chunked", chunked),
     ("detect", detect),
     ("config", config),
     ("admission", admission),
+    ("iptables", iptables),
 ];
 
 /// An HTTP/1 request head, then the body its framing announces: the head
@@ -101,7 +102,9 @@ pub fn admission(data: &[u8]) {
     }
     let patch = answer.pointer("/response/patch").and_then(Value::as_str).expect("an injection has a patch");
     let ops: Vec<Value> = serde_json::from_slice(&review::unbase64(patch).expect("base64")).expect("the patch is JSON");
-    let request: Value = serde_json::from_slice(data).expect("it was answered, so it parses");
+    // serde skips the fields a review does not use without decoding their
+    // escapes, so a lone surrogate there passes the review but not this.
+    let Ok(request) = serde_json::from_slice::<Value>(data) else { return };
     let mut pod = request.pointer("/request/object").cloned().expect("a pod");
     mirrord_injector::patch::apply(&mut pod, &ops).expect("the patch applies to the pod it was made for");
     let mut again = request;
@@ -109,4 +112,54 @@ pub fn admission(data: &[u8]) {
     let body = serde_json::to_vec(&again).expect("serialisable");
     let (_, second) = review::answer(&body, |_| true, &settings).expect("the patched review is answered");
     assert!(matches!(second, Outcome::Skipped(Skip::AlreadyInjected)), "an injected pod was changed again: {second:?}");
+}
+
+/// The iptables script for a plan made of the input's first bytes, against
+/// a current nat table made of the rest: it only ever touches the
+/// sidecar's chain (plus one jump from PREROUTING, once), the sidecar's own
+/// ports return before any redirect, and a second run adds no second jump.
+pub fn iptables(data: &[u8]) {
+    use std::collections::BTreeSet;
+
+    use mirrord_proxy::iptables::{render, Plan, CHAIN};
+    use mirrord_proxy::ports::PortList;
+
+    let split = data.iter().position(|&b| b == b'\n').unwrap_or(data.len());
+    let (plan_bytes, table) = data.split_at(split);
+    let ports: Vec<u16> = plan_bytes.chunks(2).map(|c| u16::from_le_bytes([c[0], *c.get(1).unwrap_or(&0)])).collect();
+    let (redirected, skipped) = ports.split_at(ports.len() / 2);
+    let plan = Plan {
+        ports: if redirected.first().is_some_and(|p| p % 7 == 0) {
+            PortList::All
+        } else {
+            PortList::Some(redirected.iter().copied().collect())
+        },
+        skip_ports: skipped.iter().copied().collect::<BTreeSet<u16>>(),
+        ..Plan::default()
+    };
+    let current = String::from_utf8_lossy(table);
+    let script = render(&plan, &current);
+    assert!(script.starts_with("*nat\n") && script.ends_with("COMMIT\n"), "{script}");
+    let jump = format!("-A PREROUTING -p tcp -j {CHAIN}");
+    let mut redirecting = false;
+    for line in script.lines() {
+        let ours = line == "*nat"
+            || line == "COMMIT"
+            || line == format!(":{CHAIN} - [0:0]")
+            || line == format!("-F {CHAIN}")
+            || line.starts_with(&format!("-A {CHAIN} "))
+            || line == jump;
+        assert!(ours, "a line outside the sidecar's chain: {line}");
+        if line.contains("-j REDIRECT") {
+            redirecting = true;
+            let matched = line.split(" -j ").next().unwrap_or_default();
+            for own in mirrord_config::names::PROXY_PORTS {
+                let own = own.to_string();
+                assert!(!matched.split([' ', ',']).any(|w| w == own), "redirects the sidecar's {own}: {line}");
+            }
+        }
+        assert!(!(redirecting && line.contains("-j RETURN")), "a RETURN after a REDIRECT: {script}");
+    }
+    let again = render(&plan, &format!("{current}\n{script}"));
+    assert!(!again.contains(&jump), "a second jump from PREROUTING:\n{again}");
 }

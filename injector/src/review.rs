@@ -138,6 +138,11 @@ pub fn answer(
     if values > MAX_VALUES || depth > MAX_DEPTH {
         return Err(BadReview::TooLarge { values, depth });
     }
+    // JSON is UTF-8 (RFC 8259 §8.1). serde checks the strings it reads, but
+    // skips the fields it does not use without looking inside them.
+    if let Err(e) = std::str::from_utf8(body) {
+        return Err(BadReview::NotJson(format!("invalid UTF-8 at byte {}", e.valid_up_to())));
+    }
     let review: Review = serde_json::from_slice(body).map_err(|e| match e.classify() {
         serde_json::error::Category::Data => BadReview::Shape(e.to_string()),
         _ => BadReview::NotJson(e.to_string()),
@@ -271,6 +276,14 @@ mod tests {
     fn unreadable_reviews_say_what_was_expected() {
         let error = |body: &[u8]| answer(body, |_| false, &settings()).unwrap_err().to_string();
         assert!(error(b"{").contains("not JSON"));
+        // Found by the admission fuzz target: bytes that are not UTF-8 in a
+        // field the review does not use were read past.
+        let mut bad = json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "x": "ab"}).to_string();
+        bad = bad.replace("ab", "a\u{0}b");
+        let mut bytes = bad.into_bytes();
+        let at = bytes.iter().position(|&b| b == 0).unwrap();
+        bytes[at] = 0xff;
+        assert_eq!(error(&bytes), format!("invalid AdmissionReview: not JSON: invalid UTF-8 at byte {at}"));
         let wrong = json!({"apiVersion": "admission.k8s.io/v1beta1", "kind": "AdmissionReview"}).to_string();
         assert_eq!(
             error(wrong.as_bytes()),
