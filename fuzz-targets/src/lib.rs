@@ -19,13 +19,14 @@ use serde_json::Value;
 pub type Target = fn(&[u8]);
 
 /// The targets, by the name of their corpus directory.
-pub const TARGETS: [(&str, Target); 6] = [
+pub const TARGETS: [(&str, Target); 7] = [
     ("h1_request", h1_request),
     ("chunked", chunked),
     ("detect", detect),
     ("config", config),
     ("admission", admission),
     ("iptables", iptables),
+    ("h1_pipeline", h1_pipeline),
 ];
 
 /// An HTTP/1 request head, then the body its framing announces: the head
@@ -162,4 +163,92 @@ pub fn iptables(data: &[u8]) {
     }
     let again = render(&plan, &format!("{current}\n{script}"));
     assert!(!again.contains(&jump), "a second jump from PREROUTING:\n{again}");
+}
+
+/// A client's bytes through the real HTTP/1 pumps (`h1::serve`, loopback
+/// sockets) to an app that records what it gets and answers nothing (it
+/// closes a connection quiet for 50 ms): the
+/// sidecar never hangs, and what reaches the app is the client's bytes,
+/// in order, unchanged (a contiguous run of them: empty lines before the
+/// first request are skipped, and a refused request stops the rest).
+pub fn h1_pipeline(data: &[u8]) {
+    use std::sync::{Arc, Mutex};
+
+    use mirrord_proxy::budget::Budget;
+    use mirrord_proxy::h1::{serve, Conn};
+    use mirrord_proxy::limits::Limits;
+    use mirrord_proxy::metrics::Metrics;
+    use mirrord_proxy::pause::Pause;
+    use mirrord_proxy::ports::PortList;
+    use mirrord_proxy::session::Sessions;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::{TcpListener, TcpStream};
+
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime");
+    let received = runtime.block_on(async {
+        let app = TcpListener::bind("127.0.0.1:0").await.expect("an app port");
+        let front = TcpListener::bind("127.0.0.1:0").await.expect("a sidecar port");
+        let (dst, front_addr) = (app.local_addr().expect("bound"), front.local_addr().expect("bound"));
+        let received = Arc::new(Mutex::new(Vec::new()));
+        let record = received.clone();
+        tokio::spawn(async move {
+            while let Ok((mut conn, _)) = app.accept().await {
+                let record = record.clone();
+                tokio::spawn(async move {
+                    // Closes a connection quiet for 50 ms, as an app with a
+                    // short timeout would (an upgrade waits for its answer).
+                    let mut buf = vec![0u8; 65536];
+                    while let Ok(Ok(n)) = tokio::time::timeout(Duration::from_millis(50), conn.read(&mut buf)).await {
+                        if n == 0 {
+                            break;
+                        }
+                        record.lock().expect("not poisoned").extend_from_slice(&buf[..n]);
+                    }
+                });
+            }
+        });
+        let metrics = Arc::new(Metrics::default());
+        let (_trigger, shutdown) = mirrord_proxy::shutdown::channel();
+        let second = Duration::from_secs(1);
+        let conn = Conn {
+            dst,
+            limits: Limits {
+                detect_timeout: second,
+                header_read_timeout: second,
+                max_head: 64 * 1024,
+                body_read_timeout: second,
+                tcp_idle_timeout: None,
+                http_idle_timeout: Some(second),
+            },
+            metrics: metrics.clone(),
+            shutdown,
+            sessions: Arc::new(Sessions::new(PortList::All)),
+            pause: Pause::disabled("no pause here", metrics.clone()),
+            pool: Arc::default(),
+            budget: Budget::new(1024, metrics.inbound_fds.clone()),
+        };
+        let sidecar = tokio::spawn(async move {
+            let (client, _) = front.accept().await.expect("the client");
+            serve(client, bytes::Bytes::new(), conn).await;
+        });
+        let mut client = TcpStream::connect(front_addr).await.expect("connected");
+        let _ = client.write_all(data).await;
+        let _ = client.shutdown().await;
+        let mut sink = Vec::new();
+        let ended = tokio::time::timeout(Duration::from_secs(5), async {
+            let _ = client.read_to_end(&mut sink).await;
+            let _ = sidecar.await;
+        })
+        .await;
+        assert!(ended.is_ok(), "the sidecar did not end the connection within 5 s");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        let got = received.lock().expect("not poisoned").clone();
+        got
+    });
+    let contiguous = received.is_empty() || data.windows(received.len()).any(|w| w == received.as_slice());
+    assert!(
+        contiguous,
+        "the app got bytes the client did not send in that order: {:?}",
+        String::from_utf8_lossy(&received)
+    );
 }

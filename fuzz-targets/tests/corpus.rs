@@ -38,7 +38,9 @@ fn every_seed_passes_its_target() {
         assert!(!seeds.is_empty(), "no seeds for {name}");
         for seed in &seeds {
             let data = std::fs::read(seed).unwrap_or_else(|e| panic!("{}: {e}", seed.display()));
-            target(&data);
+            // A panic names its seed.
+            let outcome = std::panic::catch_unwind(|| target(&data));
+            assert!(outcome.is_ok(), "{name}: {} fails", seed.display());
             replayed += 1;
         }
     }

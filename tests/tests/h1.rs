@@ -258,3 +258,35 @@ fn concurrent_h2_streams_share_one_app_connection() {
     assert_eq!(answered, 40);
     assert_eq!(count.load(Ordering::SeqCst), 1, "app connections for one client connection");
 }
+
+#[test]
+fn an_upgrade_the_app_closes_without_answering_ends_the_connection() {
+    // An app that reads a request and closes without a word.
+    let app = TcpListener::bind("127.0.0.1:0").unwrap();
+    let app_addr = app.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for conn in app.incoming() {
+            let Ok(mut conn) = conn else { break };
+            let mut buf = [0u8; 4096];
+            let _ = conn.read(&mut buf);
+        }
+    });
+    let sidecar = Sidecar::start(app_addr, &[]);
+    let mut s = TcpStream::connect(sidecar.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n").unwrap();
+    // The client keeps its side open; the sidecar must still end it (it
+    // waited for ever for the answer to the upgrade).
+    let mut out = Vec::new();
+    let read = s.read_to_end(&mut out);
+    assert!(read.is_ok(), "the connection was left open: {read:?}");
+    assert!(out.is_empty(), "{}", String::from_utf8_lossy(&out));
+    // And nothing of it stays behind in the sidecar (its task waited for
+    // ever for the answer to the upgrade, holding both sockets).
+    drop(s);
+    let start = Instant::now();
+    while !metric(&sidecar, "mirrord_proxy_inbound_fds 0") {
+        assert!(start.elapsed() < Duration::from_secs(5), "still held:\n{}", sidecar.metrics());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

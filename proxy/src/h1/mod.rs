@@ -232,6 +232,11 @@ async fn round(
             Done::Close => Done::Close,
         },
         done = &mut response_pump => {
+            // No answer will come for what is still queued: an upgrade
+            // waiting to learn whether the protocol switched learns that it
+            // did not, instead of waiting for ever (the app closed without
+            // answering it).
+            shared.queue().clear();
             if done != Done::Close {
                 request_pump.await;
             }
