@@ -215,12 +215,22 @@ mod kernel {
     pub(super) async fn one_way(src: &TcpStream, dst: &TcpStream, budget: &Arc<Budget>) -> io::Result<u64> {
         let mut pipe: Option<(Pipe, Fds)> = None;
         let mut total = 0u64;
+        // One timer for the connection's life, pushed later at every wait:
+        // moving a deadline later touches no timer wheel, so a busy
+        // connection pays nothing for it.
+        let idle = tokio::time::sleep(PIPE_IDLE);
+        tokio::pin!(idle);
         loop {
             let queued = loop {
                 if pipe.is_some() {
-                    if tokio::time::timeout(PIPE_IDLE, src.readable()).await.is_err() {
-                        pipe = None;
-                        continue;
+                    idle.as_mut().reset(tokio::time::Instant::now() + PIPE_IDLE);
+                    tokio::select! {
+                        biased;
+                        ready = src.readable() => ready?,
+                        () = &mut idle => {
+                            pipe = None;
+                            continue;
+                        }
                     }
                 } else {
                     src.readable().await?;
