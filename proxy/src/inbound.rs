@@ -92,7 +92,7 @@ struct Refusals {
 
 impl Refusals {
     fn refuse(&mut self, stream: TcpStream, inbound: &Inbound) {
-        let _ = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO));
+        socket::reset_on_close(&stream);
         drop(stream);
         inbound.metrics.error(crate::metrics::Fault::FdBudget);
         self.since_log += 1;

@@ -13,12 +13,12 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::net::TcpStream;
 
-use crate::budget::Fds;
+use crate::budget::{Budget, Fds};
 
 /// The longest an app connection waits for reuse.
 pub const MAX_IDLE: Duration = Duration::from_secs(1);
@@ -31,6 +31,16 @@ pub const MAX_PER_DESTINATION: usize = 256;
 pub struct AppConn {
     pub stream: TcpStream,
     pub fds: Option<Fds>,
+}
+
+impl AppConn {
+    /// A new connection to the app at `dst`, its descriptor taken from
+    /// `budget`.
+    pub async fn connect(dst: SocketAddr, budget: &Arc<Budget>) -> Result<AppConn, crate::app::Error> {
+        let fds = budget.take(1).ok_or(crate::app::Error::Budget { dst, limit: budget.limit() })?;
+        let stream = crate::socket::connect(dst).await.map_err(|error| crate::app::Error::Connect { dst, error })?;
+        Ok(AppConn { stream, fds: Some(fds) })
+    }
 }
 
 #[derive(Debug)]

@@ -10,7 +10,6 @@
 use std::io;
 
 use bytes::Bytes;
-use socket2::SockRef;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -19,6 +18,7 @@ use std::sync::Arc;
 use crate::budget::Budget;
 use crate::inbound::Inbound;
 use crate::metrics::Metrics;
+use crate::pool::AppConn;
 use crate::session::{open_copies, open_steal, Copies, Exchange};
 use crate::session::{Announced, Frame};
 
@@ -50,19 +50,14 @@ pub async fn forward(
             return;
         }
     }
-    let Some(_app_fd) = inbound.budget.take(1) else {
-        metrics.error(crate::metrics::Fault::FdBudget);
-        let _ = SockRef::from(&client).set_linger(Some(std::time::Duration::ZERO));
-        return;
-    };
-    let mut app = match crate::socket::connect(dst).await {
-        Ok(s) => s,
+    let AppConn { stream: mut app, fds: _app_fd } = match AppConn::connect(dst, &inbound.budget).await {
+        Ok(app) => app,
         Err(e) => {
-            tracing::debug!(%dst, "cannot connect to the app: {e}");
-            metrics.error(crate::metrics::Fault::UpstreamConnect);
+            tracing::debug!("{e}");
+            metrics.error(e.reason());
             // Reset rather than close: the client sees the same refusal it
             // would have seen without the sidecar.
-            let _ = SockRef::from(&client).set_linger(Some(std::time::Duration::ZERO));
+            crate::socket::reset_on_close(&client);
             return;
         }
     };
@@ -363,6 +358,6 @@ pub async fn to_session(mut client: TcpStream, exchange: Exchange) {
     };
     let ((), clean) = tokio::join!(upstream, downstream);
     if !clean {
-        let _ = SockRef::from(&client).set_linger(Some(std::time::Duration::ZERO));
+        crate::socket::reset_on_close(&client);
     }
 }

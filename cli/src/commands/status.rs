@@ -302,31 +302,18 @@ mod tests {
         });
         let idle = json!({"version": "0.1.0", "ready": true, "sessions": [],
                           "pause": {"available": false, "why": "disabled", "paused": false}});
+        let api = |pod: &str, sidecar| PodStatus {
+            pod: pod.into(),
+            workload: Some("deployment/api".into()),
+            injected: true,
+            ready: true,
+            sidecar_version: Some("0.1.0".into()),
+            sidecar,
+        };
         let pods = vec![
-            PodStatus {
-                pod: "api-7d9c-0".into(),
-                workload: Some("deployment/api".into()),
-                injected: true,
-                ready: true,
-                sidecar_version: Some("0.1.0".into()),
-                sidecar: Ok(paused),
-            },
-            PodStatus {
-                pod: "api-7d9c-1".into(),
-                workload: Some("deployment/api".into()),
-                injected: true,
-                ready: true,
-                sidecar_version: Some("0.1.0".into()),
-                sidecar: Ok(idle),
-            },
-            PodStatus {
-                pod: "api-7d9c-2".into(),
-                workload: Some("deployment/api".into()),
-                injected: true,
-                ready: true,
-                sidecar_version: Some("0.1.0".into()),
-                sidecar: Err("port-forward to pod api-7d9c-2: connection refused".into()),
-            },
+            api("api-7d9c-0", Ok(paused)),
+            api("api-7d9c-1", Ok(idle)),
+            api("api-7d9c-2", Err("port-forward to pod api-7d9c-2: connection refused".into())),
             PodStatus {
                 pod: "web-0".into(),
                 workload: Some("statefulset/web".into()),

@@ -41,13 +41,13 @@ use tokio::net::TcpStream;
 use tokio::sync::{oneshot, Notify};
 use tracing::debug;
 
+use crate::app;
 use crate::budget::Budget;
 use crate::limits::Limits;
 use crate::metrics::Metrics;
 use crate::pool::{AppConn, Pool};
 use crate::session::Sessions;
 use crate::shutdown::Shutdown;
-use crate::{app, socket};
 use head::{Kind, Reject};
 
 /// How long a client connection keeps its app connection after the last
@@ -142,6 +142,15 @@ impl Shared {
         true
     }
 
+    /// Keeps the app connection with this client connection from now on.
+    fn pin(&self) {
+        self.pinned.store(true, Ordering::Relaxed);
+    }
+
+    fn is_pinned(&self) -> bool {
+        self.pinned.load(Ordering::Relaxed)
+    }
+
     fn push(&self, pending: Pending) {
         // A refusal, close or stolen request needs the response pump's
         // attention now; for a forwarded request, the app's answer wakes it,
@@ -175,7 +184,7 @@ pub async fn serve(mut client: TcpStream, prefix: Bytes, conn: Conn) {
         let mut app = match held.take().or_else(|| conn.pool.take(conn.dst)) {
             Some(app) => app,
             // Boxed, like the round: connecting is rare next to waiting.
-            None => match Box::pin(app_conn(&conn)).await {
+            None => match Box::pin(AppConn::connect(conn.dst, &conn.budget)).await {
                 Ok(app) => app,
                 Err(e) => {
                     debug!("{e}");
@@ -191,7 +200,7 @@ pub async fn serve(mut client: TcpStream, prefix: Bytes, conn: Conn) {
         if round != Done::Idle {
             break;
         }
-        if shared.pinned.load(Ordering::Relaxed) {
+        if shared.is_pinned() {
             held = Some(app);
         } else if responses.buf.is_empty() {
             conn.pool.put(conn.dst, app);
@@ -306,14 +315,6 @@ fn poll_once_read(client: &mut TcpStream, buf: &mut BytesMut) -> std::task::Poll
     }
 }
 
-/// A new connection to the app.
-async fn app_conn(conn: &Conn) -> Result<AppConn, app::Error> {
-    let dst = conn.dst;
-    let fds = conn.budget.take(1).ok_or(app::Error::Budget { dst, limit: conn.budget.limit() })?;
-    let stream = socket::connect(dst).await.map_err(|error| app::Error::Connect { dst, error })?;
-    Ok(AppConn { stream, fds: Some(fds) })
-}
-
 /// Lingering close: when the sidecar ends a connection that the client is
 /// still sending on (a refused or broken request), closing at once would
 /// reset it, and the reset can destroy responses the client has not read
@@ -371,6 +372,15 @@ async fn forward<W: AsyncWrite + Unpin>(wr: &mut W, buf: &mut BytesMut, n: usize
     Ok(())
 }
 
+/// Passes the end of a stream on as a FIN: the other direction may go on.
+async fn pass_fin<W: AsyncWrite + Unpin>(wr: &mut W) -> Done {
+    if wr.shutdown().await.is_ok() {
+        Done::Eof
+    } else {
+        Done::Close
+    }
+}
+
 /// After a protocol switch: whatever is buffered, then raw bytes until EOF,
 /// which is passed on as a FIN.
 async fn tunnel<R, W>(rd: &mut R, wr: &mut W, buf: &mut BytesMut) -> Done
@@ -384,7 +394,7 @@ where
             return Done::Close;
         }
         match fill(rd, buf).await {
-            Ok(0) => return if wr.shutdown().await.is_ok() { Done::Eof } else { Done::Close },
+            Ok(0) => return pass_fin(wr).await,
             Ok(_) => {}
             Err(_) => return Done::Close,
         }

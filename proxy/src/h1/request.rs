@@ -11,7 +11,7 @@ use super::body::Body;
 use super::head::{parse_request, Fields, Kind, Reject, RequestHead};
 use super::route::route;
 use super::stolen::Stolen;
-use super::{fill, forward, tunnel, Conn, Done, Pending, Shared, INITIAL_BUFFER};
+use super::{fill, forward, pass_fin, tunnel, Conn, Done, Pending, Shared, INITIAL_BUFFER};
 use crate::metrics::Route;
 use crate::session::Copies;
 use crate::session::Frame;
@@ -50,18 +50,18 @@ where
 {
     let State { buf, fields } = state;
     let mut shutdown = conn.shutdown.clone();
-    let mut first = true;
     // The client said it sends no more requests: its connection ends after
     // the answers, so the app connection is not given back either.
     let mut closing = false;
     loop {
-        if buf.is_empty() && !first && !closing && !shared.pinned.load(std::sync::atomic::Ordering::Relaxed) {
+        // (A round starts with bytes of a request, or pinned.)
+        if buf.is_empty() && !closing && !shared.is_pinned() {
             // Between requests with nothing of the next one: a client that
             // sends its next request at once keeps its app connection;
             // otherwise the round ends once every response is complete.
             match tokio::time::timeout(super::GRACE, fill(&mut rd, buf)).await {
                 Ok(Ok(n)) if n > 0 => {}
-                Ok(Ok(_)) => return if wr.shutdown().await.is_ok() { Done::Eof } else { Done::Close },
+                Ok(Ok(_)) => return pass_fin(&mut wr).await,
                 Ok(Err(_)) => return Done::Close,
                 Err(_) => {
                     shared.push(Pending::Release);
@@ -69,10 +69,9 @@ where
                 }
             }
         }
-        first = false;
         let head = match next_head(&mut rd, buf, fields, conn, &mut shutdown).await {
             Next::Head(head) => head,
-            Next::Eof => return if wr.shutdown().await.is_ok() { Done::Eof } else { Done::Close },
+            Next::Eof => return pass_fin(&mut wr).await,
             Next::Reject(r) => {
                 debug!(reason = r.reason(), "request refused");
                 shared.push(Pending::Reject(r));

@@ -9,7 +9,7 @@ use tracing::debug;
 use super::body::Body;
 use super::head::{parse_response, Kind};
 use super::stolen::{self, After};
-use super::{body, fill, forward, tunnel, Conn, Done, Pending, Shared, MAX_BUFFER};
+use super::{body, fill, forward, pass_fin, tunnel, Conn, Done, Pending, Shared, MAX_BUFFER};
 use crate::metrics::{status_class, Protocol, RequestLabels, Route, Timers};
 use crate::session::Frame;
 
@@ -79,7 +79,7 @@ where
                 () = shared.changed.notified() => continue,
             };
             match read {
-                Ok(0) => return if wr.shutdown().await.is_ok() { Done::Eof } else { Done::Close },
+                Ok(0) => return pass_fin(&mut wr).await,
                 Ok(_) => {}
                 Err(_) => return Done::Close,
             }
@@ -103,7 +103,7 @@ where
         *closing |= head.close && !informational_status(head.status, head.tunnel);
         if head.status == 401 || head.status == 407 {
             // NTLM and Negotiate authenticate the connection: keep the pair.
-            shared.pinned.store(true, std::sync::atomic::Ordering::Relaxed);
+            shared.pin();
         }
         let informational = informational_status(head.status, head.tunnel);
         let mut timing = None;
@@ -222,7 +222,7 @@ async fn tunnel_from_session<W: AsyncWrite + Unpin>(wr: &mut W, mut from_client:
                     return Done::Close;
                 }
             }
-            Some(Frame::End) => return if wr.shutdown().await.is_ok() { Done::Eof } else { Done::Close },
+            Some(Frame::End) => return pass_fin(wr).await,
             Some(_) => {}
             None => return Done::Close,
         }
