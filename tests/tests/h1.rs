@@ -15,11 +15,14 @@ fn app() -> App {
     App::start(env!("CARGO_BIN_EXE_sample-app"))
 }
 
-/// Sends `request` in one write, reads until the server closes.
+/// Sends `request` in one write, then a FIN (the requests end the
+/// connection without a `Connection: close`, which the sidecar answers
+/// itself), reads until the server closes.
 fn transcript(addr: SocketAddr, request: &[u8]) -> String {
     let mut s = TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     s.write_all(request).unwrap();
+    s.shutdown(std::net::Shutdown::Write).unwrap();
     let mut out = Vec::new();
     s.read_to_end(&mut out).unwrap();
     // The only thing allowed to differ: the app's Date header and the peer
@@ -43,7 +46,7 @@ fn pipelined_requests_with_head_and_chunked_bodies_are_byte_identical() {
 HEAD /b HTTP/1.1\r\nHost: x\r\n\r\n\
 POST /c HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3;ext=1\r\nabc\r\n4\r\ndefg\r\n0\r\nX-Trailer: t\r\n\r\n\
 POST /d HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello\
-GET /e HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+GET /e HTTP/1.1\r\nHost: x\r\n\r\n";
     let direct = transcript(app.addr, request);
     let proxied = transcript(sidecar.addr, request);
     assert_eq!(direct.matches("HTTP/1.1 200 OK").count(), 5, "{direct}");
@@ -59,7 +62,7 @@ fn declined_upgrade_keeps_the_connection_http() {
     let app = app();
     let sidecar = Sidecar::start(app.addr, &[]);
     let request = b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n\
-GET /after HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+GET /after HTTP/1.1\r\nHost: x\r\n\r\n";
     let direct = transcript(app.addr, request);
     assert_eq!(direct.matches("HTTP/1.1 200 OK").count(), 2, "{direct}");
     assert_eq!(direct, transcript(sidecar.addr, request));
@@ -289,4 +292,74 @@ fn an_upgrade_the_app_closes_without_answering_ends_the_connection() {
         assert!(start.elapsed() < Duration::from_secs(5), "still held:\n{}", sidecar.metrics());
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// Sends one request on a new connection and reads until the server closes:
+/// (the response head's lines, the body).
+fn one_shot(addr: SocketAddr, request: &[u8]) -> (Vec<String>, String) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(request).unwrap();
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).expect("the server ends the connection");
+    let out = String::from_utf8(out).unwrap();
+    let (head, body) = out.split_once("\r\n\r\n").unwrap();
+    (head.lines().map(str::to_owned).collect(), body.to_owned())
+}
+
+fn field<'a>(head: &'a [String], name: &str) -> Vec<&'a str> {
+    head.iter()
+        .filter_map(|l| l.split_once(':'))
+        .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.trim())
+        .collect()
+}
+
+#[test]
+fn a_client_that_closes_after_one_request_is_ended_by_the_sidecar_and_the_app_connection_is_reused() {
+    let app = app();
+    let sidecar = Sidecar::start(app.addr, &[]);
+    let close = b"GET /probe HTTP/1.1\r\nHost: x\r\nConnection: close\r\nAccept: */*\r\n\r\n";
+    let (first, body) = one_shot(sidecar.addr, close);
+    assert_eq!(first[0], "HTTP/1.1 200 OK");
+    // The client is told, once; the app never saw the hop's close.
+    assert_eq!(field(&first, "connection"), ["close"], "{first:?}");
+    assert!(!body.to_ascii_lowercase().contains("connection"), "{body}");
+    assert!(body.contains(r#"["accept","*/*"]"#), "{body}");
+    let (second, _) = one_shot(sidecar.addr, close);
+    assert_eq!(field(&second, "connection"), ["close"]);
+    assert_eq!(field(&first, "x-peer-port"), field(&second, "x-peer-port"), "the app connection was not reused");
+
+    // Anything else about the connection is the app's to see and answer.
+    let (_, body) =
+        one_shot(sidecar.addr, b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close, x-hop\r\nx-hop: 1\r\n\r\n");
+    assert!(body.contains(r#"["connection","close, x-hop"]"#), "{body}");
+    let (old, body) = one_shot(sidecar.addr, b"GET / HTTP/1.0\r\nConnection: close\r\n\r\n");
+    assert!(body.contains(r#"["connection","close"]"#), "{body}");
+    assert_eq!(old[0], "HTTP/1.0 200 OK");
+    let line =
+        format!("mirrord_proxy_requests_total{{port=\"{}\",protocol=\"http1\",status=\"2xx\"}} 4", app.addr.port());
+    assert!(metric(&sidecar, &line), "{}", sidecar.metrics());
+}
+
+#[test]
+fn a_closing_client_gets_a_response_body_the_app_ends_by_closing() {
+    // An app that ends its body by closing: the sidecar passes that close on.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().take(1) {
+            let mut s = stream.unwrap();
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") && s.read(&mut byte).unwrap() == 1 {
+                head.push(byte[0]);
+            }
+            s.write_all(b"HTTP/1.1 200 OK\r\n\r\nuntil close").unwrap();
+        }
+    });
+    let sidecar = Sidecar::start(addr, &[]);
+    let (head, body) = one_shot(sidecar.addr, b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    assert_eq!(head, ["HTTP/1.1 200 OK"]);
+    assert_eq!(body, "until close");
 }

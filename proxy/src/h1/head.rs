@@ -114,6 +114,11 @@ pub struct RequestHead {
     pub close: bool,
     /// From kubelet's HTTP prober (`User-Agent: kube-probe/…`).
     pub kube_probe: bool,
+    /// The whole field line (CRLF included) of an HTTP/1.1 request's
+    /// `Connection: close`, when it is the one Connection line and `close`
+    /// its only option: the sidecar may end the client's connection itself
+    /// and keep the app connection (RFC 9110 §7.6.1).
+    pub close_field: Option<Span>,
 }
 
 /// A range of bytes in a request head.
@@ -212,7 +217,58 @@ pub fn parse_request(buf: &[u8], fields: &mut Fields) -> Result<Option<RequestHe
     fields.headers.clear();
     fields.headers.extend(req.headers.iter().map(|h| (span(h.name.as_bytes()), span(h.value))));
     let kube_probe = framing.kube_probe;
-    Ok(Some(RequestHead { len, kind, body, http10, close, kube_probe }))
+    let close_field = match framing.connection {
+        ConnectionField::OnlyClose if close && !http10 => req
+            .headers
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case("connection"))
+            .map(|h| field_line(buf, span(h.name.as_bytes()).start, span(h.value).end)),
+        _ => None,
+    };
+    Ok(Some(RequestHead { len, kind, body, http10, close, kube_probe, close_field }))
+}
+
+/// The field line that starts at `start` and whose value ends at
+/// `value_end`, through its line ending.
+fn field_line(buf: &[u8], start: usize, value_end: usize) -> Span {
+    let end = buf[value_end.max(start)..]
+        .iter()
+        .position(|&b| b == b'\n')
+        .map_or(buf.len(), |i| value_end.max(start) + i + 1);
+    start..end
+}
+
+/// Removes `span` from `buf`, moving what follows it back.
+pub fn remove(buf: &mut bytes::BytesMut, span: Span) {
+    let len = buf.len();
+    buf.copy_within(span.end..len, span.start);
+    buf.truncate(len - span.len());
+}
+
+/// The response head at the front of `buf` (`head_len` bytes) with its
+/// Connection lines replaced by `connection: close`, for a client whose
+/// request asked to close while the app keeps its connection. Returns the
+/// new head length.
+pub fn close_response_head(buf: &mut bytes::BytesMut, head_len: usize) -> usize {
+    let mut out = bytes::BytesMut::with_capacity(buf.len() + 19);
+    let mut lines = buf[..head_len].split_inclusive(|&b| b == b'\n');
+    // The status line, then field lines, then the empty line.
+    out.extend_from_slice(lines.next().unwrap_or_default());
+    for line in lines {
+        if line == b"\r\n" || line == b"\n" {
+            out.extend_from_slice(b"connection: close\r\n");
+            out.extend_from_slice(line);
+            break;
+        }
+        let name = line.split(|&b| b == b':').next().unwrap_or_default();
+        if !name.eq_ignore_ascii_case(b"connection") {
+            out.extend_from_slice(line);
+        }
+    }
+    let new_len = out.len();
+    out.extend_from_slice(&buf[head_len..]);
+    *buf = out;
+    new_len
 }
 
 /// Whether the request line ends in `HTTP/d.d` (another version than ours,
@@ -278,6 +334,18 @@ struct Framing {
     close: bool,
     keep_alive: bool,
     kube_probe: bool,
+    connection: ConnectionField,
+}
+
+/// What the Connection field lines say, as a whole.
+#[derive(Default, PartialEq, Eq)]
+enum ConnectionField {
+    #[default]
+    Absent,
+    /// One line, whose only option is `close`.
+    OnlyClose,
+    /// Anything else.
+    Other,
 }
 
 /// The Transfer-Encoding list, over all its field lines.
@@ -327,6 +395,16 @@ impl Framing {
             } else if name.eq_ignore_ascii_case("upgrade") {
                 has_upgrade = true;
             } else if name.eq_ignore_ascii_case("connection") {
+                let only_close = h
+                    .value
+                    .split(|&b| b == b',')
+                    .map(<[u8]>::trim_ascii)
+                    .filter(|t| !t.is_empty())
+                    .all(|t| t.eq_ignore_ascii_case(b"close"));
+                f.connection = match f.connection {
+                    ConnectionField::Absent if only_close => ConnectionField::OnlyClose,
+                    _ => ConnectionField::Other,
+                };
                 for token in h.value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
                     connection_upgrade |= token.eq_ignore_ascii_case(b"upgrade");
                     f.close |= token.eq_ignore_ascii_case(b"close");
@@ -379,6 +457,57 @@ mod tests {
     }
 
     #[test]
+    fn a_lone_connection_close_is_a_field_line_the_sidecar_may_take_off() {
+        let field = |head: &[u8]| parse(head).unwrap().unwrap().close_field.map(|s| head[s].to_vec());
+        assert_eq!(
+            field(b"GET / HTTP/1.1\r\nHost: a\r\nConnection:  Close \r\nAccept: */*\r\n\r\n").as_deref(),
+            Some(&b"Connection:  Close \r\n"[..])
+        );
+        assert_eq!(
+            field(b"GET / HTTP/1.1\nHost: a\nconnection: close\n\n").as_deref(),
+            Some(&b"connection: close\n"[..])
+        );
+        // Other options, a second line, HTTP/1.0, or no close at all: kept.
+        assert_eq!(field(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close, x-hop\r\nx-hop: 1\r\n\r\n"), None);
+        assert_eq!(field(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\nConnection: te\r\n\r\n"), None);
+        assert_eq!(field(b"GET / HTTP/1.0\r\nConnection: close\r\n\r\n"), None);
+        assert_eq!(field(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: keep-alive\r\n\r\n"), None);
+        assert_eq!(field(b"GET / HTTP/1.1\r\nHost: a\r\nConnection:\r\n\r\n"), None);
+    }
+
+    #[test]
+    fn taking_a_field_line_off_leaves_the_rest_as_it_was() {
+        let head = b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\nX: y\r\n\r\nbody";
+        let span = parse(head).unwrap().unwrap().close_field.unwrap();
+        let mut buf = bytes::BytesMut::from(&head[..]);
+        remove(&mut buf, span);
+        assert_eq!(&buf[..], b"GET / HTTP/1.1\r\nHost: a\r\nX: y\r\n\r\nbody");
+    }
+
+    #[test]
+    fn a_response_to_a_closing_client_says_close_once() {
+        let cases: [(&[u8], &[u8]); 3] = [
+            (
+                b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+                b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nconnection: close\r\n\r\nok",
+            ),
+            (
+                b"HTTP/1.1 200 OK\r\nConnection: keep-alive\r\nKeep-Alive: timeout=5\r\nContent-Length: 2\r\n\r\nok",
+                b"HTTP/1.1 200 OK\r\nKeep-Alive: timeout=5\r\nContent-Length: 2\r\nconnection: close\r\n\r\nok",
+            ),
+            (b"HTTP/1.1 204 No Content\nDate: x\n\n", b"HTTP/1.1 204 No Content\nDate: x\nconnection: close\r\n\n"),
+        ];
+        for (response, want) in cases {
+            let head = parse_response(response, Kind::Normal).unwrap().unwrap();
+            let mut buf = bytes::BytesMut::from(response);
+            let len = close_response_head(&mut buf, head.len);
+            assert_eq!(&buf[..], want);
+            let again = parse_response(&buf, Kind::Normal).unwrap().unwrap();
+            assert_eq!((again.len, again.close, again.body), (len, true, head.body));
+        }
+    }
+
+    #[test]
     fn request_framing() {
         let head = b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\nabc";
         let want = RequestHead {
@@ -387,6 +516,7 @@ mod tests {
             body: Body::Length(3),
             http10: false,
             close: false,
+            close_field: None,
             kube_probe: false,
         };
         assert_eq!(parse(head), Ok(Some(want)));

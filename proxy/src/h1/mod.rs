@@ -1,9 +1,9 @@
 //! HTTP/1 passthrough that keeps request boundaries.
 //!
-//! The bytes of each message are forwarded exactly as they arrived: heads are
-//! parsed in place ([`head`]) only to learn the framing of the body that
-//! follows ([`body`]) and to refuse what the app might frame differently. So
-//! the app sees byte-for-byte what the client sent (header case and order
+//! The bytes of each message are forwarded as they arrived (one exception
+//! below): heads are parsed in place ([`head`]) only to learn the framing of
+//! the body that follows ([`body`]) and to refuse what the app might frame
+//! differently. So the app sees what the client sent (header case and order
 //! included), every request on a keep-alive connection is known by its
 //! boundaries (where per-request routing hooks in), and the cost per request
 //! is one parse per direction.
@@ -21,6 +21,14 @@
 //! for the rest of the connection once the app answers 401 or 407 (NTLM and
 //! Negotiate authenticate the connection, not the request), and after a
 //! protocol switch (the connection is a tunnel then).
+//!
+//! One field is not forwarded as it arrived: an HTTP/1.1 request whose only
+//! connection option is `close` goes to the app without its Connection line,
+//! and the sidecar ends the client's connection itself, with
+//! `connection: close` in the response (RFC 9110 §7.6.1: the Connection
+//! field is for one hop). The app connection goes back to the pool, so a
+//! client that opens a connection per request (kubelet probes, load
+//! balancers that do not pool) costs the app no connection of its own.
 
 pub mod body;
 pub mod head;
@@ -97,6 +105,10 @@ enum Pending {
         /// When its head was read, and whether copies went to sessions.
         started: std::time::Instant,
         route: crate::metrics::Route,
+        /// The client asked to close after this request, and the app was
+        /// not told: the response says `close` and ends the client's
+        /// connection, and the app connection is given back.
+        close_client: bool,
     },
     /// Answer this refusal once every earlier response is complete, then close.
     Reject(Reject),
@@ -119,6 +131,9 @@ struct Shared {
     /// The app connection stays with this client connection (see the module
     /// documentation).
     pinned: AtomicBool,
+    /// The client's last response is sent and its connection shut down;
+    /// the app connection is free.
+    finished: AtomicBool,
 }
 
 impl Shared {
@@ -200,6 +215,7 @@ pub async fn serve(mut client: TcpStream, prefix: Bytes, conn: Conn) {
         if round != Done::Idle {
             break;
         }
+        let finished = shared.finished.load(Ordering::Relaxed);
         if shared.is_pinned() {
             held = Some(app);
         } else if responses.buf.is_empty() {
@@ -211,6 +227,9 @@ pub async fn serve(mut client: TcpStream, prefix: Bytes, conn: Conn) {
             debug!("the app sent bytes after its last response; its connection is closed");
             conn.metrics.error(crate::metrics::Fault::UpstreamResponse);
             responses.buf.clear();
+        }
+        if finished {
+            break;
         }
     }
     linger(&mut client).await;

@@ -8,7 +8,7 @@ use tokio::time::{timeout_at, Instant};
 use tracing::debug;
 
 use super::body::Body;
-use super::head::{parse_request, Fields, Kind, Reject, RequestHead};
+use super::head::{self, parse_request, Fields, Kind, Reject, RequestHead};
 use super::route::route;
 use super::stolen::Stolen;
 use super::{fill, forward, pass_fin, tunnel, Conn, Done, Pending, Shared, INITIAL_BUFFER};
@@ -132,8 +132,27 @@ where
             }
             None => {
                 let route = if copies.mirrored() { Route::Mirrored } else { Route::Passthrough };
-                shared.push(Pending::Response { kind, switched: switched_tx, started, route });
-                pass_body(&mut rd, Sink::App(&mut wr), shared, buf, head.len, head.body, &mut copies, conn).await
+                // A client that closes after this request: the sidecar ends
+                // its connection itself and keeps the app connection, so the
+                // app does not see the close (RFC 9110 §7.6.1: the Connection
+                // field is for one hop).
+                let mut head_len = head.len;
+                let close_client = match head.close_field {
+                    Some(field) if !shared.is_pinned() && matches!(kind, Kind::Normal | Kind::Head) => {
+                        head_len -= field.len();
+                        head::remove(buf, field);
+                        true
+                    }
+                    _ => false,
+                };
+                shared.push(Pending::Response { kind, switched: switched_tx, started, route, close_client });
+                let passed =
+                    pass_body(&mut rd, Sink::App(&mut wr), shared, buf, head_len, head.body, &mut copies, conn).await;
+                if close_client && matches!(passed, Passed::Complete(_)) {
+                    shared.push(Pending::Release);
+                    return Done::Idle;
+                }
+                passed
             }
         };
         let session = match done {

@@ -7,7 +7,7 @@ use tokio::sync::mpsc;
 use tracing::debug;
 
 use super::body::Body;
-use super::head::{parse_response, Kind};
+use super::head::{close_response_head, parse_response, Kind};
 use super::stolen::{self, After};
 use super::{body, fill, forward, pass_fin, tunnel, Conn, Done, Pending, Shared, MAX_BUFFER};
 use crate::metrics::{status_class, Protocol, RequestLabels, Route, Timers};
@@ -107,21 +107,38 @@ where
         }
         let informational = informational_status(head.status, head.tunnel);
         let mut timing = None;
+        let mut head_len = head.len;
+        // The client asked to close; the app, not told, keeps its connection.
+        let mut close_client = false;
         if !informational {
-            if let Some(Pending::Response { switched, started, route, .. }) = shared.queue().pop_front() {
+            if let Some(Pending::Response { switched, started, route, close_client: close, .. }) =
+                shared.queue().pop_front()
+            {
                 if let Some(tx) = switched {
                     let _ = tx.send(head.tunnel);
                 }
                 timing = Some((route, started));
+                close_client = close && !head.close;
             }
             count(counters, conn, head.status);
         }
+        if close_client {
+            head_len = close_response_head(buf, head_len);
+        }
         let tunnel_after = head.tunnel;
         let until_close = head.body == Body::UntilClose;
-        match forward_message(&mut rd, &mut wr, buf, head.len, head.body).await {
+        match forward_message(&mut rd, &mut wr, buf, head_len, head.body).await {
             Message::Complete => {
                 if let Some((route, started)) = timing {
                     timers.observe(&conn.metrics, route, started);
+                }
+                if close_client {
+                    // Like a server that was asked to close: FIN after the
+                    // last response (RFC 9112 §9.6).
+                    if wr.shutdown().await.is_err() {
+                        return Done::Close;
+                    }
+                    shared.finished.store(true, std::sync::atomic::Ordering::Relaxed);
                 }
             }
             // A body delimited by close has ended; anything else was cut short.

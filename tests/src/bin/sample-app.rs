@@ -100,10 +100,11 @@ async fn echo(mut stream: TcpStream, greeting: Option<&[u8]>) -> std::io::Result
 
 async fn http(stream: TcpStream, peer: SocketAddr, name: &'static str) -> anyhow::Result<()> {
     let svc = hyper::service::service_fn(move |req| respond(req, peer, name));
-    hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-        .serve_connection_with_upgrades(TokioIo::new(stream), svc)
-        .await
-        .map_err(|e| anyhow::anyhow!("{e}"))
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    // A client that sends its last requests and then a FIN still gets
+    // every answer (hyper would otherwise drop the ones still unanswered).
+    builder.http1().half_close(true);
+    builder.serve_connection_with_upgrades(TokioIo::new(stream), svc).await.map_err(|e| anyhow::anyhow!("{e}"))
 }
 
 static DELAY_MS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
