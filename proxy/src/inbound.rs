@@ -109,7 +109,7 @@ impl Refusals {
 }
 
 async fn handle(mut stream: TcpStream, _fds: Fds, inbound: Arc<Inbound>, shutdown: Shutdown) {
-    socket::tune(&stream);
+    // (Socket options come with the listener: `socket::listen`.)
     let dst = match inbound.destination {
         Destination::Fixed(addr) => addr,
         Destination::Original => match socket::original_dst(&stream) {

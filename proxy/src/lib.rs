@@ -9,6 +9,7 @@
 pub mod admin;
 pub mod app;
 pub mod budget;
+pub mod cpu;
 pub mod detect;
 pub mod gate;
 pub mod h1;

@@ -48,10 +48,30 @@ fn run_sidecar(args: run::RunArgs) -> anyhow::Result<()> {
         Ok(limit) => tracing::info!(limit, "open files limit"),
         Err(e) => tracing::warn!("cannot raise the open files limit: {e}"),
     }
-    let runtime = if args.threads <= 1 {
+    let threads = match args.threads {
+        Some(n) => {
+            tracing::info!(threads = n, "worker threads (--threads)");
+            usize::from(n)
+        }
+        None => {
+            let auto = mirrord_proxy::cpu::Threads::of_this_process();
+            match &auto.quota {
+                Some((cpus, cgroup)) => tracing::info!(
+                    threads = auto.count,
+                    cpu_limit = cpus,
+                    cgroup = %cgroup.display(),
+                    usable_cpus = auto.cpus,
+                    "worker threads from the CPU limit"
+                ),
+                None => tracing::info!(threads = auto.count, usable_cpus = auto.cpus, "worker threads: no CPU limit"),
+            }
+            auto.count
+        }
+    };
+    let runtime = if threads <= 1 {
         tokio::runtime::Builder::new_current_thread().enable_all().build()?
     } else {
-        tokio::runtime::Builder::new_multi_thread().worker_threads(args.threads).enable_all().build()?
+        tokio::runtime::Builder::new_multi_thread().worker_threads(threads).enable_all().build()?
     };
     runtime.block_on(async {
         let running = run::Running::bind(&args)?;

@@ -99,8 +99,10 @@ pub struct RunArgs {
     #[arg(long, value_name = "PORTS", default_value = "*")]
     pub ports: PortList,
     /// Worker threads of the runtime (1 runs everything on the main thread).
-    #[arg(long, default_value_t = 1)]
-    pub threads: usize,
+    /// Default: the container's CPU limit (its cgroup's CPU quota) rounded
+    /// up, within the CPUs it may run on; 1 without a limit.
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub threads: Option<u16>,
     /// Whether sessions may pause the app (needs a shared process namespace).
     #[arg(long, value_enum, default_value = "enabled", value_name = "enabled|disabled")]
     pub pause: PauseSetting,

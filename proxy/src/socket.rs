@@ -13,11 +13,16 @@ const SOCKET_BUFFER: usize = 1 << 20;
 
 /// Binds a listener with `SO_REUSEADDR` and a deep accept backlog. An IPv6
 /// address is bound v6-only so that a separate IPv4 listener can share the port.
+/// The listener carries the options of [`tune`]: Linux gives them to every
+/// connection it accepts, which saves three system calls per connection.
 pub fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     if addr.is_ipv6() {
         socket.set_only_v6(true)?;
     }
+    let _ = socket.set_tcp_nodelay(true);
+    let _ = socket.set_send_buffer_size(SOCKET_BUFFER);
+    let _ = socket.set_recv_buffer_size(SOCKET_BUFFER);
     socket.set_reuse_address(true)?;
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
@@ -137,6 +142,26 @@ pub fn original_dst(_stream: &TcpStream) -> io::Result<SocketAddr> {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    #[tokio::test]
+    async fn accepted_connections_inherit_the_listeners_options() {
+        let listener = super::listen("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let _client = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (accepted, _) = listener.accept().await.unwrap();
+        assert!(accepted.nodelay().unwrap());
+        let sock = socket2::SockRef::from(&accepted);
+        // The kernel doubles what is asked for (socket(7)), within its maximum.
+        let plain = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let _c = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+            let (a, _) = l.accept().unwrap();
+            socket2::SockRef::from(&a).recv_buffer_size().unwrap()
+        };
+        assert!(sock.recv_buffer_size().unwrap() > plain, "{} vs {plain}", sock.recv_buffer_size().unwrap());
+    }
+
     #[test]
     fn the_open_files_limit_is_raised_to_the_hard_limit() {
         let limit = super::raise_fd_limit().unwrap();

@@ -229,6 +229,11 @@ pub async fn serve(mut client: TcpStream, prefix: Bytes, conn: Conn) {
             responses.buf.clear();
         }
         if finished {
+            // Nothing more can come from a client that asked to close: its
+            // socket is shut down already, and closes now.
+            if requests.buf.is_empty() {
+                return;
+            }
             break;
         }
     }
