@@ -13,6 +13,9 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("MIRRORD_LOG").unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
+        // A log write that fails is dropped: reporting it would panic
+        // writing to the same stderr.
+        .log_internal_errors(false)
         .init();
     let threads = match args.threads {
         0 => std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get),

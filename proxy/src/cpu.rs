@@ -25,7 +25,7 @@ pub struct Threads {
 impl Threads {
     /// Reads the limit of this process's own cgroups.
     pub fn of_this_process() -> Threads {
-        let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+        let cpus = usable_cpus();
         let read = |p: &Path| std::fs::read_to_string(p).ok();
         let quota = match (read(Path::new("/proc/self/cgroup")), read(Path::new("/proc/self/mountinfo"))) {
             (Some(cgroup), Some(mountinfo)) => quota(&cgroup, &mountinfo, Path::new("/"), &read),
@@ -42,6 +42,32 @@ impl Threads {
         };
         Threads { count, quota, cpus }
     }
+}
+
+/// The CPUs this process may run on (its affinity mask). Not
+/// `available_parallelism`, which also rounds the cgroup quota down.
+#[cfg(target_os = "linux")]
+fn usable_cpus() -> usize {
+    // SAFETY: a zeroed cpu_set_t is a valid empty set; sched_getaffinity
+    // writes at most its size into it.
+    let count = unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) == 0 {
+            usize::try_from(libc::CPU_COUNT(&set)).unwrap_or(0)
+        } else {
+            0
+        }
+    };
+    if count > 0 {
+        count
+    } else {
+        std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn usable_cpus() -> usize {
+    std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
 }
 
 /// The lowest CPU quota over the cgroup directories of this process (v2

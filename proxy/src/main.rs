@@ -1,6 +1,8 @@
+use std::io::Write as _;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+
 use mirrord_config::names::{ENV_LOG, ENV_LOG_FORMAT};
 use mirrord_proxy::pause::{self, guard};
 use mirrord_proxy::{iptables, run};
@@ -35,7 +37,7 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("mirrord-proxy: {e:#}");
+            let _ = writeln!(std::io::stderr(), "mirrord-proxy: {e:#}");
             ExitCode::FAILURE
         }
     }
@@ -71,7 +73,11 @@ fn run_sidecar(args: run::RunArgs) -> anyhow::Result<()> {
     let runtime = if threads <= 1 {
         tokio::runtime::Builder::new_current_thread().enable_all().build()?
     } else {
-        tokio::runtime::Builder::new_multi_thread().worker_threads(threads).enable_all().build()?
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
+            .thread_name("proxy-worker")
+            .enable_all()
+            .build()?
     };
     runtime.block_on(async {
         let running = run::Running::bind(&args)?;
@@ -103,6 +109,9 @@ fn init_tracing() {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        // A log write that fails (the container runtime's pipe went away)
+        // is dropped: reporting it would panic writing to the same stderr.
+        .log_internal_errors(false)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     if std::env::var(ENV_LOG_FORMAT).is_ok_and(|f| f == "json") {
         builder.json().init();

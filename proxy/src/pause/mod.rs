@@ -342,7 +342,11 @@ pub fn install_panic_hook(scope: Scope) {
         if EVER_HELD.load(Ordering::Relaxed) {
             if let Some(scope) = HOOK_SCOPE.get() {
                 let n = resume_stopped(scope, &mut Cache::default());
-                eprintln!("mirrord-proxy: panic: resumed {n} app process(es) before anything else");
+                // Not eprintln!: it panics when stderr is gone.
+                let _ = std::io::Write::write_fmt(
+                    &mut std::io::stderr(),
+                    format_args!("mirrord-proxy: panic: resumed {n} app process(es) before anything else\n"),
+                );
             }
         }
         previous(info);
