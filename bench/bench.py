@@ -21,6 +21,8 @@ import sys
 import tempfile
 import time
 
+import admission
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RELEASE = os.path.join(ROOT, "target", "release")
 APP_CPU, LOAD_CPU = "0", "1"
@@ -351,7 +353,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--seconds", type=int, default=5)
-    ap.add_argument("--only", choices=["proxy", "sessions", "idle"], help="run one part only")
+    ap.add_argument("--only", choices=["proxy", "sessions", "idle", "admission"], help="run one part only")
     ap.add_argument("--idle", type=int, default=10000, metavar="N", help="idle connections per target (idle part)")
     ap.add_argument("--baseline", metavar="BIN",
                     help="another mirrord-proxy binary (e.g. built from an earlier commit), measured as 'baseline' "
@@ -361,6 +363,9 @@ def main():
         if not shutil.which(tool):
             sys.exit(f"bench needs {tool}: run scripts/bench.sh, which installs it")
 
+    if args.only == "admission":
+        admission.bench(rounds=args.rounds)
+        return
     tmp = tempfile.mkdtemp()
     procs = Procs()
     if args.only == "sessions":
@@ -461,6 +466,8 @@ def main():
     finally:
         procs.stop()
         shutil.rmtree(tmp, ignore_errors=True)
+    if args.only is None:
+        admission.bench(rounds=args.rounds)
 
 
 if __name__ == "__main__":

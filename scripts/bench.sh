@@ -10,7 +10,8 @@ if ((${#missing[@]})); then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 command -v oha >/dev/null 2>&1 || cargo install oha --locked
-cargo build --release -q -p mirrord-proxy -p mirrord-tests --bins
+cargo build --release -q -p mirrord-proxy -p mirrord-tests -p mirrord-injector --bins
+cargo build --release -q -p mirrord-injector --example allow_all
 # Filter cost per request (plain vs look-around regexes), in-process.
 cargo run --release -q -p mirrord-config --example filter_cost
 # The framing table through the sidecar, nginx and haproxy (what reaches the app).
