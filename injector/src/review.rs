@@ -101,19 +101,24 @@ pub const MAX_DEPTH: usize = 64;
 /// memory is refused before it is parsed.
 pub fn shape(body: &[u8]) -> (usize, usize) {
     let (mut values, mut depth, mut deepest) = (1usize, 0usize, 0usize);
-    let (mut in_string, mut escaped) = (false, false);
-    for &b in body {
-        if in_string {
-            match (escaped, b) {
-                (true, _) => escaped = false,
-                (false, b'\\') => escaped = true,
-                (false, b'"') => in_string = false,
-                _ => {}
+    let mut i = 0;
+    while i < body.len() {
+        match body[i] {
+            b'"' => {
+                // To the closing quote, skipping escaped characters; most of
+                // a pod is strings, crossed here a vector at a time.
+                i += 1;
+                loop {
+                    match memchr::memchr2(b'"', b'\\', &body[i.min(body.len())..]) {
+                        Some(at) if body[i + at] == b'\\' => i += at + 2,
+                        Some(at) => {
+                            i += at;
+                            break;
+                        }
+                        None => return (values, deepest),
+                    }
+                }
             }
-            continue;
-        }
-        match b {
-            b'"' => in_string = true,
             b'[' | b'{' => {
                 depth += 1;
                 deepest = deepest.max(depth);
@@ -123,6 +128,7 @@ pub fn shape(body: &[u8]) -> (usize, usize) {
             b',' => values += 1,
             _ => {}
         }
+        i += 1;
     }
     (values, deepest)
 }
@@ -218,6 +224,45 @@ mod tests {
         assert!(e.starts_with("invalid AdmissionReview: too large to inspect: about 1500005 JSON values"), "{e}");
         let deep = format!("{}{}", "[".repeat(100), "]".repeat(100));
         assert!(answer(deep.as_bytes(), |_| true, &settings()).unwrap_err().to_string().contains("nested 100 deep"));
+    }
+
+    /// The byte-at-a-time scan `shape` must agree with.
+    fn shape_model(body: &[u8]) -> (usize, usize) {
+        let (mut values, mut depth, mut deepest) = (1usize, 0usize, 0usize);
+        let (mut in_string, mut escaped) = (false, false);
+        for &b in body {
+            if in_string {
+                match (escaped, b) {
+                    (true, _) => escaped = false,
+                    (false, b'\\') => escaped = true,
+                    (false, b'"') => in_string = false,
+                    _ => {}
+                }
+                continue;
+            }
+            match b {
+                b'"' => in_string = true,
+                b'[' | b'{' => {
+                    depth += 1;
+                    deepest = deepest.max(depth);
+                    values += 1;
+                }
+                b']' | b'}' => depth = depth.saturating_sub(1),
+                b',' => values += 1,
+                _ => {}
+            }
+        }
+        (values, deepest)
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(5000))]
+        #[test]
+        fn shape_agrees_with_a_byte_at_a_time_scan(
+            body in proptest::collection::vec(proptest::sample::select(b"\"\\[]{},a :".to_vec()), 0..200)
+        ) {
+            proptest::prop_assert_eq!(shape(&body), shape_model(&body));
+        }
     }
 
     fn review(object: Value) -> Vec<u8> {
