@@ -54,7 +54,9 @@ impl Proxy {
         let (resp, route) = if self.sessions.is_empty() {
             (self.to_app(req.map(Either::Left)).await, Route::Passthrough)
         } else {
-            intercept::route(&self, req).await
+            // Boxed: a stream's future is moved when hyper spawns it, and
+            // only streams with sessions to ask need this state.
+            Box::pin(intercept::route(&self, req)).await
         };
         let labels = RequestLabels {
             port: self.upstream.dst().port(),
@@ -156,5 +158,32 @@ where
     };
     if let Err(e) = result {
         debug!("HTTP/2 connection ended: {e}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    /// The size of what `f` returns, without calling it.
+    fn size_of_return<A, R>(_: &impl Fn(A) -> R) -> usize {
+        std::mem::size_of::<R>()
+    }
+
+    /// hyper spawns every stream's future as a task: its size is memory
+    /// per stream in flight and bytes moved per stream. State only some
+    /// streams need (routing with sessions, connecting) is boxed.
+    #[test]
+    fn a_streams_future_stays_small() {
+        let proxy = Proxy::new(
+            "127.0.0.1:1".parse().unwrap(),
+            Arc::new(Metrics::default()),
+            Arc::new(Sessions::new(crate::ports::PortList::default())),
+            crate::shutdown::channel().1,
+        );
+        let handle = move |req: Request<Incoming>| proxy.clone().handle(req);
+        let size = size_of_return(&handle);
+        assert!(size <= 2048, "a stream's future is {size} bytes");
     }
 }

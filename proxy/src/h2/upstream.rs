@@ -47,7 +47,8 @@ impl Upstream {
                 match self.current() {
                     Some(s) => s,
                     None => {
-                        let s = self.connect_h2().await?;
+                        // Boxed: once per client connection, not in every stream's future.
+                        let s = Box::pin(self.connect_h2()).await?;
                         *self.lock_h2() = Some(s.clone());
                         s
                     }
