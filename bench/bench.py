@@ -340,6 +340,37 @@ def session_bench(procs, tmp, seconds, rounds):
     print(f"  added by the tunnel: p50={s50 - d50:.3f} ms, p99={s99 - d99:.3f} ms")
 
 
+def first_byte_ms(port, n=20):
+    """Median time from connect to the server's first byte (a greeting)."""
+    times = []
+    for _ in range(n):
+        start = time.perf_counter()
+        with socket.create_connection(("127.0.0.1", port)) as s:
+            s.settimeout(10)
+            if not s.recv(1):
+                raise RuntimeError(f"{port}: closed before its greeting")
+        times.append((time.perf_counter() - start) * 1000)
+    return statistics.median(times)
+
+
+def detection_wait(procs):
+    """A server-first protocol (the server speaks first, as MySQL and SMTP
+    do): the sidecar waits for client bytes until --detect-timeout before it
+    treats the connection as raw TCP, unless the port is opaque."""
+    ports = {k: free_port() for k in ("greeting", "detect", "opaque", "admin1", "admin2")}
+    procs.start([f"{RELEASE}/sample-app", "--greeting", f"127.0.0.1:{ports['greeting']}"])
+    for name, admin, extra in (("detect", "admin1", []), ("opaque", "admin2", ["--opaque-ports", str(ports["greeting"])])):
+        procs.start([f"{RELEASE}/mirrord-proxy", "run", "--threads", "1", "--listen", f"127.0.0.1:{ports[name]}",
+                     "--upstream", f"127.0.0.1:{ports['greeting']}", "--admin", f"127.0.0.1:{ports[admin]}",
+                     "--tunnel", "127.0.0.1:0", *extra])
+    for k in ("greeting", "detect", "opaque"):
+        wait_port(ports[k])
+    direct, detect, opaque = (first_byte_ms(ports[k]) for k in ("greeting", "detect", "opaque"))
+    print("server-first protocol, connect to first greeting byte, median of 20 (ms): "
+          f"direct={direct:.3f}, sidecar={detect:.3f} (the detection timeout), "
+          f"sidecar with the port opaque={opaque:.3f}")
+
+
 def row(name, values, higher_better=True, unit=""):
     best_peer = (max if higher_better else min)(values[k] for k in ("nginx", "haproxy") if k in values)
     parts = []
@@ -462,6 +493,7 @@ def main():
         row("raw TCP throughput, Gbit/s (iperf3; haproxy mode tcp)", {k: med(v) for k, v in results["tcp"].items()})
         print(f"sidecar memory: idle RSS {idle_rss:.1f} MiB, peak RSS under load {loaded_rss:.1f} MiB")
         print(f"sidecar CPU: {1000 * sidecar_cpu / max(sidecar_reqs, 1) * 1000:.1f} ms per 1000 requests (wrk phase)")
+        detection_wait(procs)
         if args.only != "proxy":
             session_bench(procs, tmp, args.seconds, args.rounds)
     finally:

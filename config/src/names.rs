@@ -36,6 +36,11 @@ pub const ADMIN_PORT: u16 = 18090;
 pub const ADMIN_PORT_NAME: &str = "mirrord-admin";
 /// The sidecar's own ports: never redirected, never proxied.
 pub const PROXY_PORTS: [u16; 3] = [INBOUND_PORT, TUNNEL_PORT, ADMIN_PORT];
+/// The well-known ports of server-first protocols (the server speaks first:
+/// FTP, SMTP, POP3, IMAP, submission, MySQL, NATS, VNC). The sidecar passes
+/// them through as raw TCP without waiting for client bytes to detect HTTP,
+/// which would delay every connection by the detection timeout.
+pub const SERVER_FIRST_PORTS: &str = "21,25,110,143,587,3306,4222,5900";
 
 /// Environment variable: the containers that are the app, for pause
 /// (comma-separated; set by the injector on the sidecar and the guard).

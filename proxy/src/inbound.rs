@@ -39,7 +39,8 @@ pub enum Destination {
 pub struct Inbound {
     pub destination: Destination,
     /// Ports never inspected for HTTP.
-    pub opaque_ports: BTreeSet<u16>,
+    /// Ports passed through as raw TCP without detection (`*`: all).
+    pub opaque_ports: crate::ports::PortList,
     /// Connected developer sessions.
     pub sessions: Arc<Sessions>,
     /// Ports that belong to the sidecar itself: a connection redirected to
@@ -126,7 +127,7 @@ async fn handle(mut stream: TcpStream, _fds: Fds, inbound: Arc<Inbound>, shutdow
         inbound.metrics.error(crate::metrics::Fault::LoopRefused);
         return;
     }
-    let detected = if inbound.opaque_ports.contains(&dst.port()) {
+    let detected = if inbound.opaque_ports.contains(dst.port()) {
         Ok(Detected::Tcp(Bytes::new()))
     } else {
         detect::detect(&mut stream, inbound.limits.detect_timeout).await
@@ -208,7 +209,7 @@ mod tests {
         let second = Duration::from_secs(1);
         let inbound = Arc::new(Inbound {
             destination: Destination::Fixed(addr),
-            opaque_ports: BTreeSet::new(),
+            opaque_ports: crate::ports::PortList::default(),
             sessions: Arc::new(Sessions::new(crate::ports::PortList::default())),
             own_ports: BTreeSet::new(),
             limits: Limits {

@@ -39,8 +39,12 @@ pub struct RunArgs {
     /// Address of the admin server (/live, /ready, /metrics).
     #[arg(long, value_name = "ADDR", default_value_t = SocketAddr::from(([0, 0, 0, 0], ADMIN_PORT)))]
     pub admin: SocketAddr,
-    /// Ports whose traffic is passed through as raw TCP without HTTP detection.
-    #[arg(long, value_name = "PORTS", default_value = "")]
+    /// Ports whose traffic is passed through as raw TCP without HTTP
+    /// detection. Default: the well-known ports of server-first protocols
+    /// (FTP 21, SMTP 25, POP3 110, IMAP 143, submission 587, MySQL 3306,
+    /// NATS 4222, VNC 5900), whose clients wait for the server; a list
+    /// given here replaces them (`""` for none).
+    #[arg(long, value_name = "PORTS", default_value = mirrord_config::names::SERVER_FIRST_PORTS)]
     pub opaque_ports: PortList,
     /// How long to wait for a client's first bytes before treating the
     /// connection as a server-first protocol (raw TCP).
@@ -179,7 +183,7 @@ impl Running {
         own_ports.extend(listeners.iter().filter_map(|l| l.local_addr().ok()).map(|a| a.port()));
         let inbound = Inbound {
             destination: args.upstream.map_or(Destination::Original, Destination::Fixed),
-            opaque_ports: args.opaque_ports.ports(),
+            opaque_ports: args.opaque_ports.clone(),
             sessions,
             own_ports,
             limits: Limits {

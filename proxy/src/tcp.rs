@@ -77,6 +77,9 @@ pub async fn forward(
         result = transfer => {
             if let Err(e) = result {
                 tracing::debug!("TCP connection ended: {e}");
+                // Passed on as it came: each side sees the other's abort.
+                crate::socket::reset_on_close(&client);
+                crate::socket::reset_on_close(&app);
             }
         }
         () = idle::watch(client_fd, idle_limit) => {
@@ -143,8 +146,10 @@ where
 pub async fn splice(a: &mut TcpStream, b: &mut TcpStream, budget: &Arc<Budget>) -> io::Result<(u64, u64)> {
     #[cfg(target_os = "linux")]
     {
-        let (sent, received) = tokio::join!(kernel::one_way(a, b, budget), kernel::one_way(b, a, budget));
-        Ok((sent?, received?))
+        // A clean end of one direction (FIN) lets the other go on; a
+        // failure (a reset) ends both at once: the other side would
+        // otherwise wait for ever on a peer that is gone.
+        tokio::try_join!(kernel::one_way(a, b, budget), kernel::one_way(b, a, budget))
     }
     #[cfg(not(target_os = "linux"))]
     {

@@ -283,3 +283,45 @@ fn closed_by_peer(s: &mut TcpStream) -> bool {
         Err(e) => !matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut),
     }
 }
+
+/// Time from connect to the server's first byte through `sidecar`.
+fn greeting_after(sidecar: &Sidecar) -> Duration {
+    let start = std::time::Instant::now();
+    let mut s = TcpStream::connect(sidecar.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut byte = [0u8; 1];
+    s.read_exact(&mut byte).unwrap();
+    start.elapsed()
+}
+
+#[test]
+fn a_server_first_protocol_waits_for_detection_only_where_the_port_is_not_opaque() {
+    let app = App::start_with(env!("CARGO_BIN_EXE_sample-app"), &["--greeting", "127.0.0.1:0"]);
+    let detect = ["--detect-timeout", "2s"];
+    // Detected: the client says nothing, so the greeting comes after the
+    // detection timeout.
+    let waits = Sidecar::start(app.addr, &detect);
+    assert!(greeting_after(&waits) >= Duration::from_secs(2));
+    // Opaque by name, or all ports: at once.
+    let port = app.addr.port().to_string();
+    for opaque in [port.as_str(), "*"] {
+        let sidecar = Sidecar::start(app.addr, &[&detect[..], &["--opaque-ports", opaque]].concat());
+        assert!(greeting_after(&sidecar) < Duration::from_secs(1), "--opaque-ports {opaque}");
+    }
+}
+
+#[test]
+fn a_client_that_resets_a_raw_tcp_connection_frees_its_app_connection() {
+    let app = App::start_with(env!("CARGO_BIN_EXE_sample-app"), &["--greeting", "127.0.0.1:0"]);
+    let sidecar = Sidecar::start(app.addr, &["--opaque-ports", "*"]);
+    for _ in 0..5 {
+        let mut s = TcpStream::connect(sidecar.addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut byte = [0u8; 1];
+        s.read_exact(&mut byte).unwrap();
+        // The rest of the greeting is unread: closing resets the connection.
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // The app waits for the client, which is gone: only the reset ends it.
+    eventually("every app connection closed", || gauge(&sidecar, "mirrord_proxy_inbound_fds") == 0);
+}
