@@ -85,23 +85,30 @@ fn expect_100_continue_reaches_the_client() {
     assert!(start.elapsed() < Duration::from_secs(15), "100 Continue was held back");
 }
 
-#[test]
-fn close_delimited_response_is_forwarded_whole() {
-    // An HTTP/1.0 app that ends its body by closing the connection.
+/// An app on a loopback port that, for each of its first `connections`,
+/// reads one request head, writes `response` and closes.
+fn answer_then_close(connections: usize, response: &'static [u8]) -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     std::thread::spawn(move || {
-        for stream in listener.incoming().take(2) {
+        for stream in listener.incoming().take(connections) {
             let mut s = stream.unwrap();
             let mut head = Vec::new();
             let mut byte = [0u8; 1];
             while !head.ends_with(b"\r\n\r\n") && s.read(&mut byte).unwrap() == 1 {
                 head.push(byte[0]);
             }
-            s.write_all(b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\nbody until the connection closes")
-                .unwrap();
+            s.write_all(response).unwrap();
         }
     });
+    addr
+}
+
+#[test]
+fn close_delimited_response_is_forwarded_whole() {
+    // An HTTP/1.0 app that ends its body by closing the connection.
+    let addr =
+        answer_then_close(2, b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\nbody until the connection closes");
     let sidecar = Sidecar::start(addr, &[]);
     let request = b"GET / HTTP/1.0\r\nHost: x\r\n\r\n";
     let direct = transcript(addr, request);
@@ -345,19 +352,7 @@ fn a_client_that_closes_after_one_request_is_ended_by_the_sidecar_and_the_app_co
 #[test]
 fn a_closing_client_gets_a_response_body_the_app_ends_by_closing() {
     // An app that ends its body by closing: the sidecar passes that close on.
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    std::thread::spawn(move || {
-        for stream in listener.incoming().take(1) {
-            let mut s = stream.unwrap();
-            let mut head = Vec::new();
-            let mut byte = [0u8; 1];
-            while !head.ends_with(b"\r\n\r\n") && s.read(&mut byte).unwrap() == 1 {
-                head.push(byte[0]);
-            }
-            s.write_all(b"HTTP/1.1 200 OK\r\n\r\nuntil close").unwrap();
-        }
-    });
+    let addr = answer_then_close(1, b"HTTP/1.1 200 OK\r\n\r\nuntil close");
     let sidecar = Sidecar::start(addr, &[]);
     let (head, body) = one_shot(sidecar.addr, b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
     assert_eq!(head, ["HTTP/1.1 200 OK"]);
