@@ -110,7 +110,14 @@ fn threads_of_sidecar(cgroup: Option<&Cgroup>, extra: &[&str]) -> (String, usize
             .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
             .filter(|comm| comm.trim() == "proxy-worker")
             .count();
-        if workers > 0 || Instant::now() > deadline || line.contains("threads=1 ") {
+        // Workers start one after another: wait for the count the log line
+        // promises (none for one thread), or for the deadline.
+        let promised = if line.contains("threads=1 ") {
+            0
+        } else {
+            line.split("threads=").nth(1).and_then(|t| t.split(' ').next()?.parse().ok()).unwrap_or(usize::MAX)
+        };
+        if workers == promised || Instant::now() > deadline {
             break workers;
         }
         std::thread::sleep(Duration::from_millis(20));
