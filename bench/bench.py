@@ -371,13 +371,18 @@ def detection_wait(procs):
           f"sidecar with the port opaque={opaque:.3f}")
 
 
-def row(name, values, higher_better=True, unit=""):
+def row(name, rounds, higher_better=True, unit=""):
+    """rounds: {target: [value per round]}. Prints each target's median,
+    its ratios to direct and to the better peer, and the spread over the
+    rounds (min-max)."""
+    values = {k: statistics.median(v) for k, v in rounds.items()}
     best_peer = (max if higher_better else min)(values[k] for k in ("nginx", "haproxy") if k in values)
     parts = []
     for k, v in values.items():
         vs_direct = v / values["direct"] if values.get("direct") else float("nan")
         vs_peer = v / best_peer if best_peer else float("nan")
-        parts.append(f"{k}={v:.3f}{unit} (x{vs_direct:.2f} direct, x{vs_peer:.2f} best peer)")
+        spread = f"[{min(rounds[k]):.3f}-{max(rounds[k]):.3f}]"
+        parts.append(f"{k}={v:.3f}{unit} {spread} (x{vs_direct:.2f} direct, x{vs_peer:.2f} best peer)")
     print(f"{name}:\n  " + "\n  ".join(parts))
 
 
@@ -477,20 +482,20 @@ def main():
 
         med = lambda xs: statistics.median(xs)
         print(f"\n== mirrord sidecar benchmark ({args.rounds} rounds x {args.seconds}s, interleaved; app+proxies on CPU 0, load on CPU 1)")
-        row("HTTP/1.1 keep-alive throughput, req/s (wrk -c32)", {k: med(v) for k, v in results["h1_rps"].items()})
+        row("HTTP/1.1 keep-alive throughput, req/s (wrk -c32)", results["h1_rps"])
         row("HTTP/1.1 new connection per request, req/s (wrk -c16, Connection: close)",
-            {k: med(v) for k, v in results["new_conn"].items()})
+            results["new_conn"])
         for pct in ("p50", "p99"):
             row(f"HTTP/1.1 latency at 2000 req/s, {pct} ms (oha)",
-                {k: med([x[pct] for x in v]) for k, v in results["lat"].items()}, higher_better=False)
+                {k: [x[pct] for x in v] for k, v in results["lat"].items()}, higher_better=False)
         added = {k: med([x["p50"] for x in v]) - med([x["p50"] for x in results["lat"]["direct"]])
                  for k, v in results["lat"].items() if k != "direct"}
         print("  added p50 latency vs direct, ms: " + ", ".join(f"{k}={v:.3f}" for k, v in added.items()))
         errors = {k: sum(x["errors"] for x in v) for k, v in results["lat"].items()}
         print(f"  errors: {errors}")
         row("HTTP/2 throughput, req/s (h2load -c8 -m16; nginx speaks HTTP/1.1 to the app)",
-            {k: med(v) for k, v in results["h2_rps"].items()})
-        row("raw TCP throughput, Gbit/s (iperf3; haproxy mode tcp)", {k: med(v) for k, v in results["tcp"].items()})
+            results["h2_rps"])
+        row("raw TCP throughput, Gbit/s (iperf3; haproxy mode tcp)", results["tcp"])
         print(f"sidecar memory: idle RSS {idle_rss:.1f} MiB, peak RSS under load {loaded_rss:.1f} MiB")
         print(f"sidecar CPU: {1000 * sidecar_cpu / max(sidecar_reqs, 1) * 1000:.1f} ms per 1000 requests (wrk phase)")
         detection_wait(procs)
