@@ -230,7 +230,7 @@ pub async fn serve(mut client: TcpStream, prefix: Bytes, conn: Conn) {
         }
         if finished {
             // Nothing more can come from a client that asked to close: its
-            // socket is shut down already, and closes now.
+            // socket closes now (a FIN, no lingering read).
             if requests.buf.is_empty() {
                 return;
             }

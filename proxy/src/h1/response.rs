@@ -134,11 +134,13 @@ where
                 }
                 if close_client {
                     // Like a server that was asked to close: FIN after the
-                    // last response (RFC 9112 §9.6).
-                    if wr.shutdown().await.is_err() {
+                    // last response (RFC 9112 §9.6). When the request is all
+                    // read, the round ends now and closing the socket sends
+                    // it; while its body still arrives, it goes now.
+                    shared.finished.store(true, std::sync::atomic::Ordering::Relaxed);
+                    if !matches!(shared.queue().front(), Some(Pending::Release)) && wr.shutdown().await.is_err() {
                         return Done::Close;
                     }
-                    shared.finished.store(true, std::sync::atomic::Ordering::Relaxed);
                 }
             }
             // A body delimited by close has ended; anything else was cut short.
