@@ -191,6 +191,17 @@ def proc_stat(pid):
     return rss, hwm, cpu
 
 
+def cpu_ns(pids):
+    """CPU time of every thread of `pids`, in ns (schedstat: exact, unlike
+    the clock ticks of /proc/PID/stat)."""
+    total = 0
+    for pid in pids:
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{task}/schedstat") as f:
+                total += int(f.read().split()[0])
+    return total
+
+
 def children(pid):
     """Direct children of a process (nginx's worker under its master)."""
     kids = []
@@ -379,10 +390,10 @@ def row(name, rounds, higher_better=True, unit=""):
     best_peer = (max if higher_better else min)(values[k] for k in ("nginx", "haproxy") if k in values)
     parts = []
     for k, v in values.items():
-        vs_direct = v / values["direct"] if values.get("direct") else float("nan")
+        vs_direct = f"x{v / values['direct']:.2f} direct, " if values.get("direct") else ""
         vs_peer = v / best_peer if best_peer else float("nan")
         spread = f"[{min(rounds[k]):.3f}-{max(rounds[k]):.3f}]"
-        parts.append(f"{k}={v:.3f}{unit} {spread} (x{vs_direct:.2f} direct, x{vs_peer:.2f} best peer)")
+        parts.append(f"{k}={v:.3f}{unit} {spread} ({vs_direct}x{vs_peer:.2f} best peer)")
     print(f"{name}:\n  " + "\n  ".join(parts))
 
 
@@ -461,6 +472,10 @@ def main():
         results = {m: {k: [] for k in targets} for m, targets in
                    (("h1_rps", h1), ("new_conn", h1), ("lat", h1), ("h2_rps", h2), ("tcp", tcp))}
         sidecar_cpu, sidecar_reqs = 0.0, 0
+        cpu_pids = {"sidecar": [sidecar.pid], "nginx": children(nginx.pid), "haproxy": [haproxy.pid]}
+        if args.baseline:
+            cpu_pids["baseline"] = [baseline.pid]
+        results["cpu"] = {k: [] for k in cpu_pids}
         for r in range(args.rounds):
             print(f"round {r + 1}/{args.rounds}", file=sys.stderr)
             for k, port in h1.items():
@@ -473,7 +488,11 @@ def main():
             for k, port in h1.items():
                 results["new_conn"][k].append(wrk_close(port, args.seconds))
             for k, port in h1.items():
+                before = cpu_ns(cpu_pids[k]) if k in cpu_pids else 0
                 results["lat"][k].append(oha_latency(port, args.seconds, 2000))
+                if k in cpu_pids:
+                    # ms of CPU per 1000 requests at the fixed rate.
+                    results["cpu"][k].append((cpu_ns(cpu_pids[k]) - before) / 1e6 / (2000 * args.seconds / 1000))
             for k, port in h2.items():
                 results["h2_rps"][k].append(h2load(port, args.seconds))
             for k, port in tcp.items():
@@ -498,6 +517,8 @@ def main():
         row("raw TCP throughput, Gbit/s (iperf3; haproxy mode tcp)", results["tcp"])
         print(f"sidecar memory: idle RSS {idle_rss:.1f} MiB, peak RSS under load {loaded_rss:.1f} MiB")
         print(f"sidecar CPU: {1000 * sidecar_cpu / max(sidecar_reqs, 1) * 1000:.1f} ms per 1000 requests (wrk phase)")
+        row("CPU per 1000 requests at 2000 req/s, ms (the oha phase; all threads of each proxy)", results["cpu"],
+            higher_better=False)
         detection_wait(procs)
         if args.only != "proxy":
             session_bench(procs, tmp, args.seconds, args.rounds)
