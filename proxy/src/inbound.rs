@@ -38,7 +38,6 @@ pub enum Destination {
 #[derive(Debug)]
 pub struct Inbound {
     pub destination: Destination,
-    /// Ports never inspected for HTTP.
     /// Ports passed through as raw TCP without detection (`*`: all).
     pub opaque_ports: crate::ports::PortList,
     /// Connected developer sessions.

@@ -20,9 +20,7 @@ pub fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
     if addr.is_ipv6() {
         socket.set_only_v6(true)?;
     }
-    let _ = socket.set_tcp_nodelay(true);
-    let _ = socket.set_send_buffer_size(SOCKET_BUFFER);
-    let _ = socket.set_recv_buffer_size(SOCKET_BUFFER);
+    tune(SockRef::from(&socket));
     socket.set_reuse_address(true)?;
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
@@ -31,10 +29,9 @@ pub fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
 }
 
 /// Options every proxied socket gets: no Nagle delay, roomy buffers.
-pub fn tune(stream: &TcpStream) {
+fn tune(sock: SockRef<'_>) {
     // Failing to tune a socket is not a reason to drop the connection.
-    let _ = stream.set_nodelay(true);
-    let sock = SockRef::from(stream);
+    let _ = sock.set_tcp_nodelay(true);
     let _ = sock.set_send_buffer_size(SOCKET_BUFFER);
     let _ = sock.set_recv_buffer_size(SOCKET_BUFFER);
 }
@@ -80,7 +77,7 @@ fn open_files() -> io::Result<libc::rlimit> {
 /// Connects to `addr` with the proxy's socket options.
 pub async fn connect(addr: SocketAddr) -> io::Result<TcpStream> {
     let stream = TcpStream::connect(addr).await?;
-    tune(&stream);
+    tune(SockRef::from(&stream));
     Ok(stream)
 }
 

@@ -231,44 +231,10 @@ pub fn parse_request(buf: &[u8], fields: &mut Fields) -> Result<Option<RequestHe
 /// The field line that starts at `start` and whose value ends at
 /// `value_end`, through its line ending.
 fn field_line(buf: &[u8], start: usize, value_end: usize) -> Span {
-    let end = buf[value_end.max(start)..]
-        .iter()
-        .position(|&b| b == b'\n')
-        .map_or(buf.len(), |i| value_end.max(start) + i + 1);
+    // An empty value has no position of its own: search from the name.
+    let from = value_end.max(start);
+    let end = buf[from..].iter().position(|&b| b == b'\n').map_or(buf.len(), |i| from + i + 1);
     start..end
-}
-
-/// Removes `span` from `buf`, moving what follows it back.
-pub fn remove(buf: &mut bytes::BytesMut, span: Span) {
-    let len = buf.len();
-    buf.copy_within(span.end..len, span.start);
-    buf.truncate(len - span.len());
-}
-
-/// The response head at the front of `buf` (`head_len` bytes) with its
-/// Connection lines replaced by `connection: close`, for a client whose
-/// request asked to close while the app keeps its connection. Returns the
-/// new head length.
-pub fn close_response_head(buf: &mut bytes::BytesMut, head_len: usize) -> usize {
-    let mut out = bytes::BytesMut::with_capacity(buf.len() + 19);
-    let mut lines = buf[..head_len].split_inclusive(|&b| b == b'\n');
-    // The status line, then field lines, then the empty line.
-    out.extend_from_slice(lines.next().unwrap_or_default());
-    for line in lines {
-        if line == b"\r\n" || line == b"\n" {
-            out.extend_from_slice(b"connection: close\r\n");
-            out.extend_from_slice(line);
-            break;
-        }
-        let name = line.split(|&b| b == b':').next().unwrap_or_default();
-        if !name.eq_ignore_ascii_case(b"connection") {
-            out.extend_from_slice(line);
-        }
-    }
-    let new_len = out.len();
-    out.extend_from_slice(&buf[head_len..]);
-    *buf = out;
-    new_len
 }
 
 /// Whether the request line ends in `HTTP/d.d` (another version than ours,
@@ -473,38 +439,6 @@ mod tests {
         assert_eq!(field(b"GET / HTTP/1.0\r\nConnection: close\r\n\r\n"), None);
         assert_eq!(field(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: keep-alive\r\n\r\n"), None);
         assert_eq!(field(b"GET / HTTP/1.1\r\nHost: a\r\nConnection:\r\n\r\n"), None);
-    }
-
-    #[test]
-    fn taking_a_field_line_off_leaves_the_rest_as_it_was() {
-        let head = b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\nX: y\r\n\r\nbody";
-        let span = parse(head).unwrap().unwrap().close_field.unwrap();
-        let mut buf = bytes::BytesMut::from(&head[..]);
-        remove(&mut buf, span);
-        assert_eq!(&buf[..], b"GET / HTTP/1.1\r\nHost: a\r\nX: y\r\n\r\nbody");
-    }
-
-    #[test]
-    fn a_response_to_a_closing_client_says_close_once() {
-        let cases: [(&[u8], &[u8]); 3] = [
-            (
-                b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
-                b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nconnection: close\r\n\r\nok",
-            ),
-            (
-                b"HTTP/1.1 200 OK\r\nConnection: keep-alive\r\nKeep-Alive: timeout=5\r\nContent-Length: 2\r\n\r\nok",
-                b"HTTP/1.1 200 OK\r\nKeep-Alive: timeout=5\r\nContent-Length: 2\r\nconnection: close\r\n\r\nok",
-            ),
-            (b"HTTP/1.1 204 No Content\nDate: x\n\n", b"HTTP/1.1 204 No Content\nDate: x\nconnection: close\r\n\n"),
-        ];
-        for (response, want) in cases {
-            let head = parse_response(response, Kind::Normal).unwrap().unwrap();
-            let mut buf = bytes::BytesMut::from(response);
-            let len = close_response_head(&mut buf, head.len);
-            assert_eq!(&buf[..], want);
-            let again = parse_response(&buf, Kind::Normal).unwrap().unwrap();
-            assert_eq!((again.len, again.close, again.body), (len, true, head.body));
-        }
     }
 
     #[test]

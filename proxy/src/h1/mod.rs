@@ -34,6 +34,7 @@ pub mod body;
 pub mod head;
 mod request;
 mod response;
+mod rewrite;
 mod route;
 mod stolen;
 
@@ -131,8 +132,8 @@ struct Shared {
     /// The app connection stays with this client connection (see the module
     /// documentation).
     pinned: AtomicBool,
-    /// The client's last response is sent and its connection shut down;
-    /// the app connection is free.
+    /// A client that asked to close has its last response: its connection
+    /// ends, and the app connection is free.
     finished: AtomicBool,
 }
 

@@ -8,7 +8,8 @@ use tokio::time::{timeout_at, Instant};
 use tracing::debug;
 
 use super::body::Body;
-use super::head::{self, parse_request, Fields, Kind, Reject, RequestHead};
+use super::head::{parse_request, Fields, Kind, Reject, RequestHead};
+use super::rewrite;
 use super::route::route;
 use super::stolen::Stolen;
 use super::{fill, forward, pass_fin, tunnel, Conn, Done, Pending, Shared, INITIAL_BUFFER};
@@ -140,7 +141,7 @@ where
                 let close_client = match head.close_field {
                     Some(field) if !shared.is_pinned() && matches!(kind, Kind::Normal | Kind::Head) => {
                         head_len -= field.len();
-                        head::remove(buf, field);
+                        rewrite::remove(buf, field);
                         true
                     }
                     _ => false,

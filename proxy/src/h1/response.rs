@@ -7,7 +7,8 @@ use tokio::sync::mpsc;
 use tracing::debug;
 
 use super::body::Body;
-use super::head::{close_response_head, parse_response, Kind};
+use super::head::{parse_response, Kind};
+use super::rewrite::close_response_head;
 use super::stolen::{self, After};
 use super::{body, fill, forward, pass_fin, tunnel, Conn, Done, Pending, Shared, MAX_BUFFER};
 use crate::metrics::{status_class, Protocol, RequestLabels, Route, Timers};
