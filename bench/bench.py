@@ -50,13 +50,19 @@ class Procs:
         self.procs = []
 
     def start(self, args, cpu=APP_CPU, **kw):
-        p = subprocess.Popen(["taskset", "-c", cpu] + args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **kw)
+        # Each in its own process group, so that stopping it also stops what
+        # it started (nginx's workers).
+        p = subprocess.Popen(["taskset", "-c", cpu] + args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                             start_new_session=True, **kw)
         self.procs.append(p)
         return p
 
     def stop(self):
         for p in self.procs:
-            p.send_signal(signal.SIGKILL)
+            try:
+                os.killpg(p.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
             p.wait()
 
 
