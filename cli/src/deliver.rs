@@ -74,7 +74,7 @@ impl Delivery {
         };
         let result = match incoming.kind {
             Some(incoming::Kind::Http(request)) => self.http(request, local, frames, &tx, steal).await,
-            Some(incoming::Kind::Tcp(tcp)) => tcp_stream(tcp.data, local, frames, &tx).await,
+            Some(incoming::Kind::Tcp(tcp)) => tcp_stream(tcp.data, local, frames, &tx, steal).await,
             None => Err("empty announcement".to_owned()),
         };
         drop(permit);
@@ -328,12 +328,16 @@ async fn connect_local(local: SocketAddr) -> Result<TcpStream, String> {
     Ok(stream)
 }
 
-/// A whole TCP connection: bytes both ways until both sides are done.
+/// A whole TCP connection: bytes both ways until both sides are done. The
+/// local app's bytes go back for a stolen connection; a copy's are read and
+/// dropped, since the remote app answers that client (and the sidecar may
+/// have ended the exchange already).
 async fn tcp_stream(
     first: Bytes,
     local: SocketAddr,
     mut inbound: mpsc::Receiver<Wire>,
     tx: &mpsc::Sender<ExchangeFrame>,
+    steal: bool,
 ) -> Result<Option<u16>, String> {
     let (mut rd, mut wr) = connect_local(local).await?.into_split();
     wr.write_all(&first).await.map_err(|e| e.to_string())?;
@@ -347,7 +351,15 @@ async fn tcp_stream(
         }
         let _ = wr.shutdown().await;
     };
-    let from_local = pump_to_sidecar(&mut rd, tx);
+    let from_local = async {
+        if steal {
+            pump_to_sidecar(&mut rd, tx).await
+        } else {
+            let mut buf = vec![0u8; 64 * 1024];
+            while let Ok(1..) = rd.read(&mut buf).await {}
+            Ok(())
+        }
+    };
     let (_, sent) = tokio::join!(to_local, from_local);
     sent.map(|()| None)
 }

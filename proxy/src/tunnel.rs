@@ -162,7 +162,7 @@ impl proto::tunnel_server::Tunnel for Tunnel {
         let slot = session
             .attach(attach.id)
             .ok_or_else(|| Status::not_found(format!("no exchange {} in this session", attach.id)))?;
-        let from_client = slot.from_client;
+        let (from_client, copy) = (slot.from_client, slot.copy);
         let metrics = self.metrics.clone();
         tokio::spawn(async move {
             while let Ok(Some(frame)) = inbound.message().await {
@@ -171,6 +171,14 @@ impl proto::tunnel_server::Tunnel for Tunnel {
                     if let Frame::Data(data) = &frame {
                         metrics.tunnel_bytes(Direction::FromClient, data.len());
                     }
+                    // Nobody reads what comes back for a copy: it is dropped.
+                    // Ending the call would reset the stream, and with it the
+                    // rest of the copy still on its way to the client.
+                    if copy {
+                        continue;
+                    }
+                    // The stolen request's client has gone: the call ends, so
+                    // the client stops sending (an endless response too).
                     if from_client.send(frame).await.is_err() {
                         break;
                     }

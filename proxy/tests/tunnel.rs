@@ -269,3 +269,88 @@ async fn a_session_is_gone_from_routing_once_its_call_ends() {
     }
     assert!(f.sessions.is_empty(), "rules must be gone before Closed is sent");
 }
+
+const MIRROR_9000: &str = r#"{"feature":{"network":{"incoming":{"mode":"mirror","ports":[9000]}}}}"#;
+
+/// Attaches to the next announced exchange: its frames to the sidecar, and
+/// what the sidecar sends.
+async fn attach(
+    f: &mut Fixture,
+    events: &mut tonic::Streaming<proto::SessionEvent>,
+    plan: &proto::Plan,
+) -> (mpsc::Sender<proto::ExchangeFrame>, tonic::Streaming<proto::ExchangeFrame>) {
+    let id = match events.message().await.unwrap().and_then(|e| e.kind) {
+        Some(session_event::Kind::Incoming(i)) => i.id,
+        other => panic!("expected an incoming, got {other:?}"),
+    };
+    let (tx, rx) = mpsc::channel(8);
+    let attach = Wire::Attach(proto::Attach { session_id: plan.session_id.clone(), id });
+    tx.send(proto::ExchangeFrame { kind: Some(attach) }).await.unwrap();
+    let inbound = f.client.exchange(ReceiverStream::new(rx)).await.unwrap().into_inner();
+    (tx, inbound)
+}
+
+/// A client that sends the local app's answer to a copy back (nobody reads
+/// it) still gets the rest of the copy, and a clean end.
+#[tokio::test]
+async fn what_comes_back_for_a_copy_is_dropped_and_the_copy_goes_on() {
+    let mut f = fixture("9000", None).await;
+    let (mut events, _keep) = open(&mut f, hello(MIRROR_9000, "", PROTOCOL_VERSION)).await.unwrap();
+    let plan = plan(&mut events).await.unwrap();
+    let mirror = f.sessions.decide(9000, None).mirrors.pop().expect("the session mirrors port 9000");
+    // As the data path holds a copy: the sending end only.
+    let copy = mirror.open(9000, wire::Mode::Mirror, Announced::Tcp(Bytes::from_static(b"first"))).await.unwrap();
+    drop(copy.from_client);
+    let (tx, mut inbound) = attach(&mut f, &mut events, &plan).await;
+    let data = |b: &'static [u8]| proto::ExchangeFrame { kind: Some(Wire::Data(Bytes::from_static(b))) };
+    tx.send(data(b"the local app's answer")).await.unwrap();
+    tx.send(data(b"and more of it")).await.unwrap();
+    // The sidecar reads those before the rest of the copy comes.
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    copy.to_client.send(Frame::Data(Bytes::from_static(b"second"))).await.unwrap();
+    copy.to_client.send(Frame::End).await.unwrap();
+    drop(copy.to_client);
+    assert_eq!(inbound.message().await.unwrap().unwrap().kind, Some(Wire::Data(Bytes::from_static(b"second"))));
+    assert_eq!(inbound.message().await.unwrap().unwrap().kind, Some(Wire::End(proto::End {})));
+    assert_eq!(inbound.message().await.unwrap(), None, "the call ends cleanly");
+    // The client may still be sending the rest of the local app's answer.
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    tx.send(data(b"the end of the answer")).await.expect("the call still takes the client's frames");
+    tx.send(proto::ExchangeFrame { kind: Some(Wire::End(proto::End {})) }).await.expect("and its end");
+}
+
+/// Once a stolen request's data path has gone (its client left), the call
+/// ends, so that a client streaming an endless response stops.
+#[tokio::test]
+async fn a_stolen_exchange_whose_client_left_stops_the_response() {
+    let mut f = fixture("80", None).await;
+    let (mut events, _keep) = open(&mut f, hello(STEAL_ALICE, "", PROTOCOL_VERSION)).await.unwrap();
+    let plan = plan(&mut events).await.unwrap();
+    let headers: [(&str, &[u8]); 1] = [("x-user", b"alice")];
+    let view = RequestView { method: "GET", path: "/events", headers: &headers, body: None };
+    let session = f.sessions.decide(80, Some(view)).steal.unwrap();
+    let request = wire::HttpRequest {
+        method: "GET".to_owned(),
+        uri: "/events".to_owned(),
+        version: wire::HttpVersion::Http11,
+        headers: vec![],
+        body_complete: true,
+    };
+    let data_path = session.open(80, wire::Mode::Steal, Announced::Http(request)).await.unwrap();
+    let (tx, _inbound) = attach(&mut f, &mut events, &plan).await;
+    let head = proto::ResponseHead { status: 200, headers: vec![], end_of_stream: false };
+    tx.send(proto::ExchangeFrame { kind: Some(Wire::Response(head)) }).await.unwrap();
+    drop(data_path);
+    let endless = async {
+        loop {
+            let chunk = proto::ExchangeFrame { kind: Some(Wire::Data(Bytes::from_static(b"data: tick\n\n"))) };
+            if tx.send(chunk).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(10), endless)
+        .await
+        .expect("the sidecar ended the call, so sending fails");
+}

@@ -14,6 +14,8 @@ use crate::workspace_bin;
 pub struct Cli {
     pub child: Child,
     events: mpsc::Receiver<serde_json::Value>,
+    /// Events read and not wanted, for a failing test to show.
+    skipped: std::cell::RefCell<Vec<serde_json::Value>>,
     _config: tempfile::NamedTempFile,
 }
 
@@ -55,7 +57,7 @@ impl Cli {
                 }
             }
         });
-        Cli { child, events, _config: file }
+        Cli { child, events, skipped: Default::default(), _config: file }
     }
 
     /// Waits for an event satisfying `want`; `None` on timeout or exit.
@@ -65,10 +67,15 @@ impl Cli {
             let left = deadline.checked_duration_since(Instant::now())?;
             match self.events.recv_timeout(left) {
                 Ok(event) if want(&event) => return Some(event),
-                Ok(_) => {}
+                Ok(event) => self.skipped.borrow_mut().push(event),
                 Err(_) => return None,
             }
         }
+    }
+
+    /// The events [`Cli::wait_for`] read and did not want, one per line.
+    pub fn skipped(&self) -> String {
+        self.skipped.borrow().iter().map(|e| format!("{e}\n")).collect()
     }
 
     /// Waits for the plan: the session is open and its rules are in place.

@@ -128,7 +128,7 @@ impl Session {
     /// a copy, too far behind.
     pub async fn open(&self, port: u16, mode: wire::Mode, announced: Announced) -> Option<Exchange> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let (exchange, slot) = exchange::pair();
+        let (exchange, slot) = exchange::pair(mode == wire::Mode::Mirror);
         {
             let mut slots = self.slots();
             if slots.len() >= MAX_UNATTACHED {
