@@ -26,6 +26,7 @@ import admission
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RELEASE = os.path.join(ROOT, "target", "release")
 APP_CPU, LOAD_CPU = "0", "1"
+PEERS = ("nginx", "haproxy", "nghttpx")
 
 
 def free_port():
@@ -94,13 +95,27 @@ http {{
 PROXY_TO = 'proxy_http_version 1.1; proxy_set_header Connection "";'
 
 
-def nginx_conf(tmp, port, h2_port, app):
-    return nginx_config(tmp, "nginx", {"app": app}, f"""    listen 127.0.0.1:{port};
+def nginx_conf(tmp, port, h2_port, grpc_port, app, grpc_app):
+    # The gRPC server is a second server block: grpc_pass speaks HTTP/2 to
+    # the app, proxy_pass only HTTP/1.1.
+    return nginx_config(tmp, "nginx", {"app": app, "grpcapp": grpc_app}, f"""    listen 127.0.0.1:{port};
     listen 127.0.0.1:{h2_port} http2;
-    location / {{ proxy_pass http://app; {PROXY_TO} }}""")
+    location / {{ proxy_pass http://app; {PROXY_TO} }}
+  }}
+  server {{
+    listen 127.0.0.1:{grpc_port} http2;
+    location / {{ grpc_pass grpc://grpcapp; }}""")
 
 
-def haproxy_conf(tmp, port, h2_port, tcp_port, app, app_tcp):
+def nghttpx_args(port, app):
+    """nghttpx (nghttp2's proxy) with one worker thread, HTTP/2 to the app,
+    adding and rewriting nothing."""
+    return ["nghttpx", "--conf=/dev/null", "--single-thread", "-n1", f"-f127.0.0.1,{port};no-tls",
+            f"-b127.0.0.1,{app};;proto=h2", "--errorlog-file=/dev/null", "--no-via", "--no-server-rewrite",
+            "--no-add-x-forwarded-proto", "--no-strip-incoming-x-forwarded-proto", "--no-ocsp"]
+
+
+def haproxy_conf(tmp, port, h2_port, tcp_port, grpc_port, app, app_tcp, grpc_app):
     conf = f"""
 global
   nbthread 1
@@ -126,6 +141,13 @@ backend app
 backend app_h2
   mode http
   server app 127.0.0.1:{app} proto h2
+frontend grpc
+  mode http
+  bind 127.0.0.1:{grpc_port} proto h2
+  default_backend grpc
+backend grpc
+  mode http
+  server grpc 127.0.0.1:{grpc_app} proto h2
 listen tcp
   mode tcp
   bind 127.0.0.1:{tcp_port}
@@ -179,6 +201,32 @@ def oha_latency(port, seconds, rate):
 def h2load(port, seconds):
     out = load(["h2load", "-D", str(seconds), "-c", "8", "-m", "16", "-t", "1", f"http://127.0.0.1:{port}/"])
     return float(re.search(r"finished in [\d.]+\w*, ([\d.]+) req/s", out).group(1))
+
+
+def grpc_message(tmp, name, size, count):
+    """A file of `count` gRPC messages (uncompressed, `size` bytes each)."""
+    path = os.path.join(tmp, name)
+    with open(path, "wb") as f:
+        f.write((b"\0" + size.to_bytes(4, "big") + b"m" * size) * count)
+    return path
+
+
+GRPC_HEADERS = ["-H", "content-type: application/grpc", "-H", "te: trailers"]
+
+
+def grpc_unary(port, seconds, message):
+    """Unary calls of one 100-byte message each, 8 connections x 16 streams."""
+    out = load(["h2load", "-D", str(seconds), "-c", "8", "-m", "16", "-t", "1", "-d", message, *GRPC_HEADERS,
+                f"http://127.0.0.1:{port}/bench.Echo/Unary"])
+    return float(re.search(r"finished in [\d.]+\w*, ([\d.]+) req/s", out).group(1))
+
+
+def grpc_stream(port, seconds, messages):
+    """Bidirectional streams of 1024 messages of 1 KiB, echoed as they come;
+    4 connections with one stream each. MB/s received (the echo)."""
+    out = load(["h2load", "-D", str(seconds), "-c", "4", "-m", "1", "-t", "1", "-d", messages, *GRPC_HEADERS,
+                f"http://127.0.0.1:{port}/bench.Echo/Bidi"])
+    return float(re.search(r"finished in [\d.]+\w*, [\d.]+ req/s, ([\d.]+)MB/s", out).group(1))
 
 
 def iperf(port, seconds):
@@ -393,7 +441,7 @@ def row(name, rounds, higher_better=True, unit=""):
     its ratios to direct and to the better peer, and the spread over the
     rounds (min-max)."""
     values = {k: statistics.median(v) for k, v in rounds.items()}
-    best_peer = (max if higher_better else min)(values[k] for k in ("nginx", "haproxy") if k in values)
+    best_peer = (max if higher_better else min)(values[k] for k in PEERS if k in values)
     parts = []
     for k, v in values.items():
         vs_direct = f"x{v / values['direct']:.2f} direct, " if values.get("direct") else ""
@@ -413,7 +461,7 @@ def main():
                     help="another mirrord-proxy binary (e.g. built from an earlier commit), measured as 'baseline' "
                          "in the same interleaved rounds")
     args = ap.parse_args()
-    for tool in ("wrk", "oha", "h2load", "iperf3", "nginx", "haproxy", "taskset"):
+    for tool in ("wrk", "oha", "h2load", "iperf3", "nginx", "haproxy", "nghttpx", "taskset"):
         if not shutil.which(tool):
             sys.exit(f"bench needs {tool}: run scripts/bench.sh, which installs it")
 
@@ -429,30 +477,39 @@ def main():
             procs.stop()
             shutil.rmtree(tmp, ignore_errors=True)
         return
-    ports = {k: free_port() for k in ("app", "iperf", "sidecar", "sidecar_tcp", "admin", "admin_tcp",
-                                       "nginx", "nginx_h2", "haproxy", "haproxy_h2", "haproxy_tcp",
-                                       "baseline", "baseline_tcp", "baseline_admin", "baseline_admin_tcp")}
+    ports = {k: free_port() for k in ("app", "iperf", "grpc", "sidecar", "sidecar_tcp", "sidecar_grpc", "admin",
+                                       "admin_tcp", "admin_grpc", "nginx", "nginx_h2", "nginx_grpc", "haproxy",
+                                       "haproxy_h2", "haproxy_tcp", "haproxy_grpc", "nghttpx_h2", "nghttpx_grpc",
+                                       "baseline", "baseline_tcp", "baseline_grpc", "baseline_admin",
+                                       "baseline_admin_tcp", "baseline_admin_grpc")}
     try:
         procs.start([f"{RELEASE}/sample-app", "--http", f"127.0.0.1:{ports['app']}"])
         procs.start(["iperf3", "-s", "-p", str(ports["iperf"])])
+        procs.start([f"{RELEASE}/sample-app", "--grpc", f"127.0.0.1:{ports['grpc']}"])
         sidecar = procs.start([f"{RELEASE}/mirrord-proxy", "run", "--threads", "1",
                                "--listen", f"127.0.0.1:{ports['sidecar']}", "--upstream", f"127.0.0.1:{ports['app']}",
                                "--admin", f"127.0.0.1:{ports['admin']}", "--tunnel", "127.0.0.1:0"])
-        procs.start([f"{RELEASE}/mirrord-proxy", "run", "--threads", "1",
-                     "--listen", f"127.0.0.1:{ports['sidecar_tcp']}", "--upstream", f"127.0.0.1:{ports['iperf']}",
-                     "--admin", f"127.0.0.1:{ports['admin_tcp']}", "--tunnel", "127.0.0.1:0"])
+        for listen, upstream, admin in (("sidecar_tcp", "iperf", "admin_tcp"), ("sidecar_grpc", "grpc", "admin_grpc")):
+            procs.start([f"{RELEASE}/mirrord-proxy", "run", "--threads", "1", "--listen", f"127.0.0.1:{ports[listen]}",
+                         "--upstream", f"127.0.0.1:{ports[upstream]}", "--admin", f"127.0.0.1:{ports[admin]}",
+                         "--tunnel", "127.0.0.1:0"])
         baseline = None
         if args.baseline:
             for listen, upstream, admin in (("baseline", "app", "baseline_admin"),
-                                            ("baseline_tcp", "iperf", "baseline_admin_tcp")):
+                                            ("baseline_tcp", "iperf", "baseline_admin_tcp"),
+                                            ("baseline_grpc", "grpc", "baseline_admin_grpc")):
                 started = procs.start([args.baseline, "run", "--threads", "1", "--listen", f"127.0.0.1:{ports[listen]}",
                                        "--upstream", f"127.0.0.1:{ports[upstream]}", "--admin",
                                        f"127.0.0.1:{ports[admin]}", "--tunnel", "127.0.0.1:0"])
                 baseline = baseline or started
-        nginx = procs.start(["nginx", "-c", nginx_conf(tmp, ports["nginx"], ports["nginx_h2"], ports["app"])])
+        nginx = procs.start(["nginx", "-c", nginx_conf(tmp, ports["nginx"], ports["nginx_h2"], ports["nginx_grpc"],
+                                                       ports["app"], ports["grpc"])])
         haproxy = procs.start(["haproxy", "-f", haproxy_conf(tmp, ports["haproxy"], ports["haproxy_h2"], ports["haproxy_tcp"],
-                                                  ports["app"], ports["iperf"])])
-        for k in ("app", "iperf", "sidecar", "sidecar_tcp", "nginx", "nginx_h2", "haproxy", "haproxy_h2", "haproxy_tcp"):
+                                                  ports["haproxy_grpc"], ports["app"], ports["iperf"], ports["grpc"])])
+        procs.start(nghttpx_args(ports["nghttpx_h2"], ports["app"]))
+        procs.start(nghttpx_args(ports["nghttpx_grpc"], ports["grpc"]))
+        for k in ("app", "iperf", "grpc", "sidecar", "sidecar_tcp", "sidecar_grpc", "nginx", "nginx_h2", "nginx_grpc",
+                  "haproxy", "haproxy_h2", "haproxy_tcp", "haproxy_grpc", "nghttpx_h2", "nghttpx_grpc"):
             try:
                 wait_port(ports[k])
             except RuntimeError as e:
@@ -461,11 +518,18 @@ def main():
         idle_rss, _, _ = proc_stat(sidecar.pid)
 
         h1 = {"direct": ports["app"], "sidecar": ports["sidecar"], "nginx": ports["nginx"], "haproxy": ports["haproxy"]}
-        h2 = {"direct": ports["app"], "sidecar": ports["sidecar"], "nginx": ports["nginx_h2"], "haproxy": ports["haproxy_h2"]}
+        h2 = {"direct": ports["app"], "sidecar": ports["sidecar"], "nginx": ports["nginx_h2"],
+              "haproxy": ports["haproxy_h2"], "nghttpx": ports["nghttpx_h2"]}
+        grpc = {"direct": ports["grpc"], "sidecar": ports["sidecar_grpc"], "nginx": ports["nginx_grpc"],
+                "haproxy": ports["haproxy_grpc"], "nghttpx": ports["nghttpx_grpc"]}
+        unary_message = grpc_message(tmp, "unary.bin", 100, 1)
+        stream_messages = grpc_message(tmp, "stream.bin", 1024, 1024)
         tcp = {"direct": ports["iperf"], "sidecar": ports["sidecar_tcp"], "haproxy": ports["haproxy_tcp"]}
         if args.baseline:
             wait_port(ports["baseline"])
             wait_port(ports["baseline_tcp"])
+            wait_port(ports["baseline_grpc"])
+            grpc["baseline"] = ports["baseline_grpc"]
             h1["baseline"] = h2["baseline"] = ports["baseline"]
             tcp["baseline"] = ports["baseline_tcp"]
         if args.only == "idle":
@@ -476,7 +540,8 @@ def main():
             idle_bench(targets, args.idle, args.seconds)
             return
         results = {m: {k: [] for k in targets} for m, targets in
-                   (("h1_rps", h1), ("new_conn", h1), ("lat", h1), ("h2_rps", h2), ("tcp", tcp))}
+                   (("h1_rps", h1), ("new_conn", h1), ("lat", h1), ("h2_rps", h2), ("grpc_unary", grpc),
+                    ("grpc_stream", grpc), ("tcp", tcp))}
         sidecar_cpu, sidecar_reqs = 0.0, 0
         cpu_pids = {"sidecar": [sidecar.pid], "nginx": children(nginx.pid), "haproxy": [haproxy.pid]}
         if args.baseline:
@@ -501,6 +566,10 @@ def main():
                     results["cpu"][k].append((cpu_ns(cpu_pids[k]) - before) / 1e6 / (2000 * args.seconds / 1000))
             for k, port in h2.items():
                 results["h2_rps"][k].append(h2load(port, args.seconds))
+            for k, port in grpc.items():
+                results["grpc_unary"][k].append(grpc_unary(port, args.seconds, unary_message))
+            for k, port in grpc.items():
+                results["grpc_stream"][k].append(grpc_stream(port, args.seconds, stream_messages))
             for k, port in tcp.items():
                 results["tcp"][k].append(iperf(port, args.seconds))
         _, loaded_rss, _ = proc_stat(sidecar.pid)
@@ -518,8 +587,11 @@ def main():
         print("  added p50 latency vs direct, ms: " + ", ".join(f"{k}={v:.3f}" for k, v in added.items()))
         errors = {k: sum(x["errors"] for x in v) for k, v in results["lat"].items()}
         print(f"  errors: {errors}")
-        row("HTTP/2 throughput, req/s (h2load -c8 -m16; nginx speaks HTTP/1.1 to the app)",
+        row("HTTP/2 throughput, req/s (h2load -c8 -m16; nginx speaks HTTP/1.1 to the app, the others HTTP/2)",
             results["h2_rps"])
+        row("gRPC unary calls/s (h2load -c8 -m16, 100-byte message, echoed)", results["grpc_unary"])
+        row("gRPC bidirectional streaming, MB/s echoed (h2load -c4 -m1, 1024 messages of 1 KiB per call)",
+            results["grpc_stream"])
         row("raw TCP throughput, Gbit/s (iperf3; haproxy mode tcp)", results["tcp"])
         print(f"sidecar memory: idle RSS {idle_rss:.1f} MiB, peak RSS under load {loaded_rss:.1f} MiB")
         print(f"sidecar CPU: {1000 * sidecar_cpu / max(sidecar_reqs, 1) * 1000:.1f} ms per 1000 requests (wrk phase)")

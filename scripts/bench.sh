@@ -3,7 +3,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 missing=()
-for tool in wrk:wrk h2load:nghttp2-client iperf3:iperf3 nginx:nginx-light haproxy:haproxy taskset:util-linux; do
+for tool in wrk:wrk h2load:nghttp2-client nghttpx:nghttp2-proxy iperf3:iperf3 nginx:nginx-light haproxy:haproxy taskset:util-linux; do
   command -v "${tool%%:*}" >/dev/null 2>&1 || missing+=("${tool#*:}")
 done
 if ((${#missing[@]})); then

@@ -10,6 +10,9 @@
 //! - `--tcp-echo ADDR`: echoes bytes; on the client's FIN, finishes and closes.
 //! - `--greeting ADDR`: a server-first protocol: sends a greeting line on
 //!   accept, then echoes.
+//! - `--grpc ADDR`: gRPC echo over h2c: every request's messages come back
+//!   as they arrive (unary and bidirectional streaming alike), then
+//!   `grpc-status: 0`.
 //!
 //! Prints `listening KIND ADDR` per listener, then `ready`, on stdout.
 
@@ -34,6 +37,8 @@ struct Args {
     tcp_echo: Vec<SocketAddr>,
     #[arg(long)]
     greeting: Vec<SocketAddr>,
+    #[arg(long)]
+    grpc: Vec<SocketAddr>,
     /// Reported in every HTTP answer as "app", to tell two instances apart.
     #[arg(long, default_value = "app")]
     name: String,
@@ -51,6 +56,7 @@ async fn main() -> anyhow::Result<()> {
     let mut tasks = Vec::new();
     let kinds = args.http.iter().map(|a| (a, Kind::Http));
     let kinds = kinds.chain(args.tcp_echo.iter().map(|a| (a, Kind::Echo)));
+    let kinds = kinds.chain(args.grpc.iter().map(|a| (a, Kind::Grpc)));
     for (addr, kind) in kinds.chain(args.greeting.iter().map(|a| (a, Kind::Greeting))) {
         let listener = TcpListener::bind(addr).await?;
         // Tests bind port 0 and read the real address from here.
@@ -69,6 +75,7 @@ enum Kind {
     Http,
     Echo,
     Greeting,
+    Grpc,
 }
 
 async fn serve(listener: TcpListener, kind: Kind, name: &'static str) {
@@ -79,6 +86,7 @@ async fn serve(listener: TcpListener, kind: Kind, name: &'static str) {
             match kind {
                 Kind::Http => drop(http(stream, peer, name).await),
                 Kind::Echo => drop(echo(stream, None).await),
+                Kind::Grpc => drop(grpc(stream).await),
                 Kind::Greeting => drop(echo(stream, Some(b"220 sample-app ready\r\n")).await),
             }
         });
@@ -110,6 +118,57 @@ async fn http(stream: TcpStream, peer: SocketAddr, name: &'static str) -> anyhow
     // every answer (hyper would otherwise drop the ones still unanswered).
     builder.http1().half_close(true);
     builder.serve_connection_with_upgrades(TokioIo::new(stream), svc).await.map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+async fn grpc(stream: TcpStream) -> anyhow::Result<()> {
+    let svc = hyper::service::service_fn(|req: Request<Incoming>| async move {
+        let mut resp = Response::new(GrpcEcho { body: req.into_body(), ended: false });
+        resp.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/grpc"));
+        Ok::<_, Infallible>(resp)
+    });
+    hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+        .serve_connection(TokioIo::new(stream), svc)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+/// The request's bytes (its gRPC messages, framed as they came) sent back
+/// as they arrive, then the trailers of a successful call.
+struct GrpcEcho {
+    body: Incoming,
+    ended: bool,
+}
+
+impl hyper::body::Body for GrpcEcho {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, hyper::Error>>> {
+        use std::task::Poll;
+        loop {
+            if self.ended {
+                return Poll::Ready(None);
+            }
+            match std::pin::Pin::new(&mut self.body).poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+                    Ok(data) => return Poll::Ready(Some(Ok(hyper::body::Frame::data(data)))),
+                    // The request's own trailers: not echoed.
+                    Err(_) => continue,
+                },
+                Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e))),
+                Poll::Ready(None) => {
+                    self.ended = true;
+                    let mut trailers = http::HeaderMap::new();
+                    trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
+                    return Poll::Ready(Some(Ok(hyper::body::Frame::trailers(trailers))));
+                }
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
 }
 
 static DELAY_MS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
