@@ -2,7 +2,8 @@
 //! - its default worker thread count comes from its container's CPU limit: a
 //!   real cgroup with a CPU quota (v2 `cpu.max`, or v1's CFS quota), the
 //!   sidecar started inside it, and the count it reports and runs (root);
-//! - it keeps serving when its log pipe goes away.
+//! - it keeps serving when its log pipe goes away;
+//! - its session tunnel runs on a thread of its own, at a lower priority.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -180,4 +181,49 @@ fn the_sidecar_keeps_serving_when_its_log_pipe_is_gone() {
         assert_eq!(status, 200);
     }
     assert!(sidecar.0.try_wait().unwrap().is_none(), "the sidecar exited");
+}
+
+/// The tunnel's work (copies, stolen traffic) never takes a turn of the data
+/// path's thread, and yields the CPU to it: its own thread, nice +10.
+#[test]
+fn the_session_tunnel_runs_on_its_own_thread_below_the_data_path() {
+    let mut sidecar = Sidecar(
+        Command::new(workspace_bin("mirrord-proxy"))
+            .args(["run", "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0", "--tunnel", "127.0.0.1:0"])
+            .args(["--upstream", "127.0.0.1:9", "--insecure-no-token", "--threads", "1"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let mut stderr = BufReader::new(sidecar.0.stderr.take().unwrap()).lines();
+    assert!(stderr.by_ref().map_while(Result::ok).any(|l| l.contains("session tunnel listening")), "no tunnel");
+    let pid = sidecar.0.id();
+    // (comm, nice) of every thread; nice is the 19th field of stat, counted
+    // after the parenthesised name.
+    let threads = || -> Vec<(String, i64)> {
+        std::fs::read_dir(format!("/proc/{pid}/task"))
+            .unwrap()
+            .filter_map(|t| {
+                let dir = t.ok()?.path();
+                let comm = std::fs::read_to_string(dir.join("comm")).ok()?.trim().to_owned();
+                let stat = std::fs::read_to_string(dir.join("stat")).ok()?;
+                let nice = stat.rsplit_once(") ")?.1.split(' ').nth(16)?.parse().ok()?;
+                Some((comm, nice))
+            })
+            .collect()
+    };
+    let nice_of = |threads: &[(String, i64)], name: &str| threads.iter().find(|(comm, _)| comm == name).map(|t| t.1);
+    let main = nice_of(&threads(), "mirrord-proxy").expect("the main thread");
+    // (Nice values end at 19: a test run at nice 19 cannot see the step.)
+    let want = Some((main + 10).min(19));
+    // The thread lowers its own priority as it starts.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut seen = threads();
+    while nice_of(&seen, "proxy-tunnel") != want && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+        seen = threads();
+    }
+    assert_eq!(nice_of(&seen, "proxy-tunnel"), want, "threads (name, nice): {seen:?}");
+    drop(stderr);
 }
