@@ -8,9 +8,9 @@ pub enum Error {
     #[error("cannot connect to the app at {dst}: {error}")]
     Connect { dst: SocketAddr, error: std::io::Error },
     #[error("HTTP handshake with the app at {dst} failed: {error}")]
-    Handshake { dst: SocketAddr, error: hyper::Error },
+    Handshake { dst: SocketAddr, error: h2::Error },
     #[error("the app at {dst} did not answer: {error}")]
-    Request { dst: SocketAddr, error: hyper::Error },
+    Request { dst: SocketAddr, error: h2::Error },
     #[error(
         "no connection to the app at {dst}: the sidecar holds its whole budget of {limit} file descriptors (see --fd-budget)"
     )]

@@ -269,6 +269,71 @@ fn concurrent_h2_streams_share_one_app_connection() {
     assert_eq!(count.load(Ordering::SeqCst), 1, "app connections for one client connection");
 }
 
+/// An HTTP/2 stream carries more than every flow-control window both ways
+/// at once, and the answer begins before the request ends (bidirectional
+/// streaming): the app (an echo) answers each chunk as it comes, and the
+/// client sends the next only when the previous one came back.
+#[test]
+fn an_h2_stream_streams_both_ways_beyond_the_flow_control_windows() {
+    use http_body_util::BodyExt;
+    let app = App::start_with(env!("CARGO_BIN_EXE_sample-app"), &["--grpc", "127.0.0.1:0"]);
+    let sidecar = Sidecar::start(app.addr, &[]);
+    const CHUNK: usize = 256 * 1024;
+    const CHUNKS: usize = 48; // 12 MiB, beyond the 5 MiB connection windows
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let echoed = runtime.block_on(async {
+        let tcp = tokio::net::TcpStream::connect(sidecar.addr).await.unwrap();
+        let (mut sender, conn) = hyper::client::conn::http2::handshake(
+            hyper_util::rt::TokioExecutor::new(),
+            hyper_util::rt::TokioIo::new(tcp),
+        )
+        .await
+        .unwrap();
+        tokio::spawn(conn);
+        let (tx, rx) =
+            tokio::sync::mpsc::channel::<Result<hyper::body::Frame<bytes::Bytes>, std::convert::Infallible>>(1);
+        let body = http_body_util::StreamBody::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+        let req = http::Request::post("http://x/bench.Echo/Bidi").body(body).unwrap();
+        let chunk = |i: usize| bytes::Bytes::from(vec![u8::try_from(i % 251).unwrap(); CHUNK]);
+        tx.send(Ok(hyper::body::Frame::data(chunk(0)))).await.unwrap();
+        let response = tokio::time::timeout(Duration::from_secs(10), sender.send_request(req))
+            .await
+            .expect("the answer begins before the request ends")
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        let mut body = response.into_body();
+        let mut echoed = Vec::new();
+        let mut sent = 1;
+        let mut trailers = None;
+        while let Some(frame) = tokio::time::timeout(Duration::from_secs(10), body.frame()).await.expect("stalled") {
+            let frame = frame.unwrap();
+            if let Some(data) = frame.data_ref() {
+                echoed.extend_from_slice(data);
+                // The next chunk once the previous came back whole.
+                if echoed.len() == sent * CHUNK {
+                    if sent < CHUNKS {
+                        tx.send(Ok(hyper::body::Frame::data(chunk(sent)))).await.unwrap();
+                        sent += 1;
+                    } else {
+                        break;
+                    }
+                }
+            }
+            trailers = frame.into_trailers().ok().or(trailers);
+        }
+        drop(tx);
+        while let Some(frame) = body.frame().await {
+            trailers = frame.unwrap().into_trailers().ok().or(trailers);
+        }
+        assert_eq!(trailers.and_then(|t| t.get("grpc-status").cloned()).unwrap(), "0");
+        echoed
+    });
+    assert_eq!(echoed.len(), CHUNK * CHUNKS);
+    for (i, chunk) in echoed.chunks(CHUNK).enumerate() {
+        assert!(chunk.iter().all(|&b| usize::from(b) == i % 251), "chunk {i} came back changed");
+    }
+}
+
 #[test]
 fn an_upgrade_the_app_closes_without_answering_ends_the_connection() {
     // An app that reads a request and closes without a word.

@@ -1,4 +1,5 @@
-//! HTTP/2 connections from clients, served by hyper and proxied per stream,
+//! HTTP/2 connections from clients, served by hyper and proxied per stream
+//! (to the app with `h2` directly: [`upstream`]),
 //! so that each request can be routed on its own (also on an already-open
 //! multiplexed connection): to the app, to a stealing session, with copies
 //! to mirroring sessions. HTTP/1 has its own byte-preserving path, [`crate::h1`].
@@ -29,11 +30,11 @@ use crate::metrics::{status_class, Metrics, Protocol, RequestLabels, Route};
 use crate::session::Sessions;
 use crate::shutdown::Shutdown;
 use body::FromSession;
-use upstream::Upstream;
+use upstream::{AppBody, Upstream};
 
 /// Response bodies: the app's, streamed through; one the proxy made; or one
 /// from a stealing session.
-pub type Body = Either<Incoming, Either<Full<Bytes>, FromSession>>;
+pub type Body = Either<AppBody, Either<Full<Bytes>, FromSession>>;
 
 /// Everything a request needs to be proxied.
 #[derive(Debug, Clone)]

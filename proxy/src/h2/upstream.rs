@@ -3,26 +3,50 @@
 //! client connection gets its own, so the app sees as many connections as
 //! there are clients, as it would without the sidecar, and nothing is locked
 //! across clients.
+//!
+//! Streams are opened with the `h2` crate directly: a request is sent and its
+//! response awaited in the client stream's own task, and a request body that
+//! is already complete (a GET, a unary gRPC call) is sent at once, so a
+//! stream costs no task or channel beyond the ones the client side has.
 
+use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::Mutex;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 
-use hyper::body::Incoming;
-use hyper::client::conn::http2;
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::BodyExt;
 use hyper::{Request, Response};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tracing::debug;
 
 use super::body::UpBody;
 use crate::app::Error;
 use crate::socket;
 
+/// Flow-control windows towards the app (what hyper's client uses): a
+/// stream of a fast app is not held to HTTP/2's default 64 KiB in flight.
+const STREAM_WINDOW: u32 = 2 * 1024 * 1024;
+const CONNECTION_WINDOW: u32 = 5 * 1024 * 1024;
+/// Bytes buffered per stream towards the app before a body waits.
+const SEND_BUFFER: usize = 1024 * 1024;
+
+/// An open connection to the app.
+#[derive(Debug, Clone)]
+struct Conn {
+    sender: h2::client::SendRequest<Bytes>,
+    /// Set when the connection's task ends (the app closed it, or it failed).
+    closed: Arc<AtomicBool>,
+}
+
 /// The connection to the app on behalf of one client connection.
 #[derive(Debug)]
 pub struct Upstream {
     dst: SocketAddr,
     /// Cloned by each stream; replaced if the app closed it.
-    h2: Mutex<Option<http2::SendRequest<UpBody>>>,
+    h2: Mutex<Option<Conn>>,
     /// Held while the connection is made: streams that arrive meanwhile
     /// wait for it instead of dialling their own.
     connecting: tokio::sync::Mutex<()>,
@@ -37,52 +61,232 @@ impl Upstream {
         self.dst
     }
 
-    /// Sends an HTTP/2 request on the shared app connection.
-    pub async fn send_h2(&self, req: Request<UpBody>) -> Result<Response<Incoming>, Error> {
+    /// Sends an HTTP/2 request on the shared app connection. Its body goes
+    /// along as it arrives; the response comes back when its head does.
+    pub async fn send_h2(&self, req: Request<UpBody>) -> Result<Response<AppBody>, Error> {
         let dst = self.dst;
-        let mut sender = match self.current() {
-            Some(s) => s,
-            None => {
-                let _connecting = self.connecting.lock().await;
-                match self.current() {
-                    Some(s) => s,
-                    None => {
-                        // Boxed: once per client connection, not in every stream's future.
-                        let s = Box::pin(self.connect_h2()).await?;
-                        *self.lock_h2() = Some(s.clone());
-                        s
-                    }
-                }
-            }
+        let conn = match self.current() {
+            Some(c) => c,
+            // Boxed: once per client connection, not in every stream's future.
+            None => Box::pin(self.connect_once()).await?,
         };
-        sender.ready().await.map_err(|error| Error::Request { dst, error })?;
-        sender.send_request(req).await.map_err(|error| Error::Request { dst, error })
+        // A connection that cannot take a stream (the app said GOAWAY, or it
+        // failed) is not offered to the next one.
+        let refused = |error| {
+            conn.closed.store(true, Ordering::Release);
+            Error::Request { dst, error }
+        };
+        let mut sender = conn.sender.clone().ready().await.map_err(refused)?;
+        let (mut parts, body) = req.into_parts();
+        with_authority(&mut parts, dst);
+        let end_of_stream = body.is_end_stream();
+        let (response, send) = sender.send_request(Request::from_parts(parts, ()), end_of_stream).map_err(refused)?;
+        if !end_of_stream {
+            // The body is sent from here while it is ready (most bodies come
+            // whole with their head); only one still arriving gets a task.
+            let mut pipe = Box::pin(send_body(body, send));
+            if std::future::poll_fn(|cx| Poll::Ready(pipe.as_mut().poll(cx).is_pending())).await {
+                tokio::spawn(pipe);
+            }
+        }
+        let response = response.await.map_err(|error| Error::Request { dst, error })?;
+        Ok(response.map(|recv| AppBody { recv, data_done: false, done: false }))
     }
 
     /// The app connection, if it is open.
-    fn current(&self) -> Option<http2::SendRequest<UpBody>> {
-        self.lock_h2().as_ref().filter(|s| !s.is_closed()).cloned()
+    fn current(&self) -> Option<Conn> {
+        self.lock_h2().as_ref().filter(|c| !c.closed.load(Ordering::Acquire)).cloned()
     }
 
-    fn lock_h2(&self) -> std::sync::MutexGuard<'_, Option<http2::SendRequest<UpBody>>> {
+    fn lock_h2(&self) -> std::sync::MutexGuard<'_, Option<Conn>> {
         // Poisoning only means another stream panicked while swapping the
         // sender; the value is still a valid sender or None.
         self.h2.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    async fn connect_h2(&self) -> Result<http2::SendRequest<UpBody>, Error> {
+    /// Connects, or waits for the stream that is connecting already.
+    async fn connect_once(&self) -> Result<Conn, Error> {
+        let _connecting = self.connecting.lock().await;
+        if let Some(c) = self.current() {
+            return Ok(c);
+        }
+        let c = self.connect_h2().await?;
+        *self.lock_h2() = Some(c.clone());
+        Ok(c)
+    }
+
+    async fn connect_h2(&self) -> Result<Conn, Error> {
         let dst = self.dst;
         let stream = socket::connect(dst).await.map_err(|error| Error::Connect { dst, error })?;
-        let (sender, conn) = http2::Builder::new(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .handshake(TokioIo::new(stream))
+        let (sender, conn) = h2::client::Builder::new()
+            .initial_window_size(STREAM_WINDOW)
+            .initial_connection_window_size(CONNECTION_WINDOW)
+            .max_send_buffer_size(SEND_BUFFER)
+            .enable_push(false)
+            .handshake(stream)
             .await
             .map_err(|error| Error::Handshake { dst, error })?;
+        let closed = Arc::new(AtomicBool::new(false));
+        let done = closed.clone();
         tokio::spawn(async move {
             if let Err(e) = conn.await {
                 debug!(%dst, "HTTP/2 connection to the app ended: {e}");
             }
+            done.store(true, Ordering::Release);
         });
-        Ok(sender)
+        Ok(Conn { sender, closed })
+    }
+}
+
+/// HTTP/2 requests carry their scheme and authority (RFC 9113 §8.3.1); a
+/// client that left `:authority` out gets it from `Host`, or the app's
+/// address, as HTTP/1 would.
+fn with_authority(parts: &mut http::request::Parts, dst: SocketAddr) {
+    if parts.uri.scheme().is_some() || parts.method == http::Method::CONNECT {
+        return;
+    }
+    let authority = parts
+        .headers
+        .get(http::header::HOST)
+        .and_then(|h| http::uri::Authority::try_from(h.as_bytes()).ok())
+        .or_else(|| http::uri::Authority::try_from(dst.to_string()).ok());
+    let mut uri = http::uri::Parts::from(std::mem::take(&mut parts.uri));
+    uri.scheme = Some(http::uri::Scheme::HTTP);
+    uri.authority = authority;
+    if uri.path_and_query.is_none() {
+        uri.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
+    }
+    if let Ok(full) = http::Uri::from_parts(uri) {
+        parts.uri = full;
+    }
+}
+
+/// Sends a request body to the app as it arrives, within the stream's flow
+/// control. A body that fails, or an app that resets the stream, ends it.
+async fn send_body(mut body: UpBody, mut send: h2::SendStream<Bytes>) {
+    loop {
+        let frame = tokio::select! {
+            frame = body.frame() => frame,
+            // The app reset the stream (or the connection went): stop.
+            _ = std::future::poll_fn(|cx| send.poll_reset(cx)) => return,
+        };
+        let sent = match frame {
+            None => send.send_data(Bytes::new(), true),
+            Some(Err(e)) => {
+                debug!("request body failed: {e}");
+                send.send_reset(h2::Reason::CANCEL);
+                return;
+            }
+            Some(Ok(frame)) => match frame.into_data() {
+                Ok(data) => {
+                    let last = body.is_end_stream();
+                    match send_data(&mut send, data, last).await {
+                        Ok(()) if last => return,
+                        Ok(()) => continue,
+                        Err(e) => Err(e),
+                    }
+                }
+                Err(frame) => match frame.into_trailers() {
+                    Ok(trailers) => send.send_trailers(trailers),
+                    Err(_) => continue,
+                },
+            },
+        };
+        if let Err(e) = sent {
+            debug!("request body not sent to the app: {e}");
+        }
+        return;
+    }
+}
+
+/// Sends `data` as the app's window allows.
+async fn send_data(send: &mut h2::SendStream<Bytes>, mut data: Bytes, end_of_stream: bool) -> Result<(), h2::Error> {
+    if data.is_empty() {
+        return send.send_data(data, end_of_stream);
+    }
+    while !data.is_empty() {
+        send.reserve_capacity(data.len());
+        let granted = match std::future::poll_fn(|cx| send.poll_capacity(cx)).await {
+            Some(granted) => granted?,
+            // The stream is gone: what the app does about it, it says in
+            // its response or reset.
+            None => return Ok(()),
+        };
+        let chunk = data.split_to(granted.min(data.len()));
+        send.send_data(chunk, end_of_stream && data.is_empty())?;
+    }
+    Ok(())
+}
+
+/// A response body from the app: its data (flow-control credit given back
+/// as the client side takes each frame), then its trailers.
+#[derive(Debug)]
+pub struct AppBody {
+    recv: h2::RecvStream,
+    data_done: bool,
+    done: bool,
+}
+
+impl Body for AppBody {
+    type Data = Bytes;
+    type Error = h2::Error;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, h2::Error>>> {
+        let this = &mut *self;
+        if this.done {
+            return Poll::Ready(None);
+        }
+        if !this.data_done {
+            match std::task::ready!(this.recv.poll_data(cx)) {
+                Some(Ok(data)) => {
+                    let _ = this.recv.flow_control().release_capacity(data.len());
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                Some(Err(e)) => {
+                    this.done = true;
+                    return Poll::Ready(Some(Err(e)));
+                }
+                None => this.data_done = true,
+            }
+        }
+        let trailers = std::task::ready!(this.recv.poll_trailers(cx));
+        this.done = true;
+        Poll::Ready(match trailers {
+            Ok(Some(trailers)) => Some(Ok(Frame::trailers(trailers))),
+            Ok(None) => None,
+            Err(e) => Some(Err(e)),
+        })
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.done || self.recv.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn uri_sent(uri: &str, host: Option<&str>) -> String {
+        let mut req = Request::builder().uri(uri);
+        if let Some(host) = host {
+            req = req.header("host", host);
+        }
+        let (mut parts, ()) = req.body(()).unwrap().into_parts();
+        with_authority(&mut parts, "10.0.0.7:8080".parse().unwrap());
+        parts.uri.to_string()
+    }
+
+    #[test]
+    fn a_request_without_authority_gets_it_from_host_or_the_app_address() {
+        assert_eq!(uri_sent("http://api.local/a?b=1", Some("other")), "http://api.local/a?b=1");
+        assert_eq!(uri_sent("/a?b=1", Some("api.local:81")), "http://api.local:81/a?b=1");
+        assert_eq!(uri_sent("/a", None), "http://10.0.0.7:8080/a");
+        assert_eq!(uri_sent("/a", Some("not a host")), "http://10.0.0.7:8080/a");
     }
 }
