@@ -104,6 +104,7 @@ def nginx_conf(tmp, port, h2_port, grpc_port, app, grpc_app):
   }}
   server {{
     listen 127.0.0.1:{grpc_port} http2;
+    client_max_body_size 0;
     location / {{ grpc_pass grpc://grpcapp; }}""")
 
 
@@ -198,9 +199,20 @@ def oha_latency(port, seconds, rate):
     return {"p50": p["p50"] * 1000, "p99": p["p99"] * 1000, "errors": errors}
 
 
+def h2load_run(args):
+    """Runs h2load; returns (req/s, MB/s received). Any request that failed
+    or was not answered 2xx fails the bench: a rate of errors is no rate."""
+    out = load(["h2load", *args])
+    failed = re.search(r"requests: \d+ total, \d+ started, \d+ done, \d+ succeeded, (\d+) failed, (\d+) errored", out)
+    if not failed or failed.group(1) != "0" or failed.group(2) != "0":
+        raise RuntimeError(f"h2load {' '.join(args)}: requests failed:\n{out[-800:]}")
+    m = re.search(r"finished in [\d.]+\w*, ([\d.]+) req/s, ([\d.]+)([KMG]?)B/s", out)
+    scale = {"": 1e-6, "K": 1e-3, "M": 1.0, "G": 1e3}[m.group(3)]
+    return float(m.group(1)), float(m.group(2)) * scale
+
+
 def h2load(port, seconds):
-    out = load(["h2load", "-D", str(seconds), "-c", "8", "-m", "16", "-t", "1", f"http://127.0.0.1:{port}/"])
-    return float(re.search(r"finished in [\d.]+\w*, ([\d.]+) req/s", out).group(1))
+    return h2load_run(["-D", str(seconds), "-c", "8", "-m", "16", "-t", "1", f"http://127.0.0.1:{port}/"])[0]
 
 
 def grpc_message(tmp, name, size, count):
@@ -216,17 +228,15 @@ GRPC_HEADERS = ["-H", "content-type: application/grpc", "-H", "te: trailers"]
 
 def grpc_unary(port, seconds, message):
     """Unary calls of one 100-byte message each, 8 connections x 16 streams."""
-    out = load(["h2load", "-D", str(seconds), "-c", "8", "-m", "16", "-t", "1", "-d", message, *GRPC_HEADERS,
-                f"http://127.0.0.1:{port}/bench.Echo/Unary"])
-    return float(re.search(r"finished in [\d.]+\w*, ([\d.]+) req/s", out).group(1))
+    return h2load_run(["-D", str(seconds), "-c", "8", "-m", "16", "-t", "1", "-d", message, *GRPC_HEADERS,
+                       f"http://127.0.0.1:{port}/bench.Echo/Unary"])[0]
 
 
 def grpc_stream(port, seconds, messages):
     """Bidirectional streams of 1024 messages of 1 KiB, echoed as they come;
     4 connections with one stream each. MB/s received (the echo)."""
-    out = load(["h2load", "-D", str(seconds), "-c", "4", "-m", "1", "-t", "1", "-d", messages, *GRPC_HEADERS,
-                f"http://127.0.0.1:{port}/bench.Echo/Bidi"])
-    return float(re.search(r"finished in [\d.]+\w*, [\d.]+ req/s, ([\d.]+)MB/s", out).group(1))
+    return h2load_run(["-D", str(seconds), "-c", "4", "-m", "1", "-t", "1", "-d", messages, *GRPC_HEADERS,
+                       f"http://127.0.0.1:{port}/bench.Echo/Bidi"])[1]
 
 
 def iperf(port, seconds):

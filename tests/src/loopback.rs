@@ -51,6 +51,14 @@ impl Sidecar {
         Sidecar { addr, admin, tunnel, token, stop: Some(tx), thread: Some(thread) }
     }
 
+    /// Begins the sidecar's shutdown (SIGTERM's part), without waiting for
+    /// it: in-flight requests finish, then it exits.
+    pub fn shut_down(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+
     /// `mirrord-cli connect --addr` to this sidecar's tunnel, with its token.
     pub fn connect(&self, name: &str, config: &str) -> crate::session::Cli {
         let tunnel = self.tunnel.to_string();

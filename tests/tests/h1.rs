@@ -334,6 +334,37 @@ fn an_h2_stream_streams_both_ways_beyond_the_flow_control_windows() {
     }
 }
 
+/// At shutdown, an HTTP/2 stream in flight is answered whole, and then the
+/// connection ends (GOAWAY) instead of taking more streams.
+#[test]
+fn an_h2_stream_in_flight_at_shutdown_is_answered_then_the_connection_ends() {
+    use http_body_util::BodyExt;
+    let app = app();
+    let mut sidecar = Sidecar::start(app.addr, &[]);
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    runtime.block_on(async {
+        let tcp = tokio::net::TcpStream::connect(sidecar.addr).await.unwrap();
+        let (mut sender, conn) = hyper::client::conn::http2::handshake(
+            hyper_util::rt::TokioExecutor::new(),
+            hyper_util::rt::TokioIo::new(tcp),
+        )
+        .await
+        .unwrap();
+        let conn = tokio::spawn(conn);
+        let req = http::Request::get("http://x/slow/400").body(http_body_util::Empty::<bytes::Bytes>::new()).unwrap();
+        let slow = tokio::spawn(sender.send_request(req));
+        // The stream reaches the app, then the sidecar is told to stop.
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        sidecar.shut_down();
+        let response = tokio::time::timeout(Duration::from_secs(5), slow).await.expect("answered").unwrap().unwrap();
+        assert_eq!(response.status(), 200);
+        let body = response.into_body().collect().await.expect("the whole body").to_bytes();
+        assert!(String::from_utf8_lossy(&body).contains("/slow/400"), "{}", String::from_utf8_lossy(&body));
+        let ended = tokio::time::timeout(Duration::from_secs(5), conn).await;
+        assert!(ended.is_ok(), "the connection stayed open after the shutdown");
+    });
+}
+
 #[test]
 fn an_upgrade_the_app_closes_without_answering_ends_the_connection() {
     // An app that reads a request and closes without a word.

@@ -1,6 +1,6 @@
-//! Bodies of intercepted HTTP/2 streams: a request body teed to mirroring
-//! sessions on its way to the app, and a response body that arrives from a
-//! session.
+//! Bodies of HTTP/2 streams: the app's response read from its `h2` stream,
+//! and a body sent on an `h2` stream within its flow control; a request body teed to mirroring sessions on its way to the app;
+//! and a response body that arrives from a session.
 
 use std::collections::VecDeque;
 use std::pin::Pin;
@@ -13,6 +13,7 @@ use http_body::{Body, Frame, SizeHint};
 use http_body_util::Either;
 use hyper::body::Incoming;
 use tokio::sync::mpsc;
+use tracing::debug;
 
 use crate::metrics::Metrics;
 use crate::session::wire::{Frame as Wire, Header};
@@ -21,6 +22,119 @@ use crate::session::Copies;
 /// Request bodies sent to the app: as received (no session), or through
 /// the sessions' step (read ahead for body filters, teed to mirrors).
 pub type UpBody = Either<Incoming, Tee>;
+
+/// A body read from an `h2` stream (the app's response): its data
+/// (flow-control credit given back as each frame is taken, so the sender is
+/// held to the pace of the side this goes to), then its trailers.
+#[derive(Debug)]
+pub struct H2Body {
+    recv: h2::RecvStream,
+    data_done: bool,
+    done: bool,
+}
+
+impl H2Body {
+    pub fn new(recv: h2::RecvStream) -> Self {
+        H2Body { recv, data_done: false, done: false }
+    }
+}
+
+impl Body for H2Body {
+    type Data = Bytes;
+    type Error = h2::Error;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, h2::Error>>> {
+        let this = &mut *self;
+        if this.done {
+            return Poll::Ready(None);
+        }
+        if !this.data_done {
+            match std::task::ready!(this.recv.poll_data(cx)) {
+                Some(Ok(data)) => {
+                    let _ = this.recv.flow_control().release_capacity(data.len());
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                Some(Err(e)) => {
+                    this.done = true;
+                    return Poll::Ready(Some(Err(e)));
+                }
+                None => this.data_done = true,
+            }
+        }
+        let trailers = std::task::ready!(this.recv.poll_trailers(cx));
+        this.done = true;
+        Poll::Ready(match trailers {
+            Ok(Some(trailers)) => Some(Ok(Frame::trailers(trailers))),
+            Ok(None) => None,
+            Err(e) => Some(Err(e)),
+        })
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.done || self.recv.is_end_stream()
+    }
+}
+
+/// Sends `body` on an HTTP/2 stream as it comes, within the peer's flow
+/// control; its trailers, or its end, end the stream. A body that fails
+/// resets the stream (nobody takes a cut body as whole); a peer that resets
+/// the stream ends the sending.
+pub async fn send_body<B>(mut body: B, mut send: h2::SendStream<Bytes>)
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: std::fmt::Display,
+{
+    loop {
+        let frame = tokio::select! {
+            frame = http_body_util::BodyExt::frame(&mut body) => frame,
+            _ = std::future::poll_fn(|cx| send.poll_reset(cx)) => return,
+        };
+        let sent = match frame {
+            None => send.send_data(Bytes::new(), true),
+            Some(Err(e)) => {
+                debug!("body broke off: {e}");
+                send.send_reset(h2::Reason::CANCEL);
+                return;
+            }
+            Some(Ok(frame)) => match frame.into_data() {
+                Ok(data) => {
+                    let last = body.is_end_stream();
+                    match send_data(&mut send, data, last).await {
+                        Ok(()) if last => return,
+                        Ok(()) => continue,
+                        Err(e) => Err(e),
+                    }
+                }
+                Err(frame) => match frame.into_trailers() {
+                    Ok(trailers) => send.send_trailers(trailers),
+                    Err(_) => continue,
+                },
+            },
+        };
+        if let Err(e) = sent {
+            debug!("body not sent: {e}");
+        }
+        return;
+    }
+}
+
+/// Sends `data` as the peer's window allows.
+async fn send_data(send: &mut h2::SendStream<Bytes>, mut data: Bytes, end_of_stream: bool) -> Result<(), h2::Error> {
+    if data.is_empty() {
+        return send.send_data(data, end_of_stream);
+    }
+    while !data.is_empty() {
+        send.reserve_capacity(data.len());
+        let granted = match std::future::poll_fn(|cx| send.poll_capacity(cx)).await {
+            Some(granted) => granted?,
+            // The stream is gone: the peer says why in its reset.
+            None => return Ok(()),
+        };
+        let chunk = data.split_to(granted.min(data.len()));
+        send.send_data(chunk, end_of_stream && data.is_empty())?;
+    }
+    Ok(())
+}
 
 /// A request body whose first frames may have been read ahead (for body
 /// filters), then the rest as it arrives. A failure met while reading ahead

@@ -29,12 +29,12 @@ use crate::limits::Limits;
 use crate::metrics::{status_class, Metrics, Protocol, RequestLabels, Route};
 use crate::session::Sessions;
 use crate::shutdown::Shutdown;
-use body::FromSession;
-use upstream::{AppBody, Upstream};
+use body::{FromSession, H2Body};
+use upstream::Upstream;
 
 /// Response bodies: the app's, streamed through; one the proxy made; or one
 /// from a stealing session.
-pub type Body = Either<AppBody, Either<Full<Bytes>, FromSession>>;
+pub type Body = Either<H2Body, Either<Full<Bytes>, FromSession>>;
 
 /// Everything a request needs to be proxied.
 #[derive(Debug, Clone)]

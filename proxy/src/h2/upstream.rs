@@ -11,18 +11,16 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
+use std::task::Poll;
 
 use bytes::Bytes;
-use http_body::{Body, Frame, SizeHint};
-use http_body_util::BodyExt;
+use http_body::Body;
 use hyper::{Request, Response};
 use tracing::debug;
 
-use super::body::UpBody;
+use super::body::{send_body, H2Body, UpBody};
 use crate::app::Error;
 use crate::socket;
 
@@ -63,7 +61,7 @@ impl Upstream {
 
     /// Sends an HTTP/2 request on the shared app connection. Its body goes
     /// along as it arrives; the response comes back when its head does.
-    pub async fn send_h2(&self, req: Request<UpBody>) -> Result<Response<AppBody>, Error> {
+    pub async fn send_h2(&self, req: Request<UpBody>) -> Result<Response<H2Body>, Error> {
         let dst = self.dst;
         let conn = match self.current() {
             Some(c) => c,
@@ -90,7 +88,7 @@ impl Upstream {
             }
         }
         let response = response.await.map_err(|error| Error::Request { dst, error })?;
-        Ok(response.map(|recv| AppBody { recv, data_done: false, done: false }))
+        Ok(response.map(H2Body::new))
     }
 
     /// The app connection, if it is open.
@@ -158,112 +156,6 @@ fn with_authority(parts: &mut http::request::Parts, dst: SocketAddr) {
     }
     if let Ok(full) = http::Uri::from_parts(uri) {
         parts.uri = full;
-    }
-}
-
-/// Sends a request body to the app as it arrives, within the stream's flow
-/// control. A body that fails, or an app that resets the stream, ends it.
-async fn send_body(mut body: UpBody, mut send: h2::SendStream<Bytes>) {
-    loop {
-        let frame = tokio::select! {
-            frame = body.frame() => frame,
-            // The app reset the stream (or the connection went): stop.
-            _ = std::future::poll_fn(|cx| send.poll_reset(cx)) => return,
-        };
-        let sent = match frame {
-            None => send.send_data(Bytes::new(), true),
-            Some(Err(e)) => {
-                debug!("request body failed: {e}");
-                send.send_reset(h2::Reason::CANCEL);
-                return;
-            }
-            Some(Ok(frame)) => match frame.into_data() {
-                Ok(data) => {
-                    let last = body.is_end_stream();
-                    match send_data(&mut send, data, last).await {
-                        Ok(()) if last => return,
-                        Ok(()) => continue,
-                        Err(e) => Err(e),
-                    }
-                }
-                Err(frame) => match frame.into_trailers() {
-                    Ok(trailers) => send.send_trailers(trailers),
-                    Err(_) => continue,
-                },
-            },
-        };
-        if let Err(e) = sent {
-            debug!("request body not sent to the app: {e}");
-        }
-        return;
-    }
-}
-
-/// Sends `data` as the app's window allows.
-async fn send_data(send: &mut h2::SendStream<Bytes>, mut data: Bytes, end_of_stream: bool) -> Result<(), h2::Error> {
-    if data.is_empty() {
-        return send.send_data(data, end_of_stream);
-    }
-    while !data.is_empty() {
-        send.reserve_capacity(data.len());
-        let granted = match std::future::poll_fn(|cx| send.poll_capacity(cx)).await {
-            Some(granted) => granted?,
-            // The stream is gone: what the app does about it, it says in
-            // its response or reset.
-            None => return Ok(()),
-        };
-        let chunk = data.split_to(granted.min(data.len()));
-        send.send_data(chunk, end_of_stream && data.is_empty())?;
-    }
-    Ok(())
-}
-
-/// A response body from the app: its data (flow-control credit given back
-/// as the client side takes each frame), then its trailers.
-#[derive(Debug)]
-pub struct AppBody {
-    recv: h2::RecvStream,
-    data_done: bool,
-    done: bool,
-}
-
-impl Body for AppBody {
-    type Data = Bytes;
-    type Error = h2::Error;
-
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, h2::Error>>> {
-        let this = &mut *self;
-        if this.done {
-            return Poll::Ready(None);
-        }
-        if !this.data_done {
-            match std::task::ready!(this.recv.poll_data(cx)) {
-                Some(Ok(data)) => {
-                    let _ = this.recv.flow_control().release_capacity(data.len());
-                    return Poll::Ready(Some(Ok(Frame::data(data))));
-                }
-                Some(Err(e)) => {
-                    this.done = true;
-                    return Poll::Ready(Some(Err(e)));
-                }
-                None => this.data_done = true,
-            }
-        }
-        let trailers = std::task::ready!(this.recv.poll_trailers(cx));
-        this.done = true;
-        Poll::Ready(match trailers {
-            Ok(Some(trailers)) => Some(Ok(Frame::trailers(trailers))),
-            Ok(None) => None,
-            Err(e) => Some(Err(e)),
-        })
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.done || self.recv.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        SizeHint::default()
     }
 }
 
