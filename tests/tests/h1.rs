@@ -208,6 +208,24 @@ fn a_request_body_that_stops_arriving_ends_the_connection() {
     assert!(metric(&sidecar, "mirrord_proxy_errors_total{reason=\"body_read_timeout\"} 1"));
 }
 
+/// An HTTP/2 connection to `addr` (hyper's client): its sender, and the task
+/// that runs it (which ends when the connection does).
+async fn h2_client<B>(
+    addr: SocketAddr,
+) -> (hyper::client::conn::http2::SendRequest<B>, tokio::task::JoinHandle<hyper::Result<()>>)
+where
+    B: hyper::body::Body + Send + Unpin + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (sender, conn) =
+        hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), hyper_util::rt::TokioIo::new(tcp))
+            .await
+            .unwrap();
+    (sender, tokio::spawn(conn))
+}
+
 /// Streams that arrive together on one HTTP/2 client connection share one
 /// app connection (it is made once, not once per stream).
 #[test]
@@ -242,14 +260,7 @@ fn concurrent_h2_streams_share_one_app_connection() {
     // One HTTP/2 connection (hyper's client), 40 streams sent at once.
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let answered = runtime.block_on(async {
-        let tcp = tokio::net::TcpStream::connect(sidecar.addr).await.unwrap();
-        let (sender, conn) = hyper::client::conn::http2::handshake(
-            hyper_util::rt::TokioExecutor::new(),
-            hyper_util::rt::TokioIo::new(tcp),
-        )
-        .await
-        .unwrap();
-        tokio::spawn(conn);
+        let (sender, _conn) = h2_client(sidecar.addr).await;
         let streams = (0..40).map(|i| {
             let mut sender = sender.clone();
             async move {
@@ -282,14 +293,7 @@ fn an_h2_stream_streams_both_ways_beyond_the_flow_control_windows() {
     const CHUNKS: usize = 48; // 12 MiB, beyond the 5 MiB connection windows
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let echoed = runtime.block_on(async {
-        let tcp = tokio::net::TcpStream::connect(sidecar.addr).await.unwrap();
-        let (mut sender, conn) = hyper::client::conn::http2::handshake(
-            hyper_util::rt::TokioExecutor::new(),
-            hyper_util::rt::TokioIo::new(tcp),
-        )
-        .await
-        .unwrap();
-        tokio::spawn(conn);
+        let (mut sender, _conn) = h2_client(sidecar.addr).await;
         let (tx, rx) =
             tokio::sync::mpsc::channel::<Result<hyper::body::Frame<bytes::Bytes>, std::convert::Infallible>>(1);
         let body = http_body_util::StreamBody::new(tokio_stream::wrappers::ReceiverStream::new(rx));
@@ -343,14 +347,7 @@ fn an_h2_stream_in_flight_at_shutdown_is_answered_then_the_connection_ends() {
     let mut sidecar = Sidecar::start(app.addr, &[]);
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     runtime.block_on(async {
-        let tcp = tokio::net::TcpStream::connect(sidecar.addr).await.unwrap();
-        let (mut sender, conn) = hyper::client::conn::http2::handshake(
-            hyper_util::rt::TokioExecutor::new(),
-            hyper_util::rt::TokioIo::new(tcp),
-        )
-        .await
-        .unwrap();
-        let conn = tokio::spawn(conn);
+        let (mut sender, conn) = h2_client(sidecar.addr).await;
         let req = http::Request::get("http://x/slow/400").body(http_body_util::Empty::<bytes::Bytes>::new()).unwrap();
         let slow = tokio::spawn(sender.send_request(req));
         // The stream reaches the app, then the sidecar is told to stop.
