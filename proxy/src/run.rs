@@ -18,12 +18,11 @@ use crate::limits::Limits;
 use crate::metrics::Metrics;
 use crate::pause::{self, procs::ScopeArgs, Pause};
 use crate::ports::PortList;
-use crate::proto::tunnel_server::TunnelServer;
 use crate::secret::SessionToken;
 use crate::session::Sessions;
 use crate::shutdown;
 use crate::socket;
-use crate::tunnel::Tunnel;
+use crate::tunnel::{self, Tunnel};
 
 /// Flags of `mirrord-proxy run`.
 #[derive(Debug, Clone, clap::Args)]
@@ -244,7 +243,7 @@ impl Running {
         }
         tokio::spawn(sweep(self.inbound.clone(), shutdown.clone()));
         tokio::spawn(admin::serve(self.admin_listener, self.admin.clone(), shutdown.clone()));
-        let tunnel_thread = TunnelThread::start(self.tunnel_listener, self.tunnel, shutdown.signal());
+        let tunnel_thread = tunnel::TunnelThread::start(self.tunnel_listener, self.tunnel, shutdown.signal());
         drop(shutdown);
         self.admin.ready.store(true, Ordering::Relaxed);
         match self.inbound.destination {
@@ -277,94 +276,6 @@ impl Running {
         if let Some(thread) = tunnel_thread {
             thread.stop();
         }
-    }
-}
-
-/// The session tunnel's own thread and runtime, at a lower scheduling
-/// priority than the data path (nice +10). What the tunnel does (encoding
-/// copies and stolen traffic, session bookkeeping) then never runs in the
-/// same scheduler turn as a request of the primary path, and where the CPU
-/// is contended (a pod's CPU limit, a busy node) the primary path goes first.
-/// The data path only hands frames over bounded channels.
-struct TunnelThread {
-    stop: tokio::sync::oneshot::Sender<()>,
-    thread: std::thread::JoinHandle<()>,
-}
-
-impl TunnelThread {
-    /// `None` (logged) when the thread cannot be made: no sessions then, but
-    /// the app's traffic flows.
-    fn start(listener: TcpListener, tunnel: Tunnel, stop: impl Future<Output = ()> + Send + 'static) -> Option<Self> {
-        let listener = match listener.into_std() {
-            Ok(listener) => listener,
-            Err(e) => {
-                warn!("session tunnel not served: {e}");
-                return None;
-            }
-        };
-        let (kill, killed) = tokio::sync::oneshot::channel::<()>();
-        let thread = std::thread::Builder::new().name("proxy-tunnel".to_owned()).spawn(move || {
-            lower_priority();
-            let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-                Ok(runtime) => runtime,
-                Err(e) => return warn!("session tunnel not served: no runtime: {e}"),
-            };
-            runtime.block_on(async move {
-                let listener = match TcpListener::from_std(listener) {
-                    Ok(listener) => listener,
-                    Err(e) => return warn!("session tunnel not served: {e}"),
-                };
-                tokio::select! {
-                    () = serve_tunnel(listener, tunnel, stop) => {}
-                    _ = killed => {}
-                }
-            });
-        });
-        match thread {
-            Ok(thread) => Some(TunnelThread { stop: kill, thread }),
-            Err(e) => {
-                warn!("session tunnel not served: no thread: {e}");
-                None
-            }
-        }
-    }
-
-    /// Ends the tunnel (its sessions' calls with it) and waits for the thread.
-    fn stop(self) {
-        let _ = self.stop.send(());
-        let _ = self.thread.join();
-    }
-}
-
-/// Lowers the calling thread's priority (nice +10; Linux sets it per thread).
-fn lower_priority() {
-    #[cfg(target_os = "linux")]
-    {
-        // SAFETY: gettid has no arguments; setpriority only changes the
-        // nice value of the calling thread, which lowering always may.
-        let rc = unsafe {
-            let tid = libc::syscall(libc::SYS_gettid);
-            libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, 10)
-        };
-        if rc != 0 {
-            warn!("the session tunnel's thread keeps its priority: {}", std::io::Error::last_os_error());
-        }
-    }
-}
-
-/// Serves the session tunnel. A connection must send the HTTP/2 preface
-/// within 5 s (`gate`); then HTTP/2 keepalive both ways: a peer silent for
-/// about three seconds (laptop asleep, CLI stopped, link gone) is dropped,
-/// which ends its session.
-async fn serve_tunnel(listener: TcpListener, tunnel: Tunnel, stop: impl Future<Output = ()>) {
-    let incoming = crate::gate::gated(listener, Duration::from_secs(5));
-    let result = tonic::transport::Server::builder()
-        .http2_keepalive_interval(Some(Duration::from_secs(1)))
-        .http2_keepalive_timeout(Some(Duration::from_secs(2)))
-        .serve_with_incoming_shutdown(TunnelServer::new(tunnel), incoming, stop)
-        .await;
-    if let Err(e) = result {
-        warn!("session tunnel stopped: {e}");
     }
 }
 

@@ -13,7 +13,7 @@ const SOCKET_BUFFER: usize = 1 << 20;
 
 /// Binds a listener with `SO_REUSEADDR` and a deep accept backlog. An IPv6
 /// address is bound v6-only so that a separate IPv4 listener can share the port.
-/// The listener carries the options of [`tune`]: Linux gives them to every
+/// The listener carries the options of `tune`: Linux gives them to every
 /// connection it accepts, which saves three system calls per connection.
 pub fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;

@@ -4,19 +4,25 @@
 //! Served on 127.0.0.1 inside the pod, reached through the API server's
 //! port-forward (RBAC: `pods/portforward`); since every container of the pod
 //! shares that loopback, a session may also have to present a token.
+//! It runs on a thread of its own at a lower priority than the data path
+//! (`TunnelThread`).
 
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
 use mirrord_config::Config;
+use tokio::net::TcpListener;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
-use tracing::{info, Instrument};
+use tracing::{info, warn, Instrument};
 
 use crate::metrics::Metrics;
 use crate::metrics::{Direction, SessionEnd};
 use crate::pause::{Hold, Pause};
+use crate::proto::tunnel_server::TunnelServer;
 use crate::proto::{self, exchange_frame, session_event, session_request};
 use crate::session::Frame;
 use crate::session::{plan, Session, Sessions};
@@ -162,7 +168,7 @@ impl proto::tunnel_server::Tunnel for Tunnel {
         let slot = session
             .attach(attach.id)
             .ok_or_else(|| Status::not_found(format!("no exchange {} in this session", attach.id)))?;
-        let (from_client, copy) = (slot.from_client, slot.copy);
+        let from_client = slot.from_client;
         let metrics = self.metrics.clone();
         tokio::spawn(async move {
             while let Ok(Some(frame)) = inbound.message().await {
@@ -174,9 +180,7 @@ impl proto::tunnel_server::Tunnel for Tunnel {
                     // Nobody reads what comes back for a copy: it is dropped.
                     // Ending the call would reset the stream, and with it the
                     // rest of the copy still on its way to the client.
-                    if copy {
-                        continue;
-                    }
+                    let Some(from_client) = &from_client else { continue };
                     // The stolen request's client has gone: the call ends, so
                     // the client stops sending (an endless response too).
                     if from_client.send(frame).await.is_err() {
@@ -251,6 +255,98 @@ fn client_name(raw: &str) -> String {
         "anonymous".to_owned()
     } else {
         name
+    }
+}
+
+/// The session tunnel's own thread and runtime, at a lower scheduling
+/// priority than the data path (nice +10). What the tunnel does (encoding
+/// copies and stolen traffic, session bookkeeping) then never runs in the
+/// same scheduler turn as a request of the primary path, and where the CPU
+/// is contended (a pod's CPU limit, a busy node) the primary path goes first.
+/// The data path only hands frames over bounded channels.
+pub(crate) struct TunnelThread {
+    stop: tokio::sync::oneshot::Sender<()>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl TunnelThread {
+    /// `None` (logged) when the thread cannot be made: no sessions then, but
+    /// the app's traffic flows.
+    pub(crate) fn start(
+        listener: TcpListener,
+        tunnel: Tunnel,
+        stop: impl Future<Output = ()> + Send + 'static,
+    ) -> Option<Self> {
+        let listener = match listener.into_std() {
+            Ok(listener) => listener,
+            Err(e) => {
+                warn!("session tunnel not served: {e}");
+                return None;
+            }
+        };
+        let (kill, killed) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::Builder::new().name("proxy-tunnel".to_owned()).spawn(move || {
+            lower_priority();
+            let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                Ok(runtime) => runtime,
+                Err(e) => return warn!("session tunnel not served: no runtime: {e}"),
+            };
+            runtime.block_on(async move {
+                let listener = match TcpListener::from_std(listener) {
+                    Ok(listener) => listener,
+                    Err(e) => return warn!("session tunnel not served: {e}"),
+                };
+                tokio::select! {
+                    () = serve_tunnel(listener, tunnel, stop) => {}
+                    _ = killed => {}
+                }
+            });
+        });
+        match thread {
+            Ok(thread) => Some(TunnelThread { stop: kill, thread }),
+            Err(e) => {
+                warn!("session tunnel not served: no thread: {e}");
+                None
+            }
+        }
+    }
+
+    /// Ends the tunnel (its sessions' calls with it) and waits for the thread.
+    pub(crate) fn stop(self) {
+        let _ = self.stop.send(());
+        let _ = self.thread.join();
+    }
+}
+
+/// Lowers the calling thread's priority (nice +10; Linux sets it per thread).
+fn lower_priority() {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: gettid has no arguments; setpriority only changes the
+        // nice value of the calling thread, which lowering always may.
+        let rc = unsafe {
+            let tid = libc::syscall(libc::SYS_gettid);
+            libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, 10)
+        };
+        if rc != 0 {
+            warn!("the session tunnel's thread keeps its priority: {}", std::io::Error::last_os_error());
+        }
+    }
+}
+
+/// Serves the session tunnel. A connection must send the HTTP/2 preface
+/// within 5 s (`gate`); then HTTP/2 keepalive both ways: a peer silent for
+/// about three seconds (laptop asleep, CLI stopped, link gone) is dropped,
+/// which ends its session.
+async fn serve_tunnel(listener: TcpListener, tunnel: Tunnel, stop: impl Future<Output = ()>) {
+    let incoming = crate::gate::gated(listener, Duration::from_secs(5));
+    let result = tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_secs(1)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(2)))
+        .serve_with_incoming_shutdown(TunnelServer::new(tunnel), incoming, stop)
+        .await;
+    if let Err(e) = result {
+        warn!("session tunnel stopped: {e}");
     }
 }
 

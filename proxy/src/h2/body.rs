@@ -1,6 +1,7 @@
-//! Bodies of HTTP/2 streams: the app's response read from its `h2` stream,
-//! and a body sent on an `h2` stream within its flow control; a request body teed to mirroring sessions on its way to the app;
-//! and a response body that arrives from a session.
+//! Bodies of HTTP/2 streams: the app's response read from its `h2` stream;
+//! any body sent on an `h2` stream within its flow control; a request body
+//! teed to mirroring sessions on its way to the app; and a response body
+//! that arrives from a session.
 
 use std::collections::VecDeque;
 use std::pin::Pin;
@@ -100,9 +101,8 @@ where
                 Ok(data) => {
                     let last = body.is_end_stream();
                     match send_data(&mut send, data, last).await {
-                        Ok(()) if last => return,
-                        Ok(()) => continue,
-                        Err(e) => Err(e),
+                        Ok(()) if !last => continue,
+                        sent => sent,
                     }
                 }
                 Err(frame) => match frame.into_trailers() {

@@ -68,10 +68,13 @@ impl Upstream {
             // Boxed: once per client connection, not in every stream's future.
             None => Box::pin(self.connect_once()).await?,
         };
-        // A connection that cannot take a stream (the app said GOAWAY, or it
-        // failed) is not offered to the next one.
-        let refused = |error| {
-            conn.closed.store(true, Ordering::Release);
+        // A connection that cannot take streams any more (the app said
+        // GOAWAY, or it failed) is not offered to the next one; a request
+        // refused for itself leaves it as it is.
+        let refused = |error: h2::Error| {
+            if error.is_go_away() || error.is_io() || error.is_library() {
+                conn.closed.store(true, Ordering::Release);
+            }
             Error::Request { dst, error }
         };
         let mut sender = conn.sender.clone().ready().await.map_err(refused)?;

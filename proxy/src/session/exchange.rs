@@ -21,15 +21,15 @@ pub struct Exchange {
 #[derive(Debug)]
 pub struct Slot {
     pub to_client: mpsc::Receiver<Frame>,
-    pub from_client: mpsc::Sender<Frame>,
-    /// A copy: nothing the client sends back is read.
-    pub copy: bool,
+    /// `None` for a copy: nothing the client sends back is read.
+    pub from_client: Option<mpsc::Sender<Frame>>,
 }
 
 pub fn pair(copy: bool) -> (Exchange, Slot) {
     let (to_tx, to_rx) = mpsc::channel(FRAMES);
     let (from_tx, from_rx) = mpsc::channel(FRAMES);
-    (Exchange { to_client: to_tx, from_client: from_rx }, Slot { to_client: to_rx, from_client: from_tx, copy })
+    let from_client = (!copy).then_some(from_tx);
+    (Exchange { to_client: to_tx, from_client: from_rx }, Slot { to_client: to_rx, from_client })
 }
 
 /// Lossy copies to mirroring sessions: a session that cannot keep up loses
