@@ -67,6 +67,15 @@ class Procs:
             p.wait()
 
 
+def start_sidecar(procs, listen, upstream, *extra, tunnel=0, binary=None):
+    """The sidecar (this build's, or `binary`) in explicit mode with one
+    worker thread, listening on `listen` for `upstream`; its admin server on
+    a port the kernel picks (nothing reads it)."""
+    return procs.start([binary or f"{RELEASE}/mirrord-proxy", "run", "--threads", "1", "--listen",
+                        f"127.0.0.1:{listen}", "--upstream", f"127.0.0.1:{upstream}", "--admin", "127.0.0.1:0",
+                        "--tunnel", f"127.0.0.1:{tunnel}", *extra])
+
+
 def nginx_config(tmp, name, upstreams, server):
     """One nginx worker as a plain reverse proxy; `upstreams` maps names to ports."""
     blocks = "\n".join(f"  upstream {n} {{ server 127.0.0.1:{p}; keepalive 64; }}" for n, p in upstreams.items())
@@ -359,16 +368,14 @@ class Session:
 
 
 def session_bench(procs, tmp, seconds, rounds):
-    ports = {k: free_port() for k in ("app", "fast", "slow", "stalled", "sidecar", "admin", "tunnel", "nginx_slow", "nginx_stalled")}
+    ports = {k: free_port() for k in ("app", "fast", "slow", "stalled", "sidecar", "tunnel", "nginx_slow", "nginx_stalled")}
     procs.start([f"{RELEASE}/sample-app", "--http", f"127.0.0.1:{ports['app']}"])
     # The local apps are on the "laptop" CPU; nginx's mirror targets are the same processes.
     procs.start([f"{RELEASE}/sample-app", "--http", f"127.0.0.1:{ports['fast']}"], cpu=LOAD_CPU)
     procs.start([f"{RELEASE}/sample-app", "--http", f"127.0.0.1:{ports['slow']}", "--delay-ms", "200"], cpu=LOAD_CPU)
     procs.start([f"{RELEASE}/sample-app", "--http", f"127.0.0.1:{ports['stalled']}", "--delay-ms", "100000000"], cpu=LOAD_CPU)
-    sidecar = procs.start([f"{RELEASE}/mirrord-proxy", "run", "--threads", "1", "--listen", f"127.0.0.1:{ports['sidecar']}",
-                           "--upstream", f"127.0.0.1:{ports['app']}", "--admin", f"127.0.0.1:{ports['admin']}",
-                           "--tunnel", f"127.0.0.1:{ports['tunnel']}", "--ports", str(ports["app"]),
-                           "--insecure-no-token"])
+    sidecar = start_sidecar(procs, ports["sidecar"], ports["app"], "--ports", str(ports["app"]), "--insecure-no-token",
+                            tunnel=ports["tunnel"])
     procs.start(["nginx", "-c", nginx_mirror_conf(tmp, ports["nginx_slow"], ports["app"], ports["slow"])])
     procs.start(["nginx", "-c", nginx_mirror_conf(tmp, ports["nginx_stalled"], ports["app"], ports["stalled"])])
     for k in ports:
@@ -432,12 +439,10 @@ def detection_wait(procs):
     """A server-first protocol (the server speaks first, as MySQL and SMTP
     do): the sidecar waits for client bytes until --detect-timeout before it
     treats the connection as raw TCP, unless the port is opaque."""
-    ports = {k: free_port() for k in ("greeting", "detect", "opaque", "admin1", "admin2")}
+    ports = {k: free_port() for k in ("greeting", "detect", "opaque")}
     procs.start([f"{RELEASE}/sample-app", "--greeting", f"127.0.0.1:{ports['greeting']}"])
-    for name, admin, extra in (("detect", "admin1", []), ("opaque", "admin2", ["--opaque-ports", str(ports["greeting"])])):
-        procs.start([f"{RELEASE}/mirrord-proxy", "run", "--threads", "1", "--listen", f"127.0.0.1:{ports[name]}",
-                     "--upstream", f"127.0.0.1:{ports['greeting']}", "--admin", f"127.0.0.1:{ports[admin]}",
-                     "--tunnel", "127.0.0.1:0", *extra])
+    start_sidecar(procs, ports["detect"], ports["greeting"])
+    start_sidecar(procs, ports["opaque"], ports["greeting"], "--opaque-ports", str(ports["greeting"]))
     for k in ("greeting", "detect", "opaque"):
         wait_port(ports[k])
     direct, detect, opaque = (first_byte_ms(ports[k]) for k in ("greeting", "detect", "opaque"))
@@ -487,31 +492,21 @@ def main():
             procs.stop()
             shutil.rmtree(tmp, ignore_errors=True)
         return
-    ports = {k: free_port() for k in ("app", "iperf", "grpc", "sidecar", "sidecar_tcp", "sidecar_grpc", "admin",
-                                       "admin_tcp", "admin_grpc", "nginx", "nginx_h2", "nginx_grpc", "haproxy",
-                                       "haproxy_h2", "haproxy_tcp", "haproxy_grpc", "nghttpx_h2", "nghttpx_grpc",
-                                       "baseline", "baseline_tcp", "baseline_grpc", "baseline_admin",
-                                       "baseline_admin_tcp", "baseline_admin_grpc")}
+    ports = {k: free_port() for k in ("app", "iperf", "grpc", "sidecar", "sidecar_tcp", "sidecar_grpc", "nginx",
+                                       "nginx_h2", "nginx_grpc", "haproxy", "haproxy_h2", "haproxy_tcp", "haproxy_grpc",
+                                       "nghttpx_h2", "nghttpx_grpc", "baseline", "baseline_tcp", "baseline_grpc")}
     try:
         procs.start([f"{RELEASE}/sample-app", "--http", f"127.0.0.1:{ports['app']}"])
         procs.start(["iperf3", "-s", "-p", str(ports["iperf"])])
         procs.start([f"{RELEASE}/sample-app", "--grpc", f"127.0.0.1:{ports['grpc']}"])
-        sidecar = procs.start([f"{RELEASE}/mirrord-proxy", "run", "--threads", "1",
-                               "--listen", f"127.0.0.1:{ports['sidecar']}", "--upstream", f"127.0.0.1:{ports['app']}",
-                               "--admin", f"127.0.0.1:{ports['admin']}", "--tunnel", "127.0.0.1:0"])
-        for listen, upstream, admin in (("sidecar_tcp", "iperf", "admin_tcp"), ("sidecar_grpc", "grpc", "admin_grpc")):
-            procs.start([f"{RELEASE}/mirrord-proxy", "run", "--threads", "1", "--listen", f"127.0.0.1:{ports[listen]}",
-                         "--upstream", f"127.0.0.1:{ports[upstream]}", "--admin", f"127.0.0.1:{ports[admin]}",
-                         "--tunnel", "127.0.0.1:0"])
+        sidecar = start_sidecar(procs, ports["sidecar"], ports["app"])
+        start_sidecar(procs, ports["sidecar_tcp"], ports["iperf"])
+        start_sidecar(procs, ports["sidecar_grpc"], ports["grpc"])
         baseline = None
         if args.baseline:
-            for listen, upstream, admin in (("baseline", "app", "baseline_admin"),
-                                            ("baseline_tcp", "iperf", "baseline_admin_tcp"),
-                                            ("baseline_grpc", "grpc", "baseline_admin_grpc")):
-                started = procs.start([args.baseline, "run", "--threads", "1", "--listen", f"127.0.0.1:{ports[listen]}",
-                                       "--upstream", f"127.0.0.1:{ports[upstream]}", "--admin",
-                                       f"127.0.0.1:{ports[admin]}", "--tunnel", "127.0.0.1:0"])
-                baseline = baseline or started
+            baseline = start_sidecar(procs, ports["baseline"], ports["app"], binary=args.baseline)
+            start_sidecar(procs, ports["baseline_tcp"], ports["iperf"], binary=args.baseline)
+            start_sidecar(procs, ports["baseline_grpc"], ports["grpc"], binary=args.baseline)
         nginx = procs.start(["nginx", "-c", nginx_conf(tmp, ports["nginx"], ports["nginx_h2"], ports["nginx_grpc"],
                                                        ports["app"], ports["grpc"])])
         haproxy = procs.start(["haproxy", "-f", haproxy_conf(tmp, ports["haproxy"], ports["haproxy_h2"], ports["haproxy_tcp"],

@@ -42,8 +42,7 @@ struct Args {
     /// Reported in every HTTP answer as "app", to tell two instances apart.
     #[arg(long, default_value = "app")]
     name: String,
-    /// Wait this long before every HTTP answer and every echo (a slow
-    /// consumer).
+    /// Wait this long before every HTTP answer (a slow consumer).
     #[arg(long, default_value_t = 0)]
     delay_ms: u64,
 }
@@ -102,10 +101,6 @@ async fn echo(mut stream: TcpStream, greeting: Option<&[u8]>) -> std::io::Result
         let n = stream.read(&mut buf).await?;
         if n == 0 {
             return stream.shutdown().await;
-        }
-        let delay = DELAY_MS.load(std::sync::atomic::Ordering::Relaxed);
-        if delay > 0 {
-            tokio::time::sleep(Duration::from_millis(delay)).await;
         }
         stream.write_all(&buf[..n]).await?;
     }
