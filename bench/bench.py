@@ -4,7 +4,7 @@ haproxy, measured in one run and interleaved (every round visits every
 target), so that machine noise hits all of them alike.
 
 Topology: the app and every proxy are pinned to CPU 0, the load generator to
-CPU 1. The sidecar runs in explicit mode on loopback with one worker thread;
+CPU 1 (the cores part shares both CPUs among all). The sidecar runs in explicit mode on loopback with one worker thread;
 nginx with one worker; haproxy with one thread. Prints each figure as a ratio
 to direct and to the best peer, plus the sidecar's RSS and CPU per 1000
 requests. Usage: bench.py [--rounds N] [--seconds S]."""
@@ -25,7 +25,7 @@ import admission
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RELEASE = os.path.join(ROOT, "target", "release")
-APP_CPU, LOAD_CPU = "0", "1"
+APP_CPU, LOAD_CPU, BOTH_CPUS = "0", "1", "0,1"
 PEERS = ("nginx", "haproxy", "nghttpx")
 
 
@@ -67,20 +67,21 @@ class Procs:
             p.wait()
 
 
-def start_sidecar(procs, listen, upstream, *extra, tunnel=0, binary=None):
-    """The sidecar (this build's, or `binary`) in explicit mode with one
-    worker thread, listening on `listen` for `upstream`; its admin server on
+def start_sidecar(procs, listen, upstream, *extra, tunnel=0, binary=None, threads=1, cpu=APP_CPU):
+    """The sidecar (this build's, or `binary`) in explicit mode with `threads`
+    worker threads, listening on `listen` for `upstream`; its admin server on
     a port the kernel picks (nothing reads it)."""
-    return procs.start([binary or f"{RELEASE}/mirrord-proxy", "run", "--threads", "1", "--listen",
+    return procs.start([binary or f"{RELEASE}/mirrord-proxy", "run", "--threads", str(threads), "--listen",
                         f"127.0.0.1:{listen}", "--upstream", f"127.0.0.1:{upstream}", "--admin", "127.0.0.1:0",
-                        "--tunnel", f"127.0.0.1:{tunnel}", *extra])
+                        "--tunnel", f"127.0.0.1:{tunnel}", *extra], cpu=cpu)
 
 
-def nginx_config(tmp, name, upstreams, server):
-    """One nginx worker as a plain reverse proxy; `upstreams` maps names to ports."""
+def nginx_config(tmp, name, upstreams, server, workers=1):
+    """nginx with `workers` workers (one unless told) as a plain reverse
+    proxy; `upstreams` maps names to ports."""
     blocks = "\n".join(f"  upstream {n} {{ server 127.0.0.1:{p}; keepalive 64; }}" for n, p in upstreams.items())
     conf = f"""
-worker_processes 1;
+worker_processes {workers};
 daemon off;
 pid {tmp}/{name}.pid;
 error_log /dev/null crit;
@@ -168,8 +169,8 @@ listen tcp
     return path
 
 
-def load(args):
-    out = subprocess.run(["taskset", "-c", LOAD_CPU] + args, capture_output=True, text=True, timeout=300)
+def load(args, cpu=LOAD_CPU):
+    out = subprocess.run(["taskset", "-c", cpu] + args, capture_output=True, text=True, timeout=300)
     if out.returncode != 0:
         raise RuntimeError(f"{args[0]} failed: {out.stderr[-500:]}")
     return out.stdout
@@ -177,6 +178,13 @@ def load(args):
 
 def wrk(port, seconds):
     out = load(["wrk", "-t1", "-c32", f"-d{seconds}s", f"http://127.0.0.1:{port}/"])
+    return float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+
+
+def wrk_cores(port, seconds, *headers):
+    """Load from two threads sharing both CPUs (cores part): keep-alive, or
+    with `-H 'Connection: close'` a new connection per request."""
+    out = load(["wrk", "-t2", "-c64", f"-d{seconds}s", *headers, f"http://127.0.0.1:{port}/"], cpu=BOTH_CPUS)
     return float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
 
 
@@ -367,6 +375,60 @@ class Session:
             self.proc.wait()
 
 
+def cores_bench(procs, tmp, seconds, rounds, baseline=None):
+    """HTTP/1.1 keep-alive with two workers each: the sidecar with 1 and 2
+    threads, nginx with 2 workers, haproxy with 2 threads, in front of an
+    app that uses both CPUs (nginx, 2 workers, answering itself). On a
+    machine with two CPUs the load generator cannot have a core of its own:
+    everything, wrk -t2 included, shares CPUs 0 and 1, so the ratios compare
+    the proxies under the same contention, and "x… 1 thread" is what the
+    second thread buys there."""
+    ports = {k: free_port() for k in ("app", "sidecar_1", "sidecar", "nginx", "haproxy", "baseline")}
+    app = nginx_config(tmp, "cores-app", {}, f"""    listen 127.0.0.1:{ports['app']};
+    location / {{ return 200 "hello\\n"; }}""", workers=2)
+    peer = nginx_config(tmp, "cores-nginx", {"app": ports["app"]}, f"""    listen 127.0.0.1:{ports['nginx']};
+    location / {{ proxy_pass http://app; {PROXY_TO} }}""", workers=2)
+    hap = os.path.join(tmp, "cores-haproxy.cfg")
+    open(hap, "w").write(f"""
+global
+  nbthread 2
+defaults
+  mode http
+  timeout connect 5s
+  timeout client 60s
+  timeout server 60s
+listen h1
+  bind 127.0.0.1:{ports['haproxy']}
+  http-reuse always
+  server app 127.0.0.1:{ports['app']}
+""")
+    procs.start(["nginx", "-c", app], cpu=BOTH_CPUS)
+    start_sidecar(procs, ports["sidecar_1"], ports["app"], cpu=BOTH_CPUS)
+    start_sidecar(procs, ports["sidecar"], ports["app"], threads=2, cpu=BOTH_CPUS)
+    procs.start(["nginx", "-c", peer], cpu=BOTH_CPUS)
+    procs.start(["haproxy", "-f", hap], cpu=BOTH_CPUS)
+    targets = {k: ports[k] for k in ("app", "sidecar_1", "sidecar", "nginx", "haproxy")}
+    if baseline:
+        start_sidecar(procs, ports["baseline"], ports["app"], threads=2, binary=baseline, cpu=BOTH_CPUS)
+        targets["baseline"] = ports["baseline"]
+    for port in targets.values():
+        wait_port(port)
+    targets["direct"] = targets.pop("app")
+    kinds = {"keep-alive": (), "new connection per request": ("-H", "Connection: close")}
+    results = {kind: {k: [] for k in targets} for kind in kinds}
+    for r in range(rounds):
+        print(f"cores round {r + 1}/{rounds}", file=sys.stderr)
+        for kind, headers in kinds.items():
+            for k, port in targets.items():
+                results[kind][k].append(wrk_cores(port, seconds, *headers))
+    print(f"\n== two workers ({rounds} rounds x {seconds}s, interleaved; the app, every proxy and wrk -t2 -c64 "
+          "share CPUs 0 and 1)")
+    for kind in kinds:
+        row(f"HTTP/1.1 {kind}, req/s (sidecar: --threads 2; sidecar_1: --threads 1)", results[kind])
+        one = statistics.median(results[kind]["sidecar_1"])
+        print(f"  sidecar --threads 2 vs --threads 1: x{statistics.median(results[kind]['sidecar']) / one:.2f}")
+
+
 def session_bench(procs, tmp, seconds, rounds):
     ports = {k: free_port() for k in ("app", "fast", "slow", "stalled", "sidecar", "tunnel", "nginx_slow", "nginx_stalled")}
     procs.start([f"{RELEASE}/sample-app", "--http", f"127.0.0.1:{ports['app']}"])
@@ -470,7 +532,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--seconds", type=int, default=5)
-    ap.add_argument("--only", choices=["proxy", "sessions", "idle", "admission"], help="run one part only")
+    ap.add_argument("--only", choices=["proxy", "sessions", "idle", "admission", "cores"], help="run one part only")
     ap.add_argument("--idle", type=int, default=10000, metavar="N", help="idle connections per target (idle part)")
     ap.add_argument("--baseline", metavar="BIN",
                     help="another mirrord-proxy binary (e.g. built from an earlier commit), measured as 'baseline' "
@@ -485,9 +547,12 @@ def main():
         return
     tmp = tempfile.mkdtemp()
     procs = Procs()
-    if args.only == "sessions":
+    if args.only in ("sessions", "cores"):
         try:
-            session_bench(procs, tmp, args.seconds, args.rounds)
+            if args.only == "sessions":
+                session_bench(procs, tmp, args.seconds, args.rounds)
+            else:
+                cores_bench(procs, tmp, args.seconds, args.rounds, args.baseline)
         finally:
             procs.stop()
             shutil.rmtree(tmp, ignore_errors=True)
@@ -605,6 +670,7 @@ def main():
         detection_wait(procs)
         if args.only != "proxy":
             session_bench(procs, tmp, args.seconds, args.rounds)
+            cores_bench(procs, tmp, args.seconds, args.rounds, args.baseline)
     finally:
         procs.stop()
         shutil.rmtree(tmp, ignore_errors=True)

@@ -54,8 +54,32 @@ pub struct Inbound {
     pub budget: Arc<Budget>,
 }
 
-/// Accepts until shutdown; each connection runs in its own task.
-pub async fn accept_loop(listener: TcpListener, inbound: Arc<Inbound>, mut shutdown: Shutdown) {
+impl Inbound {
+    /// The same, with a pool of its own: for a worker thread, whose app
+    /// connections are registered with its own runtime.
+    pub fn for_worker(&self) -> Inbound {
+        Inbound {
+            destination: self.destination,
+            opaque_ports: self.opaque_ports.clone(),
+            sessions: self.sessions.clone(),
+            own_ports: self.own_ports.clone(),
+            limits: self.limits,
+            metrics: self.metrics.clone(),
+            pause: self.pause.clone(),
+            pool: Arc::default(),
+            budget: self.budget.clone(),
+        }
+    }
+}
+
+/// Accepts until shutdown; each connection runs in its own task, on this
+/// thread or, as `worker` decides, on another worker's.
+pub(crate) async fn accept_loop(
+    listener: TcpListener,
+    inbound: Arc<Inbound>,
+    mut shutdown: Shutdown,
+    worker: Option<crate::workers::Worker>,
+) {
     let mut refusals = Refusals::default();
     loop {
         let accepted = tokio::select! {
@@ -68,8 +92,10 @@ pub async fn accept_loop(listener: TcpListener, inbound: Arc<Inbound>, mut shutd
                     refusals.refuse(stream, &inbound);
                     continue;
                 };
-                let span = tracing::debug_span!("conn", %peer);
-                tokio::spawn(handle(stream, fds, inbound.clone(), shutdown.clone()).instrument(span));
+                match &worker {
+                    Some(worker) => worker.place(stream, peer, fds, &inbound, &shutdown),
+                    None => serve(stream, peer, fds, &inbound, &shutdown, ()),
+                }
             }
             Err(e) => {
                 // Typically EMFILE: back off instead of spinning.
@@ -79,6 +105,27 @@ pub async fn accept_loop(listener: TcpListener, inbound: Arc<Inbound>, mut shutd
             }
         }
     }
+}
+
+/// Serves `stream` in a task of its own on this thread; `held` is dropped
+/// when the connection ends.
+pub(crate) fn serve<H: Send + 'static>(
+    stream: TcpStream,
+    peer: SocketAddr,
+    fds: Fds,
+    inbound: &Arc<Inbound>,
+    shutdown: &Shutdown,
+    held: H,
+) {
+    let span = tracing::debug_span!("conn", %peer);
+    let conn = handle(stream, fds, inbound.clone(), shutdown.clone());
+    tokio::spawn(
+        async move {
+            conn.await;
+            drop(held);
+        }
+        .instrument(span),
+    );
 }
 
 /// Connections refused for the budget: reset at once (a client retries or

@@ -29,6 +29,7 @@ pub mod shutdown;
 pub mod socket;
 pub mod tcp;
 pub mod tunnel;
+mod workers;
 
 /// The tunnel's gRPC API (crate `mirrord-api`).
 pub use mirrord_api::proto;

@@ -70,17 +70,11 @@ fn run_sidecar(args: run::RunArgs) -> anyhow::Result<()> {
             auto.count
         }
     };
-    let runtime = if threads <= 1 {
-        tokio::runtime::Builder::new_current_thread().enable_all().build()?
-    } else {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(threads)
-            .thread_name("proxy-worker")
-            .enable_all()
-            .build()?
-    };
+    // The main thread's runtime: the whole data path with one thread; with
+    // more, the admin server and the pause, beside the workers' own.
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     runtime.block_on(async {
-        let running = run::Running::bind(&args)?;
+        let running = run::Running::bind(&args)?.with_threads(threads);
         running.serve(stop_signal()).await;
         Ok(())
     })

@@ -23,6 +23,7 @@ use crate::session::Sessions;
 use crate::shutdown;
 use crate::socket;
 use crate::tunnel::{self, Tunnel};
+use crate::workers::Workers;
 
 /// Flags of `mirrord-proxy run`.
 #[derive(Debug, Clone, clap::Args)]
@@ -101,7 +102,8 @@ pub struct RunArgs {
     /// conflict checks): a list, or `*` when unknown.
     #[arg(long, value_name = "PORTS", default_value = "*")]
     pub ports: PortList,
-    /// Worker threads of the runtime (1 runs everything on the main thread).
+    /// Threads of the data path, each accepting and serving connections on
+    /// its own (1 runs everything on the main thread).
     /// Default: the container's CPU limit (its cgroup's CPU quota) rounded
     /// up, within the CPUs it may run on; 1 without a limit.
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..=1024))]
@@ -151,6 +153,8 @@ pub struct Running {
     admin: Arc<Admin>,
     grace_period: Duration,
     pause: Arc<Pause>,
+    /// Data path threads: 1 serves on the caller's thread.
+    threads: usize,
 }
 
 impl Running {
@@ -208,7 +212,16 @@ impl Running {
             admin: Arc::new(admin),
             grace_period: args.grace_period,
             pause,
+            threads: 1,
         })
+    }
+
+    /// Serves the data path on `threads` worker threads of its own
+    /// (`workers.rs`); with 1 (the default), on the thread that serves.
+    #[must_use]
+    pub fn with_threads(mut self, threads: usize) -> Self {
+        self.threads = threads.max(1);
+        self
     }
 
     /// Addresses accepting inbound connections.
@@ -233,15 +246,13 @@ impl Running {
     }
 
     /// Serves until `stop` resolves, then drains within the grace period.
-    pub async fn serve(self, stop: impl Future<Output = ()>) {
+    pub async fn serve(mut self, stop: impl Future<Output = ()>) {
         self.pause.resume_leftovers();
         let (trigger, shutdown) = shutdown::channel();
         let addrs = self.inbound_addrs();
         let tunnel_addr = self.tunnel_addr();
-        for listener in self.listeners {
-            tokio::spawn(inbound::accept_loop(listener, self.inbound.clone(), shutdown.clone()));
-        }
-        tokio::spawn(sweep(self.inbound.clone(), shutdown.clone()));
+        let workers = self.serve_inbound(&shutdown);
+        tokio::spawn(sweep(self.inbound.clone(), shutdown.clone(), true));
         tokio::spawn(admin::serve(self.admin_listener, self.admin.clone(), shutdown.clone()));
         let tunnel_thread = tunnel::TunnelThread::start(self.tunnel_listener, self.tunnel, shutdown.signal());
         drop(shutdown);
@@ -273,9 +284,31 @@ impl Running {
         } else {
             warn!("grace period over; closing the remaining connections");
         }
+        if let Some(workers) = workers {
+            workers.stop();
+        }
         if let Some(thread) = tunnel_thread {
             thread.stop();
         }
+    }
+}
+
+impl Running {
+    /// Accepts on the worker threads or, with one thread (or when the
+    /// threads cannot be had: logged), on this one.
+    fn serve_inbound(&mut self, shutdown: &shutdown::Shutdown) -> Option<Workers> {
+        let listeners = std::mem::take(&mut self.listeners);
+        if self.threads > 1 {
+            match Workers::start(self.threads, &listeners, &self.inbound, shutdown) {
+                // The workers accept on their own copies.
+                Ok(workers) => return Some(workers),
+                Err(e) => warn!("cannot start {} worker threads ({e}); serving on the main thread", self.threads),
+            }
+        }
+        for listener in listeners {
+            tokio::spawn(inbound::accept_loop(listener, self.inbound.clone(), shutdown.clone(), None));
+        }
+        None
     }
 }
 
@@ -318,9 +351,10 @@ fn bind_inbound(addrs: &[SocketAddr]) -> Result<Vec<TcpListener>, Error> {
     Ok(listeners)
 }
 
-/// Closes idle app connections as they expire, and gives memory back to
-/// the system once many connections have closed.
-async fn sweep(inbound: Arc<Inbound>, mut shutdown: shutdown::Shutdown) {
+/// Closes idle app connections as they expire and, with `give_back` (one
+/// thread does it for the process), gives memory back to the system once
+/// many connections have closed.
+pub(crate) async fn sweep(inbound: Arc<Inbound>, mut shutdown: shutdown::Shutdown, give_back: bool) {
     let mut tick = tokio::time::interval(crate::pool::MAX_IDLE / 2);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // The most descriptors held since memory was last given back.
@@ -331,6 +365,9 @@ async fn sweep(inbound: Arc<Inbound>, mut shutdown: shutdown::Shutdown) {
             () = shutdown.signalled() => return,
         }
         inbound.pool.sweep();
+        if !give_back {
+            continue;
+        }
         let used = inbound.budget.used();
         peak = usize::max(peak, used);
         if peak - used >= RELEASE_AFTER && used < peak / 2 {

@@ -175,6 +175,12 @@ impl Pod {
         if !args.contains(&"--token-file") {
             all.push("--insecure-no-token");
         }
+        // As in a pod with a CPU limit above one: two worker threads, each
+        // accepting and serving its share (one thread has the loopback
+        // tests).
+        if !args.contains(&"--threads") {
+            all.extend(["--threads", "2"]);
+        }
         let bin = workspace_bin("mirrord-proxy");
         let pid = self.spawn(Side::Pod, "sidecar", bin.to_str().expect("utf-8 path"), &all);
         self.wait_ready(|| self.log("sidecar"));
