@@ -338,6 +338,37 @@ fn an_h2_stream_streams_both_ways_beyond_the_flow_control_windows() {
     }
 }
 
+/// An HTTP/2 response reaches the client with the app's header fields and
+/// trailers, nothing added: the gRPC echo sends no `date`, so none comes
+/// through the sidecar either.
+#[test]
+fn an_h2_response_keeps_the_apps_fields_and_gains_none() {
+    use http_body_util::BodyExt;
+    let app = App::start_with(env!("CARGO_BIN_EXE_sample-app"), &["--grpc", "127.0.0.1:0"]);
+    let sidecar = Sidecar::start(app.addr, &[]);
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let call = |addr: SocketAddr| {
+        runtime.block_on(async move {
+            let (mut sender, _conn) = h2_client(addr).await;
+            let message = bytes::Bytes::from_static(b"\0\0\0\0\x03abc");
+            let req = http::Request::post("http://x/bench.Echo/Unary")
+                .header("content-type", "application/grpc")
+                .header("te", "trailers")
+                .body(http_body_util::Full::new(message))
+                .unwrap();
+            let response = sender.send_request(req).await.unwrap();
+            let (head, body) = response.into_parts();
+            let collected = body.collect().await.unwrap();
+            let trailers = collected.trailers().cloned().unwrap_or_default();
+            (head.status, head.headers, collected.to_bytes(), trailers)
+        })
+    };
+    let direct = call(app.addr);
+    assert!(direct.1.get("date").is_none(), "the app sends no date: {:?}", direct.1);
+    let proxied = call(sidecar.addr);
+    assert_eq!(proxied, direct);
+}
+
 /// At shutdown, an HTTP/2 stream in flight is answered whole, and then the
 /// connection ends (GOAWAY) instead of taking more streams.
 #[test]

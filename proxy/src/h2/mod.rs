@@ -147,6 +147,10 @@ where
     let svc = service_fn(move |req| proxy.clone().handle(req));
     let conn = http2::Builder::new(TokioExecutor::new())
         .timer(TokioTimer::new())
+        // The app's response goes out as the app made it: hyper would add
+        // a `date` field to every response without one (gRPC servers send
+        // none).
+        .auto_date_header(false)
         .max_header_list_size(u32::try_from(limits.max_head).unwrap_or(u32::MAX))
         .serve_connection(TokioIo::new(io), svc);
     tokio::pin!(conn);

@@ -122,6 +122,8 @@ async fn grpc(stream: TcpStream) -> anyhow::Result<()> {
         Ok::<_, Infallible>(resp)
     });
     hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+        // As gRPC servers answer: without a `date` field.
+        .auto_date_header(false)
         .serve_connection(TokioIo::new(stream), svc)
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))
