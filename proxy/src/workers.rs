@@ -32,7 +32,9 @@ use crate::budget::Fds;
 use crate::inbound::{self, Inbound};
 use crate::shutdown::Shutdown;
 
-/// A connection handed from the worker that accepted it to another.
+/// A connection handed from the worker that accepted it to another. The
+/// channels are unbounded: what is in them holds descriptors from the
+/// budget, which bounds them.
 type Handed = (std::net::TcpStream, SocketAddr, Fds);
 
 /// How many connections each worker serves, and the way to each.
