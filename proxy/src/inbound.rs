@@ -72,6 +72,34 @@ impl Inbound {
     }
 }
 
+#[cfg(test)]
+impl Inbound {
+    /// For unit tests: explicit mode to `app`, 1 s limits, 100 descriptors,
+    /// no sessions, no pause.
+    pub(crate) fn for_tests(app: SocketAddr, opaque_ports: crate::ports::PortList) -> Inbound {
+        let metrics = Arc::new(Metrics::default());
+        let second = Duration::from_secs(1);
+        Inbound {
+            destination: Destination::Fixed(app),
+            opaque_ports,
+            sessions: Arc::new(Sessions::new(crate::ports::PortList::default())),
+            own_ports: BTreeSet::new(),
+            limits: Limits {
+                detect_timeout: second,
+                header_read_timeout: second,
+                max_head: 1024,
+                body_read_timeout: second,
+                tcp_idle_timeout: None,
+                http_idle_timeout: None,
+            },
+            budget: Budget::new(100, metrics.inbound_fds.clone()),
+            pause: Pause::disabled("no pause here", metrics.clone()),
+            metrics,
+            pool: Arc::default(),
+        }
+    }
+}
+
 /// Accepts until shutdown; each connection runs in its own task, on this
 /// thread or, as `worker` decides, on another worker's.
 pub(crate) async fn accept_loop(
@@ -237,7 +265,6 @@ impl Drop for OpenGuard {
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
-    use std::time::Duration;
 
     use super::*;
 
@@ -249,30 +276,10 @@ mod tests {
     async fn a_connection_task_stays_small() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let metrics = Arc::new(Metrics::default());
-        let budget = Budget::new(100, metrics.inbound_fds.clone());
         let (_trigger, shutdown) = crate::shutdown::channel();
-        let second = Duration::from_secs(1);
-        let inbound = Arc::new(Inbound {
-            destination: Destination::Fixed(addr),
-            opaque_ports: crate::ports::PortList::default(),
-            sessions: Arc::new(Sessions::new(crate::ports::PortList::default())),
-            own_ports: BTreeSet::new(),
-            limits: Limits {
-                detect_timeout: second,
-                header_read_timeout: second,
-                max_head: 1024,
-                body_read_timeout: second,
-                tcp_idle_timeout: None,
-                http_idle_timeout: None,
-            },
-            metrics: metrics.clone(),
-            pause: Pause::disabled("no pause here", metrics.clone()),
-            pool: Arc::default(),
-            budget: budget.clone(),
-        });
+        let inbound = Arc::new(Inbound::for_tests(addr, crate::ports::PortList::default()));
         let stream = TcpStream::connect(addr).await.unwrap();
-        let task = handle(stream, budget.take(1).unwrap(), inbound, shutdown);
+        let task = handle(stream, inbound.budget.take(1).unwrap(), inbound, shutdown);
         let size = std::mem::size_of_val(&task);
         assert!(size <= 3072, "a connection's task is {size} bytes");
     }

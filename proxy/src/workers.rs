@@ -226,17 +226,10 @@ impl Drop for Workers {
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
-    use std::collections::BTreeSet;
     use std::io::{Read, Write};
     use std::time::{Duration, Instant};
 
     use super::*;
-    use crate::budget::Budget;
-    use crate::inbound::Destination;
-    use crate::limits::Limits;
-    use crate::metrics::Metrics;
-    use crate::pause::Pause;
-    use crate::session::Sessions;
 
     impl Workers {
         fn loads(&self) -> Vec<usize> {
@@ -253,27 +246,8 @@ mod tests {
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         let listener = runtime.block_on(TcpListener::bind("127.0.0.1:0")).unwrap();
         let addr = listener.local_addr().unwrap();
-        let metrics = Arc::new(Metrics::default());
-        let second = Duration::from_secs(1);
-        let inbound = Inbound {
-            destination: Destination::Fixed(app.local_addr().unwrap()),
-            // Raw TCP, without waiting for detection.
-            opaque_ports: "*".parse().unwrap(),
-            sessions: Arc::new(Sessions::new(crate::ports::PortList::default())),
-            own_ports: BTreeSet::new(),
-            limits: Limits {
-                detect_timeout: second,
-                header_read_timeout: second,
-                max_head: 1024,
-                body_read_timeout: second,
-                tcp_idle_timeout: None,
-                http_idle_timeout: None,
-            },
-            metrics: metrics.clone(),
-            pause: Pause::disabled("no pause here", metrics.clone()),
-            pool: Arc::default(),
-            budget: Budget::new(100, metrics.inbound_fds.clone()),
-        };
+        // Raw TCP on every port: no detection wait.
+        let inbound = Inbound::for_tests(app.local_addr().unwrap(), "*".parse().unwrap());
         let (trigger, shutdown) = crate::shutdown::channel();
         let workers = Workers::start(2, std::slice::from_ref(&listener), &inbound, &shutdown).unwrap();
         drop((shutdown, listener));
