@@ -35,7 +35,7 @@ pub enum Destination {
 }
 
 /// Shared state of the inbound side.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Inbound {
     pub destination: Destination,
     /// Ports passed through as raw TCP without detection (`*`: all).
@@ -58,17 +58,7 @@ impl Inbound {
     /// The same, with a pool of its own: for a worker thread, whose app
     /// connections are registered with its own runtime.
     pub fn for_worker(&self) -> Inbound {
-        Inbound {
-            destination: self.destination,
-            opaque_ports: self.opaque_ports.clone(),
-            sessions: self.sessions.clone(),
-            own_ports: self.own_ports.clone(),
-            limits: self.limits,
-            metrics: self.metrics.clone(),
-            pause: self.pause.clone(),
-            pool: Arc::default(),
-            budget: self.budget.clone(),
-        }
+        Inbound { pool: Arc::default(), ..self.clone() }
     }
 }
 

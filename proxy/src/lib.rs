@@ -23,6 +23,7 @@ pub mod pool;
 pub mod ports;
 pub mod rewind;
 pub mod run;
+mod runtime_thread;
 pub mod secret;
 pub mod session;
 pub mod shutdown;

@@ -254,7 +254,7 @@ impl Running {
         let workers = self.serve_inbound(&shutdown);
         tokio::spawn(sweep(self.inbound.clone(), shutdown.clone(), true));
         tokio::spawn(admin::serve(self.admin_listener, self.admin.clone(), shutdown.clone()));
-        let tunnel_thread = tunnel::TunnelThread::start(self.tunnel_listener, self.tunnel, shutdown.signal());
+        let tunnel_thread = tunnel::start_thread(self.tunnel_listener, self.tunnel, shutdown.signal());
         drop(shutdown);
         self.admin.ready.store(true, Ordering::Relaxed);
         match self.inbound.destination {
@@ -291,9 +291,7 @@ impl Running {
             thread.stop();
         }
     }
-}
 
-impl Running {
     /// Accepts on the worker threads or, with one thread (or when the
     /// threads cannot be had: logged), on this one.
     fn serve_inbound(&mut self, shutdown: &shutdown::Shutdown) -> Option<Workers> {

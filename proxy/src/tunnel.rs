@@ -5,7 +5,7 @@
 //! port-forward (RBAC: `pods/portforward`); since every container of the pod
 //! shares that loopback, a session may also have to present a token.
 //! It runs on a thread of its own at a lower priority than the data path
-//! (`TunnelThread`).
+//! (`start_thread`).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -24,6 +24,7 @@ use crate::metrics::{Direction, SessionEnd};
 use crate::pause::{Hold, Pause};
 use crate::proto::tunnel_server::TunnelServer;
 use crate::proto::{self, exchange_frame, session_event, session_request};
+use crate::runtime_thread::RuntimeThread;
 use crate::session::Frame;
 use crate::session::{plan, Session, Sessions};
 
@@ -263,59 +264,22 @@ fn client_name(raw: &str) -> String {
 /// copies and stolen traffic, session bookkeeping) then never runs in the
 /// same scheduler turn as a request of the primary path, and where the CPU
 /// is contended (a pod's CPU limit, a busy node) the primary path goes first.
-/// The data path only hands frames over bounded channels.
-pub(crate) struct TunnelThread {
-    stop: tokio::sync::oneshot::Sender<()>,
-    thread: std::thread::JoinHandle<()>,
-}
-
-impl TunnelThread {
-    /// `None` (logged) when the thread cannot be made: no sessions then, but
-    /// the app's traffic flows.
-    pub(crate) fn start(
-        listener: TcpListener,
-        tunnel: Tunnel,
-        stop: impl Future<Output = ()> + Send + 'static,
-    ) -> Option<Self> {
-        let listener = match listener.into_std() {
-            Ok(listener) => listener,
-            Err(e) => {
-                warn!("session tunnel not served: {e}");
-                return None;
-            }
+/// The data path only hands frames over bounded channels. `None` (logged)
+/// when the thread cannot be made: no sessions then, but the app's traffic
+/// flows.
+pub(crate) fn start_thread(
+    listener: TcpListener,
+    tunnel: Tunnel,
+    stop: impl Future<Output = ()> + Send + 'static,
+) -> Option<RuntimeThread> {
+    let started = tokio::runtime::Builder::new_current_thread().enable_all().build().and_then(|runtime| {
+        let listener = {
+            let _context = runtime.enter();
+            TcpListener::from_std(listener.into_std()?)?
         };
-        let (kill, killed) = tokio::sync::oneshot::channel::<()>();
-        let thread = std::thread::Builder::new().name("proxy-tunnel".to_owned()).spawn(move || {
-            lower_priority();
-            let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-                Ok(runtime) => runtime,
-                Err(e) => return warn!("session tunnel not served: no runtime: {e}"),
-            };
-            runtime.block_on(async move {
-                let listener = match TcpListener::from_std(listener) {
-                    Ok(listener) => listener,
-                    Err(e) => return warn!("session tunnel not served: {e}"),
-                };
-                tokio::select! {
-                    () = serve_tunnel(listener, tunnel, stop) => {}
-                    _ = killed => {}
-                }
-            });
-        });
-        match thread {
-            Ok(thread) => Some(TunnelThread { stop: kill, thread }),
-            Err(e) => {
-                warn!("session tunnel not served: no thread: {e}");
-                None
-            }
-        }
-    }
-
-    /// Ends the tunnel (its sessions' calls with it) and waits for the thread.
-    pub(crate) fn stop(self) {
-        let _ = self.stop.send(());
-        let _ = self.thread.join();
-    }
+        RuntimeThread::spawn("proxy-tunnel", runtime, lower_priority, serve_tunnel(listener, tunnel, stop))
+    });
+    started.map_err(|e| warn!("session tunnel not served: {e}")).ok()
 }
 
 /// Lowers the calling thread's priority (nice +10; Linux sets it per thread).

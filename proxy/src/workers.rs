@@ -21,15 +21,15 @@ use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::thread::JoinHandle;
 
 use socket2::SockRef;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, oneshot};
-use tracing::{debug, warn};
+use tokio::sync::mpsc;
+use tracing::debug;
 
 use crate::budget::Fds;
 use crate::inbound::{self, Inbound};
+use crate::runtime_thread::RuntimeThread;
 use crate::shutdown::Shutdown;
 
 /// A connection handed from the worker that accepted it to another. The
@@ -132,7 +132,7 @@ async fn receive(
 /// Running worker threads; [`Workers::stop`] ends them.
 #[derive(Debug)]
 pub(crate) struct Workers {
-    threads: Vec<(oneshot::Sender<()>, JoinHandle<()>)>,
+    threads: Vec<RuntimeThread>,
     #[cfg(test)]
     balance: Arc<Balance>,
 }
@@ -160,66 +160,43 @@ impl Workers {
             };
             prepared.push((runtime, own));
         }
-        let (to, mut from): (Vec<_>, Vec<_>) = (0..count).map(|_| mpsc::unbounded_channel()).unzip();
+        let (to, from): (Vec<_>, Vec<_>) = (0..count).map(|_| mpsc::unbounded_channel()).unzip();
         let balance = Arc::new(Balance { load: (0..count).map(|_| AtomicUsize::new(0)).collect(), to });
-        let mut workers = Workers {
-            threads: Vec::with_capacity(count),
-            #[cfg(test)]
-            balance: balance.clone(),
-        };
-        for (me, (runtime, listeners)) in prepared.into_iter().enumerate() {
+        let mut threads = Vec::with_capacity(count);
+        for (me, ((runtime, listeners), handed)) in prepared.into_iter().zip(from).enumerate() {
             let inbound = Arc::new(inbound.for_worker());
             let shutdown = shutdown.clone();
             let worker = Worker { balance: balance.clone(), me };
-            let handed = from.remove(0);
-            let (exit, exited) = oneshot::channel::<()>();
-            let thread = std::thread::Builder::new().name("proxy-worker".to_owned()).spawn(move || {
-                runtime.block_on(async move {
-                    for listener in listeners {
-                        let accept =
-                            inbound::accept_loop(listener, inbound.clone(), shutdown.clone(), Some(worker.clone()));
-                        tokio::spawn(accept);
-                    }
-                    tokio::spawn(receive(handed, worker, inbound.clone(), shutdown.clone()));
-                    tokio::spawn(crate::run::sweep(inbound, shutdown.clone(), false));
-                    // Only the tasks hold the shutdown now: the drain
-                    // waits for them, not for this thread.
-                    drop(shutdown);
-                    // Runs the tasks until the drain is over (or the
-                    // grace period); what is left is dropped with the runtime.
-                    let _ = exited.await;
-                });
-            });
-            match thread {
-                Ok(thread) => workers.threads.push((exit, thread)),
-                Err(e) => {
-                    // Workers already started stop with `workers` dropped.
-                    warn!("cannot start a worker thread: {e}");
-                    return Err(e);
+            let serve = async move {
+                for listener in listeners {
+                    let accept =
+                        inbound::accept_loop(listener, inbound.clone(), shutdown.clone(), Some(worker.clone()));
+                    tokio::spawn(accept);
                 }
-            }
+                tokio::spawn(receive(handed, worker, inbound.clone(), shutdown.clone()));
+                tokio::spawn(crate::run::sweep(inbound, shutdown.clone(), false));
+                // Only the tasks hold the shutdown now: the drain waits for
+                // them, not for this thread. They run until the drain is
+                // over (or the grace period); what is left is dropped with
+                // the runtime.
+                drop(shutdown);
+                std::future::pending::<()>().await;
+            };
+            // On failure, the workers already started stop as `threads` is dropped.
+            threads.push(RuntimeThread::spawn("proxy-worker", runtime, || {}, serve)?);
         }
-        Ok(workers)
+        Ok(Workers {
+            threads,
+            #[cfg(test)]
+            balance,
+        })
     }
 
     /// Ends every worker (after the drain) and waits for its thread.
-    pub(crate) fn stop(mut self) {
-        self.end();
-    }
-
-    fn end(&mut self) {
-        // All are told first, then waited for: they end side by side.
-        let (exits, threads): (Vec<_>, Vec<_>) = std::mem::take(&mut self.threads).into_iter().unzip();
-        drop(exits);
-        for thread in threads {
-            let _ = thread.join();
+    pub(crate) fn stop(self) {
+        for thread in self.threads {
+            thread.stop();
         }
-    }
-}
-
-impl Drop for Workers {
-    fn drop(&mut self) {
-        self.end();
     }
 }
 
