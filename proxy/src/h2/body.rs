@@ -12,7 +12,6 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::Either;
-use hyper::body::Incoming;
 use tokio::sync::mpsc;
 use tracing::debug;
 
@@ -22,9 +21,9 @@ use crate::session::Copies;
 
 /// Request bodies sent to the app: as received (no session), or through
 /// the sessions' step (read ahead for body filters, teed to mirrors).
-pub type UpBody = Either<Incoming, Tee>;
+pub type UpBody = Either<H2Body, Tee>;
 
-/// A body read from an `h2` stream (the app's response): its data
+/// A body read from an `h2` stream (a client's request, the app's response): its data
 /// (flow-control credit given back as each frame is taken, so the sender is
 /// held to the pace of the side this goes to), then its trailers.
 #[derive(Debug)]
@@ -143,12 +142,12 @@ async fn send_data(send: &mut h2::SendStream<Bytes>, mut data: Bytes, end_of_str
 #[derive(Debug)]
 pub struct Replay {
     read: VecDeque<Frame<Bytes>>,
-    failed: Option<hyper::Error>,
-    rest: Option<Incoming>,
+    failed: Option<h2::Error>,
+    rest: Option<H2Body>,
 }
 
 impl Replay {
-    pub fn new(body: Incoming) -> Self {
+    pub fn new(body: H2Body) -> Self {
         Replay { read: VecDeque::new(), failed: None, rest: Some(body) }
     }
 
@@ -184,9 +183,9 @@ impl Replay {
 
 impl Body for Replay {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = h2::Error;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, h2::Error>>> {
         let this = &mut *self;
         if let Some(frame) = this.read.pop_front() {
             return Poll::Ready(Some(Ok(frame)));
@@ -224,9 +223,9 @@ pub struct Tee {
 
 impl Body for Tee {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = h2::Error;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, h2::Error>>> {
         let this = &mut *self;
         let next = std::task::ready!(Pin::new(&mut this.inner).poll_frame(cx));
         match &next {

@@ -1,13 +1,11 @@
 //! One HTTP/2 stream meeting the sessions: stolen (the session answers),
 //! mirrored (copies on the side), or passed to the app.
 
-use http::{HeaderMap, StatusCode};
+use http::{HeaderMap, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Either};
-use hyper::body::Incoming;
-use hyper::{Request, Response};
 use tokio::sync::mpsc;
 
-use super::body::{headers_from_wire, headers_to_wire, to_wire, FromSession, Replay, Tee};
+use super::body::{headers_from_wire, headers_to_wire, to_wire, FromSession, H2Body, Replay, Tee};
 use super::{bad_gateway, Body, Proxy};
 use crate::metrics::{Metrics, Route};
 use crate::session::wire::{Frame as Wire, HttpRequest, HttpVersion};
@@ -18,7 +16,7 @@ const CONNECTION_SPECIFIC: [&str; 5] = ["connection", "keep-alive", "proxy-conne
 
 /// Routes one stream and answers it. When a session's body filter applies
 /// on this port, the body is read ahead first (up to [`BODY_FILTER_CAP`]).
-pub(super) async fn route(proxy: &Proxy, req: Request<Incoming>) -> (Response<Body>, Route) {
+pub(super) async fn route(proxy: &Proxy, req: Request<H2Body>) -> (Response<Body>, Route) {
     let port = proxy.upstream.dst().port();
     let (parts, body) = req.into_parts();
     let mut body = Replay::new(body);
@@ -34,7 +32,7 @@ pub(super) async fn route(proxy: &Proxy, req: Request<Incoming>) -> (Response<Bo
         uri: parts.uri.to_string(),
         version: HttpVersion::Http2,
         headers: headers_to_wire(&parts.headers),
-        body_complete: hyper::body::Body::is_end_stream(&body),
+        body_complete: http_body::Body::is_end_stream(&body),
     };
     let Routed { steal: stolen, copies } = route_request(&proxy.sessions, port, view, announce, &proxy.metrics).await;
     let req = Request::from_parts(parts, body);

@@ -1,27 +1,23 @@
-//! HTTP/2 connections from clients, served by hyper and proxied per stream
-//! (to the app with `h2` directly: [`upstream`]),
-//! so that each request can be routed on its own (also on an already-open
-//! multiplexed connection): to the app, to a stealing session, with copies
-//! to mirroring sessions. HTTP/1 has its own byte-preserving path, [`crate::h1`].
+//! HTTP/2 connections from clients, served with the `h2` crate and proxied
+//! per stream (to the app with `h2` as well: [`upstream`]), so that each
+//! request can be routed on its own (also on an already-open multiplexed
+//! connection): to the app, to a stealing session, with copies to mirroring
+//! sessions. Each stream is one task that carries the request to its
+//! destination and the answer back, frames as they come, trailers included.
+//! HTTP/1 has its own byte-preserving path, [`crate::h1`].
 
 pub mod body;
 mod intercept;
 pub mod upstream;
 
-use std::convert::Infallible;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Instant;
 
 use bytes::Bytes;
 use http::{HeaderValue, StatusCode};
+use http::{Request, Response};
+use http_body::Body as _;
 use http_body_util::{Either, Full};
-use hyper::body::Incoming;
-use hyper::server::conn::http2;
-use hyper::service::service_fn;
-use hyper::{Request, Response};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tracing::debug;
 
@@ -29,8 +25,21 @@ use crate::limits::Limits;
 use crate::metrics::{status_class, Metrics, Protocol, RequestLabels, Route};
 use crate::session::Sessions;
 use crate::shutdown::Shutdown;
-use body::{FromSession, H2Body};
+use body::{send_body, FromSession, H2Body};
 use upstream::Upstream;
+
+/// Flow-control windows offered to clients: a client's upload is not held
+/// to HTTP/2's default 64 KiB in flight.
+const STREAM_WINDOW: u32 = 1024 * 1024;
+const CONNECTION_WINDOW: u32 = 1024 * 1024;
+/// Streams a client may have open at once (RFC 9113 §5.1.2 advises at
+/// least 100).
+const MAX_CONCURRENT_STREAMS: u32 = 200;
+/// Bytes buffered per stream towards the client before a body waits.
+const SEND_BUFFER: usize = 400 * 1024;
+/// Streams a client may make the proxy reset for its own errors before the
+/// connection is ended (the "rapid reset" family of floods).
+const MAX_LOCAL_ERROR_RESETS: usize = 1024;
 
 /// Response bodies: the app's, streamed through; one the proxy made; or one
 /// from a stealing session.
@@ -50,23 +59,39 @@ impl Proxy {
         Proxy { upstream: Arc::new(Upstream::new(dst)), metrics, sessions, shutdown }
     }
 
-    async fn handle(self, req: Request<Incoming>) -> Result<Response<Timed<Body>>, Infallible> {
+    /// One stream, from its request to the end of its response. A client
+    /// that resets the stream before the answer's head drops the request
+    /// (and with it the app's stream, which `h2` resets in turn).
+    async fn stream(self, req: Request<h2::RecvStream>, mut respond: h2::server::SendResponse<Bytes>) {
         let started = Instant::now();
-        let (resp, route) = if self.sessions.is_empty() {
-            (self.to_app(req.map(Either::Left)).await, Route::Passthrough)
-        } else {
-            // Boxed: a stream's future is moved when hyper spawns it, and
-            // only streams with sessions to ask need this state.
-            Box::pin(intercept::route(&self, req)).await
+        let req = req.map(H2Body::new);
+        let answer = async {
+            if self.sessions.is_empty() {
+                (self.to_app(req.map(Either::Left)).await, Route::Passthrough)
+            } else {
+                // Boxed: only streams with sessions to ask need this state.
+                Box::pin(intercept::route(&self, req)).await
+            }
         };
-        let labels = RequestLabels {
-            port: self.upstream.dst().port(),
-            protocol: Protocol::Http2,
-            status: status_class(resp.status().as_u16()),
+        let (resp, route) = tokio::select! {
+            biased;
+            answer = answer => answer,
+            _ = std::future::poll_fn(|cx| respond.poll_reset(cx)) => return,
         };
+        let port = self.upstream.dst().port();
+        let labels = RequestLabels { port, protocol: Protocol::Http2, status: status_class(resp.status().as_u16()) };
         self.metrics.requests.get_or_create(&labels).inc();
-        let histogram = self.metrics.duration(self.upstream.dst().port(), Protocol::Http2, route);
-        Ok(resp.map(|inner| Timed { inner, timing: Some((histogram, started)) }))
+        let (head, body) = resp.into_parts();
+        let end_of_stream = body.is_end_stream();
+        match respond.send_response(Response::from_parts(head, ()), end_of_stream) {
+            Ok(send) if !end_of_stream => send_body(body, send).await,
+            Ok(_) => {}
+            Err(e) => {
+                debug!("response head not sent: {e}");
+                respond.send_reset(h2::Reason::INTERNAL_ERROR);
+            }
+        }
+        self.metrics.duration(port, Protocol::Http2, route).observe(started.elapsed().as_secs_f64());
     }
 
     async fn to_app(&self, req: Request<body::UpBody>) -> Response<Body> {
@@ -81,88 +106,57 @@ impl Proxy {
     }
 }
 
-/// A response body that records the stream's duration when it ends: when
-/// its last frame has been taken, or when it is dropped (the client reset
-/// the stream, or the connection closed).
-#[derive(Debug)]
-pub struct Timed<B> {
-    inner: B,
-    timing: Option<(prometheus_client::metrics::histogram::Histogram, Instant)>,
-}
-
-impl<B> Timed<B> {
-    fn finish(&mut self) {
-        if let Some((histogram, started)) = self.timing.take() {
-            histogram.observe(started.elapsed().as_secs_f64());
-        }
-    }
-}
-
-impl<B> Drop for Timed<B> {
-    fn drop(&mut self) {
-        self.finish();
-    }
-}
-
-impl<B: hyper::body::Body + Unpin> hyper::body::Body for Timed<B> {
-    type Data = B::Data;
-    type Error = B::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        if matches!(polled, Poll::Ready(None)) || self.inner.is_end_stream() {
-            self.finish();
-        }
-        polled
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> hyper::body::SizeHint {
-        self.inner.size_hint()
-    }
-}
-
 /// The response when the app cannot be reached: it names the proxy, so
 /// nobody mistakes it for the app's own 502.
 pub fn bad_gateway(why: &str) -> Response<Body> {
-    let mut resp =
-        Response::new(Either::Right(Either::Left(Full::new(Bytes::from(format!("mirrord-proxy: {why}\n"))))));
+    let text = Bytes::from(format!("mirrord-proxy: {why}\n"));
+    let length = HeaderValue::from(text.len());
+    let mut resp = Response::new(Either::Right(Either::Left(Full::new(text))));
     *resp.status_mut() = StatusCode::BAD_GATEWAY;
     resp.headers_mut().insert(http::header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    resp.headers_mut().insert(http::header::CONTENT_LENGTH, length);
     resp
 }
 
-/// Serves an HTTP/2 connection; on shutdown, GOAWAY and finish open streams.
+/// Serves an HTTP/2 connection, each stream in a task of its own; on
+/// shutdown, GOAWAY, then the open streams finish.
 pub async fn serve<T>(io: T, proxy: Proxy, limits: &Limits)
 where
     T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let mut shutdown = proxy.shutdown.clone();
-    let svc = service_fn(move |req| proxy.clone().handle(req));
-    let conn = http2::Builder::new(TokioExecutor::new())
-        .timer(TokioTimer::new())
-        // The app's response goes out as the app made it: hyper would add
-        // a `date` field to every response without one (gRPC servers send
-        // none).
-        .auto_date_header(false)
+    let handshake = h2::server::Builder::new()
+        .initial_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW)
+        .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
+        .max_send_buffer_size(SEND_BUFFER)
+        .max_local_error_reset_streams(Some(MAX_LOCAL_ERROR_RESETS))
         .max_header_list_size(u32::try_from(limits.max_head).unwrap_or(u32::MAX))
-        .serve_connection(TokioIo::new(io), svc);
-    tokio::pin!(conn);
-    let result = tokio::select! {
-        r = conn.as_mut() => r,
-        () = shutdown.signalled() => {
-            conn.as_mut().graceful_shutdown();
-            conn.await
-        }
+        .handshake::<_, Bytes>(io);
+    let mut conn = tokio::select! {
+        conn = handshake => match conn {
+            Ok(conn) => conn,
+            Err(e) => return debug!("HTTP/2 handshake failed: {e}"),
+        },
+        () = shutdown.signalled() => return,
     };
-    if let Err(e) = result {
-        debug!("HTTP/2 connection ended: {e}");
+    let mut draining = false;
+    loop {
+        let next = tokio::select! {
+            next = conn.accept() => next,
+            () = shutdown.signalled(), if !draining => {
+                conn.graceful_shutdown();
+                draining = true;
+                continue;
+            }
+        };
+        match next {
+            Some(Ok((req, respond))) => {
+                tokio::spawn(proxy.clone().stream(req, respond));
+            }
+            Some(Err(e)) => return debug!("HTTP/2 connection ended: {e}"),
+            None => return,
+        }
     }
 }
 
@@ -172,13 +166,13 @@ mod tests {
     use super::*;
 
     /// The size of what `f` returns, without calling it.
-    fn size_of_return<A, R>(_: &impl Fn(A) -> R) -> usize {
+    fn size_of_return<A, B, R>(_: &impl Fn(A, B) -> R) -> usize {
         std::mem::size_of::<R>()
     }
 
-    /// hyper spawns every stream's future as a task: its size is memory
-    /// per stream in flight and bytes moved per stream. State only some
-    /// streams need (routing with sessions, connecting) is boxed.
+    /// Every stream's future is spawned as a task: its size is memory per
+    /// stream in flight and bytes moved per stream. State only some streams
+    /// need (routing with sessions, connecting) is boxed.
     #[test]
     fn a_streams_future_stays_small() {
         let proxy = Proxy::new(
@@ -187,8 +181,10 @@ mod tests {
             Arc::new(Sessions::new(crate::ports::PortList::default())),
             crate::shutdown::channel().1,
         );
-        let handle = move |req: Request<Incoming>| proxy.clone().handle(req);
-        let size = size_of_return(&handle);
+        let stream = move |req: Request<h2::RecvStream>, respond: h2::server::SendResponse<Bytes>| {
+            proxy.clone().stream(req, respond)
+        };
+        let size = size_of_return(&stream);
         assert!(size <= 2048, "a stream's future is {size} bytes");
     }
 }

@@ -16,8 +16,8 @@ use std::sync::{Arc, Mutex};
 use std::task::Poll;
 
 use bytes::Bytes;
+use http::{Request, Response};
 use http_body::Body;
-use hyper::{Request, Response};
 use tracing::debug;
 
 use super::body::{send_body, H2Body, UpBody};
