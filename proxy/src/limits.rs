@@ -16,8 +16,8 @@ pub struct Limits {
     /// the connection is closed (the head is already forwarded, so no
     /// status can be sent) and sessions get the body as cut short.
     pub body_read_timeout: Duration,
-    /// How long an HTTP/1 client connection may wait, between requests,
-    /// for the next one; `None`: forever.
+    /// How long an HTTP client connection may wait, between requests, for
+    /// the next one (HTTP/2: with no stream open); `None`: forever.
     pub http_idle_timeout: Option<Duration>,
     /// How long a raw TCP connection may carry no data either way before it
     /// is closed; `None`: never.

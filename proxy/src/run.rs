@@ -63,8 +63,9 @@ pub struct RunArgs {
     /// long-lived protocols keep working.
     #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = parse_duration)]
     pub tcp_idle_timeout: Duration,
-    /// How long an HTTP/1 client connection may wait for its next request
-    /// (0s: never closed for idleness). Between requests it holds no app
+    /// How long an HTTP client connection may wait for its next request
+    /// (HTTP/2: with no stream open) before it is closed (0s: never closed
+    /// for idleness). Between requests an HTTP/1 connection holds no app
     /// connection and no buffer, so idle clients are cheap.
     #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = parse_duration)]
     pub http_idle_timeout: Duration,

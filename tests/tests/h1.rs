@@ -393,6 +393,28 @@ fn an_h2_stream_in_flight_at_shutdown_is_answered_then_the_connection_ends() {
     });
 }
 
+/// An HTTP/2 connection with no stream open for `--http-idle-timeout` is
+/// ended (GOAWAY); a stream longer than the timeout is not cut by it.
+#[test]
+fn an_idle_h2_connection_is_closed_after_the_keep_alive_timeout() {
+    let app = app();
+    let sidecar = Sidecar::start(app.addr, &["--http-idle-timeout", "300ms"]);
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    runtime.block_on(async {
+        let (mut sender, conn) = h2_client(sidecar.addr).await;
+        let req = http::Request::get("http://x/slow/800").body(http_body_util::Empty::<bytes::Bytes>::new()).unwrap();
+        let response = sender.send_request(req).await.expect("a stream longer than the timeout is answered");
+        assert_eq!(response.status(), 200);
+        drop(response);
+        let idle_since = Instant::now();
+        let ended = tokio::time::timeout(Duration::from_secs(5), conn).await;
+        assert!(ended.is_ok(), "the idle connection stayed open");
+        let waited = idle_since.elapsed();
+        assert!(waited >= Duration::from_millis(250), "closed after {waited:?} without a stream");
+    });
+    assert!(metric(&sidecar, "mirrord_proxy_errors_total{reason=\"http_idle_timeout\"} 1"), "{}", sidecar.metrics());
+}
+
 #[test]
 fn an_upgrade_the_app_closes_without_answering_ends_the_connection() {
     // An app that reads a request and closes without a word.

@@ -62,7 +62,12 @@ impl Proxy {
     /// One stream, from its request to the end of its response. A client
     /// that resets the stream before the answer's head drops the request
     /// (and with it the app's stream, which `h2` resets in turn).
-    async fn stream(self, req: Request<h2::RecvStream>, mut respond: h2::server::SendResponse<Bytes>) {
+    async fn stream(
+        self,
+        req: Request<h2::RecvStream>,
+        mut respond: h2::server::SendResponse<Bytes>,
+        _ends: StreamEnd,
+    ) {
         let started = Instant::now();
         let req = req.map(H2Body::new);
         let answer = async {
@@ -106,6 +111,36 @@ impl Proxy {
     }
 }
 
+/// When a connection's last stream ended (or the connection began), for
+/// its idle timeout: the time is kept in milliseconds since the connection
+/// began, so that stream tasks on any thread can set it.
+struct LastEnd {
+    began: tokio::time::Instant,
+    millis: std::sync::atomic::AtomicU64,
+}
+
+impl LastEnd {
+    fn new() -> LastEnd {
+        LastEnd { began: tokio::time::Instant::now(), millis: std::sync::atomic::AtomicU64::new(0) }
+    }
+
+    fn get(&self) -> tokio::time::Instant {
+        self.began + std::time::Duration::from_millis(self.millis.load(std::sync::atomic::Ordering::Relaxed))
+    }
+}
+
+/// Held by a stream's task: when the task ends, however it ends, the
+/// connection's [`LastEnd`] is set.
+struct StreamEnd(Arc<LastEnd>);
+
+impl Drop for StreamEnd {
+    fn drop(&mut self) {
+        // Rounded up: the connection is never idle for less than its timeout.
+        let millis = u64::try_from(self.0.began.elapsed().as_millis() + 1).unwrap_or(u64::MAX);
+        self.0.millis.fetch_max(millis, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 /// The response when the app cannot be reached: it names the proxy, so
 /// nobody mistakes it for the app's own 502.
 pub fn bad_gateway(why: &str) -> Response<Body> {
@@ -141,6 +176,12 @@ where
         () = shutdown.signalled() => return,
     };
     let mut draining = false;
+    // Idleness is checked when the timeout would be due: the connection
+    // ends (GOAWAY) once no stream has been open for the whole timeout.
+    let idle_timeout = limits.http_idle_timeout.unwrap_or_default();
+    let idle_check = tokio::time::sleep(idle_timeout);
+    tokio::pin!(idle_check);
+    let last_end = Arc::new(LastEnd::new());
     loop {
         let next = tokio::select! {
             next = conn.accept() => next,
@@ -149,10 +190,24 @@ where
                 draining = true;
                 continue;
             }
+            () = &mut idle_check, if !draining && limits.http_idle_timeout.is_some() => {
+                let now = tokio::time::Instant::now();
+                let idle_since = last_end.get();
+                if conn.has_streams() {
+                    idle_check.as_mut().reset(now + idle_timeout);
+                } else if now.duration_since(idle_since) < idle_timeout {
+                    idle_check.as_mut().reset(idle_since + idle_timeout);
+                } else {
+                    proxy.metrics.error(crate::metrics::Fault::HttpIdleTimeout);
+                    conn.graceful_shutdown();
+                    draining = true;
+                }
+                continue;
+            }
         };
         match next {
             Some(Ok((req, respond))) => {
-                tokio::spawn(proxy.clone().stream(req, respond));
+                tokio::spawn(proxy.clone().stream(req, respond, StreamEnd(last_end.clone())));
             }
             Some(Err(e)) => return debug!("HTTP/2 connection ended: {e}"),
             None => return,
@@ -183,8 +238,9 @@ mod tests {
             Arc::new(Sessions::new(crate::ports::PortList::default())),
             crate::shutdown::channel().1,
         );
+        let ends = Arc::new(LastEnd::new());
         let stream = move |req: Request<h2::RecvStream>, respond: h2::server::SendResponse<Bytes>| {
-            proxy.clone().stream(req, respond)
+            proxy.clone().stream(req, respond, StreamEnd(ends.clone()))
         };
         let size = size_of_return(&stream);
         assert!(size <= 2560, "a stream's future is {size} bytes");
