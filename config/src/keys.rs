@@ -1,6 +1,8 @@
 //! Which keys a config may have: this project's own (from the JSON schema of
 //! [`crate::raw::RawConfig`]) and mirrord's whole key tree (`mirrord/keys.txt`,
-//! written from mirrord's published schema by `mirrord/keys.py`).
+//! written from mirrord's published schema by `mirrord/keys.py`, and
+//! `mirrord/removed.txt`, the keys of earlier mirrord releases, which
+//! developers' files still carry).
 //!
 //! A developer's existing `mirrord.json` carries sections this project does
 //! not use (`feature.fs`, `agent`, `operator`, …). They are set aside and
@@ -23,7 +25,13 @@ use crate::suggest::nearest;
 type Tree = BTreeSet<String>;
 
 /// mirrord's filters that are not evaluated here: refused, never ignored.
-const REFUSED: [(&str, &str); 1] = [("feature.network.incoming.http_filter.header_filter_jq", "jq header filters")];
+/// (mirrord's earlier `http_header_filter` is read as `http_filter` before
+/// keys are sifted, [`crate::shorthand`]; it is listed in case some form of
+/// it got past that.)
+const REFUSED: [(&str, &str); 2] = [
+    ("feature.network.incoming.http_filter.header_filter_jq", "jq header filters"),
+    ("feature.network.incoming.http_header_filter", "header filters in this place"),
+];
 
 fn ours() -> &'static Tree {
     static TREE: OnceLock<Tree> = OnceLock::new();
@@ -33,8 +41,9 @@ fn ours() -> &'static Tree {
 fn mirrords() -> &'static Tree {
     static TREE: OnceLock<Tree> = OnceLock::new();
     TREE.get_or_init(|| {
-        include_str!("../mirrord/keys.txt")
-            .lines()
+        [include_str!("../mirrord/keys.txt"), include_str!("../mirrord/removed.txt")]
+            .into_iter()
+            .flat_map(str::lines)
             .filter(|l| !l.is_empty() && !l.starts_with('#'))
             .map(String::from)
             .collect()
@@ -227,6 +236,19 @@ mod tests {
         }
         assert!(mirrords().len() > 300, "mirrord's key tree is loaded");
         assert!(mirrords().contains("feature.env.override.*"));
+    }
+
+    #[test]
+    fn keys_of_earlier_mirrord_releases_are_set_aside_too() {
+        let (value, ignored) = sifted(
+            r#"{"connect_tcp":null,"agent":{"network_interface":"eth0","image_pull_secrets":[{"secret-key":"s"}]},"experimental":{"readlink":true},"feature":{"network":{"incoming":"steal"}}}"#,
+        )
+        .unwrap();
+        assert_eq!(ignored, ["agent", "connect_tcp", "experimental"]);
+        assert_eq!(value, serde_json::json!({"feature":{"network":{"incoming":"steal"}}}));
+        // Still a typo when no release ever had it.
+        let e = sifted(r#"{"experimental":{"readlinks":true}}"#).unwrap_err();
+        assert!(e.message.contains("did you mean `readlink`?"), "{e:?}");
     }
 
     #[test]

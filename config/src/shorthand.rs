@@ -5,7 +5,12 @@
 //! - `"http_filter": true | false | null` (no filter);
 //! - `ports`, `ignore_ports`, `http_filter.ports` as one number;
 //! - targets as objects: `{"deployment": "api", "container": "app"}`, the
-//!   same under `path`, `{"labels": {…}}`, `path: null`.
+//!   same under `path`, `{"labels": {…}}`, `path: null`;
+//! - the places earlier mirrord releases had for keys that decide what a
+//!   session takes: `agent.pause` (now `pause`) and
+//!   `incoming.http_header_filter: {filter, ports}` (now
+//!   `http_filter: {header_filter, ports}`). Setting aside either would
+//!   pause nothing, or steal every request.
 
 use serde_json::{Map, Value};
 
@@ -27,6 +32,7 @@ const KINDS: [(&str, &str); 9] = [
 /// Rewrites the shorthands in a config value, in place.
 pub(crate) fn expand(config: &mut Value) -> Result<(), Invalid> {
     let Value::Object(root) = config else { return Ok(()) };
+    agent_pause(root)?;
     if let Some(target) = root.get_mut("target") {
         if target.is_null() {
             root.remove("target");
@@ -59,6 +65,7 @@ pub(crate) fn expand(config: &mut Value) -> Result<(), Invalid> {
         _ => {}
     }
     let Some(Value::Object(incoming)) = network.get_mut("incoming") else { return Ok(()) };
+    http_header_filter(incoming)?;
     one_port_as_list(incoming, "ports");
     one_port_as_list(incoming, "ignore_ports");
     if matches!(incoming.get("http_filter"), Some(Value::Bool(_) | Value::Null)) {
@@ -67,6 +74,54 @@ pub(crate) fn expand(config: &mut Value) -> Result<(), Invalid> {
     if let Some(Value::Object(filter)) = incoming.get_mut("http_filter") {
         one_port_as_list(filter, "ports");
     }
+    Ok(())
+}
+
+/// `agent.pause`, where mirrord first had `pause`, moves to `pause`.
+fn agent_pause(root: &mut Map<String, Value>) -> Result<(), Invalid> {
+    let Some(Value::Object(agent)) = root.get_mut("agent") else { return Ok(()) };
+    let Some(pause) = agent.remove("pause") else { return Ok(()) };
+    let invalid = |message: &str| Invalid { key: "agent.pause".into(), message: message.into() };
+    match (pause, root.get("pause")) {
+        (Value::Null, _) => Ok(()),
+        (Value::Bool(old), Some(Value::Bool(new))) if old != *new => Err(invalid(
+            "agent.pause is where earlier mirrord releases had pause, and it says otherwise than pause: expected one of them",
+        )),
+        (Value::Bool(old), _) => {
+            root.entry("pause").or_insert(Value::Bool(old));
+            Ok(())
+        }
+        _ => Err(invalid("expected true or false")),
+    }
+}
+
+/// `http_header_filter: {filter, ports}`, mirrord's first header filter,
+/// becomes `http_filter: {header_filter, ports}`.
+fn http_header_filter(incoming: &mut Map<String, Value>) -> Result<(), Invalid> {
+    let Some(old) = incoming.remove("http_header_filter") else { return Ok(()) };
+    let key = "feature.network.incoming.http_header_filter";
+    let invalid = |message: String| Invalid { key: key.into(), message };
+    let expected = "expected {\"filter\": \"<header regex>\", \"ports\": [<port>, …]}";
+    let old = match old {
+        Value::Null => return Ok(()),
+        Value::Object(old) => old,
+        _ => return Err(invalid(expected.into())),
+    };
+    if incoming.get("http_filter").is_some_and(|f| !f.is_null()) {
+        return Err(invalid(
+            "http_header_filter is where earlier mirrord releases had http_filter, and both are given: expected one of them".into(),
+        ));
+    }
+    let mut filter = Map::new();
+    for (name, value) in old {
+        let name = match name.as_str() {
+            "filter" => "header_filter",
+            "ports" => "ports",
+            other => return Err(invalid(format!("unknown key `{other}`: {expected}"))),
+        };
+        filter.insert(name.into(), value);
+    }
+    incoming.insert("http_filter".into(), Value::Object(filter));
     Ok(())
 }
 
@@ -169,6 +224,35 @@ mod tests {
             expanded(json!({"feature":{"network":{"incoming":{"http_filter":{"ports":8080}}}}})),
             json!({"feature":{"network":{"incoming":{"http_filter":{"ports":[8080]}}}}})
         );
+    }
+
+    #[test]
+    fn keys_in_the_places_of_earlier_mirrord_releases() {
+        assert_eq!(
+            expanded(
+                json!({"feature":{"network":{"incoming":{"mode":"steal","http_header_filter":{"filter":"host: api","ports":[80, 8080]}}}}})
+            ),
+            json!({"feature":{"network":{"incoming":{"mode":"steal","http_filter":{"header_filter":"host: api","ports":[80, 8080]}}}}})
+        );
+        assert_eq!(
+            expanded(json!({"feature":{"network":{"incoming":{"http_header_filter":{"filter":"x: 1","ports":80}}}}})),
+            json!({"feature":{"network":{"incoming":{"http_filter":{"header_filter":"x: 1","ports":[80]}}}}})
+        );
+        assert_eq!(expanded(json!({"agent":{"pause":true,"ttl":3}})), json!({"agent":{"ttl":3},"pause":true}));
+        assert_eq!(expanded(json!({"agent":{"pause":false},"pause":false})), json!({"agent":{},"pause":false}));
+        let fails = |v: Value| {
+            let mut v = v;
+            expand(&mut v).unwrap_err()
+        };
+        let both = fails(
+            json!({"feature":{"network":{"incoming":{"http_filter":{"path_filter":"/a"},"http_header_filter":{"filter":"x: 1"}}}}}),
+        );
+        assert_eq!(both.key, "feature.network.incoming.http_header_filter");
+        assert!(both.message.contains("both are given"), "{both:?}");
+        let other = fails(json!({"feature":{"network":{"incoming":{"http_header_filter":{"filtr":"x: 1"}}}}}));
+        assert!(other.message.starts_with("unknown key `filtr`"), "{other:?}");
+        assert_eq!(fails(json!({"agent":{"pause":true},"pause":false})).key, "agent.pause");
+        assert_eq!(fails(json!({"agent":{"pause":"yes"}})).message, "expected true or false");
     }
 
     #[test]
