@@ -102,7 +102,9 @@ impl Config {
     pub fn load(file: &Path, vars: &Vars) -> Result<Loaded, Error> {
         let format = Format::from_path(file)?;
         let text = std::fs::read_to_string(file).map_err(|error| Error::Read { file: file.to_owned(), error })?;
-        Self::parse(&text, format, Some(file), vars)
+        // Some editors begin a UTF-8 file with a byte order mark; parsers
+        // may ignore it (RFC 8259 §8.1), and positions are counted after it.
+        Self::parse(text.strip_prefix('\u{feff}').unwrap_or(&text), format, Some(file), vars)
     }
 
     /// Renders and validates config text, as a developer wrote it in any of
@@ -334,6 +336,33 @@ mod tests {
         assert_eq!(value, serde_json::json!({"url": "http://a/*b*/", "b": 1}));
         assert_eq!(blanked.lines().count(), text.lines().count());
         assert_eq!(blank_comments("{} // é"), "{}      ", "one space per byte");
+    }
+
+    #[test]
+    fn a_byte_order_mark_is_skipped_and_positions_count_after_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let vars = Vars { key: None, generated_key: "k3y00".into(), git_branch: None };
+        for (name, text) in [
+            (
+                "a.json",
+                "\u{feff}{\"target\": \"deploy/api\",\r\n \"feature\": {\"network\": {\"incoming\": \"steal\"}}}\r\n",
+            ),
+            ("a.yaml", "\u{feff}target: deploy/api\r\nfeature:\r\n  network:\r\n    incoming: steal\r\n"),
+            ("a.toml", "\u{feff}target = \"deploy/api\"\r\n[feature.network]\r\nincoming = \"steal\"\r\n"),
+        ] {
+            let path = dir.path().join(name);
+            std::fs::write(&path, text).unwrap();
+            let loaded = Config::load(&path, &vars).unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert_eq!(
+                loaded.config.target.as_ref().map(ToString::to_string).as_deref(),
+                Some("deployment/api"),
+                "{name}"
+            );
+        }
+        let path = dir.path().join("bad.json");
+        std::fs::write(&path, "\u{feff}{\"feature\": {\"network\": {\"incomming\": \"steal\"}}}").unwrap();
+        let Err(Error::Invalid(e)) = Config::load(&path, &vars) else { panic!("a typo is an error") };
+        assert_eq!(e.position, Some((1, 27)), "{e:?}");
     }
 
     #[test]
