@@ -122,6 +122,7 @@ impl Config {
         }
         shorthand::expand(&mut value).map_err(located)?;
         let ignored = keys::sift(&mut value).map_err(located)?;
+        drop_nulls(&mut value);
         let raw: RawConfig = serde_path_to_error::deserialize(&value).map_err(|e| {
             let key = key_of(e.path());
             at(locate(text, &key), key, improve_serde_message(&e.inner().to_string()))
@@ -145,6 +146,22 @@ impl Config {
         let at = |position, key, message| Error::Invalid(Box::new(Located { file: None, position, key, message }));
         let raw = parse_json(text).map_err(|(position, key, message)| at(position, key, message))?;
         Config::from_raw(raw).map_err(|Invalid { key, message }| at(locate(text, &key), key, message))
+    }
+}
+
+/// A key set to `null` is a key left out, as in mirrord (whose every
+/// config field is optional): `"pause": null`, `"mode": null`,
+/// `"connect_tcp": null`. Items of lists are kept, so a `null` port is
+/// still an error; so is a key nobody has, `null` or not (keys are checked
+/// first).
+fn drop_nulls(value: &mut serde_json::Value) {
+    match value {
+        serde_json::Value::Object(map) => {
+            map.retain(|_, v| !v.is_null());
+            map.values_mut().for_each(drop_nulls);
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(drop_nulls),
+        _ => {}
     }
 }
 
@@ -363,6 +380,36 @@ mod tests {
         std::fs::write(&path, "\u{feff}{\"feature\": {\"network\": {\"incomming\": \"steal\"}}}").unwrap();
         let Err(Error::Invalid(e)) = Config::load(&path, &vars) else { panic!("a typo is an error") };
         assert_eq!(e.position, Some((1, 27)), "{e:?}");
+    }
+
+    #[test]
+    fn a_key_set_to_null_is_a_key_left_out() {
+        let vars = Vars { key: None, generated_key: "k3y00".into(), git_branch: None };
+        let text = r#"{"pause": null, "key": null, "kube_context": null, "target": {"path": "pod/x", "namespace": null},
+            "feature": {"network": {"incoming": {"mode": null, "ports": null, "http_filter": {"header_filter": null, "path_filter": "/a"}}}}}"#;
+        let loaded = Config::parse(text, Format::Json, None, &vars).unwrap();
+        let defaults = Config::parse(
+            r#"{"target": {"path": "pod/x"}, "feature": {"network": {"incoming": {"http_filter": {"path_filter": "/a"}}}}}"#,
+            Format::Json,
+            None,
+            &vars,
+        )
+        .unwrap();
+        assert_eq!(loaded.json, defaults.json);
+        assert_eq!(loaded.key, "k3y00");
+        let Err(Error::Invalid(e)) = Config::parse(
+            r#"{"feature": {"network": {"incoming": {"ports": [80, null]}}}}"#,
+            Format::Json,
+            None,
+            &vars,
+        ) else {
+            panic!("a null port is an error");
+        };
+        assert_eq!(e.key, "feature.network.incoming.ports[1]", "{e:?}");
+        let Err(Error::Invalid(e)) = Config::parse(r#"{"paus": null}"#, Format::Json, None, &vars) else {
+            panic!("a typo is an error, null or not");
+        };
+        assert!(e.message.contains("did you mean `pause`?"), "{e:?}");
     }
 
     #[test]
