@@ -85,12 +85,15 @@ fn agent_pause(root: &mut Map<String, Value>) -> Result<(), Invalid> {
     match (pause, root.get("pause")) {
         (Value::Null, _) => Ok(()),
         (Value::Bool(old), Some(Value::Bool(new))) if old != *new => Err(invalid(
-            "agent.pause is where earlier mirrord releases had pause, and it says otherwise than pause: expected one of them",
+            "agent.pause (where earlier mirrord releases had pause) and pause disagree: expected one of them",
         )),
-        (Value::Bool(old), _) => {
-            root.entry("pause").or_insert(Value::Bool(old));
+        (Value::Bool(old), None | Some(Value::Null)) => {
+            root.insert("pause".into(), Value::Bool(old));
             Ok(())
         }
+        // The same value, or a `pause` of the wrong type, which is reported
+        // as such.
+        (Value::Bool(_), Some(_)) => Ok(()),
         _ => Err(invalid("expected true or false")),
     }
 }
@@ -240,6 +243,7 @@ mod tests {
         );
         assert_eq!(expanded(json!({"agent":{"pause":true,"ttl":3}})), json!({"agent":{"ttl":3},"pause":true}));
         assert_eq!(expanded(json!({"agent":{"pause":false},"pause":false})), json!({"agent":{},"pause":false}));
+        assert_eq!(expanded(json!({"agent":{"pause":true},"pause":null})), json!({"agent":{},"pause":true}));
         let fails = |v: Value| {
             let mut v = v;
             expand(&mut v).unwrap_err()
@@ -249,6 +253,7 @@ mod tests {
         );
         assert_eq!(both.key, "feature.network.incoming.http_header_filter");
         assert!(both.message.contains("both are given"), "{both:?}");
+        assert!(fails(json!({"agent":{"pause":true},"pause":false})).message.contains("disagree"));
         let other = fails(json!({"feature":{"network":{"incoming":{"http_header_filter":{"filtr":"x: 1"}}}}}));
         assert!(other.message.starts_with("unknown key `filtr`"), "{other:?}");
         assert_eq!(fails(json!({"agent":{"pause":true},"pause":false})).key, "agent.pause");
