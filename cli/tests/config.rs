@@ -56,3 +56,25 @@ fn schema_matches_the_checked_in_file() {
         std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/mirrord.schema.json")).unwrap();
     assert_eq!(out, checked_in);
 }
+
+#[test]
+fn connect_reads_the_config_mirrords_variable_names() {
+    let file = fixture("invalid/unknown-key-typo.json");
+    let run = |env: Option<&str>| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_mirrord-cli"));
+        cmd.args(["connect", "--addr", "127.0.0.1:1", "--token", "t"]).env_remove("MIRRORD_CONFIG_FILE");
+        if let Some(path) = env {
+            cmd.env("MIRRORD_CONFIG_FILE", path);
+        }
+        let out = cmd.output().unwrap();
+        (out.status.code().unwrap(), String::from_utf8(out.stderr).unwrap())
+    };
+    // The file is read (and refused) before any connection is tried.
+    let (code, err) = run(Some(&file));
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("unknown-key-typo.json:6:27: feature.network.incoming.http_filter.heder_filter"), "{err}");
+    // Without it, no config: the connection is what fails.
+    let (code, err) = run(None);
+    assert_ne!(code, 2, "{err}");
+    assert!(err.contains("cannot reach the sidecar at 127.0.0.1:1"), "{err}");
+}

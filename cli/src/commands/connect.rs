@@ -33,8 +33,8 @@ pub struct ConnectArgs {
     /// 18010 made by hand, or a sidecar on this machine), instead of a target.
     #[arg(long, value_name = "HOST:PORT")]
     pub addr: Option<String>,
-    /// Session config (JSON, YAML or TOML).
-    #[arg(short = 'f', long = "config-file", value_name = "FILE")]
+    /// Session config (JSON, YAML or TOML); mirrord's variable names it too.
+    #[arg(short = 'f', long = "config-file", value_name = "FILE", env = "MIRRORD_CONFIG_FILE")]
     pub config: Option<PathBuf>,
     /// The session token (with --addr; a target's is read from its
     /// namespace's Secret mirrord-session-token).
