@@ -566,18 +566,18 @@ def main():
         procs.start([f"{RELEASE}/sample-app", "--grpc", f"127.0.0.1:{ports['grpc']}"])
         sidecar = start_sidecar(procs, ports["sidecar"], ports["app"])
         start_sidecar(procs, ports["sidecar_tcp"], ports["iperf"])
-        start_sidecar(procs, ports["sidecar_grpc"], ports["grpc"])
-        baseline = None
+        sidecar_grpc = start_sidecar(procs, ports["sidecar_grpc"], ports["grpc"])
+        baseline = baseline_grpc = None
         if args.baseline:
             baseline = start_sidecar(procs, ports["baseline"], ports["app"], binary=args.baseline)
             start_sidecar(procs, ports["baseline_tcp"], ports["iperf"], binary=args.baseline)
-            start_sidecar(procs, ports["baseline_grpc"], ports["grpc"], binary=args.baseline)
+            baseline_grpc = start_sidecar(procs, ports["baseline_grpc"], ports["grpc"], binary=args.baseline)
         nginx = procs.start(["nginx", "-c", nginx_conf(tmp, ports["nginx"], ports["nginx_h2"], ports["nginx_grpc"],
                                                        ports["app"], ports["grpc"])])
         haproxy = procs.start(["haproxy", "-f", haproxy_conf(tmp, ports["haproxy"], ports["haproxy_h2"], ports["haproxy_tcp"],
                                                   ports["haproxy_grpc"], ports["app"], ports["iperf"], ports["grpc"])])
-        procs.start(nghttpx_args(ports["nghttpx_h2"], ports["app"]))
-        procs.start(nghttpx_args(ports["nghttpx_grpc"], ports["grpc"]))
+        nghttpx_h2 = procs.start(nghttpx_args(ports["nghttpx_h2"], ports["app"]))
+        nghttpx_grpc = procs.start(nghttpx_args(ports["nghttpx_grpc"], ports["grpc"]))
         for k in ("app", "iperf", "grpc", "sidecar", "sidecar_tcp", "sidecar_grpc", "nginx", "nginx_h2", "nginx_grpc",
                   "haproxy", "haproxy_h2", "haproxy_tcp", "haproxy_grpc", "nghttpx_h2", "nghttpx_grpc"):
             try:
@@ -617,6 +617,16 @@ def main():
         if args.baseline:
             cpu_pids["baseline"] = [baseline.pid]
         results["cpu"] = {k: [] for k in cpu_pids}
+        # CPU per HTTP/2 request and per gRPC call: every process and thread
+        # of each proxy (nginx's and nghttpx's workers) over its h2load phase.
+        h2_pids = {"sidecar": [sidecar.pid], "nginx": children(nginx.pid), "haproxy": [haproxy.pid],
+                   "nghttpx": [nghttpx_h2.pid] + children(nghttpx_h2.pid)}
+        grpc_pids = {"sidecar": [sidecar_grpc.pid], "nginx": children(nginx.pid), "haproxy": [haproxy.pid],
+                     "nghttpx": [nghttpx_grpc.pid] + children(nghttpx_grpc.pid)}
+        if args.baseline:
+            h2_pids["baseline"], grpc_pids["baseline"] = [baseline.pid], [baseline_grpc.pid]
+        results["h2_cpu"] = {k: [] for k in h2_pids}
+        results["grpc_cpu"] = {k: [] for k in grpc_pids}
         for r in range(args.rounds):
             print(f"round {r + 1}/{args.rounds}", file=sys.stderr)
             for k, port in h1.items():
@@ -635,9 +645,17 @@ def main():
                     # ms of CPU per 1000 requests at the fixed rate.
                     results["cpu"][k].append((cpu_ns(cpu_pids[k]) - before) / 1e6 / (2000 * args.seconds / 1000))
             for k, port in h2.items():
-                results["h2_rps"][k].append(h2load(port, args.seconds))
+                before = cpu_ns(h2_pids[k]) if k in h2_pids else 0
+                rps = h2load(port, args.seconds)
+                results["h2_rps"][k].append(rps)
+                if k in h2_pids:
+                    results["h2_cpu"][k].append((cpu_ns(h2_pids[k]) - before) / 1e3 / (rps * args.seconds))
             for k, port in grpc.items():
-                results["grpc_unary"][k].append(grpc_unary(port, args.seconds, unary_message))
+                before = cpu_ns(grpc_pids[k]) if k in grpc_pids else 0
+                rps = grpc_unary(port, args.seconds, unary_message)
+                results["grpc_unary"][k].append(rps)
+                if k in grpc_pids:
+                    results["grpc_cpu"][k].append((cpu_ns(grpc_pids[k]) - before) / 1e3 / (rps * args.seconds))
             for k, port in grpc.items():
                 results["grpc_stream"][k].append(grpc_stream(port, args.seconds, stream_messages))
             for k, port in tcp.items():
@@ -659,7 +677,11 @@ def main():
         print(f"  errors: {errors}")
         row("HTTP/2 throughput, req/s (h2load -c8 -m16; nginx speaks HTTP/1.1 to the app, the others HTTP/2)",
             results["h2_rps"])
+        row("CPU per HTTP/2 request, us (the h2load phase; all threads of each proxy)", results["h2_cpu"],
+            higher_better=False)
         row("gRPC unary calls/s (h2load -c8 -m16, 100-byte message, echoed)", results["grpc_unary"])
+        row("CPU per gRPC unary call, us (the h2load phase; all threads of each proxy)", results["grpc_cpu"],
+            higher_better=False)
         row("gRPC bidirectional streaming, MB/s echoed (h2load -c4 -m1, 1024 messages of 1 KiB per call)",
             results["grpc_stream"])
         row("raw TCP throughput, Gbit/s (iperf3; haproxy mode tcp)", results["tcp"])
