@@ -644,18 +644,17 @@ def main():
                 if k in cpu_pids:
                     # ms of CPU per 1000 requests at the fixed rate.
                     results["cpu"][k].append((cpu_ns(cpu_pids[k]) - before) / 1e6 / (2000 * args.seconds / 1000))
-            for k, port in h2.items():
-                before = cpu_ns(h2_pids[k]) if k in h2_pids else 0
-                rps = h2load(port, args.seconds)
-                results["h2_rps"][k].append(rps)
-                if k in h2_pids:
-                    results["h2_cpu"][k].append((cpu_ns(h2_pids[k]) - before) / 1e3 / (rps * args.seconds))
-            for k, port in grpc.items():
-                before = cpu_ns(grpc_pids[k]) if k in grpc_pids else 0
-                rps = grpc_unary(port, args.seconds, unary_message)
-                results["grpc_unary"][k].append(rps)
-                if k in grpc_pids:
-                    results["grpc_cpu"][k].append((cpu_ns(grpc_pids[k]) - before) / 1e3 / (rps * args.seconds))
+            for rate, cpu, targets, pids, run in (
+                    ("h2_rps", "h2_cpu", h2, h2_pids, lambda port: h2load(port, args.seconds)),
+                    ("grpc_unary", "grpc_cpu", grpc, grpc_pids,
+                     lambda port: grpc_unary(port, args.seconds, unary_message))):
+                for k, port in targets.items():
+                    before = cpu_ns(pids[k]) if k in pids else 0
+                    rps = run(port)
+                    results[rate][k].append(rps)
+                    if k in pids:
+                        # µs of CPU per request over the phase.
+                        results[cpu][k].append((cpu_ns(pids[k]) - before) / 1e3 / (rps * args.seconds))
             for k, port in grpc.items():
                 results["grpc_stream"][k].append(grpc_stream(port, args.seconds, stream_messages))
             for k, port in tcp.items():

@@ -25,13 +25,9 @@ use crate::suggest::nearest;
 type Tree = BTreeSet<String>;
 
 /// mirrord's filters that are not evaluated here: refused, never ignored.
-/// (mirrord's earlier `http_header_filter` is read as `http_filter` before
-/// keys are sifted, [`crate::shorthand`]; it is listed in case some form of
-/// it got past that.)
-const REFUSED: [(&str, &str); 2] = [
-    ("feature.network.incoming.http_filter.header_filter_jq", "jq header filters"),
-    ("feature.network.incoming.http_header_filter", "header filters in this place"),
-];
+/// (mirrord's earlier `http_header_filter` never gets here: it is read as
+/// `http_filter` before keys are sifted, [`crate::shorthand`].)
+const REFUSED: [(&str, &str); 1] = [("feature.network.incoming.http_filter.header_filter_jq", "jq header filters")];
 
 fn ours() -> &'static Tree {
     static TREE: OnceLock<Tree> = OnceLock::new();
