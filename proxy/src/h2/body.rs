@@ -119,7 +119,14 @@ where
 
 /// Sends `data` as the peer's window allows.
 async fn send_data(send: &mut h2::SendStream<Bytes>, mut data: Bytes, end_of_stream: bool) -> Result<(), h2::Error> {
-    if data.is_empty() {
+    // The body's last data is handed to `h2` at once: it is held already
+    // (its flow-control credit went back to the sender when it was read)
+    // and nothing is read after it, so queueing it in `h2` until the peer's
+    // window opens holds no more than waiting for the window here would. A
+    // request on a stream the app has not opened yet (it gets no window
+    // before) is then sent without a wait, a task or a wake-up: a unary
+    // call's message, a small POST.
+    if data.is_empty() || end_of_stream {
         return send.send_data(data, end_of_stream);
     }
     while !data.is_empty() {

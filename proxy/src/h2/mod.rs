@@ -207,7 +207,10 @@ where
         };
         match next {
             Some(Ok((req, respond))) => {
-                tokio::spawn(proxy.clone().stream(req, respond, StreamEnd(last_end.clone())));
+                // Boxed: the task then holds a pointer, and its future (a
+                // few KiB) is not copied again into the task's cell and
+                // over once more when its output is stored.
+                tokio::spawn(Box::pin(proxy.clone().stream(req, respond, StreamEnd(last_end.clone()))));
             }
             Some(Err(e)) => return debug!("HTTP/2 connection ended: {e}"),
             None => return,
