@@ -22,6 +22,7 @@ import tempfile
 import time
 
 import admission
+import instructions
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RELEASE = os.path.join(ROOT, "target", "release")
@@ -532,13 +533,14 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--seconds", type=int, default=5)
-    ap.add_argument("--only", choices=["proxy", "sessions", "idle", "admission", "cores"], help="run one part only")
+    ap.add_argument("--only", choices=["proxy", "sessions", "idle", "admission", "cores", "instructions"],
+                    help="run one part only")
     ap.add_argument("--idle", type=int, default=10000, metavar="N", help="idle connections per target (idle part)")
     ap.add_argument("--baseline", metavar="BIN",
                     help="another mirrord-proxy binary (e.g. built from an earlier commit), measured as 'baseline' "
                          "in the same interleaved rounds")
     args = ap.parse_args()
-    for tool in ("wrk", "oha", "h2load", "iperf3", "nginx", "haproxy", "nghttpx", "taskset"):
+    for tool in ("wrk", "oha", "h2load", "iperf3", "nginx", "haproxy", "nghttpx", "taskset", "valgrind"):
         if not shutil.which(tool):
             sys.exit(f"bench needs {tool}: run scripts/bench.sh, which installs it")
 
@@ -547,6 +549,12 @@ def main():
         return
     tmp = tempfile.mkdtemp()
     procs = Procs()
+    if args.only == "instructions":
+        try:
+            instructions.bench(tmp, args.baseline)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        return
     if args.only in ("sessions", "cores"):
         try:
             if args.only == "sessions":
@@ -697,6 +705,11 @@ def main():
         shutil.rmtree(tmp, ignore_errors=True)
     if args.only is None:
         admission.bench(rounds=args.rounds)
+        tmp = tempfile.mkdtemp()
+        try:
+            instructions.bench(tmp, args.baseline)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -3,14 +3,18 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 missing=()
-for tool in wrk:wrk h2load:nghttp2-client nghttpx:nghttp2-proxy iperf3:iperf3 nginx:nginx-light haproxy:haproxy taskset:util-linux; do
+for tool in wrk:wrk h2load:nghttp2-client nghttpx:nghttp2-proxy iperf3:iperf3 nginx:nginx-light haproxy:haproxy taskset:util-linux valgrind:valgrind; do
   command -v "${tool%%:*}" >/dev/null 2>&1 || missing+=("${tool#*:}")
 done
 if ((${#missing[@]})); then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 command -v oha >/dev/null 2>&1 || cargo install oha --locked
-cargo build --release -q -p mirrord-proxy -p mirrord-tests -p mirrord-injector --bins
+cargo build --release -q -p mirrord-tests -p mirrord-injector --bins
+# The sidecar on its own, as its image builds it: built with the others, it
+# would get the features they turn on in shared dependencies (tracing's `log`,
+# for one) and not be the binary that ships.
+cargo build --release -q -p mirrord-proxy --bin mirrord-proxy
 cargo build --release -q -p mirrord-injector --example allow_all
 # Filter cost per request (plain vs look-around regexes), in-process.
 cargo run --release -q -p mirrord-config --example filter_cost

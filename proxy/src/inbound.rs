@@ -137,11 +137,13 @@ pub(crate) fn serve<H: Send + 'static>(
 ) {
     let span = tracing::debug_span!("conn", %peer);
     let conn = handle(stream, fds, inbound.clone(), shutdown.clone());
+    // Boxed: the task holds a pointer, so the connection's future (a few
+    // KiB) is not copied into the task's cell and over again at its end.
     tokio::spawn(
-        async move {
+        Box::pin(async move {
             conn.await;
             drop(held);
-        }
+        })
         .instrument(span),
     );
 }

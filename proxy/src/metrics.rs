@@ -299,6 +299,42 @@ impl Timers {
     }
 }
 
+/// The request counters and duration histograms of one HTTP/2
+/// connection, looked up once per status class and route and shared by
+/// its stream tasks.
+#[derive(Debug)]
+pub struct StreamCounts {
+    port: u16,
+    protocol: Protocol,
+    requests: [std::sync::OnceLock<Counter>; 5],
+    durations: [std::sync::OnceLock<Histogram>; 3],
+}
+
+impl StreamCounts {
+    pub fn new(port: u16, protocol: Protocol) -> Self {
+        StreamCounts { port, protocol, requests: Default::default(), durations: Default::default() }
+    }
+
+    /// Counts a response by its status.
+    pub fn answered(&self, metrics: &Metrics, status: u16) {
+        let (port, protocol) = (self.port, self.protocol);
+        let idx = usize::from(status / 100).clamp(1, 5) - 1;
+        self.requests[idx]
+            .get_or_init(|| {
+                metrics.requests.get_or_create(&RequestLabels { port, protocol, status: status_class(status) }).clone()
+            })
+            .inc();
+    }
+
+    /// Records how long a request took, from `started` to now.
+    pub fn done(&self, metrics: &Metrics, route: Route, started: std::time::Instant) {
+        let (port, protocol) = (self.port, self.protocol);
+        self.durations[route.index()]
+            .get_or_init(|| metrics.duration(port, protocol, route))
+            .observe(started.elapsed().as_secs_f64());
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

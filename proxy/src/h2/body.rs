@@ -86,6 +86,10 @@ where
 {
     loop {
         let frame = tokio::select! {
+            // The body first: a frame that is ready is sent without asking
+            // `h2` (a lock) whether the peer reset the stream; the send
+            // would say so.
+            biased;
             frame = http_body_util::BodyExt::frame(&mut body) => frame,
             _ = std::future::poll_fn(|cx| send.poll_reset(cx)) => return,
         };

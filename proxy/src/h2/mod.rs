@@ -22,7 +22,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tracing::debug;
 
 use crate::limits::Limits;
-use crate::metrics::{status_class, Metrics, Protocol, RequestLabels, Route};
+use crate::metrics::{Metrics, Protocol, Route, StreamCounts};
 use crate::session::Sessions;
 use crate::shutdown::Shutdown;
 use body::{send_body, FromSession, H2Body};
@@ -52,11 +52,14 @@ pub struct Proxy {
     pub metrics: Arc<Metrics>,
     pub sessions: Arc<Sessions>,
     pub shutdown: Shutdown,
+    /// This connection's request counters and duration histograms.
+    counts: Arc<StreamCounts>,
 }
 
 impl Proxy {
     pub fn new(dst: std::net::SocketAddr, metrics: Arc<Metrics>, sessions: Arc<Sessions>, shutdown: Shutdown) -> Self {
-        Proxy { upstream: Arc::new(Upstream::new(dst)), metrics, sessions, shutdown }
+        let counts = Arc::new(StreamCounts::new(dst.port(), Protocol::Http2));
+        Proxy { upstream: Arc::new(Upstream::new(dst)), metrics, sessions, shutdown, counts }
     }
 
     /// One stream, from its request to the end of its response. A client
@@ -83,9 +86,7 @@ impl Proxy {
             answer = answer => answer,
             _ = std::future::poll_fn(|cx| respond.poll_reset(cx)) => return,
         };
-        let port = self.upstream.dst().port();
-        let labels = RequestLabels { port, protocol: Protocol::Http2, status: status_class(resp.status().as_u16()) };
-        self.metrics.requests.get_or_create(&labels).inc();
+        self.counts.answered(&self.metrics, resp.status().as_u16());
         let (head, body) = resp.into_parts();
         let end_of_stream = body.is_end_stream();
         match respond.send_response(Response::from_parts(head, ()), end_of_stream) {
@@ -96,7 +97,7 @@ impl Proxy {
                 respond.send_reset(h2::Reason::INTERNAL_ERROR);
             }
         }
-        self.metrics.duration(port, Protocol::Http2, route).observe(started.elapsed().as_secs_f64());
+        self.counts.done(&self.metrics, route, started);
     }
 
     async fn to_app(&self, req: Request<body::UpBody>) -> Response<Body> {

@@ -1,0 +1,151 @@
+"""Instructions per request of each proxy, counted by valgrind's callgrind.
+
+Wall-clock throughput on a shared VM moves by 2x between rounds with the
+other tenants' load; the number of instructions a proxy executes for the
+same requests does not (the same build and load give the same count to
+within a fraction of a percent, whatever else the machine does). This part
+runs each proxy alone under callgrind, warms it up, zeroes the counters,
+sends a fixed load, dumps the counters and divides by the requests
+answered. It counts user-space instructions only: time in the kernel
+(syscalls, the TCP stack) is not in it, so it complements the wall-clock
+rows rather than replacing them. Lower is better."""
+import os
+import re
+import subprocess
+import time
+
+import bench as b
+
+WARMUP = 2000
+
+
+def callgrind(procs, tmp, name, args):
+    """Starts `args` under callgrind (children too: nghttpx forks its worker),
+    its profiles written to tmp/cg.NAME.PID[.N]."""
+    out = os.path.join(tmp, f"cg.{name}.%p")
+    return procs.start(["valgrind", "--tool=callgrind", "--trace-children=yes", f"--callgrind-out-file={out}",
+                        *args])
+
+
+def control(tmp, name, op):
+    """Zeroes (-z) or dumps (-d) the counters of every process of target
+    `name`; after a dump, the instructions since the last zero."""
+    before = set(os.listdir(tmp))
+    subprocess.run(["callgrind_control", op], capture_output=True, timeout=60)
+    if op != "-d":
+        return 0
+    # A dump is written as cg.NAME.PID.N (a forked child also gets its
+    # cg.NAME.PID, which is not a dump).
+    dump = re.compile(rf"cg\.{re.escape(name)}\.\d+\.\d+$")
+    deadline = time.time() + 30
+    total, seen = 0, set()
+    while time.time() < deadline:
+        new = {f for f in set(os.listdir(tmp)) - before if dump.match(f) and f not in seen}
+        for f in new:
+            text = open(os.path.join(tmp, f)).read()
+            m = re.search(r"^summary: (\d+)", text, re.M)
+            if m:
+                total += int(m.group(1))
+                seen.add(f)
+        if seen:
+            time.sleep(0.5)
+            if not {f for f in set(os.listdir(tmp)) - before if dump.match(f)} - seen:
+                return total
+        time.sleep(0.2)
+    raise RuntimeError(f"callgrind wrote no profile for {name}")
+
+
+def h2load_count(args):
+    """Runs h2load for a fixed number of requests; all must succeed."""
+    out = b.load(["h2load", *args])
+    m = re.search(r"requests: \d+ total, \d+ started, \d+ done, (\d+) succeeded, (\d+) failed, (\d+) errored", out)
+    if not m or m.group(2) != "0" or m.group(3) != "0":
+        raise RuntimeError(f"h2load {' '.join(args)}: requests failed:\n{out[-800:]}")
+    return int(m.group(1))
+
+
+def wrk_count(port, seconds):
+    """wrk, a new connection per request, for `seconds`; requests answered."""
+    out = b.load(["wrk", "-t1", "-c16", f"-d{seconds}s", "-H", "Connection: close", f"http://127.0.0.1:{port}/"])
+    if b.wrk_errors(out):
+        raise RuntimeError(f"wrk through {port}: errors:\n{out[-800:]}")
+    return int(re.search(r"(\d+) requests in", out).group(1))
+
+
+def loads(unary, requests):
+    """The measured loads: name -> (kind, run(port) -> requests answered)."""
+    grpc = ["-d", unary, *b.GRPC_HEADERS]
+    return {
+        "h1": lambda port, n=requests: h2load_count(["--h1", "-n", str(n), "-c16", "-t1", f"http://127.0.0.1:{port}/"]),
+        "new_conn": lambda port, n=requests: wrk_count(port, 3),
+        "h2": lambda port, n=requests: h2load_count(["-n", str(n), "-c8", "-m16", "-t1", f"http://127.0.0.1:{port}/"]),
+        "grpc": lambda port, n=requests: h2load_count(["-n", str(n), "-c8", "-m16", "-t1", *grpc,
+                                                       f"http://127.0.0.1:{port}/bench.Echo/Unary"]),
+    }
+
+
+def bench(tmp, baseline=None, requests=10000):
+    """Instructions per request for HTTP/1.1 keep-alive, a new connection
+    per request, HTTP/2 and gRPC unary, per proxy; printed with ratios to
+    the best peer."""
+    print(f"\n== instructions per request (valgrind --tool=callgrind, user space only; {requests} requests "
+          f"after {WARMUP} to warm up, a new connection per request for 3 s; lower is better)")
+    unary = b.grpc_message(tmp, "unary.bin", 100, 1)
+    work = loads(unary, requests)
+    results = {k: {} for k in work}
+    procs = b.Procs()
+    try:
+        ports = {k: b.free_port() for k in ("app", "grpc")}
+        procs.start([f"{b.RELEASE}/sample-app", "--http", f"127.0.0.1:{ports['app']}"])
+        procs.start([f"{b.RELEASE}/sample-app", "--grpc", f"127.0.0.1:{ports['grpc']}"])
+        b.wait_port(ports["app"])
+        b.wait_port(ports["grpc"])
+        sidecars = {"sidecar": None}
+        if baseline:
+            sidecars["baseline"] = baseline
+        targets = list(sidecars) + ["nginx", "haproxy", "nghttpx"]
+        for name in targets:
+            run = b.Procs()
+            try:
+                p = {k: b.free_port() for k in ("h1", "h2", "grpc", "tcp")}
+                if name in sidecars:
+                    for port, app in ((p["h1"], ports["app"]), (p["grpc"], ports["grpc"])):
+                        callgrind(run, tmp, name, [sidecars[name] or f"{b.RELEASE}/mirrord-proxy", "run", "--threads",
+                                                   "1", "--listen", f"127.0.0.1:{port}", "--upstream",
+                                                   f"127.0.0.1:{app}", "--admin", "127.0.0.1:0", "--tunnel",
+                                                   "127.0.0.1:0"])
+                    on = {"h1": p["h1"], "new_conn": p["h1"], "h2": p["h1"], "grpc": p["grpc"]}
+                elif name == "nginx":
+                    conf = b.nginx_conf(tmp, p["h1"], p["h2"], p["grpc"], ports["app"], ports["grpc"])
+                    # One process: the master serves (valgrind follows no fork).
+                    text = open(conf).read().replace("daemon off;", "daemon off;\nmaster_process off;")
+                    open(conf, "w").write(text)
+                    callgrind(run, tmp, name, ["nginx", "-c", conf])
+                    on = {"h1": p["h1"], "new_conn": p["h1"], "h2": p["h2"], "grpc": p["grpc"]}
+                elif name == "haproxy":
+                    conf = b.haproxy_conf(tmp, p["h1"], p["h2"], p["tcp"], p["grpc"], ports["app"], ports["app"],
+                                          ports["grpc"])
+                    callgrind(run, tmp, name, ["haproxy", "-db", "-f", conf])
+                    on = {"h1": p["h1"], "new_conn": p["h1"], "h2": p["h2"], "grpc": p["grpc"]}
+                else:
+                    callgrind(run, tmp, name, b.nghttpx_args(p["h2"], ports["app"]))
+                    callgrind(run, tmp, name, b.nghttpx_args(p["grpc"], ports["grpc"]))
+                    on = {"h2": p["h2"], "grpc": p["grpc"]}
+                for port in set(on.values()):
+                    b.wait_port(port, timeout=60)
+                for kind, port in on.items():
+                    if kind != "new_conn":  # it follows h1 on the same port: warm
+                        work[kind](port, WARMUP)
+                    control(tmp, name, "-z")
+                    answered = work[kind](port)
+                    results[kind][name] = control(tmp, name, "-d") / max(answered, 1)
+            finally:
+                run.stop()
+    finally:
+        procs.stop()
+    for kind, title in (("h1", "HTTP/1.1 keep-alive (h2load --h1 -c16)"),
+                        ("new_conn", "HTTP/1.1 new connection per request (wrk -c16, Connection: close)"),
+                        ("h2", "HTTP/2 (h2load -c8 -m16)"),
+                        ("grpc", "gRPC unary, 100-byte message (h2load -c8 -m16)")):
+        b.row(f"instructions per request, thousands: {title}",
+              {k: [v / 1000] for k, v in results[kind].items()}, higher_better=False)
