@@ -165,6 +165,8 @@ pub struct ResponseHead {
     /// The app will close the connection after this response
     /// (`Connection: close`, or HTTP/1.0 without keep-alive).
     pub close: bool,
+    /// The head has a Connection field line.
+    pub connection_field: bool,
 }
 
 /// Parses a request head at the start of `buf`: `Ok(None)` if incomplete.
@@ -281,7 +283,8 @@ pub fn parse_response(buf: &[u8], kind: Kind) -> Result<Option<ResponseHead>, Ba
         }
     };
     let close = framing.close || (resp.version == Some(0) && !framing.keep_alive) || body == Body::UntilClose;
-    Ok(Some(ResponseHead { len, status, body, tunnel, close }))
+    let connection_field = framing.connection != ConnectionField::Absent;
+    Ok(Some(ResponseHead { len, status, body, tunnel, close, connection_field }))
 }
 
 enum FramingHeader {

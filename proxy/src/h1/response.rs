@@ -124,7 +124,7 @@ where
             count(counters, conn, head.status);
         }
         if close_client {
-            head_len = close_response_head(buf, head_len);
+            head_len = close_response_head(buf, head_len, head.connection_field);
         }
         let tunnel_after = head.tunnel;
         let until_close = head.body == Body::UntilClose;
