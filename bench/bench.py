@@ -547,14 +547,11 @@ def main():
     if args.only == "admission":
         admission.bench(rounds=args.rounds)
         return
+    if args.only == "instructions":
+        instructions.bench(args.baseline)
+        return
     tmp = tempfile.mkdtemp()
     procs = Procs()
-    if args.only == "instructions":
-        try:
-            instructions.bench(tmp, args.baseline)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-        return
     if args.only in ("sessions", "cores"):
         try:
             if args.only == "sessions":
@@ -705,11 +702,7 @@ def main():
         shutil.rmtree(tmp, ignore_errors=True)
     if args.only is None:
         admission.bench(rounds=args.rounds)
-        tmp = tempfile.mkdtemp()
-        try:
-            instructions.bench(tmp, args.baseline)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+        instructions.bench(args.baseline)
 
 
 if __name__ == "__main__":

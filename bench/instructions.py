@@ -12,6 +12,7 @@ rows rather than replacing them. Lower is better."""
 import os
 import re
 import subprocess
+import tempfile
 import time
 
 import bench as b
@@ -73,7 +74,8 @@ def wrk_count(port, seconds):
 
 
 def loads(unary, requests):
-    """The measured loads: name -> (kind, run(port) -> requests answered)."""
+    """The measured loads: name -> run(port, n) -> requests answered (a new
+    connection per request runs for 3 s, whatever `n`)."""
     grpc = ["-d", unary, *b.GRPC_HEADERS]
     return {
         "h1": lambda port, n=requests: h2load_count(["--h1", "-n", str(n), "-c16", "-t1", f"http://127.0.0.1:{port}/"]),
@@ -84,65 +86,67 @@ def loads(unary, requests):
     }
 
 
-def bench(tmp, baseline=None, requests=10000):
+def start_target(run, tmp, name, binary, app, grpc_app):
+    """Starts proxy `name` under callgrind in front of the two apps; returns
+    the port each load goes to (nghttpx takes only HTTP/2 and gRPC)."""
+    p = {k: b.free_port() for k in ("h1", "h2", "grpc", "tcp")}
+    if name == "nginx":
+        conf = b.nginx_conf(tmp, p["h1"], p["h2"], p["grpc"], app, grpc_app)
+        # One process: the master serves.
+        text = open(conf).read().replace("daemon off;", "daemon off;\nmaster_process off;")
+        open(conf, "w").write(text)
+        callgrind(run, tmp, name, ["nginx", "-c", conf])
+    elif name == "haproxy":
+        conf = b.haproxy_conf(tmp, p["h1"], p["h2"], p["tcp"], p["grpc"], app, app, grpc_app)
+        callgrind(run, tmp, name, ["haproxy", "-db", "-f", conf])
+    elif name == "nghttpx":
+        callgrind(run, tmp, name, b.nghttpx_args(p["h2"], app))
+        callgrind(run, tmp, name, b.nghttpx_args(p["grpc"], grpc_app))
+        return {"h2": p["h2"], "grpc": p["grpc"]}
+    else:
+        # A sidecar speaks HTTP/1 and HTTP/2 on one port.
+        p["h2"] = p["h1"]
+        for port, upstream in ((p["h1"], app), (p["grpc"], grpc_app)):
+            callgrind(run, tmp, name, [binary, "run", "--threads", "1", "--listen", f"127.0.0.1:{port}", "--upstream",
+                                       f"127.0.0.1:{upstream}", "--admin", "127.0.0.1:0", "--tunnel", "127.0.0.1:0"])
+    return {"h1": p["h1"], "new_conn": p["h1"], "h2": p["h2"], "grpc": p["grpc"]}
+
+
+def bench(baseline=None, requests=10000):
     """Instructions per request for HTTP/1.1 keep-alive, a new connection
     per request, HTTP/2 and gRPC unary, per proxy; printed with ratios to
     the best peer."""
     print(f"\n== instructions per request (valgrind --tool=callgrind, user space only; {requests} requests "
           f"after {WARMUP} to warm up, a new connection per request for 3 s; lower is better)")
-    unary = b.grpc_message(tmp, "unary.bin", 100, 1)
-    work = loads(unary, requests)
-    results = {k: {} for k in work}
-    procs = b.Procs()
-    try:
-        ports = {k: b.free_port() for k in ("app", "grpc")}
-        procs.start([f"{b.RELEASE}/sample-app", "--http", f"127.0.0.1:{ports['app']}"])
-        procs.start([f"{b.RELEASE}/sample-app", "--grpc", f"127.0.0.1:{ports['grpc']}"])
-        b.wait_port(ports["app"])
-        b.wait_port(ports["grpc"])
-        sidecars = {"sidecar": None}
-        if baseline:
-            sidecars["baseline"] = baseline
-        targets = list(sidecars) + ["nginx", "haproxy", "nghttpx"]
-        for name in targets:
-            run = b.Procs()
-            try:
-                p = {k: b.free_port() for k in ("h1", "h2", "grpc", "tcp")}
-                if name in sidecars:
-                    for port, app in ((p["h1"], ports["app"]), (p["grpc"], ports["grpc"])):
-                        callgrind(run, tmp, name, [sidecars[name] or f"{b.RELEASE}/mirrord-proxy", "run", "--threads",
-                                                   "1", "--listen", f"127.0.0.1:{port}", "--upstream",
-                                                   f"127.0.0.1:{app}", "--admin", "127.0.0.1:0", "--tunnel",
-                                                   "127.0.0.1:0"])
-                    on = {"h1": p["h1"], "new_conn": p["h1"], "h2": p["h1"], "grpc": p["grpc"]}
-                elif name == "nginx":
-                    conf = b.nginx_conf(tmp, p["h1"], p["h2"], p["grpc"], ports["app"], ports["grpc"])
-                    # One process: the master serves (valgrind follows no fork).
-                    text = open(conf).read().replace("daemon off;", "daemon off;\nmaster_process off;")
-                    open(conf, "w").write(text)
-                    callgrind(run, tmp, name, ["nginx", "-c", conf])
-                    on = {"h1": p["h1"], "new_conn": p["h1"], "h2": p["h2"], "grpc": p["grpc"]}
-                elif name == "haproxy":
-                    conf = b.haproxy_conf(tmp, p["h1"], p["h2"], p["tcp"], p["grpc"], ports["app"], ports["app"],
-                                          ports["grpc"])
-                    callgrind(run, tmp, name, ["haproxy", "-db", "-f", conf])
-                    on = {"h1": p["h1"], "new_conn": p["h1"], "h2": p["h2"], "grpc": p["grpc"]}
-                else:
-                    callgrind(run, tmp, name, b.nghttpx_args(p["h2"], ports["app"]))
-                    callgrind(run, tmp, name, b.nghttpx_args(p["grpc"], ports["grpc"]))
-                    on = {"h2": p["h2"], "grpc": p["grpc"]}
-                for port in set(on.values()):
-                    b.wait_port(port, timeout=60)
-                for kind, port in on.items():
-                    if kind != "new_conn":  # it follows h1 on the same port: warm
-                        work[kind](port, WARMUP)
-                    control(tmp, name, "-z")
-                    answered = work[kind](port)
-                    results[kind][name] = control(tmp, name, "-d") / max(answered, 1)
-            finally:
-                run.stop()
-    finally:
-        procs.stop()
+    binaries = {"sidecar": f"{b.RELEASE}/mirrord-proxy"}
+    if baseline:
+        binaries["baseline"] = baseline
+    with tempfile.TemporaryDirectory() as tmp:
+        work = loads(b.grpc_message(tmp, "unary.bin", 100, 1), requests)
+        results = {k: {} for k in work}
+        apps = b.Procs()
+        try:
+            app, grpc_app = b.free_port(), b.free_port()
+            apps.start([f"{b.RELEASE}/sample-app", "--http", f"127.0.0.1:{app}"])
+            apps.start([f"{b.RELEASE}/sample-app", "--grpc", f"127.0.0.1:{grpc_app}"])
+            b.wait_port(app)
+            b.wait_port(grpc_app)
+            for name in [*binaries, "nginx", "haproxy", "nghttpx"]:
+                run = b.Procs()
+                try:
+                    on = start_target(run, tmp, name, binaries.get(name), app, grpc_app)
+                    for port in set(on.values()):
+                        b.wait_port(port, timeout=60)
+                    for kind, port in on.items():
+                        if kind != "new_conn":  # it follows h1 on the same port: warm
+                            work[kind](port, WARMUP)
+                        control(tmp, name, "-z")
+                        answered = work[kind](port)
+                        results[kind][name] = control(tmp, name, "-d") / max(answered, 1)
+                finally:
+                    run.stop()
+        finally:
+            apps.stop()
     for kind, title in (("h1", "HTTP/1.1 keep-alive (h2load --h1 -c16)"),
                         ("new_conn", "HTTP/1.1 new connection per request (wrk -c16, Connection: close)"),
                         ("h2", "HTTP/2 (h2load -c8 -m16)"),

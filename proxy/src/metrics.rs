@@ -278,41 +278,20 @@ pub fn status_class(status: u16) -> &'static str {
     }
 }
 
-/// Duration histograms of one connection, looked up once per route.
+/// The request counters and duration histograms of one connection, looked
+/// up once per status class and route (not once per request); an HTTP/2
+/// connection's stream tasks share them.
 #[derive(Debug)]
-pub struct Timers {
-    port: u16,
-    protocol: Protocol,
-    cached: [Option<Histogram>; 3],
-}
-
-impl Timers {
-    pub fn new(port: u16, protocol: Protocol) -> Self {
-        Timers { port, protocol, cached: Default::default() }
-    }
-
-    pub fn observe(&mut self, metrics: &Metrics, route: Route, started: std::time::Instant) {
-        let (port, protocol) = (self.port, self.protocol);
-        self.cached[route.index()]
-            .get_or_insert_with(|| metrics.duration(port, protocol, route))
-            .observe(started.elapsed().as_secs_f64());
-    }
-}
-
-/// The request counters and duration histograms of one HTTP/2
-/// connection, looked up once per status class and route and shared by
-/// its stream tasks.
-#[derive(Debug)]
-pub struct StreamCounts {
+pub struct ConnCounts {
     port: u16,
     protocol: Protocol,
     requests: [std::sync::OnceLock<Counter>; 5],
     durations: [std::sync::OnceLock<Histogram>; 3],
 }
 
-impl StreamCounts {
+impl ConnCounts {
     pub fn new(port: u16, protocol: Protocol) -> Self {
-        StreamCounts { port, protocol, requests: Default::default(), durations: Default::default() }
+        ConnCounts { port, protocol, requests: Default::default(), durations: Default::default() }
     }
 
     /// Counts a response by its status.
@@ -355,8 +334,8 @@ mod tests {
     #[test]
     fn histograms_and_build_info_render() {
         let m = Metrics::default();
-        let mut timers = Timers::new(80, Protocol::Http1);
-        timers.observe(&m, Route::Stolen, std::time::Instant::now());
+        let counts = ConnCounts::new(80, Protocol::Http1);
+        counts.done(&m, Route::Stolen, std::time::Instant::now());
         let text = m.render();
         assert!(text.contains("# TYPE mirrord_proxy_request_duration_seconds histogram"), "{text}");
         assert!(

@@ -1,7 +1,6 @@
 //! App → client: responses in request order, bytes forwarded as read.
 
 use bytes::BytesMut;
-use prometheus_client::metrics::counter::Counter;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tracing::debug;
@@ -11,7 +10,7 @@ use super::head::{parse_response, Kind};
 use super::rewrite::close_response_head;
 use super::stolen::{self, After};
 use super::{body, fill, forward, pass_fin, tunnel, Conn, Done, Pending, Shared, MAX_BUFFER};
-use crate::metrics::{status_class, Protocol, RequestLabels, Route, Timers};
+use crate::metrics::{ConnCounts, Protocol, Route};
 use crate::session::Frame;
 
 /// What the response side keeps from one round to the next.
@@ -19,21 +18,14 @@ pub(super) struct State {
     /// Bytes read from the app and not yet passed on; empty between rounds
     /// unless the app sent more than it was asked for.
     pub buf: BytesMut,
-    /// Counter handles, cached per connection.
-    counters: [Option<Counter>; 5],
-    timers: Timers,
+    counts: ConnCounts,
     /// The app said it closes the connection after its last response.
     closing: bool,
 }
 
 impl State {
     pub fn new(conn: &Conn) -> Self {
-        State {
-            buf: BytesMut::new(),
-            counters: Default::default(),
-            timers: Timers::new(conn.dst.port(), Protocol::Http1),
-            closing: false,
-        }
+        State { buf: BytesMut::new(), counts: ConnCounts::new(conn.dst.port(), Protocol::Http1), closing: false }
     }
 }
 
@@ -42,7 +34,7 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let State { buf, counters, timers, closing } = state;
+    let State { buf, counts, closing } = state;
     loop {
         if let Some(done) = due_refusal(&mut wr, shared, conn).await {
             return done;
@@ -56,14 +48,14 @@ where
             if wr.write_all(answer).await.is_err() {
                 return Done::Close;
             }
-            count(counters, conn, 200);
+            counts.answered(&conn.metrics, 200);
             continue;
         }
         if let Some(stolen) = due_stolen(shared) {
             let started = stolen.started;
             let (status, after) = stolen::respond(&mut wr, stolen).await;
-            count(counters, conn, status);
-            timers.observe(&conn.metrics, Route::Stolen, started);
+            counts.answered(&conn.metrics, status);
+            counts.done(&conn.metrics, Route::Stolen, started);
             match after {
                 After::Continue => continue,
                 After::Close => {
@@ -121,7 +113,7 @@ where
                 timing = Some((route, started));
                 close_client = close && !head.close;
             }
-            count(counters, conn, head.status);
+            counts.answered(&conn.metrics, head.status);
         }
         if close_client {
             head_len = close_response_head(buf, head_len, head.connection_field);
@@ -131,7 +123,7 @@ where
         match forward_message(&mut rd, &mut wr, buf, head_len, head.body).await {
             Message::Complete => {
                 if let Some((route, started)) = timing {
-                    timers.observe(&conn.metrics, route, started);
+                    counts.done(&conn.metrics, route, started);
                 }
                 if close_client {
                     // Like a server that was asked to close: FIN after the
@@ -147,7 +139,7 @@ where
             // A body delimited by close has ended; anything else was cut short.
             Message::SourceClosed if until_close => {
                 if let Some((route, started)) = timing {
-                    timers.observe(&conn.metrics, route, started);
+                    counts.done(&conn.metrics, route, started);
                 }
                 return Done::Eof;
             }
@@ -194,18 +186,6 @@ fn due_release(shared: &Shared) -> bool {
         return true;
     }
     false
-}
-
-/// Counts a final response, with the counter handles cached per connection.
-fn count(counters: &mut [Option<Counter>; 5], conn: &Conn, status: u16) {
-    let idx = usize::from(status / 100).clamp(1, 5) - 1;
-    counters[idx]
-        .get_or_insert_with(|| {
-            let labels =
-                RequestLabels { port: conn.dst.port(), protocol: Protocol::Http1, status: status_class(status) };
-            conn.metrics.requests.get_or_create(&labels).clone()
-        })
-        .inc();
 }
 
 /// A response of the sidecar's own, if it is next.

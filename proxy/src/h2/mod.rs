@@ -22,7 +22,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tracing::debug;
 
 use crate::limits::Limits;
-use crate::metrics::{Metrics, Protocol, Route, StreamCounts};
+use crate::metrics::{ConnCounts, Metrics, Protocol, Route};
 use crate::session::Sessions;
 use crate::shutdown::Shutdown;
 use body::{send_body, FromSession, H2Body};
@@ -53,12 +53,12 @@ pub struct Proxy {
     pub sessions: Arc<Sessions>,
     pub shutdown: Shutdown,
     /// This connection's request counters and duration histograms.
-    counts: Arc<StreamCounts>,
+    counts: Arc<ConnCounts>,
 }
 
 impl Proxy {
     pub fn new(dst: std::net::SocketAddr, metrics: Arc<Metrics>, sessions: Arc<Sessions>, shutdown: Shutdown) -> Self {
-        let counts = Arc::new(StreamCounts::new(dst.port(), Protocol::Http2));
+        let counts = Arc::new(ConnCounts::new(dst.port(), Protocol::Http2));
         Proxy { upstream: Arc::new(Upstream::new(dst)), metrics, sessions, shutdown, counts }
     }
 
