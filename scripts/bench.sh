@@ -10,7 +10,7 @@ if ((${#missing[@]})); then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 command -v oha >/dev/null 2>&1 || cargo install oha --locked
-cargo build --release -q -p mirrord-tests -p mirrord-injector --bins
+cargo build --release -q -p mirrord-tests -p mirrord-injector -p mirrord-cli --bins
 # The sidecar on its own, as its image builds it: built with the others, it
 # would get the features they turn on in shared dependencies (tracing's `log`,
 # for one) and not be the binary that ships.

@@ -65,7 +65,7 @@ impl Drop for Registered {
 
 #[tonic::async_trait]
 impl proto::tunnel_server::Tunnel for Tunnel {
-    type SessionStream = ReceiverStream<Result<proto::SessionEvent, Status>>;
+    type SessionStream = crate::session::Events;
     type ExchangeStream = ExchangeStream;
 
     async fn session(
@@ -150,7 +150,7 @@ impl proto::tunnel_server::Tunnel for Tunnel {
             }
             .instrument(span),
         );
-        Ok(Response::new(ReceiverStream::new(events)))
+        Ok(Response::new(events))
     }
 
     async fn exchange(

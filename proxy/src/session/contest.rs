@@ -131,12 +131,9 @@ fn ports_are(ports: &[u16]) -> String {
 #[cfg(test)]
 mod tests {
     use mirrord_config::Config;
-    use tokio::sync::mpsc::Receiver;
 
-    use super::super::Sessions;
+    use super::super::{Events, Sessions};
     use super::*;
-
-    type Events = Receiver<Result<proto::SessionEvent, tonic::Status>>;
 
     fn session(sessions: &Sessions, name: &str, json: &str) -> (Arc<Session>, Events) {
         Session::new(

@@ -8,6 +8,7 @@
 //! across anything, and skips it entirely when no session is connected.
 
 mod contest;
+mod events;
 mod exchange;
 mod plan;
 mod route;
@@ -21,6 +22,7 @@ use mirrord_config::{Config, Mode, RequestBody};
 use tokio::sync::mpsc;
 
 pub use contest::Yielded;
+pub use events::Events;
 pub use exchange::{Copies, Exchange, Slot};
 pub use plan::{conflict, describe, plan, Conflict};
 pub use route::{open_copies, open_steal, route_request, Routed};
@@ -50,7 +52,9 @@ pub struct Session {
     /// The name as the metrics know it (bounded).
     pub label: crate::metrics::SessionLabel,
     pub config: Config,
-    events: mpsc::Sender<Result<proto::SessionEvent, tonic::Status>>,
+    events: mpsc::Sender<events::Event>,
+    /// Copies announced whole, sent in batches (`events.rs`).
+    gathered: Arc<events::Gathered>,
     slots: Mutex<HashMap<u64, Slot>>,
     next_id: AtomicU64,
     /// Sessions already told that this one took their match (told once each).
@@ -73,8 +77,9 @@ impl Session {
         name: String,
         label: crate::metrics::SessionLabel,
         config: Config,
-    ) -> (Arc<Self>, mpsc::Receiver<Result<proto::SessionEvent, tonic::Status>>) {
+    ) -> (Arc<Self>, Events) {
         let (events, rx) = mpsc::channel(EVENT_QUEUE);
+        let gathered = Arc::new(events::Gathered::new(EVENT_QUEUE));
         let session = Session {
             seq,
             secret,
@@ -82,6 +87,7 @@ impl Session {
             label,
             config,
             events,
+            gathered: gathered.clone(),
             slots: Mutex::default(),
             next_id: AtomicU64::new(1),
             told_about: Mutex::default(),
@@ -91,7 +97,7 @@ impl Session {
             stolen: AtomicU64::new(0),
             mirrored: AtomicU64::new(0),
         };
-        (Arc::new(session), rx)
+        (Arc::new(session), Events::new(rx, gathered))
     }
 
     /// Whether this session takes traffic of `port`: its config covers it
@@ -147,12 +153,13 @@ impl Session {
     }
 
     /// Announces a copy that is complete in itself (a request without a
-    /// body): no exchange is needed, so none is opened. False when dropped.
+    /// body): no exchange is needed, so none is opened; it goes out with
+    /// the next batch of copies. False when dropped.
     pub fn announce_copy(&self, port: u16, request: wire::HttpRequest) -> bool {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let kind = Some(Announced::Http(request).into_wire());
         let incoming = proto::Incoming { id, port: u32::from(port), mode: proto::Mode::Mirror as i32, kind };
-        self.events.try_send(Ok(proto::SessionEvent { kind: Some(session_event::Kind::Incoming(incoming)) })).is_ok()
+        self.gathered.push(proto::SessionEvent { kind: Some(session_event::Kind::Incoming(incoming)) })
     }
 
     /// The client attached to exchange `id`: hands over its slot.
