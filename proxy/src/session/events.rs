@@ -78,14 +78,18 @@ impl Gathered {
 pub struct Events {
     urgent: mpsc::Receiver<Event>,
     gathered: std::sync::Arc<Gathered>,
-    /// Armed at the first copy of a batch; once it has fired, the batch is
-    /// sent, and it is disarmed when the queue is empty.
-    gather: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// Armed by the first copy after a quiet spell; copies are gathered
+    /// until it fires. While copies keep coming it goes on ticking, and the
+    /// tunnel gathers on the tick alone, not woken by the data path; a tick
+    /// without copies disarms it.
+    tick: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// The tick fired: the copies gathered by then are being sent.
+    sending: bool,
 }
 
 impl Events {
     pub fn new(urgent: mpsc::Receiver<Event>, gathered: std::sync::Arc<Gathered>) -> Events {
-        Events { urgent, gathered, gather: None }
+        Events { urgent, gathered, tick: None, sending: false }
     }
 
     /// The next urgent event, if one is waiting.
@@ -107,19 +111,38 @@ impl Stream for Events {
             Poll::Pending => {}
         }
         let mut queue = this.gathered.lock();
-        if queue.events.is_empty() {
-            this.gather = None;
-            match &queue.waiting {
-                Some(w) if w.will_wake(cx.waker()) => {}
-                _ => queue.waiting = Some(cx.waker().clone()),
+        loop {
+            if this.sending {
+                if let Some(event) = queue.events.pop_front() {
+                    return Poll::Ready(Some(Ok(event)));
+                }
+                this.sending = false;
             }
-            return Poll::Pending;
+            match &mut this.tick {
+                None if queue.events.is_empty() => {
+                    match &queue.waiting {
+                        Some(w) if w.will_wake(cx.waker()) => {}
+                        _ => queue.waiting = Some(cx.waker().clone()),
+                    }
+                    return Poll::Pending;
+                }
+                None => {
+                    queue.waiting = None;
+                    this.tick = Some(Box::pin(tokio::time::sleep(GATHER)));
+                }
+                Some(tick) => {
+                    if tick.as_mut().poll(cx).is_pending() {
+                        return Poll::Pending;
+                    }
+                    if queue.events.is_empty() {
+                        this.tick = None;
+                    } else {
+                        tick.as_mut().reset(tokio::time::Instant::now() + GATHER);
+                        this.sending = true;
+                    }
+                }
+            }
         }
-        let gather = this.gather.get_or_insert_with(|| Box::pin(tokio::time::sleep(GATHER)));
-        if gather.as_mut().poll(cx).is_pending() {
-            return Poll::Pending;
-        }
-        Poll::Ready(queue.events.pop_front().map(Ok))
     }
 }
 
@@ -160,7 +183,15 @@ mod tests {
         // The rest of the batch follows without another wait.
         assert_eq!(text(events.next().await), "copy 2");
         assert_eq!(started.elapsed(), GATHER);
-        // A copy after the queue emptied starts a new batch.
+        // A copy that comes while copies keep coming goes out at the next
+        // tick, not a whole GATHER after it came.
+        assert!(tokio::time::timeout(GATHER / 4, events.next()).await.is_err(), "the batch is out");
+        tokio::time::sleep(GATHER / 4).await;
+        assert!(gathered.push(notice("copy 2b")));
+        assert_eq!(text(events.next().await), "copy 2b");
+        assert_eq!(started.elapsed(), GATHER * 2);
+        // A tick without copies stops the ticking: a copy after it starts
+        // a new batch.
         let next = tokio::spawn(async move {
             let event = events.next().await;
             (text(event), events)
