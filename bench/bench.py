@@ -430,36 +430,55 @@ listen h1
         print(f"  sidecar --threads 2 vs --threads 1: x{statistics.median(results[kind]['sidecar']) / one:.2f}")
 
 
-def session_bench(procs, tmp, seconds, rounds):
-    ports = {k: free_port() for k in ("app", "fast", "slow", "stalled", "sidecar", "tunnel", "nginx_slow", "nginx_stalled")}
+def session_bench(procs, tmp, seconds, rounds, baseline=None):
+    """The primary path at 2000 req/s with no session and with a mirror
+    session whose local app is fast, slow and stalled, through this build's
+    sidecar and (with `baseline`) another build's, interleaved; nginx's
+    mirror beside them; and a stolen request's latency over the tunnel."""
+    ports = {k: free_port() for k in ("app", "fast", "slow", "stalled", "sidecar", "tunnel", "nginx_slow", "nginx_stalled",
+                                       "baseline", "baseline_tunnel")}
     procs.start([f"{RELEASE}/sample-app", "--http", f"127.0.0.1:{ports['app']}"])
     # The local apps are on the "laptop" CPU; nginx's mirror targets are the same processes.
     procs.start([f"{RELEASE}/sample-app", "--http", f"127.0.0.1:{ports['fast']}"], cpu=LOAD_CPU)
     procs.start([f"{RELEASE}/sample-app", "--http", f"127.0.0.1:{ports['slow']}", "--delay-ms", "200"], cpu=LOAD_CPU)
     procs.start([f"{RELEASE}/sample-app", "--http", f"127.0.0.1:{ports['stalled']}", "--delay-ms", "100000000"], cpu=LOAD_CPU)
-    sidecar = start_sidecar(procs, ports["sidecar"], ports["app"], "--ports", str(ports["app"]), "--insecure-no-token",
-                            tunnel=ports["tunnel"])
+    sidecars = {"": "sidecar"} | ({"baseline ": "baseline"} if baseline else {})
+    pids = {}
+    for prefix, name in sidecars.items():
+        pids[prefix] = start_sidecar(procs, ports[name], ports["app"], "--ports", str(ports["app"]), "--insecure-no-token",
+                                     tunnel=ports["baseline_tunnel" if name == "baseline" else "tunnel"],
+                                     binary=baseline if name == "baseline" else None).pid
     procs.start(["nginx", "-c", nginx_mirror_conf(tmp, ports["nginx_slow"], ports["app"], ports["slow"])])
     procs.start(["nginx", "-c", nginx_mirror_conf(tmp, ports["nginx_stalled"], ports["app"], ports["stalled"])])
     for k in ports:
-        if k not in ("admin",):
+        if baseline or not k.startswith("baseline"):
             wait_port(ports[k])
 
     def mirror_to(target):
         return {"feature": {"network": {"incoming": {"mode": "mirror", "port_mapping": [[ports[target], ports["app"]]]}}}}
 
-    primary = {k: [] for k in ("no session", "mirror fast", "mirror slow (200 ms)", "mirror stalled",
-                               "nginx mirror slow (200 ms)", "nginx mirror stalled")}
+    cases = (("mirror fast", "fast"), ("mirror slow (200 ms)", "slow"), ("mirror stalled", "stalled"))
+    primary = {f"{prefix}{k}": [] for prefix in sidecars for k in ("no session", *(name for name, _ in cases))}
+    primary |= {"nginx mirror slow (200 ms)": [], "nginx mirror stalled": []}
     stolen = {"direct to local app": [], "stolen via tunnel": []}
+    def primary_path(prefix, name):
+        """oha at 2000 req/s, and the sidecar's CPU time (every thread) per request."""
+        before = cpu_ns([pids[prefix]])
+        run = oha_latency(ports[name], seconds, 2000)
+        run["cpu_us"] = (cpu_ns([pids[prefix]]) - before) / (seconds * 2000) / 1000
+        return run
+
     for r in range(rounds):
         print(f"sessions round {r + 1}/{rounds}", file=sys.stderr)
-        primary["no session"].append(oha_latency(ports["sidecar"], seconds, 2000))
-        for name, target in (("mirror fast", "fast"), ("mirror slow (200 ms)", "slow"), ("mirror stalled", "stalled")):
-            session = Session(ports["tunnel"], mirror_to(target), tmp)
-            try:
-                primary[name].append(oha_latency(ports["sidecar"], seconds, 2000))
-            finally:
-                session.close()
+        for prefix, name in sidecars.items():
+            tunnel = ports["baseline_tunnel" if name == "baseline" else "tunnel"]
+            primary[f"{prefix}no session"].append(primary_path(prefix, name))
+            for case, target in cases:
+                session = Session(tunnel, mirror_to(target), tmp)
+                try:
+                    primary[f"{prefix}{case}"].append(primary_path(prefix, name))
+                finally:
+                    session.close()
         primary["nginx mirror slow (200 ms)"].append(oha_latency(ports["nginx_slow"], seconds, 2000))
         primary["nginx mirror stalled"].append(oha_latency(ports["nginx_stalled"], seconds, 2000))
         stolen["direct to local app"].append(oha_latency(ports["fast"], seconds, 200))
@@ -469,14 +488,18 @@ def session_bench(procs, tmp, seconds, rounds):
             stolen["stolen via tunnel"].append(oha_latency(ports["sidecar"], seconds, 200))
         finally:
             session.close()
-    _, peak, _ = proc_stat(sidecar.pid)
+    _, peak, _ = proc_stat(pids[""])
     med = statistics.median
     print("\n== sessions: primary path at 2000 req/s (oha -c16) with a mirror session, p50/p99 ms and errors")
-    base = med([x["p99"] for x in primary["no session"]])
     for name, runs in primary.items():
+        prefix = "baseline " if name.startswith("baseline ") else ""
+        base = med([x["p99"] for x in primary[f"{prefix}no session"]])
         p50, p99 = med([x["p50"] for x in runs]), med([x["p99"] for x in runs])
         errors = sum(x["errors"] for x in runs)
-        print(f"  {name:28s} p50={p50:8.3f} p99={p99:9.3f} (p99 x{p99 / base:.2f} of no session) errors={errors}")
+        spread = f"[{min(x['p99'] for x in runs) / base:.2f}-{max(x['p99'] for x in runs) / base:.2f}]"
+        cpu = f" sidecar CPU {med([x['cpu_us'] for x in runs]):.1f} us/req" if "cpu_us" in runs[0] else ""
+        print(f"  {name:30s} p50={p50:8.3f} p99={p99:9.3f} (p99 x{p99 / base:.2f} {spread} of no session) "
+              f"errors={errors}{cpu}")
     print(f"  sidecar peak RSS through the mirror runs: {peak:.1f} MiB")
     print("== sessions: stolen request latency at 200 req/s over the loopback tunnel")
     d50, d99 = med([x["p50"] for x in stolen["direct to local app"]]), med([x["p99"] for x in stolen["direct to local app"]])
@@ -555,7 +578,7 @@ def main():
     if args.only in ("sessions", "cores"):
         try:
             if args.only == "sessions":
-                session_bench(procs, tmp, args.seconds, args.rounds)
+                session_bench(procs, tmp, args.seconds, args.rounds, args.baseline)
             else:
                 cores_bench(procs, tmp, args.seconds, args.rounds, args.baseline)
         finally:
@@ -695,7 +718,7 @@ def main():
             higher_better=False)
         detection_wait(procs)
         if args.only != "proxy":
-            session_bench(procs, tmp, args.seconds, args.rounds)
+            session_bench(procs, tmp, args.seconds, args.rounds, args.baseline)
             cores_bench(procs, tmp, args.seconds, args.rounds, args.baseline)
     finally:
         procs.stop()
