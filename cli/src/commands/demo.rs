@@ -52,7 +52,16 @@ async fn demo() -> anyhow::Result<()> {
     );
     println!("\n2. Mirror session: the pod's app still answers; your local app gets a copy of each request.");
     let before = laptop_hits.load(Ordering::SeqCst);
-    with_session(tunnel, &token, &mirror, traffic(sidecar)).await?;
+    let mirrored = async {
+        traffic(sidecar).await?;
+        // Copies travel on their own, a few milliseconds behind the answers.
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(2);
+        while laptop_hits.load(Ordering::SeqCst) - before < REQUESTS && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        Ok(())
+    };
+    with_session(tunnel, &token, &mirror, mirrored).await?;
     println!("   your local app received {} copies", laptop_hits.load(Ordering::SeqCst) - before);
 
     let steal = format!(
@@ -177,9 +186,13 @@ async fn with_session(
 }
 
 /// Four requests, two with the demo header, and who answered each.
+/// The `x-user` header of each request `traffic` sends (none when empty).
+const USERS: [&str; 4] = ["", "demo", "", "demo"];
+const REQUESTS: usize = USERS.len();
+
 async fn traffic(sidecar: SocketAddr) -> anyhow::Result<()> {
     let client = hyper_util::client::legacy::Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
-    for (i, user) in ["", "demo", "", "demo"].iter().enumerate() {
+    for (i, user) in USERS.iter().enumerate() {
         let mut req = Request::get(format!("http://{sidecar}/orders/{i}"));
         if !user.is_empty() {
             req = req.header("x-user", *user);
