@@ -442,12 +442,13 @@ def session_bench(procs, tmp, seconds, rounds, baseline=None):
     procs.start([f"{RELEASE}/sample-app", "--http", f"127.0.0.1:{ports['fast']}"], cpu=LOAD_CPU)
     procs.start([f"{RELEASE}/sample-app", "--http", f"127.0.0.1:{ports['slow']}", "--delay-ms", "200"], cpu=LOAD_CPU)
     procs.start([f"{RELEASE}/sample-app", "--http", f"127.0.0.1:{ports['stalled']}", "--delay-ms", "100000000"], cpu=LOAD_CPU)
-    sidecars = {"": "sidecar"} | ({"baseline ": "baseline"} if baseline else {})
-    pids = {}
-    for prefix, name in sidecars.items():
-        pids[prefix] = start_sidecar(procs, ports[name], ports["app"], "--ports", str(ports["app"]), "--insecure-no-token",
-                                     tunnel=ports["baseline_tunnel" if name == "baseline" else "tunnel"],
-                                     binary=baseline if name == "baseline" else None).pid
+    # (row prefix, port, tunnel port, binary) of each sidecar measured.
+    sidecars = [("", "sidecar", "tunnel", None)]
+    if baseline:
+        sidecars.append(("baseline ", "baseline", "baseline_tunnel", baseline))
+    pids = {prefix: start_sidecar(procs, ports[name], ports["app"], "--ports", str(ports["app"]), "--insecure-no-token",
+                                  tunnel=ports[tunnel], binary=binary).pid
+            for prefix, name, tunnel, binary in sidecars}
     procs.start(["nginx", "-c", nginx_mirror_conf(tmp, ports["nginx_slow"], ports["app"], ports["slow"])])
     procs.start(["nginx", "-c", nginx_mirror_conf(tmp, ports["nginx_stalled"], ports["app"], ports["stalled"])])
     for k in ports:
@@ -458,9 +459,10 @@ def session_bench(procs, tmp, seconds, rounds, baseline=None):
         return {"feature": {"network": {"incoming": {"mode": "mirror", "port_mapping": [[ports[target], ports["app"]]]}}}}
 
     cases = (("mirror fast", "fast"), ("mirror slow (200 ms)", "slow"), ("mirror stalled", "stalled"))
-    primary = {f"{prefix}{k}": [] for prefix in sidecars for k in ("no session", *(name for name, _ in cases))}
+    primary = {f"{prefix}{k}": [] for prefix in pids for k in ("no session", *(name for name, _ in cases))}
     primary |= {"nginx mirror slow (200 ms)": [], "nginx mirror stalled": []}
     stolen = {"direct to local app": [], "stolen via tunnel": []}
+
     def primary_path(prefix, name):
         """oha at 2000 req/s, and the sidecar's CPU time (every thread) per request."""
         before = cpu_ns([pids[prefix]])
@@ -470,11 +472,10 @@ def session_bench(procs, tmp, seconds, rounds, baseline=None):
 
     for r in range(rounds):
         print(f"sessions round {r + 1}/{rounds}", file=sys.stderr)
-        for prefix, name in sidecars.items():
-            tunnel = ports["baseline_tunnel" if name == "baseline" else "tunnel"]
+        for prefix, name, tunnel, _ in sidecars:
             primary[f"{prefix}no session"].append(primary_path(prefix, name))
             for case, target in cases:
-                session = Session(tunnel, mirror_to(target), tmp)
+                session = Session(ports[tunnel], mirror_to(target), tmp)
                 try:
                     primary[f"{prefix}{case}"].append(primary_path(prefix, name))
                 finally:

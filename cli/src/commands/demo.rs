@@ -185,11 +185,11 @@ async fn with_session(
     result
 }
 
-/// Four requests, two with the demo header, and who answered each.
 /// The `x-user` header of each request `traffic` sends (none when empty).
 const USERS: [&str; 4] = ["", "demo", "", "demo"];
 const REQUESTS: usize = USERS.len();
 
+/// Four requests, two with the demo header, and who answered each.
 async fn traffic(sidecar: SocketAddr) -> anyhow::Result<()> {
     let client = hyper_util::client::legacy::Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
     for (i, user) in USERS.iter().enumerate() {

@@ -4,11 +4,11 @@
 //! tunnel's thread at once: the client is waiting for them. Copies for a
 //! mirroring session that travel whole in their announcement (requests
 //! without a body: most of them) are gathered instead: the first copy
-//! after a quiet spell wakes the tunnel, which then waits [`GATHER`] and
-//! sends everything gathered by then as one batch. At a steady rate the
-//! data path wakes the tunnel's thread once per batch rather than once per
-//! request, and the tunnel and the client each run once per batch: less
-//! of their work lands between a request and its answer on the CPUs they
+//! after a quiet spell wakes the tunnel, which then sends what it gathered
+//! every [`GATHER`] for as long as copies keep coming. At a steady rate the
+//! data path does not wake the tunnel's thread at all, and the tunnel and
+//! the client run once per batch rather than once per request: less of
+//! their work lands between a request and its answer on the CPUs they
 //! share with the data path.
 
 use std::collections::VecDeque;
