@@ -34,16 +34,22 @@ fn curl(pod: &Pod, args: &[&str]) -> String {
 
 /// A curl response with what legitimately differs between runs removed: the
 /// Date header and the peer address the app saw (the sidecar connects from
-/// the pod's own address, by design).
+/// the pod's own address, by design). The address is blanked in the body and
+/// its length taken off Content-Length, since the node's and the pod's
+/// addresses can differ in length ("10.213.7.9" and "10.213.7.10").
 fn comparable(response: &str) -> (String, String) {
     let mut peer = String::new();
+    let mut length = None;
     let mut lines = Vec::new();
     for line in response.lines() {
         let lower = line.to_ascii_lowercase();
         if lower.starts_with("date:") || lower.starts_with("x-peer-port:") {
             continue;
         }
-        if line.starts_with('{') {
+        if let Some(value) = lower.strip_prefix("content-length:") {
+            length = Some((lines.len(), value.trim().parse::<usize>().unwrap()));
+            lines.push(String::new());
+        } else if line.starts_with('{') {
             let mut json: serde_json::Value = serde_json::from_str(line).unwrap();
             peer = json["peer_ip"].as_str().unwrap().to_owned();
             json["peer_ip"] = "".into();
@@ -51,6 +57,9 @@ fn comparable(response: &str) -> (String, String) {
         } else {
             lines.push(line.to_owned());
         }
+    }
+    if let Some((at, n)) = length {
+        lines[at] = format!("content-length: {}", n - peer.len());
     }
     (lines.join("\n"), peer)
 }
