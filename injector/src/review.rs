@@ -8,7 +8,6 @@ use serde_json::{json, Value};
 
 use crate::metrics::{Admission, Failure};
 use crate::mutate::{self, Mutation, Settings, Skip};
-use crate::patch;
 
 /// What happened to one admission, for logs and metrics.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -58,7 +57,7 @@ impl BadReview {
 }
 
 /// The envelope, as much of it as is read; the pod stays a JSON value so
-/// that fields this version does not know survive into the patch's diff.
+/// that it is read as it is, fields this version does not know included.
 #[derive(Debug, Deserialize)]
 struct Review {
     #[serde(rename = "apiVersion", default)]
@@ -144,12 +143,14 @@ pub fn answer(
     if values > MAX_VALUES || depth > MAX_DEPTH {
         return Err(BadReview::TooLarge { values, depth });
     }
-    // JSON is UTF-8 (RFC 8259 §8.1). serde checks the strings it reads, but
-    // skips the fields it does not use without looking inside them.
-    if let Err(e) = std::str::from_utf8(body) {
-        return Err(BadReview::NotJson(format!("invalid UTF-8 at byte {}", e.valid_up_to())));
-    }
-    let review: Review = serde_json::from_slice(body).map_err(|e| match e.classify() {
+    // JSON is UTF-8 (RFC 8259 §8.1). Checked here once, for the whole body:
+    // from bytes, serde would check each string it reads again, and skip
+    // the fields it does not use without looking inside them.
+    let body = match std::str::from_utf8(body) {
+        Ok(body) => body,
+        Err(e) => return Err(BadReview::NotJson(format!("invalid UTF-8 at byte {}", e.valid_up_to()))),
+    };
+    let review: Review = serde_json::from_str(body).map_err(|e| match e.classify() {
         serde_json::error::Category::Data => BadReview::Shape(e.to_string()),
         _ => BadReview::NotJson(e.to_string()),
     })?;
@@ -179,8 +180,7 @@ pub fn answer(
         Mutation::Skip(Skip::NotAPod)
     };
     let outcome = match mutation {
-        Mutation::Inject(mutated) => {
-            let ops = patch::diff(object, &mutated);
+        Mutation::Inject(ops) => {
             response["patchType"] = json!("JSONPatch");
             response["patch"] = json!(base64(serde_json::to_string(&ops).unwrap_or_default().as_bytes()));
             Outcome::Injected

@@ -46,11 +46,9 @@ fn fixtures_match_golden_patches_and_validate() {
     for (name, pod) in fixtures() {
         let namespace_opted_in = name.starts_with("ns-optin");
         let outcome = match mutate::pod(&pod, namespace_opted_in, &settings()) {
-            Mutation::Inject(mutated) => {
-                let ops = patch::diff(&pod, &mutated);
-                let mut patched = pod.clone();
-                patch::apply(&mut patched, &ops).unwrap();
-                assert_eq!(patched, mutated, "{name}: the patch does not produce the mutated pod");
+            Mutation::Inject(ops) => {
+                let mut mutated = pod.clone();
+                patch::apply(&mut mutated, &ops).unwrap();
                 assert_eq!(
                     mutate::pod(&mutated, namespace_opted_in, &settings()),
                     Mutation::Skip(Skip::AlreadyInjected),

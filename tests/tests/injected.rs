@@ -54,7 +54,7 @@ fn mutated_fixture_runs_in_the_pod_simulation() {
         Path::new(env!("CARGO_MANIFEST_DIR")).join("../injector/tests/fixtures/pods/deployment-two-ports.json");
     let original: Value = serde_json::from_str(&std::fs::read_to_string(fixture).unwrap()).unwrap();
     let settings = Settings { image: "mirrord-proxy".to_owned(), native_sidecar: true };
-    let mutated = mutate::pod(&original, false, &settings).injected().expect("injected");
+    let mutated = mutate::pod(&original, false, &settings).injected(&original).expect("injected");
 
     // The pod shares its process namespace, as the mutated spec says; every
     // container carries kubelet's per-container mount naming it.

@@ -1,4 +1,9 @@
-//! The pure `Pod -> Pod` mutation: what the webhook adds to an opted-in pod.
+//! The pure `Pod -> JSON Patch` mutation: what the webhook adds to an
+//! opted-in pod. The patch is the difference between the parts of the pod
+//! the injection writes ([`touched`]) before and after it, so it is always
+//! exactly what [`inject`] changed, while the rest of the pod (most of it:
+//! the app's containers, their env and probes) is neither copied nor
+//! compared.
 
 mod pause;
 
@@ -11,6 +16,7 @@ use mirrord_config::names::{
 };
 use serde_json::{json, Map, Value};
 
+use crate::patch;
 use pause::Pause;
 
 /// Name of the iptables init container.
@@ -68,8 +74,9 @@ pub struct Invalid {
 /// What the webhook does with a pod.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Mutation {
-    /// The pod as it is admitted: with the init container and the sidecar.
-    Inject(Value),
+    /// The JSON Patch (RFC 6902) that adds the init container and the
+    /// sidecar.
+    Inject(Vec<Value>),
     /// Left as it is, for this reason.
     Skip(Skip),
     /// Left as it is: an annotation cannot be honoured (the API server
@@ -78,12 +85,12 @@ pub enum Mutation {
 }
 
 impl Mutation {
-    /// The mutated pod, if it is injected.
-    pub fn injected(self) -> Option<Value> {
-        match self {
-            Mutation::Inject(pod) => Some(pod),
-            _ => None,
-        }
+    /// `pod` as it is admitted, if it is injected: the patch applied.
+    pub fn injected(self, pod: &Value) -> Option<Value> {
+        let Mutation::Inject(ops) = self else { return None };
+        let mut out = pod.clone();
+        patch::apply(&mut out, &ops).ok()?;
+        Some(out)
     }
 }
 
@@ -96,13 +103,42 @@ impl From<Invalid> for Mutation {
 /// What becomes of `pod`. `namespace_opted_in` says whether the pod's
 /// Namespace carries the opt-in annotation.
 pub fn pod(pod: &Value, namespace_opted_in: bool, settings: &Settings) -> Mutation {
-    match decide(pod, namespace_opted_in, settings) {
-        Ok(mutated) => Mutation::Inject(mutated),
-        Err(other) => other,
-    }
+    let plan = match decide(pod, namespace_opted_in) {
+        Ok(plan) => plan,
+        Err(other) => return other,
+    };
+    let Some(pod) = pod.as_object() else { return Mutation::Skip(Skip::NotAPod) };
+    let before = touched(pod, settings);
+    let mut after = before.clone();
+    inject(&mut after, &plan, settings);
+    Mutation::Inject(patch::diff(&Value::Object(before), &Value::Object(after)))
 }
 
-fn decide(pod: &Value, namespace_opted_in: bool, settings: &Settings) -> Result<Value, Mutation> {
+/// The parts of `pod` that [`inject`] may write, each whole, in their
+/// places: `metadata.annotations` and the `spec` lists it adds to (the
+/// app's `containers` only for a classic sidecar). A parent that is not an
+/// object is kept as it is, for `inject` to replace.
+fn touched(pod: &Map<String, Value>, settings: &Settings) -> Map<String, Value> {
+    let spec: &[&str] = if settings.native_sidecar {
+        &["volumes", "initContainers", "shareProcessNamespace"]
+    } else {
+        &["volumes", "initContainers", "containers", "shareProcessNamespace"]
+    };
+    let mut out = Map::new();
+    for (parent, keys) in [("metadata", &["annotations"][..]), ("spec", spec)] {
+        let part = match pod.get(parent) {
+            Some(Value::Object(object)) => {
+                Value::Object(keys.iter().filter_map(|&k| Some((k.to_owned(), object.get(k)?.clone()))).collect())
+            }
+            Some(other) => other.clone(),
+            None => continue,
+        };
+        out.insert(parent.to_owned(), part);
+    }
+    out
+}
+
+fn decide(pod: &Value, namespace_opted_in: bool) -> Result<Plan, Mutation> {
     let Some(spec) = pod.get("spec").and_then(Value::as_object) else { return Err(Mutation::Skip(Skip::NotAPod)) };
     let annotations = pod.pointer("/metadata/annotations").and_then(Value::as_object);
     let annotation = |key: &str| annotations.and_then(|a| a.get(key)).and_then(Value::as_str);
@@ -138,30 +174,28 @@ fn decide(pod: &Value, namespace_opted_in: bool, settings: &Settings) -> Result<
         .transpose()?
         .unwrap_or_default();
     let pause = Pause::from_pod(spec, annotation)?;
-    let mut out = pod.clone();
-    let injected = Injected { ports: &ports, skip: &skip, opaque: &opaque, pause: &pause };
-    if let Some(object) = out.as_object_mut() {
-        inject(object, &injected, settings);
-    }
-    Ok(out)
+    Ok(Plan { ports, skip, opaque, pause })
 }
 
-struct Injected<'a> {
-    ports: &'a BTreeSet<u16>,
-    skip: &'a BTreeSet<u16>,
-    opaque: &'a BTreeSet<u16>,
-    pause: &'a Pause,
+/// What an injection adds, as read from the pod and its annotations.
+struct Plan {
+    ports: BTreeSet<u16>,
+    skip: BTreeSet<u16>,
+    opaque: BTreeSet<u16>,
+    pause: Pause,
 }
 
-fn inject(pod: &mut Map<String, Value>, what: &Injected<'_>, settings: &Settings) {
+/// Adds the init container, the sidecar (and the guard), the token volume
+/// and the status annotation. It writes only where [`touched`] says.
+fn inject(pod: &mut Map<String, Value>, what: &Plan, settings: &Settings) {
     let list = |set: &BTreeSet<u16>| set.iter().map(u16::to_string).collect::<Vec<_>>().join(",");
-    let mut init_args = vec!["init".to_owned(), "--ports".to_owned(), list(what.ports)];
+    let mut init_args = vec!["init".to_owned(), "--ports".to_owned(), list(&what.ports)];
     if !what.skip.is_empty() {
-        init_args.extend(["--skip-ports".to_owned(), list(what.skip)]);
+        init_args.extend(["--skip-ports".to_owned(), list(&what.skip)]);
     }
-    let mut run_args = vec!["run".to_owned(), "--ports".to_owned(), list(what.ports)];
+    let mut run_args = vec!["run".to_owned(), "--ports".to_owned(), list(&what.ports)];
     if !what.opaque.is_empty() {
-        run_args.extend(["--opaque-ports".to_owned(), list(what.opaque)]);
+        run_args.extend(["--opaque-ports".to_owned(), list(&what.opaque)]);
     }
     run_args.extend(what.pause.run_args());
     run_args.extend(["--token-file".to_owned(), TOKEN_FILE.to_owned()]);
@@ -296,7 +330,7 @@ mod tests {
     #[test]
     fn classic_mode_appends_the_sidecar_to_the_containers() {
         let settings = Settings { image: "proxy:1".to_owned(), native_sidecar: false };
-        let out = pod(&sample(), false, &settings).injected().unwrap();
+        let out = pod(&sample(), false, &settings).injected(&sample()).unwrap();
         let containers: Vec<&str> =
             out["spec"]["containers"].as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap()).collect();
         assert_eq!(containers, ["api", SIDECAR_NAME, GUARD_NAME]);
@@ -315,7 +349,7 @@ mod tests {
         for (k, v) in own.as_object().unwrap() {
             annotated["metadata"]["annotations"][k] = v.clone();
         }
-        let out = pod(&annotated, false, &settings).injected().unwrap();
+        let out = pod(&annotated, false, &settings).injected(&annotated).unwrap();
         for (k, v) in own.as_object().unwrap() {
             assert_eq!(&out["metadata"]["annotations"][k], v, "{k}");
         }
@@ -324,12 +358,56 @@ mod tests {
         assert_eq!(sidecar["ports"][0]["name"], ADMIN_PORT_NAME);
     }
 
+    /// The patch made from the touched parts is the one a diff of the
+    /// whole pod before and after `inject` gives: for every fixture, in both
+    /// modes, and for pods whose parts have the wrong types.
+    #[test]
+    fn the_patch_is_the_whole_pods_difference() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/pods");
+        let mut pods: Vec<Value> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|f| serde_json::from_str(&std::fs::read_to_string(f.unwrap().path()).unwrap()).unwrap())
+            .collect();
+        assert!(pods.len() >= 40, "{} fixtures", pods.len());
+        let odd = [
+            ("/metadata", json!("a string")),
+            ("/metadata/annotations/x", json!(["not", "an", "object"])),
+            ("/spec/volumes", json!({"not": "a list"})),
+            ("/spec/initContainers", json!(7)),
+            ("/spec/containers/0/x", json!(null)),
+            ("/spec/shareProcessNamespace", json!(false)),
+        ];
+        for (at, value) in odd {
+            let mut odd = sample();
+            let (parent, key) = at.rsplit_once('/').unwrap();
+            if let Some(Value::Object(m)) = odd.pointer_mut(parent) {
+                m.insert(key.to_owned(), value);
+            }
+            if at == "/metadata" {
+                odd["spec"]["containers"][0]["ports"] = json!([{"containerPort": 80}]);
+            }
+            pods.push(odd);
+        }
+        let mut injected = 0;
+        for native_sidecar in [true, false] {
+            let settings = Settings { image: "proxy:1".to_owned(), native_sidecar };
+            for p in &pods {
+                let Ok(plan) = decide(p, true) else { continue };
+                let mut whole = p.clone();
+                inject(whole.as_object_mut().unwrap(), &plan, &settings);
+                assert_eq!(pod(p, true, &settings), Mutation::Inject(patch::diff(p, &whole)), "{p}");
+                injected += 1;
+            }
+        }
+        assert!(injected >= 60, "{injected} injected");
+    }
+
     #[test]
     fn native_mode_puts_the_sidecar_right_after_the_iptables_init() {
         let settings = Settings { image: "proxy:1".to_owned(), native_sidecar: true };
         let mut with_init = sample();
         with_init["spec"]["initContainers"] = json!([{"name": "migrate", "image": "m"}]);
-        let out = pod(&with_init, false, &settings).injected().unwrap();
+        let out = pod(&with_init, false, &settings).injected(&with_init).unwrap();
         let inits: Vec<&str> =
             out["spec"]["initContainers"].as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap()).collect();
         assert_eq!(inits, [INIT_NAME, SIDECAR_NAME, GUARD_NAME, "migrate"]);

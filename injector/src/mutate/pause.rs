@@ -184,7 +184,7 @@ mod tests {
     #[test]
     fn pause_runs_the_sidecar_and_guard_as_the_app_or_as_root_with_kill_only() {
         let settings = Settings { image: "proxy:1".to_owned(), native_sidecar: true };
-        let out = mutate(&pod(), false, &settings).injected().unwrap();
+        let out = mutate(&pod(), false, &settings).injected(&pod()).unwrap();
         assert_eq!(sidecar(&out)["securityContext"]["runAsUser"], 0);
         assert_eq!(sidecar(&out)["securityContext"]["capabilities"], json!({"drop": ["ALL"], "add": ["KILL"]}));
         assert_eq!(out["spec"]["initContainers"][2]["securityContext"], sidecar(&out)["securityContext"]);
@@ -192,14 +192,14 @@ mod tests {
 
         let mut as_app = pod();
         as_app["spec"]["securityContext"] = json!({"runAsUser": 1000});
-        let out = mutate(&as_app, false, &settings).injected().unwrap();
+        let out = mutate(&as_app, false, &settings).injected(&as_app).unwrap();
         assert_eq!(sidecar(&out)["securityContext"]["runAsUser"], 1000);
         assert_eq!(sidecar(&out)["securityContext"]["runAsNonRoot"], true);
         assert_eq!(sidecar(&out)["securityContext"]["capabilities"], json!({"drop": ["ALL"]}));
 
         let mut disabled = pod();
         disabled["metadata"]["annotations"][ANNOTATION_PAUSE] = json!("disabled");
-        let out = mutate(&disabled, false, &settings).injected().unwrap();
+        let out = mutate(&disabled, false, &settings).injected(&disabled).unwrap();
         assert_eq!(sidecar(&out)["securityContext"]["runAsUser"], 65532);
         assert!(sidecar(&out)["args"].to_string().contains("\"--pause\",\"disabled\""));
         assert_eq!(out["spec"]["initContainers"].as_array().unwrap().len(), 2, "no guard");
@@ -207,7 +207,7 @@ mod tests {
 
         let mut host_pid = pod();
         host_pid["spec"]["hostPID"] = json!(true);
-        let out = mutate(&host_pid, false, &settings).injected().unwrap();
+        let out = mutate(&host_pid, false, &settings).injected(&host_pid).unwrap();
         assert!(
             out["spec"].get("shareProcessNamespace").is_none(),
             "hostPID pods cannot share a namespace of their own"
@@ -222,9 +222,9 @@ mod tests {
         p["spec"]["containers"] = json!([{"name": "api", "image": "a"}, {"name": "worker", "image": "w"},
                                          {"name": "istio-proxy", "image": "i"}]);
         p["metadata"]["annotations"][mirrord_config::names::ANNOTATION_PORTS] = json!("8080");
-        assert_eq!(env(&mutate(&p, false, &settings).injected().unwrap()), "api,worker");
+        assert_eq!(env(&mutate(&p, false, &settings).injected(&p).unwrap()), "api,worker");
         p["metadata"]["annotations"][ANNOTATION_PAUSE_CONTAINERS] = json!("worker");
-        assert_eq!(env(&mutate(&p, false, &settings).injected().unwrap()), "worker");
+        assert_eq!(env(&mutate(&p, false, &settings).injected(&p).unwrap()), "worker");
         p["metadata"]["annotations"][ANNOTATION_PAUSE_CONTAINERS] = json!("wroker");
         let err = invalid(mutate(&p, false, &settings));
         assert_eq!(err.message, "\"wroker\" is not a container of this pod: expected some of api, worker, istio-proxy");
@@ -235,7 +235,7 @@ mod tests {
         let settings = Settings { image: "proxy:1".to_owned(), native_sidecar: true };
         let mut p = pod();
         p["metadata"]["annotations"][ANNOTATION_MAX_PAUSE] = json!("10m");
-        let out = mutate(&p, false, &settings).injected().unwrap();
+        let out = mutate(&p, false, &settings).injected(&p).unwrap();
         assert!(sidecar(&out)["args"].to_string().contains("\"--max-pause\",\"600s\""), "{}", sidecar(&out)["args"]);
         assert_eq!(out["spec"]["initContainers"][2]["args"], json!(["guard", "--max-pause", "660s"]));
         p["metadata"]["annotations"][ANNOTATION_MAX_PAUSE] = json!("soon");
