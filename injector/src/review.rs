@@ -56,8 +56,8 @@ impl BadReview {
     }
 }
 
-/// The envelope, as much of it as is read; the pod stays a JSON value so
-/// that it is read as it is, fields this version does not know included.
+/// The envelope, as much of it as is read; of the pod, the fields the
+/// mutation reads, as JSON values.
 #[derive(Debug, Deserialize)]
 struct Review {
     #[serde(rename = "apiVersion", default)]
@@ -75,7 +75,8 @@ struct ReviewRequest {
     #[serde(default)]
     operation: String,
     namespace: Option<String>,
-    #[serde(default)]
+    /// Only what is read of it ([`mutate::read`]).
+    #[serde(default, deserialize_with = "mutate::read::pod")]
     object: Value,
 }
 

@@ -82,6 +82,33 @@ fn fixtures_match_golden_patches_and_validate() {
     validate(&mutated_files);
 }
 
+/// The webhook reads only part of a pod (`mutate::read`): its answer for
+/// each fixture, in both sidecar modes, is the outcome and the patch that
+/// the mutation gives for the whole pod.
+#[test]
+fn the_webhook_answers_as_the_whole_pods_mutation() {
+    use mirrord_injector::review::{self, Outcome};
+    for native_sidecar in [true, false] {
+        let settings = Settings { native_sidecar, ..settings() };
+        for (name, pod) in fixtures() {
+            let opted_in = name.starts_with("ns-optin");
+            let body = json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+                              "request": {"uid": "u", "kind": {"group": "", "version": "v1", "kind": "Pod"},
+                                          "operation": "CREATE", "object": pod}});
+            let (answer, outcome) = review::answer(body.to_string().as_bytes(), |_| opted_in, &settings).unwrap();
+            let patch = answer["response"]["patch"].as_str().map(|p| review::unbase64(p).unwrap());
+            match (mutate::pod(&pod, opted_in, &settings), outcome) {
+                (Mutation::Inject(ops), Outcome::Injected) => {
+                    assert_eq!(serde_json::from_slice::<Value>(&patch.unwrap()).unwrap(), json!(ops), "{name}");
+                }
+                (Mutation::Skip(a), Outcome::Skipped(b)) => assert_eq!(a, b, "{name}"),
+                (Mutation::Invalid(a), Outcome::Invalid(b)) => assert_eq!(a, b, "{name}"),
+                (whole, read) => panic!("{name}: the whole pod gives {whole:?}, the webhook {read:?}"),
+            }
+        }
+    }
+}
+
 /// kubernetes-validate, every minor from 1.29 on. Installed by the test
 /// command; required under CI.
 fn validate(files: &[PathBuf]) {

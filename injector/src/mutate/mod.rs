@@ -6,6 +6,7 @@
 //! compared.
 
 mod pause;
+pub mod read;
 
 use std::collections::BTreeSet;
 
@@ -114,10 +115,12 @@ pub fn pod(pod: &Value, namespace_opted_in: bool, settings: &Settings) -> Mutati
     Mutation::Inject(patch::diff(&Value::Object(before), &Value::Object(after)))
 }
 
-/// The parts of `pod` that [`inject`] may write, each whole, in their
-/// places: `metadata.annotations` and the `spec` lists it adds to (the
-/// app's `containers` only for a classic sidecar). A parent that is not an
-/// object is kept as it is, for `inject` to replace.
+/// The parts of `pod` that [`inject`] may write, in their places:
+/// `metadata.annotations` and the `spec` lists it adds to (the app's
+/// `containers` only for a classic sidecar). A parent that is not an
+/// object is kept as it is, for `inject` to replace. (A pod from
+/// [`read::pod`] holds these lists' elements in part, which gives the same
+/// patch: `inject` only adds elements at their start or end.)
 fn touched(pod: &Map<String, Value>, settings: &Settings) -> Map<String, Value> {
     let spec: &[&str] = if settings.native_sidecar {
         &["volumes", "initContainers", "shareProcessNamespace"]
