@@ -14,7 +14,16 @@ A closed-loop phase measures throughput at saturation; fixed-rate phases
 measure latency under load short of saturation, which is what an API
 server sees. Medians over the rounds are printed, with ratios to "minimal".
 
-Usage: bench/admission.py [--rounds N] [--seconds S] [--rates 200,500,2000]
+With --baseline BIN, another build of mirrord-injector (e.g. from an earlier
+commit) is measured in the same rounds, for both pods ("baseline skip" for
+the pod that is not opted in, "baseline inj." for the injected one).
+
+--instructions counts instead the instructions each target executes per
+admission under valgrind's callgrind (user space only; unlike the
+latencies, the same build gives the same count whatever else the machine
+does), with --baseline too.
+
+Usage: bench/admission.py [--rounds N] [--seconds S] [--rates 200,500,2000] [--baseline BIN] [--instructions]
 Needs release builds: cargo build --release -p mirrord-injector --bins --examples
 """
 import argparse
@@ -92,28 +101,49 @@ def report(title, results, unit):
     return med
 
 
-def bench(rounds=3, seconds=10, rates=(200, 500, 2000), connections=4):
-    tmp = tempfile.mkdtemp()
+def certificate(tmp):
+    """A self-signed P-256 certificate and key in `tmp`: their paths."""
     cert, key = os.path.join(tmp, "tls.crt"), os.path.join(tmp, "tls.key")
     subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
                     "-keyout", key, "-out", cert, "-days", "1", "-subj", "/CN=localhost"], check=True, capture_output=True)
-    port, admin, minimal_port = free_port(), free_port(), free_port()
+    return cert, key
+
+
+def write_bodies(tmp):
+    """The two reviews, as files in `tmp`: {"injected": path, "not opted in": path}."""
+    bodies = {}
+    for name, annotations in (("injected", {"mirrord.dev/inject": "enabled"}), ("not opted in", {})):
+        bodies[name] = os.path.join(tmp, f"{len(bodies)}.json")
+        open(bodies[name], "wb").write(review(annotations))
+    return bodies
+
+
+def injector(binary, port, cert, key):
+    return subprocess.Popen(["taskset", "-c", SERVER_CPU, binary, "--listen", f"127.0.0.1:{port}",
+                             "--admin", f"127.0.0.1:{free_port()}", "--cert-file", cert, "--key-file", key],
+                            stderr=subprocess.DEVNULL)
+
+
+def bench(rounds=3, seconds=10, rates=(200, 500, 2000), connections=4, baseline=None):
+    tmp = tempfile.mkdtemp()
+    cert, key = certificate(tmp)
+    port, minimal_port, baseline_port = free_port(), free_port(), free_port()
     procs = [
-        subprocess.Popen(["taskset", "-c", SERVER_CPU, os.path.join(RELEASE, "mirrord-injector"),
-                          "--listen", f"127.0.0.1:{port}", "--admin", f"127.0.0.1:{admin}",
-                          "--cert-file", cert, "--key-file", key], stderr=subprocess.DEVNULL),
+        injector(os.path.join(RELEASE, "mirrord-injector"), port, cert, key),
         subprocess.Popen(["taskset", "-c", SERVER_CPU, os.path.join(RELEASE, "examples", "allow_all"),
                           f"127.0.0.1:{minimal_port}", cert, key], stderr=subprocess.DEVNULL),
     ]
+    if baseline:
+        procs.append(injector(baseline, baseline_port, cert, key))
     try:
-        wait_port(port)
-        wait_port(minimal_port)
-        bodies = {}
-        for name, annotations in (("injected", {"mirrord.dev/inject": "enabled"}), ("not opted in", {})):
-            bodies[name] = os.path.join(tmp, f"{len(bodies)}.json")
-            open(bodies[name], "wb").write(review(annotations))
+        for p in (port, minimal_port) + ((baseline_port,) if baseline else ()):
+            wait_port(p)
+        bodies = write_bodies(tmp)
         targets = {"minimal": (minimal_port, bodies["injected"]), "not opted in": (port, bodies["not opted in"]),
                    "injected": (port, bodies["injected"])}
+        if baseline:
+            targets["baseline skip"] = (baseline_port, bodies["not opted in"])
+            targets["baseline inj."] = (baseline_port, bodies["injected"])
         size = os.path.getsize(bodies["injected"]) / 1024
         print(f"== admission: pod review {size:.1f} KiB, {connections} keep-alive connections, {rounds} interleaved "
               f"rounds; servers on CPU {SERVER_CPU}, oha on CPU {LOAD_CPU}")
@@ -133,12 +163,50 @@ def bench(rounds=3, seconds=10, rates=(200, 500, 2000), connections=4):
         for rate in rates:
             report(f"fixed rate {rate}/s for {seconds} s, p50 ms", fixed[rate][0], " ms")
             med = report(f"fixed rate {rate}/s for {seconds} s, p99 ms", fixed[rate][1], " ms")
-            summary.append(f"{rate}/s: {med['injected']:.3f} ms ({med['injected'] / med['minimal']:.2f}x minimal)")
+            was = f", baseline {med['baseline inj.']:.3f} ms" if baseline else ""
+            summary.append(f"{rate}/s: {med['injected']:.3f} ms ({med['injected'] / med['minimal']:.2f}x minimal{was})")
         print("injected p99 (target <= 5 ms): " + "; ".join(summary))
     finally:
         for p in procs:
             p.kill()
             p.wait()
+
+
+def instructions(baseline=None, reviews=1000):
+    """Instructions per admission of each target and pod under callgrind:
+    200 reviews to warm up, counters zeroed, `reviews` more, dumped."""
+    import bench as b
+    import instructions as ins
+    print(f"\n== admission: instructions per review (valgrind --tool=callgrind, user space only; {reviews} "
+          "reviews after 200 to warm up; lower is better)")
+    with tempfile.TemporaryDirectory() as tmp:
+        cert, key = certificate(tmp)
+        bodies = write_bodies(tmp)
+        binaries = {"injector": os.path.join(RELEASE, "mirrord-injector")}
+        if baseline:
+            binaries["baseline"] = baseline
+        results = {}
+        for name in ["minimal", *binaries]:
+            port = free_port()
+            if name == "minimal":
+                args = [os.path.join(RELEASE, "examples", "allow_all"), f"127.0.0.1:{port}", cert, key]
+            else:
+                args = [binaries[name], "--listen", f"127.0.0.1:{port}", "--admin", "127.0.0.1:0",
+                        "--cert-file", cert, "--key-file", key]
+            run = b.Procs()
+            try:
+                ins.callgrind(run, tmp, name, args)
+                b.wait_port(port, timeout=60)
+                for pod in ("injected",) if name == "minimal" else ("not opted in", "injected"):
+                    oha(port, bodies[pod], 200, 4)
+                    ins.control(tmp, name, "-z")
+                    oha(port, bodies[pod], reviews, 4)
+                    results[f"{name}, {pod}"] = ins.control(tmp, name, "-d") / reviews
+            finally:
+                run.stop()
+    base = results["minimal, injected"]
+    for k, v in results.items():
+        print(f"  {k:24s} {v / 1000:8.0f}k (x{v / base:.2f} minimal)")
 
 
 def main():
@@ -147,9 +215,14 @@ def main():
     ap.add_argument("--seconds", type=int, default=10, help="length of each fixed-rate run")
     ap.add_argument("--rates", default="200,500,2000", help="fixed rates, admissions per second")
     ap.add_argument("--connections", type=int, default=4)
+    ap.add_argument("--baseline", metavar="BIN", help="another mirrord-injector binary, measured in the same rounds")
+    ap.add_argument("--instructions", action="store_true", help="count instructions per admission instead")
     args = ap.parse_args()
+    if args.instructions:
+        instructions(args.baseline)
+        return
     rates = tuple(int(r) for r in args.rates.split(",") if r)
-    bench(args.rounds, args.seconds, rates, args.connections)
+    bench(args.rounds, args.seconds, rates, args.connections, args.baseline)
 
 
 if __name__ == "__main__":

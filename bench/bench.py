@@ -563,13 +563,15 @@ def main():
     ap.add_argument("--baseline", metavar="BIN",
                     help="another mirrord-proxy binary (e.g. built from an earlier commit), measured as 'baseline' "
                          "in the same interleaved rounds")
+    ap.add_argument("--baseline-injector", metavar="BIN",
+                    help="another mirrord-injector binary, measured in the admission part's rounds")
     args = ap.parse_args()
     for tool in ("wrk", "oha", "h2load", "iperf3", "nginx", "haproxy", "nghttpx", "taskset", "valgrind"):
         if not shutil.which(tool):
             sys.exit(f"bench needs {tool}: run scripts/bench.sh, which installs it")
 
     if args.only == "admission":
-        admission.bench(rounds=args.rounds)
+        admission.bench(rounds=args.rounds, baseline=args.baseline_injector)
         return
     if args.only == "instructions":
         instructions.bench(args.baseline)
@@ -725,7 +727,7 @@ def main():
         procs.stop()
         shutil.rmtree(tmp, ignore_errors=True)
     if args.only is None:
-        admission.bench(rounds=args.rounds)
+        admission.bench(rounds=args.rounds, baseline=args.baseline_injector)
         instructions.bench(args.baseline)
 
 
