@@ -16,7 +16,7 @@ use crate::detect::{self, Detected};
 use crate::h1;
 use crate::h2::{self, Proxy};
 use crate::limits::Limits;
-use crate::metrics::{ConnLabels, Metrics, Protocol};
+use crate::metrics::{Metrics, Protocol};
 use crate::pause::Pause;
 use crate::pool::Pool;
 use crate::rewind::Rewind;
@@ -209,9 +209,10 @@ async fn handle(mut stream: TcpStream, _fds: Fds, inbound: Arc<Inbound>, shutdow
             return;
         }
     };
-    let labels = ConnLabels { port: dst.port(), protocol };
-    inbound.metrics.connections.get_or_create(&labels).inc();
-    let _open = OpenGuard::new(inbound.metrics.open_connections.get_or_create(&labels).clone());
+    let counts = inbound.metrics.conn_counts(dst.port(), protocol);
+    counts.connections.inc();
+    let _open = OpenGuard::new(counts.open.clone());
+    drop(counts);
     debug!(%dst, protocol = protocol.as_str(), "proxying");
     match protocol {
         Protocol::Http1 => {

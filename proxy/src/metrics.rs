@@ -3,8 +3,10 @@
 //! route, a fixed reason, or a session name from a bounded set
 //! ([`MAX_SESSION_LABELS`]) — never a path, header or address.
 
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::atomic::AtomicU64;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, RwLock};
 
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -54,6 +56,8 @@ pub struct Metrics {
     pub paused_processes: Gauge,
     pub paused_seconds: Counter<f64, AtomicU64>,
     pub pause_resumes: Family<ResumeLabels, Counter>,
+    /// The series of each port and protocol, shared by their connections.
+    conn_counts: RwLock<PortSeries>,
 }
 
 impl Default for Metrics {
@@ -202,6 +206,7 @@ impl Default for Metrics {
             paused_processes,
             paused_seconds,
             pause_resumes,
+            conn_counts: RwLock::default(),
         }
     }
 }
@@ -278,22 +283,66 @@ pub fn status_class(status: u16) -> &'static str {
     }
 }
 
-/// The request counters and duration histograms of one connection, looked
-/// up once per status class and route (not once per request); an HTTP/2
-/// connection's stream tasks share them.
+/// The series of one port and protocol: connections, open connections,
+/// requests by status class and durations by route. Made once
+/// ([`Metrics::conn_counts`]) and shared by every connection to the port,
+/// so that a connection and its requests are counted without a lookup by
+/// label (which hashes the labels with SipHash under the family's lock).
 #[derive(Debug)]
 pub struct ConnCounts {
     port: u16,
     protocol: Protocol,
+    pub connections: Counter,
+    pub open: Gauge,
     requests: [std::sync::OnceLock<Counter>; 5],
     durations: [std::sync::OnceLock<Histogram>; 3],
 }
 
-impl ConnCounts {
-    pub fn new(port: u16, protocol: Protocol) -> Self {
-        ConnCounts { port, protocol, requests: Default::default(), durations: Default::default() }
+impl Metrics {
+    /// The series of `port` and `protocol`.
+    pub fn conn_counts(&self, port: u16, protocol: Protocol) -> Arc<ConnCounts> {
+        let known = self.conn_counts.read().unwrap_or_else(|p| p.into_inner()).get(&(port, protocol)).cloned();
+        if let Some(counts) = known {
+            return counts;
+        }
+        let mut all = self.conn_counts.write().unwrap_or_else(|p| p.into_inner());
+        all.entry((port, protocol))
+            .or_insert_with(|| {
+                let labels = ConnLabels { port, protocol };
+                Arc::new(ConnCounts {
+                    port,
+                    protocol,
+                    connections: self.connections.get_or_create(&labels).clone(),
+                    open: self.open_connections.get_or_create(&labels).clone(),
+                    requests: Default::default(),
+                    durations: Default::default(),
+                })
+            })
+            .clone()
+    }
+}
+
+type PortSeries = HashMap<(u16, Protocol), Arc<ConnCounts>, BuildHasherDefault<PortHasher>>;
+
+/// Hashes a (port, protocol) key: a few bytes, spread by one multiplication
+/// (the map's keys are not chosen by clients: only redirected ports reach
+/// the sidecar).
+#[derive(Default)]
+struct PortHasher(u64);
+
+impl Hasher for PortHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 << 8) | u64::from(b);
+        }
     }
 
+    fn finish(&self) -> u64 {
+        self.0.wrapping_mul(0x9E37_79B9_7F4A_7C15)
+    }
+}
+
+impl ConnCounts {
     /// Counts a response by its status.
     pub fn answered(&self, metrics: &Metrics, status: u16) {
         let (port, protocol) = (self.port, self.protocol);
@@ -334,8 +383,11 @@ mod tests {
     #[test]
     fn histograms_and_build_info_render() {
         let m = Metrics::default();
-        let counts = ConnCounts::new(80, Protocol::Http1);
+        let counts = m.conn_counts(80, Protocol::Http1);
         counts.done(&m, Route::Stolen, std::time::Instant::now());
+        assert!(Arc::ptr_eq(&counts, &m.conn_counts(80, Protocol::Http1)), "one series per port and protocol");
+        assert!(!Arc::ptr_eq(&counts, &m.conn_counts(80, Protocol::Http2)));
+        assert!(!Arc::ptr_eq(&counts, &m.conn_counts(81, Protocol::Http1)));
         let text = m.render();
         assert!(text.contains("# TYPE mirrord_proxy_request_duration_seconds histogram"), "{text}");
         assert!(

@@ -1,5 +1,7 @@
 //! App → client: responses in request order, bytes forwarded as read.
 
+use std::sync::Arc;
+
 use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
@@ -18,14 +20,15 @@ pub(super) struct State {
     /// Bytes read from the app and not yet passed on; empty between rounds
     /// unless the app sent more than it was asked for.
     pub buf: BytesMut,
-    counts: ConnCounts,
+    counts: Arc<ConnCounts>,
     /// The app said it closes the connection after its last response.
     closing: bool,
 }
 
 impl State {
     pub fn new(conn: &Conn) -> Self {
-        State { buf: BytesMut::new(), counts: ConnCounts::new(conn.dst.port(), Protocol::Http1), closing: false }
+        let counts = conn.metrics.conn_counts(conn.dst.port(), Protocol::Http1);
+        State { buf: BytesMut::new(), counts, closing: false }
     }
 }
 

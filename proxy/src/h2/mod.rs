@@ -58,7 +58,7 @@ pub struct Proxy {
 
 impl Proxy {
     pub fn new(dst: std::net::SocketAddr, metrics: Arc<Metrics>, sessions: Arc<Sessions>, shutdown: Shutdown) -> Self {
-        let counts = Arc::new(ConnCounts::new(dst.port(), Protocol::Http2));
+        let counts = metrics.conn_counts(dst.port(), Protocol::Http2);
         Proxy { upstream: Arc::new(Upstream::new(dst)), metrics, sessions, shutdown, counts }
     }
 
