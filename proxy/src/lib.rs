@@ -11,6 +11,7 @@ pub mod app;
 pub mod budget;
 pub mod cpu;
 pub mod detect;
+mod fasthash;
 pub mod gate;
 pub mod h1;
 pub mod h2;

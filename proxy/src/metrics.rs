@@ -3,8 +3,6 @@
 //! route, a fixed reason, or a session name from a bounded set
 //! ([`MAX_SESSION_LABELS`]) — never a path, header or address.
 
-use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, RwLock};
 
@@ -57,7 +55,7 @@ pub struct Metrics {
     pub paused_seconds: Counter<f64, AtomicU64>,
     pub pause_resumes: Family<ResumeLabels, Counter>,
     /// The series of each port and protocol, shared by their connections.
-    conn_counts: RwLock<PortSeries>,
+    conn_counts: RwLock<crate::fasthash::FastMap<(u16, Protocol), Arc<ConnCounts>>>,
 }
 
 impl Default for Metrics {
@@ -319,26 +317,6 @@ impl Metrics {
                 })
             })
             .clone()
-    }
-}
-
-type PortSeries = HashMap<(u16, Protocol), Arc<ConnCounts>, BuildHasherDefault<PortHasher>>;
-
-/// Hashes a (port, protocol) key: a few bytes, spread by one multiplication
-/// (the map's keys are not chosen by clients: only redirected ports reach
-/// the sidecar).
-#[derive(Default)]
-struct PortHasher(u64);
-
-impl Hasher for PortHasher {
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = (self.0 << 8) | u64::from(b);
-        }
-    }
-
-    fn finish(&self) -> u64 {
-        self.0.wrapping_mul(0x9E37_79B9_7F4A_7C15)
     }
 }
 

@@ -11,7 +11,6 @@
 //! is reused) and is checked before reuse: one the app closed, or that has
 //! bytes nobody asked for, is dropped.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -19,6 +18,7 @@ use std::time::{Duration, Instant};
 use tokio::net::TcpStream;
 
 use crate::budget::{Budget, Fds};
+use crate::fasthash::FastMap;
 
 /// The longest an app connection waits for reuse.
 pub const MAX_IDLE: Duration = Duration::from_secs(1);
@@ -51,11 +51,11 @@ struct Idle {
 
 #[derive(Debug, Default)]
 pub struct Pool {
-    idle: Mutex<HashMap<SocketAddr, Vec<Idle>>>,
+    idle: Mutex<FastMap<SocketAddr, Vec<Idle>>>,
 }
 
 impl Pool {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<SocketAddr, Vec<Idle>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, FastMap<SocketAddr, Vec<Idle>>> {
         // Nothing panics while holding it; the map is valid either way.
         self.idle.lock().unwrap_or_else(|p| p.into_inner())
     }
