@@ -34,20 +34,22 @@ mod tests {
     use super::*;
 
     /// Keys that differ in any part hash apart, and the hashes spread over
-    /// the top bits (which the map's probing uses first).
+    /// the low bits (the map's bucket) and the top ones (its tag).
     #[test]
     fn ports_and_addresses_spread() {
         let build = BuildHasherDefault::<FastHasher>::default();
         let mut seen = std::collections::HashSet::new();
-        let mut top = std::collections::HashSet::new();
+        let (mut low, mut top) = (std::collections::HashSet::new(), std::collections::HashSet::new());
         for port in 1..=2000u16 {
             for addr in ["10.0.0.7", "10.0.0.8", "[fd00::7]", "127.0.0.1"] {
                 let key: SocketAddr = format!("{addr}:{port}").parse().unwrap();
                 let h = build.hash_one(key);
                 assert!(seen.insert(h), "{key} collides");
+                low.insert(h & 0x3ff);
                 top.insert(h >> 57);
             }
         }
+        assert_eq!(low.len(), 1024, "the low 10 bits take every value");
         assert_eq!(top.len(), 128, "the top 7 bits take every value");
     }
 }
