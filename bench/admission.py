@@ -118,10 +118,18 @@ def write_bodies(tmp):
     return bodies
 
 
-def injector(binary, port, cert, key):
-    return subprocess.Popen(["taskset", "-c", SERVER_CPU, binary, "--listen", f"127.0.0.1:{port}",
-                             "--admin", f"127.0.0.1:{free_port()}", "--cert-file", cert, "--key-file", key],
-                            stderr=subprocess.DEVNULL)
+def injector_args(binary, port, cert, key):
+    """The command line of an injector serving on `port`."""
+    return [binary, "--listen", f"127.0.0.1:{port}", "--admin", "127.0.0.1:0", "--cert-file", cert, "--key-file", key]
+
+
+def minimal_args(port, cert, key):
+    """The command line of the minimal webhook serving on `port`."""
+    return [os.path.join(RELEASE, "examples", "allow_all"), f"127.0.0.1:{port}", cert, key]
+
+
+def server(args):
+    return subprocess.Popen(["taskset", "-c", SERVER_CPU, *args], stderr=subprocess.DEVNULL)
 
 
 def bench(rounds=3, seconds=10, rates=(200, 500, 2000), connections=4, baseline=None):
@@ -129,12 +137,11 @@ def bench(rounds=3, seconds=10, rates=(200, 500, 2000), connections=4, baseline=
     cert, key = certificate(tmp)
     port, minimal_port, baseline_port = free_port(), free_port(), free_port()
     procs = [
-        injector(os.path.join(RELEASE, "mirrord-injector"), port, cert, key),
-        subprocess.Popen(["taskset", "-c", SERVER_CPU, os.path.join(RELEASE, "examples", "allow_all"),
-                          f"127.0.0.1:{minimal_port}", cert, key], stderr=subprocess.DEVNULL),
+        server(injector_args(os.path.join(RELEASE, "mirrord-injector"), port, cert, key)),
+        server(minimal_args(minimal_port, cert, key)),
     ]
     if baseline:
-        procs.append(injector(baseline, baseline_port, cert, key))
+        procs.append(server(injector_args(baseline, baseline_port, cert, key)))
     try:
         for p in (port, minimal_port) + ((baseline_port,) if baseline else ()):
             wait_port(p)
@@ -188,11 +195,7 @@ def instructions(baseline=None, reviews=1000):
         results = {}
         for name in ["minimal", *binaries]:
             port = free_port()
-            if name == "minimal":
-                args = [os.path.join(RELEASE, "examples", "allow_all"), f"127.0.0.1:{port}", cert, key]
-            else:
-                args = [binaries[name], "--listen", f"127.0.0.1:{port}", "--admin", "127.0.0.1:0",
-                        "--cert-file", cert, "--key-file", key]
+            args = minimal_args(port, cert, key) if name == "minimal" else injector_args(binaries[name], port, cert, key)
             run = b.Procs()
             try:
                 ins.callgrind(run, tmp, name, args)
