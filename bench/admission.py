@@ -195,7 +195,10 @@ def instructions(baseline=None, reviews=1000):
         results = {}
         for name in ["minimal", *binaries]:
             port = free_port()
-            args = minimal_args(port, cert, key) if name == "minimal" else injector_args(binaries[name], port, cert, key)
+            if name == "minimal":
+                args = minimal_args(port, cert, key)
+            else:
+                args = injector_args(binaries[name], port, cert, key)
             run = b.Procs()
             try:
                 ins.callgrind(run, tmp, name, args)
