@@ -55,7 +55,7 @@ done
 need_apt=()
 # openssl makes a short-lived certificate for the monitoring test's expiry
 # alert; shellcheck checks the scripts (scripts/kind-e2e.sh cannot run here).
-for tool in iptables:iptables ip:iproute2 curl:curl nsenter:util-linux python3:python3 openssl:openssl \
+for tool in iptables:iptables ip:iproute2 curl:curl nsenter:util-linux python3:python3 openssl:openssl nghttpd:nghttp2-server \
   dpkg-deb:dpkg shellcheck:shellcheck; do
   command -v "${tool%%:*}" >/dev/null 2>&1 || need_apt+=("${tool#*:}")
 done

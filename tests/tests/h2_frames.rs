@@ -3,7 +3,8 @@
 //! library never would. Malformed requests are refused on their own stream
 //! (RFC 9113 §8.1.1) and the connection goes on; connection errors end that
 //! connection with a GOAWAY naming the error (§5.4.1); floods end it
-//! (§10.5); and none of it disturbs a request in flight on another
+//! (§10.5); clients that read nothing hold a bounded part of the sidecar's
+//! memory (§10.5); and none of it disturbs a request in flight on another
 //! connection.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -429,4 +430,148 @@ fn streams_reset_as_fast_as_they_open_do_not_take_the_sidecar_down() {
         }
     }
     bench.others_unharmed();
+}
+
+/// The sidecar as a process of its own, killed on drop: its resident
+/// memory is then its own alone.
+struct SidecarProcess {
+    child: std::process::Child,
+    addr: SocketAddr,
+}
+
+impl SidecarProcess {
+    fn start(upstream: SocketAddr) -> SidecarProcess {
+        use std::io::BufRead;
+        let mut child = std::process::Command::new(mirrord_tests::workspace_bin("mirrord-proxy"))
+            .args(["run", "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0", "--tunnel", "127.0.0.1:0"])
+            .args(["--upstream", &upstream.to_string(), "--insecure-no-token", "--threads", "1"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+        let mut sidecar = SidecarProcess { child, addr: "0.0.0.0:0".parse().unwrap() };
+        let line = stderr.lines().map_while(Result::ok).find(|l| l.contains("addrs=[")).expect("the sidecar listens");
+        let addr = line.split("addrs=[").nth(1).and_then(|rest| rest.split(']').next()).unwrap();
+        sidecar.addr = addr.parse().unwrap();
+        sidecar
+    }
+
+    /// Resident memory, bytes.
+    fn rss(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        let kib = status.lines().find_map(|l| l.strip_prefix("VmRSS:")).unwrap().trim().trim_end_matches(" kB");
+        kib.trim().parse::<u64>().unwrap() * 1024
+    }
+}
+
+impl Drop for SidecarProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// nghttpd (nghttp2's HTTP/2 server) on a loopback port, serving a
+/// directory with one 4 MiB file, `/big`; killed on drop.
+struct Nghttpd {
+    child: std::process::Child,
+    addr: SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+impl Nghttpd {
+    fn start() -> Nghttpd {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("big"), vec![0u8; 4 << 20]).unwrap();
+        let port = mirrord_tests::free_port();
+        let child = std::process::Command::new("nghttpd")
+            .args(["--no-tls", "-d"])
+            .arg(dir.path())
+            .arg(port.to_string())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("nghttpd (Debian: nghttp2-server; scripts/test.sh installs it)");
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(addr).is_err() {
+            assert!(Instant::now() < deadline, "nghttpd does not listen on {addr}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Nghttpd { child, addr, _dir: dir }
+    }
+}
+
+impl Drop for Nghttpd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Clients that ask for large answers on many streams, grant the largest
+/// flow-control windows HTTP/2 allows (so that flow control holds nothing
+/// back) and then read nothing (RFC 9113 §10.5): what the sidecar buffers
+/// for them is bounded per stream and per connection, not by what the app
+/// has to send; the app is held back instead. Measured as the sidecar
+/// process's resident memory before and while they are held, in front of
+/// a server that sends whatever the windows allow (nghttpd).
+#[test]
+fn clients_that_read_nothing_hold_a_bounded_part_of_the_sidecars_memory() {
+    const CONNECTIONS: usize = 4;
+    /// nghttpd's limit of concurrent streams.
+    const STREAMS: u32 = 100;
+    /// Per connection: 100 streams × 64 KiB towards the client and 1 MiB
+    /// of the app's connection window, and the read buffers those bytes
+    /// keep alive.
+    const BOUND: u64 = 16 * 1024 * 1024;
+    let app = Nghttpd::start();
+    let sidecar = SidecarProcess::start(app.addr);
+    let mut warm = Conn::open(sidecar.addr);
+    warm.send(HEADERS, END_HEADERS | END_STREAM, 1, &get("/big"));
+    assert_eq!(warm.outcome(1), Seen::Response { ok: true });
+    drop(warm);
+    std::thread::sleep(Duration::from_millis(300));
+    let before = sidecar.rss();
+
+    let mut held = Vec::new();
+    for _ in 0..CONNECTIONS {
+        let mut c = Conn(TcpStream::connect(sidecar.addr).unwrap());
+        c.0.write_all(PREFACE).unwrap();
+        // SETTINGS_INITIAL_WINDOW_SIZE (0x4) at its largest, and the
+        // connection's window raised to the same.
+        c.send(SETTINGS, 0, 0, &[0, 4, 0x7f, 0xff, 0xff, 0xff]);
+        c.send(WINDOW_UPDATE, 0, 0, &(0x7fff_ffff_u32 - 65_535).to_be_bytes());
+        for i in 0..STREAMS {
+            c.send(HEADERS, END_HEADERS | END_STREAM, 1 + 2 * i, &get("/big"));
+        }
+        held.push(c);
+    }
+    // For three seconds at least, and on while the sidecar's memory grew
+    // within the last one.
+    let mut peak = sidecar.rss();
+    let (start, mut still_since) = (Instant::now(), Instant::now());
+    while (start.elapsed() < Duration::from_secs(3) || still_since.elapsed() < Duration::from_secs(1))
+        && start.elapsed() < Duration::from_secs(20)
+    {
+        std::thread::sleep(Duration::from_millis(100));
+        let now = sidecar.rss();
+        if now > peak {
+            (peak, still_since) = (now, Instant::now());
+        }
+    }
+    let grown = peak.saturating_sub(before);
+    assert!(
+        grown <= BOUND * CONNECTIONS as u64,
+        "{CONNECTIONS} connections that read nothing grew the sidecar by {} KiB (bound {} KiB)",
+        grown / 1024,
+        BOUND * CONNECTIONS as u64 / 1024
+    );
+
+    // The sidecar serves others meanwhile.
+    let mut fresh = Conn::open(sidecar.addr);
+    fresh.send(HEADERS, END_HEADERS | END_STREAM, 1, &get("/big"));
+    assert_eq!(fresh.outcome(1), Seen::Response { ok: true }, "a new connection while they are held");
+    drop(held);
 }

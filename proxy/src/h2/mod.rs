@@ -35,8 +35,13 @@ const CONNECTION_WINDOW: u32 = 1024 * 1024;
 /// Streams a client may have open at once (RFC 9113 §5.1.2 advises at
 /// least 100).
 const MAX_CONCURRENT_STREAMS: u32 = 200;
-/// Bytes buffered per stream towards the client before a body waits.
-const SEND_BUFFER: usize = 400 * 1024;
+/// Bytes buffered per stream towards the client before a body waits (and
+/// with it the app). The kernel's socket buffer, not this, covers the
+/// client's round trip, so a few frames suffice to keep the connection
+/// busy; a client that grants large windows and reads nothing then holds
+/// at most this per stream (RFC 9113 §10.5), 12.5 MiB at the stream
+/// limit, instead of what the app has to send.
+const SEND_BUFFER: usize = 64 * 1024;
 /// Streams a client may make the proxy reset for its own errors before the
 /// connection is ended (the "rapid reset" family of floods).
 const MAX_LOCAL_ERROR_RESETS: usize = 1024;

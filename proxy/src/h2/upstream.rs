@@ -24,12 +24,16 @@ use super::body::{send_body, H2Body, UpBody};
 use crate::app::Error;
 use crate::socket;
 
-/// Flow-control windows towards the app (what hyper's client uses): a
-/// stream of a fast app is not held to HTTP/2's default 64 KiB in flight.
-const STREAM_WINDOW: u32 = 2 * 1024 * 1024;
-const CONNECTION_WINDOW: u32 = 5 * 1024 * 1024;
-/// Bytes buffered per stream towards the app before a body waits.
-const SEND_BUFFER: usize = 1024 * 1024;
+/// Flow-control windows towards the app: a stream of a fast app is not
+/// held to HTTP/2's default 64 KiB in flight, and what the app may send
+/// before the client takes it (the sidecar holds it meanwhile) is bounded
+/// per client connection. The app is in the same pod: these cover its
+/// round trip many times over.
+const STREAM_WINDOW: u32 = 256 * 1024;
+const CONNECTION_WINDOW: u32 = 1024 * 1024;
+/// Bytes buffered per stream towards the app before a body waits (an app
+/// that grants large windows but is paused or slow holds no more).
+const SEND_BUFFER: usize = 64 * 1024;
 
 /// An open connection to the app.
 #[derive(Debug, Clone)]
