@@ -31,6 +31,7 @@
 //! balancers that do not pool) costs the app no connection of its own.
 
 pub mod body;
+mod framing;
 pub mod head;
 mod request;
 mod response;
