@@ -65,7 +65,7 @@ pub async fn forward(
         tracing::debug!("write to the app failed: {e}");
         return;
     }
-    let copies = open_copies(&decision.mirrors, port, &announce(), metrics).await;
+    let copies = open_copies(&decision.mirrors, port, announce(), metrics).await;
     let transfer = async {
         if copies.is_empty() {
             splice(&mut client, &mut app, &inbound.budget).await.map(drop)

@@ -34,12 +34,16 @@ pub async fn route_request(
         return Routed::default();
     }
     let request = Announced::Http(announce());
-    let copies = open_copies(&decision.mirrors, port, &request, metrics).await;
-    let steal = match decision.steal {
-        Some(session) => open_steal(&session, port, request, metrics).await,
-        None => None,
-    };
-    Routed { steal, copies }
+    match decision.steal {
+        Some(session) => {
+            let copies = match decision.mirrors.is_empty() {
+                true => Copies::default(),
+                false => open_copies(&decision.mirrors, port, request.clone(), metrics).await,
+            };
+            Routed { steal: open_steal(&session, port, request, metrics).await, copies }
+        }
+        None => Routed { steal: None, copies: open_copies(&decision.mirrors, port, request, metrics).await },
+    }
 }
 
 /// Opens the exchange of a stolen request or connection; `None` when the
@@ -56,18 +60,22 @@ pub async fn open_steal(session: &Session, port: u16, announce: Announced, metri
 /// Opens the copies for the mirroring sessions. A request without a body
 /// travels whole in its announcement; others get an exchange for the body
 /// (or the connection's bytes). A session too far behind loses its copy.
-pub async fn open_copies(mirrors: &[Arc<Session>], port: u16, announce: &Announced, metrics: &Metrics) -> Copies {
+/// The last session takes `announce` itself, the others a copy of it.
+pub async fn open_copies(mirrors: &[Arc<Session>], port: u16, announce: Announced, metrics: &Metrics) -> Copies {
     let mut copies = Copies::default();
-    for session in mirrors {
-        let opened = match announce {
+    let mut announce = Some(announce);
+    for (i, session) in mirrors.iter().enumerate() {
+        let this = if i + 1 == mirrors.len() { announce.take() } else { announce.clone() };
+        let Some(this) = this else { break };
+        let opened = match this {
             Announced::Http(request) if request.body_complete => {
-                let sent = session.announce_copy(port, request.clone());
+                let sent = session.announce_copy(port, request);
                 if sent {
                     copies.announced();
                 }
                 sent
             }
-            _ => match session.open(port, Mode::Mirror, announce.clone()).await {
+            this => match session.open(port, Mode::Mirror, this).await {
                 Some(exchange) => {
                     copies.add(exchange.to_client, session.label.clone());
                     true
