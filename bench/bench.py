@@ -347,6 +347,79 @@ def idle_bench(targets, count, seconds):
               f"{errors} errors; {alive} of {len(conns)} idle connections answered again")
 
 
+def h2_frame(kind, flags, stream, payload):
+    return len(payload).to_bytes(3, "big") + bytes([kind, flags]) + stream.to_bytes(4, "big") + payload
+
+
+def unread_bench(tmp, baseline=None, connections=4, streams=100):
+    """HTTP/2 clients that ask for a 4 MiB answer on each of `streams`
+    streams, grant the largest flow-control windows and read nothing
+    (RFC 9113 §10.5), in front of nghttpd (which sends whatever the windows
+    allow): each proxy's RSS growth per such connection, and whether it
+    answers a new client meanwhile."""
+    print(f"\n== HTTP/2 clients that read nothing: {connections} connections x {streams} streams of a 4 MiB answer, "
+          "windows at 2^31-1; RSS growth per connection (lower is better)")
+    procs = Procs()
+    try:
+        www = os.path.join(tmp, "www")
+        os.makedirs(www, exist_ok=True)
+        with open(os.path.join(www, "big"), "wb") as f:
+            f.write(bytes(4 << 20))
+        ports = {k: free_port() for k in ("app", "sidecar", "baseline", "nghttpx", "haproxy")}
+        procs.start(["nghttpd", "--no-tls", "-d", www, str(ports["app"])])
+        targets = {"sidecar": start_sidecar(procs, ports["sidecar"], ports["app"]),
+                   "nghttpx": procs.start(nghttpx_args(ports["nghttpx"], ports["app"]))}
+        if baseline:
+            targets["baseline"] = start_sidecar(procs, ports["baseline"], ports["app"], binary=baseline)
+        hap = os.path.join(tmp, "unread-haproxy.cfg")
+        open(hap, "w").write(f"""
+defaults
+  mode http
+  timeout connect 5s
+  timeout client 60s
+  timeout server 60s
+listen h2
+  bind 127.0.0.1:{ports['haproxy']} proto h2
+  server app 127.0.0.1:{ports['app']} proto h2
+""")
+        targets["haproxy"] = procs.start(["haproxy", "-f", hap])
+        for k in ("app", *targets):
+            wait_port(ports[k])
+        block = bytes([0x82, 0x86]) + b"\x00\x05:path\x04/big" + b"\x00\x0a:authority\x01x"
+        for name, proc in targets.items():
+            pids = [proc.pid] + (children(proc.pid) if name == "nghttpx" else [])
+            h2load_run(["-n", "4", "-c1", f"http://127.0.0.1:{ports[name]}/big"])
+            time.sleep(0.5)
+            before = rss_kib(pids)
+            held = []
+            for _ in range(connections):
+                s = socket.create_connection(("127.0.0.1", ports[name]))
+                out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + h2_frame(4, 0, 0, bytes([0, 4, 0x7f, 0xff, 0xff, 0xff]))
+                out += h2_frame(8, 0, 0, (0x7fffffff - 65535).to_bytes(4, "big"))
+                out += b"".join(h2_frame(1, 5, 1 + 2 * i, block) for i in range(streams))
+                s.sendall(out)
+                held.append(s)
+            peak, still, start = before, time.time(), time.time()
+            while time.time() - start < 3 or time.time() - still < 1:
+                time.sleep(0.1)
+                now = rss_kib(pids)
+                if now > peak:
+                    peak, still = now, time.time()
+                if time.time() - start > 20:
+                    break
+            try:
+                h2load_run(["-n", "1", "-c1", "-N", "10", f"http://127.0.0.1:{ports[name]}/big"])
+                served = "a new client is answered meanwhile"
+            except (RuntimeError, subprocess.TimeoutExpired) as e:
+                served = f"a new client is NOT answered meanwhile ({str(e).splitlines()[0][:80]})"
+            for s in held:
+                s.close()
+            print(f"  {name}: {(peak - before) / connections / 1024:.1f} MiB per connection "
+                  f"(RSS {before / 1024:.1f} -> {peak / 1024:.1f} MiB); {served}")
+    finally:
+        procs.stop()
+
+
 def nginx_mirror_conf(tmp, port, app, mirror_target):
     return nginx_config(tmp, f"nginx-mirror-{port}", {"app": app, "copy": mirror_target}, f"""    listen 127.0.0.1:{port};
     location / {{ mirror /mirror; proxy_pass http://app; {PROXY_TO} }}
@@ -566,7 +639,7 @@ def main():
     ap.add_argument("--baseline-injector", metavar="BIN",
                     help="another mirrord-injector binary, measured in the admission part's rounds")
     args = ap.parse_args()
-    for tool in ("wrk", "oha", "h2load", "iperf3", "nginx", "haproxy", "nghttpx", "taskset", "valgrind"):
+    for tool in ("wrk", "oha", "h2load", "iperf3", "nginx", "haproxy", "nghttpx", "nghttpd", "taskset", "valgrind"):
         if not shutil.which(tool):
             sys.exit(f"bench needs {tool}: run scripts/bench.sh, which installs it")
 
@@ -639,6 +712,7 @@ def main():
             if args.baseline:
                 targets["baseline"] = (ports["baseline"], [baseline.pid])
             idle_bench(targets, args.idle, args.seconds)
+            unread_bench(tmp, args.baseline)
             return
         results = {m: {k: [] for k in targets} for m, targets in
                    (("h1_rps", h1), ("new_conn", h1), ("lat", h1), ("h2_rps", h2), ("grpc_unary", grpc),

@@ -39,9 +39,9 @@ const MAX_CONCURRENT_STREAMS: u32 = 200;
 /// with it the app). The kernel's socket buffer, not this, covers the
 /// client's round trip, so a few frames suffice to keep the connection
 /// busy; a client that grants large windows and reads nothing then holds
-/// at most this per stream (RFC 9113 §10.5), 12.5 MiB at the stream
+/// at most this per stream (RFC 9113 §10.5), 6.25 MiB at the stream
 /// limit, instead of what the app has to send.
-const SEND_BUFFER: usize = 64 * 1024;
+const SEND_BUFFER: usize = 32 * 1024;
 /// Streams a client may make the proxy reset for its own errors before the
 /// connection is ended (the "rapid reset" family of floods).
 const MAX_LOCAL_ERROR_RESETS: usize = 1024;
