@@ -184,7 +184,7 @@ impl proto::tunnel_server::Tunnel for Tunnel {
                     let Some(from_client) = &from_client else { continue };
                     // The stolen request's client has gone: the call ends, so
                     // the client stops sending (an endless response too).
-                    if from_client.send(frame).await.is_err() {
+                    if send_in_pieces(from_client, frame).await.is_err() {
                         break;
                     }
                 }
@@ -199,6 +199,28 @@ impl proto::tunnel_server::Tunnel for Tunnel {
         });
         Ok(Response::new(Box::pin(outbound)))
     }
+}
+
+/// The largest piece of a Data frame queued towards the data path. A
+/// stolen exchange whose client reads nothing then holds a bounded number
+/// of bytes (its queue of pieces, and the frame they are cut from), however
+/// large the frames the session sends (up to the message limit).
+const PIECE: usize = 16 * 1024;
+
+/// Queues `frame`, a Data frame cut in pieces of at most [`PIECE`] bytes
+/// (views of the same buffer: nothing is copied); `Err` when the data path's
+/// end has gone.
+async fn send_in_pieces(to: &tokio::sync::mpsc::Sender<Frame>, frame: Frame) -> Result<(), ()> {
+    let frame = match frame {
+        Frame::Data(mut data) => {
+            while data.len() > PIECE {
+                to.send(Frame::Data(data.split_to(PIECE))).await.map_err(drop)?;
+            }
+            Frame::Data(data)
+        }
+        other => other,
+    };
+    to.send(frame).await.map_err(drop)
 }
 
 impl Tunnel {
@@ -305,6 +327,8 @@ fn lower_priority() {
 async fn serve_tunnel(listener: TcpListener, tunnel: Tunnel, stop: impl Future<Output = ()>) {
     let incoming = crate::gate::gated(listener, Duration::from_secs(5));
     let result = tonic::transport::Server::builder()
+        .initial_stream_window_size(mirrord_api::TUNNEL_STREAM_WINDOW)
+        .initial_connection_window_size(mirrord_api::TUNNEL_CONNECTION_WINDOW)
         .http2_keepalive_interval(Some(Duration::from_secs(1)))
         .http2_keepalive_timeout(Some(Duration::from_secs(2)))
         .serve_with_incoming_shutdown(TunnelServer::new(tunnel), incoming, stop)
@@ -323,5 +347,27 @@ mod tests {
         assert_eq!(client_name("alice\n\u{1b}[31m"), "alice[31m");
         assert_eq!(client_name(""), "anonymous");
         assert_eq!(client_name(&"x".repeat(100)).len(), 64);
+    }
+
+    #[tokio::test]
+    async fn data_is_queued_in_pieces_of_at_most_16_kib_and_other_frames_whole() {
+        let (tx, mut rx) = tokio::sync::mpsc::channel(8);
+        let data = bytes::Bytes::from((0..40_000u32).map(|i| i as u8).collect::<Vec<_>>());
+        send_in_pieces(&tx, Frame::Data(data.clone())).await.unwrap();
+        send_in_pieces(&tx, Frame::End).await.unwrap();
+        let mut got = Vec::new();
+        for want in [PIECE, PIECE, 40_000 - 2 * PIECE] {
+            match rx.recv().await {
+                Some(Frame::Data(piece)) => {
+                    assert_eq!(piece.len(), want);
+                    got.extend_from_slice(&piece);
+                }
+                other => panic!("expected a piece of {want} bytes, got {other:?}"),
+            }
+        }
+        assert_eq!(got, data);
+        assert!(matches!(rx.recv().await, Some(Frame::End)));
+        drop(rx);
+        assert!(send_in_pieces(&tx, Frame::End).await.is_err(), "the data path's end has gone");
     }
 }

@@ -138,6 +138,8 @@ async fn connect(addr: &str) -> Result<Channel, Unreachable> {
     let endpoint = Endpoint::from_shared(format!("http://{addr}"))
         .map_err(|e| Unreachable::Address { addr: addr.to_owned(), error: e.to_string() })?
         .connect_timeout(Duration::from_secs(5))
+        .initial_stream_window_size(mirrord_api::TUNNEL_STREAM_WINDOW)
+        .initial_connection_window_size(mirrord_api::TUNNEL_CONNECTION_WINDOW)
         .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(1))
         .keep_alive_timeout(Duration::from_secs(2))
@@ -170,6 +172,8 @@ async fn connect_pod(cluster: &Cluster, pod: &str, first: cluster::Forwarded) ->
     });
     Endpoint::from_static("http://sidecar.mirrord")
         .connect_timeout(Duration::from_secs(10))
+        .initial_stream_window_size(mirrord_api::TUNNEL_STREAM_WINDOW)
+        .initial_connection_window_size(mirrord_api::TUNNEL_CONNECTION_WINDOW)
         .http2_keep_alive_interval(Duration::from_secs(1))
         .keep_alive_timeout(Duration::from_secs(5))
         .keep_alive_while_idle(true)
