@@ -504,3 +504,86 @@ fn a_closing_client_gets_a_response_body_the_app_ends_by_closing() {
     assert_eq!(head, ["HTTP/1.1 200 OK"]);
     assert_eq!(body, "until close");
 }
+
+/// An app that reads requests and answers none, until it is dropped (then
+/// it closes its connections).
+struct SilentApp {
+    addr: SocketAddr,
+    /// `GET /p` request lines read so far.
+    seen: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    conns: std::sync::Arc<std::sync::Mutex<Vec<TcpStream>>>,
+}
+
+impl SilentApp {
+    fn start() -> SilentApp {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let app = SilentApp { addr, seen: Default::default(), conns: Default::default() };
+        let (count, conns) = (app.seen.clone(), app.conns.clone());
+        std::thread::spawn(move || {
+            for s in listener.incoming() {
+                let Ok(mut s) = s else { return };
+                conns.lock().unwrap().push(s.try_clone().unwrap());
+                let count = count.clone();
+                std::thread::spawn(move || {
+                    let (mut buf, mut carry) = (vec![0u8; 1 << 16], Vec::new());
+                    while let Ok(n @ 1..) = s.read(&mut buf) {
+                        carry.extend_from_slice(&buf[..n]);
+                        let lines = carry.windows(7).filter(|w| w == b"GET /p ").count();
+                        count.fetch_add(lines, std::sync::atomic::Ordering::Relaxed);
+                        carry.drain(..carry.len().saturating_sub(6));
+                    }
+                });
+            }
+        });
+        app
+    }
+}
+
+impl Drop for SilentApp {
+    fn drop(&mut self) {
+        for s in self.conns.lock().unwrap().iter() {
+            let _ = s.shutdown(std::net::Shutdown::Both);
+        }
+    }
+}
+
+/// A client that pipelines requests while none is answered: the sidecar
+/// passes on 64 and reads the next only as answers complete, so it holds
+/// 64 requests' state, not as many as the client sends.
+#[test]
+fn pipelined_requests_are_passed_on_only_64_ahead_of_their_answers() {
+    let app = SilentApp::start();
+    let sidecar = Sidecar::start(app.addr, &[]);
+    let mut s = TcpStream::connect(sidecar.addr).unwrap();
+    s.write_all(&b"GET /p HTTP/1.1\r\nHost: x\r\n\r\n".repeat(10_000)).unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    let passed = app.seen.load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(passed, 64, "requests passed on to an app that answers none");
+    // (The app closes first: the sidecar's shutdown then waits on nothing.)
+    drop(app);
+    drop(sidecar);
+}
+
+/// Pipelined requests beyond that bound flow as their answers are read:
+/// every one of them is answered, in one connection.
+#[test]
+fn pipelined_requests_far_beyond_the_bound_are_all_answered() {
+    const REQUESTS: usize = 20_000;
+    let app = app();
+    let sidecar = Sidecar::start(app.addr, &[]);
+    let mut s = TcpStream::connect(sidecar.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut writer = s.try_clone().unwrap();
+    let sending =
+        std::thread::spawn(move || writer.write_all(&b"GET /p HTTP/1.1\r\nHost: x\r\n\r\n".repeat(REQUESTS)).is_ok());
+    let (mut seen, mut buf, mut carry) = (0, vec![0u8; 1 << 16], Vec::new());
+    while seen < REQUESTS {
+        let n = s.read(&mut buf).expect("answers keep coming");
+        assert!(n > 0, "the connection closed after {seen} answers");
+        carry.extend_from_slice(&buf[..n]);
+        seen += carry.windows(15).filter(|w| w == b"HTTP/1.1 200 OK").count();
+        carry.drain(..carry.len().saturating_sub(14));
+    }
+    assert!(sending.join().unwrap(), "every request was sent");
+}

@@ -11,7 +11,9 @@
 //! Two pumps run in the connection's task: [`request`] (client → app) and
 //! [`response`] (app → client). They share a queue of what each response
 //! answers, so that HEAD and upgrade responses are framed right and a refusal
-//! is written only after every earlier response is complete.
+//! is written only after every earlier response is complete. A pipelining
+//! client gets at most [`MAX_PIPELINED`] requests ahead of their answers;
+//! its next request is read as an answer completes.
 //!
 //! An app connection is held only while a request is in flight (and 10 ms
 //! after, for a next request sent at once): when every
@@ -126,10 +128,18 @@ enum Pending {
     Release,
 }
 
+/// Requests a client may have sent on (pipelined) before the answers to
+/// the earlier ones are complete: beyond it, the next request is read once
+/// an answer is. A client that pipelines requests and reads no answer then
+/// holds this many entries, not as many as the buffers on the way carry.
+const MAX_PIPELINED: usize = 64;
+
 #[derive(Debug, Default)]
 struct Shared {
     queue: Mutex<VecDeque<Pending>>,
     changed: Notify,
+    /// Signalled when an entry leaves the queue (see [`MAX_PIPELINED`]).
+    room: Notify,
     /// The app connection stays with this client connection (see the module
     /// documentation).
     pinned: AtomicBool,
@@ -143,6 +153,32 @@ impl Shared {
         // Both pumps run in one task; a poisoned lock can only follow a
         // panic that already ended this connection's task.
         self.queue.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Takes the next entry off the queue.
+    fn pop_front(&self) -> Option<Pending> {
+        let next = self.queue().pop_front();
+        if next.is_some() {
+            self.room.notify_one();
+        }
+        next
+    }
+
+    /// Takes the next entry off the queue if `due` says it is the one.
+    fn pop_front_if(&self, due: impl FnOnce(&Pending) -> bool) -> Option<Pending> {
+        let mut queue = self.queue();
+        let next = if queue.front().is_some_and(due) { queue.pop_front() } else { None };
+        if next.is_some() {
+            self.room.notify_one();
+        }
+        next
+    }
+
+    /// Returns once fewer than [`MAX_PIPELINED`] entries are queued.
+    async fn room(&self) {
+        while self.queue().len() >= MAX_PIPELINED {
+            self.room.notified().await;
+        }
     }
 
     /// Turns the request just queued for the app, which the app has not
@@ -272,6 +308,7 @@ async fn round(
             // did not, instead of waiting for ever (the app closed without
             // answering it).
             shared.queue().clear();
+            shared.room.notify_one();
             if done != Done::Close {
                 request_pump.await;
             }

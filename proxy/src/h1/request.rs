@@ -70,6 +70,7 @@ where
                 }
             }
         }
+        shared.room().await;
         let head = match next_head(&mut rd, buf, fields, conn, &mut shutdown).await {
             Next::Head(head) => head,
             Next::Eof => return pass_fin(&mut wr).await,

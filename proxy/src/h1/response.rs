@@ -107,9 +107,7 @@ where
         // The client asked to close; the app, not told, keeps its connection.
         let mut close_client = false;
         if !informational {
-            if let Some(Pending::Response { switched, started, route, close_client: close, .. }) =
-                shared.queue().pop_front()
-            {
+            if let Some(Pending::Response { switched, started, route, close_client: close, .. }) = shared.pop_front() {
                 if let Some(tx) = switched {
                     let _ = tx.send(head.tunnel);
                 }
@@ -183,34 +181,20 @@ fn informational_status(status: u16, tunnel: bool) -> bool {
 /// True when the round's end is next in line (every earlier response is
 /// complete).
 fn due_release(shared: &Shared) -> bool {
-    let mut queue = shared.queue();
-    if matches!(queue.front(), Some(Pending::Release)) {
-        queue.pop_front();
-        return true;
-    }
-    false
+    shared.pop_front_if(|p| matches!(p, Pending::Release)).is_some()
 }
 
 /// A response of the sidecar's own, if it is next.
 fn due_local(shared: &Shared) -> Option<&'static [u8]> {
-    let mut queue = shared.queue();
-    match queue.front() {
-        Some(Pending::Local(answer)) => {
-            let answer = *answer;
-            queue.pop_front();
-            Some(answer)
-        }
+    match shared.pop_front_if(|p| matches!(p, Pending::Local(_))) {
+        Some(Pending::Local(answer)) => Some(answer),
         _ => None,
     }
 }
 
 /// The stolen request next in line, if it is next.
 fn due_stolen(shared: &Shared) -> Option<stolen::Stolen> {
-    let mut queue = shared.queue();
-    if !matches!(queue.front(), Some(Pending::Stolen(_))) {
-        return None;
-    }
-    match queue.pop_front() {
+    match shared.pop_front_if(|p| matches!(p, Pending::Stolen(_))) {
         Some(Pending::Stolen(stolen)) => Some(stolen),
         _ => None,
     }
