@@ -12,7 +12,7 @@
 //! [`response`] (app → client). They share a queue of what each response
 //! answers, so that HEAD and upgrade responses are framed right and a refusal
 //! is written only after every earlier response is complete. A pipelining
-//! client gets at most [`MAX_PIPELINED`] requests ahead of their answers;
+//! client gets at most 64 requests ahead of their answers (`MAX_PIPELINED`);
 //! its next request is read as an answer completes.
 //!
 //! An app connection is held only while a request is in flight (and 10 ms
