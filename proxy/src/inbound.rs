@@ -229,7 +229,8 @@ async fn handle(mut stream: TcpStream, _fds: Fds, inbound: Arc<Inbound>, shutdow
             h1::serve(stream, prefix, conn).await;
         }
         Protocol::Http2 => {
-            let proxy = Proxy::new(dst, inbound.metrics.clone(), inbound.sessions.clone(), shutdown);
+            let proxy =
+                Proxy::new(dst, inbound.budget.clone(), inbound.metrics.clone(), inbound.sessions.clone(), shutdown);
             Box::pin(h2::serve(Rewind::new(prefix, stream), proxy, &inbound.limits)).await;
         }
         Protocol::Tcp => {

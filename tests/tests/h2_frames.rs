@@ -575,3 +575,50 @@ fn clients_that_read_nothing_hold_a_bounded_part_of_the_sidecars_memory() {
     assert_eq!(fresh.outcome(1), Seen::Response { ok: true }, "a new connection while they are held");
     drop(held);
 }
+
+/// The value of the metric line that starts with `name`.
+fn metric_value(sidecar: &Sidecar, name: &str) -> i64 {
+    let metrics = sidecar.metrics();
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|v| v.strip_prefix(' ')).map(|v| v.trim().parse().unwrap()))
+        .unwrap_or_else(|| panic!("no {name} in\n{metrics}"))
+}
+
+fn eventually(what: &str, mut f: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !f() {
+        assert!(start.elapsed() < Duration::from_secs(5), "timed out waiting: {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// An HTTP/2 client connection holds two descriptors of the budget: its
+/// own, and its connection to the app, given back when that closes. With
+/// the budget spent, a stream is refused (503, counted) and its
+/// connection goes on.
+#[test]
+fn an_h2_connection_and_its_app_connection_count_in_the_descriptor_budget() {
+    let app = App::start(env!("CARGO_BIN_EXE_sample-app"));
+    let sidecar = Sidecar::start(app.addr, &["--fd-budget", "3"]);
+    let fds = || metric_value(&sidecar, "mirrord_proxy_inbound_fds");
+    let mut first = Conn::open(sidecar.addr);
+    first.send(HEADERS, END_HEADERS | END_STREAM, 1, &get("/"));
+    assert_eq!(first.outcome(1), Seen::Response { ok: true });
+    eventually("the client's and the app's sockets", || fds() == 2);
+
+    // The third descriptor is the second client's; its app connection
+    // would be a fourth.
+    let mut second = Conn::open(sidecar.addr);
+    second.send(HEADERS, END_HEADERS | END_STREAM, 1, &get("/"));
+    assert_eq!(second.outcome(1), Seen::Response { ok: false });
+    assert_eq!(metric_value(&sidecar, "mirrord_proxy_errors_total{reason=\"fd_budget\"}"), 1);
+
+    // The first client leaves: both its descriptors come back, and the
+    // second connection's next stream reaches the app.
+    drop(first);
+    eventually("the first client's descriptors back", || fds() == 1);
+    second.send(HEADERS, END_HEADERS | END_STREAM, 3, &get("/"));
+    assert_eq!(second.outcome(3), Seen::Response { ok: true });
+    assert_eq!(fds(), 2);
+}

@@ -21,6 +21,7 @@ use http_body_util::{Either, Full};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tracing::debug;
 
+use crate::budget::Budget;
 use crate::limits::Limits;
 use crate::metrics::{ConnCounts, Metrics, Protocol, Route};
 use crate::session::Sessions;
@@ -62,9 +63,15 @@ pub struct Proxy {
 }
 
 impl Proxy {
-    pub fn new(dst: std::net::SocketAddr, metrics: Arc<Metrics>, sessions: Arc<Sessions>, shutdown: Shutdown) -> Self {
+    pub fn new(
+        dst: std::net::SocketAddr,
+        budget: Arc<Budget>,
+        metrics: Arc<Metrics>,
+        sessions: Arc<Sessions>,
+        shutdown: Shutdown,
+    ) -> Self {
         let counts = metrics.conn_counts(dst.port(), Protocol::Http2);
-        Proxy { upstream: Arc::new(Upstream::new(dst)), metrics, sessions, shutdown, counts }
+        Proxy { upstream: Arc::new(Upstream::new(dst, budget)), metrics, sessions, shutdown, counts }
     }
 
     /// One stream, from its request to the end of its response. A client
@@ -111,7 +118,11 @@ impl Proxy {
             Err(e) => {
                 debug!("{e}");
                 self.metrics.error(e.reason());
-                bad_gateway(&e.to_string())
+                let mut resp = bad_gateway(&e.to_string());
+                if let crate::app::Error::Budget { .. } = e {
+                    *resp.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+                }
+                resp
             }
         }
     }
@@ -243,6 +254,7 @@ mod tests {
     fn a_streams_future_stays_small() {
         let proxy = Proxy::new(
             "127.0.0.1:1".parse().unwrap(),
+            crate::budget::Budget::new(10, prometheus_client::metrics::gauge::Gauge::default()),
             Arc::new(Metrics::default()),
             Arc::new(Sessions::new(crate::ports::PortList::default())),
             crate::shutdown::channel().1,

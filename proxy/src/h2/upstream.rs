@@ -22,7 +22,8 @@ use tracing::debug;
 
 use super::body::{send_body, H2Body, UpBody};
 use crate::app::Error;
-use crate::socket;
+use crate::budget::Budget;
+use crate::pool::AppConn;
 
 /// Flow-control windows towards the app: a stream of a fast app is not
 /// held to HTTP/2's default 64 KiB in flight, and what the app may send
@@ -47,6 +48,8 @@ struct Conn {
 #[derive(Debug)]
 pub struct Upstream {
     dst: SocketAddr,
+    /// Each connection to the app takes its descriptor from it.
+    budget: Arc<Budget>,
     /// Cloned by each stream; replaced if the app closed it.
     h2: Mutex<Option<Conn>>,
     /// Held while the connection is made: streams that arrive meanwhile
@@ -55,8 +58,8 @@ pub struct Upstream {
 }
 
 impl Upstream {
-    pub fn new(dst: SocketAddr) -> Self {
-        Upstream { dst, h2: Mutex::default(), connecting: tokio::sync::Mutex::new(()) }
+    pub fn new(dst: SocketAddr, budget: Arc<Budget>) -> Self {
+        Upstream { dst, budget, h2: Mutex::default(), connecting: tokio::sync::Mutex::new(()) }
     }
 
     pub fn dst(&self) -> SocketAddr {
@@ -122,7 +125,7 @@ impl Upstream {
 
     async fn connect_h2(&self) -> Result<Conn, Error> {
         let dst = self.dst;
-        let stream = socket::connect(dst).await.map_err(|error| Error::Connect { dst, error })?;
+        let AppConn { stream, fds } = AppConn::connect(dst, &self.budget).await?;
         let (sender, conn) = h2::client::Builder::new()
             .initial_window_size(STREAM_WINDOW)
             .initial_connection_window_size(CONNECTION_WINDOW)
@@ -138,6 +141,8 @@ impl Upstream {
                 debug!(%dst, "HTTP/2 connection to the app ended: {e}");
             }
             done.store(true, Ordering::Release);
+            // The socket is closed: its descriptor goes back to the budget.
+            drop(fds);
         });
         Ok(Conn { sender, closed })
     }
