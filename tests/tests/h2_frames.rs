@@ -622,3 +622,34 @@ fn an_h2_connection_and_its_app_connection_count_in_the_descriptor_budget() {
     assert_eq!(second.outcome(3), Seen::Response { ok: true });
     assert_eq!(fds(), 2);
 }
+
+/// A client connection with no stream open for 5 s gives its connection to
+/// the app back (and the descriptor with it): idle clients, gRPC's
+/// long-lived connections among them, hold only their own socket. Its next
+/// stream opens another.
+#[test]
+fn an_idle_h2_client_holds_no_app_connection() {
+    let app = App::start(env!("CARGO_BIN_EXE_sample-app"));
+    let sidecar = Sidecar::start(app.addr, &[]);
+    let fds = || metric_value(&sidecar, "mirrord_proxy_inbound_fds");
+    let mut c = Conn::open(sidecar.addr);
+    c.send(HEADERS, END_HEADERS | END_STREAM, 1, &get("/"));
+    assert_eq!(c.outcome(1), Seen::Response { ok: true });
+    eventually("the client's and the app's sockets", || fds() == 2);
+    // Streams keep it: one every second for three seconds.
+    for stream in [3, 5, 7] {
+        std::thread::sleep(Duration::from_secs(1));
+        c.send(HEADERS, END_HEADERS | END_STREAM, stream, &get("/"));
+        assert_eq!(c.outcome(stream), Seen::Response { ok: true });
+        assert_eq!(fds(), 2, "the app connection is kept while streams come");
+    }
+    let idle = Instant::now();
+    while fds() != 1 {
+        assert!(idle.elapsed() < Duration::from_secs(10), "the app connection is still open");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(idle.elapsed() >= Duration::from_secs(4), "closed after {:?} idle", idle.elapsed());
+    c.send(HEADERS, END_HEADERS | END_STREAM, 9, &get("/"));
+    assert_eq!(c.outcome(9), Seen::Response { ok: true });
+    assert_eq!(fds(), 2);
+}

@@ -11,7 +11,7 @@ mod intercept;
 pub mod upstream;
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{HeaderValue, StatusCode};
@@ -43,6 +43,12 @@ const MAX_CONCURRENT_STREAMS: u32 = 200;
 /// at most this per stream (RFC 9113 §10.5), 6.25 MiB at the stream
 /// limit, instead of what the app has to send.
 const SEND_BUFFER: usize = 32 * 1024;
+/// How long a client connection keeps its connection to the app with no
+/// stream open. Then the app connection closes (and gives its descriptor
+/// back), as an HTTP/1 client's goes back to the pool between requests:
+/// idle clients, gRPC's long-lived ones included, hold only their own
+/// socket.
+const APP_IDLE: Duration = Duration::from_secs(5);
 /// Streams a client may make the proxy reset for its own errors before the
 /// connection is ended (the "rapid reset" family of floods).
 const MAX_LOCAL_ERROR_RESETS: usize = 1024;
@@ -146,6 +152,21 @@ impl LastEnd {
     }
 }
 
+/// Whether the connection has had no stream open for `after`; if not,
+/// `check` is set for when it could first have.
+fn idle_for(check: std::pin::Pin<&mut tokio::time::Sleep>, after: Duration, busy: bool, last_end: &LastEnd) -> bool {
+    let now = tokio::time::Instant::now();
+    let idle_since = last_end.get();
+    if busy {
+        check.reset(now + after);
+    } else if now.duration_since(idle_since) < after {
+        check.reset(idle_since + after);
+    } else {
+        return true;
+    }
+    false
+}
+
 /// Held by a stream's task: when the task ends, however it ends, the
 /// connection's [`LastEnd`] is set.
 struct StreamEnd(Arc<LastEnd>);
@@ -193,11 +214,17 @@ where
         () = shutdown.signalled() => return,
     };
     let mut draining = false;
-    // Idleness is checked when the timeout would be due: the connection
-    // ends (GOAWAY) once no stream has been open for the whole timeout.
+    // Idleness is checked when a timeout would be due: the connection ends
+    // (GOAWAY) once no stream has been open for the whole idle timeout, and
+    // its connection to the app closes once none has been for
+    // [`APP_IDLE`] (the next stream opens another).
     let idle_timeout = limits.http_idle_timeout.unwrap_or_default();
     let idle_check = tokio::time::sleep(idle_timeout);
-    tokio::pin!(idle_check);
+    let app_check = tokio::time::sleep(APP_IDLE);
+    tokio::pin!(idle_check, app_check);
+    // The app check runs from a connection's first stream to the app
+    // connection's release, and again from the next stream.
+    let mut app_check_armed = false;
     let last_end = Arc::new(LastEnd::new());
     loop {
         let next = tokio::select! {
@@ -208,22 +235,27 @@ where
                 continue;
             }
             () = &mut idle_check, if !draining && limits.http_idle_timeout.is_some() => {
-                let now = tokio::time::Instant::now();
-                let idle_since = last_end.get();
-                if conn.has_streams() {
-                    idle_check.as_mut().reset(now + idle_timeout);
-                } else if now.duration_since(idle_since) < idle_timeout {
-                    idle_check.as_mut().reset(idle_since + idle_timeout);
-                } else {
+                if idle_for(idle_check.as_mut(), idle_timeout, conn.has_streams(), &last_end) {
                     proxy.metrics.error(crate::metrics::Fault::HttpIdleTimeout);
                     conn.graceful_shutdown();
                     draining = true;
                 }
                 continue;
             }
+            () = &mut app_check, if app_check_armed => {
+                if idle_for(app_check.as_mut(), APP_IDLE, conn.has_streams(), &last_end) {
+                    proxy.upstream.release();
+                    app_check_armed = false;
+                }
+                continue;
+            }
         };
         match next {
             Some(Ok((req, respond))) => {
+                if !app_check_armed {
+                    app_check.as_mut().reset(tokio::time::Instant::now() + APP_IDLE);
+                    app_check_armed = true;
+                }
                 // Boxed: the task then holds a pointer, and its future (a
                 // few KiB) is not copied again into the task's cell and
                 // over once more when its output is stored.

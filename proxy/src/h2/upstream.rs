@@ -2,7 +2,8 @@
 //! address: its streams share one multiplexed connection to the app. Each
 //! client connection gets its own, so the app sees as many connections as
 //! there are clients, as it would without the sidecar, and nothing is locked
-//! across clients.
+//! across clients; a client that has had no stream open for a while lets
+//! its app connection go (`release`), as an idle HTTP/1 client does.
 //!
 //! Streams are opened with the `h2` crate directly: a request is sent and its
 //! response awaited in the client stream's own task, and a request body that
@@ -99,6 +100,12 @@ impl Upstream {
         }
         let response = response.await.map_err(|error| Error::Request { dst, error })?;
         Ok(response.map(H2Body::new))
+    }
+
+    /// Lets the app connection go: it closes once the streams still on it
+    /// have ended; the next stream opens another.
+    pub fn release(&self) {
+        self.lock_h2().take();
     }
 
     /// The app connection, if it is open.
