@@ -78,6 +78,24 @@ impl Sidecar {
         s.read_to_string(&mut out).expect("read");
         out
     }
+
+    /// The value of the `/metrics` line that is `series` and a value.
+    pub fn metric_value(&self, series: &str) -> i64 {
+        let metrics = self.metrics();
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(series).and_then(|v| v.strip_prefix(' ')).map(|v| v.trim().parse().unwrap()))
+            .unwrap_or_else(|| panic!("no {series} in\n{metrics}"))
+    }
+}
+
+/// Polls `f` until it is true; fails the test after 5 s.
+pub fn eventually(what: &str, mut f: impl FnMut() -> bool) {
+    let start = std::time::Instant::now();
+    while !f() {
+        assert!(start.elapsed() < std::time::Duration::from_secs(5), "timed out waiting: {what}");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
 }
 
 impl Drop for Sidecar {

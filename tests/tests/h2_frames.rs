@@ -13,7 +13,7 @@ use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use mirrord_tests::loopback::{App, Sidecar};
+use mirrord_tests::loopback::{eventually, App, Sidecar};
 
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
@@ -576,23 +576,6 @@ fn clients_that_read_nothing_hold_a_bounded_part_of_the_sidecars_memory() {
     drop(held);
 }
 
-/// The value of the metric line that starts with `name`.
-fn metric_value(sidecar: &Sidecar, name: &str) -> i64 {
-    let metrics = sidecar.metrics();
-    metrics
-        .lines()
-        .find_map(|l| l.strip_prefix(name).and_then(|v| v.strip_prefix(' ')).map(|v| v.trim().parse().unwrap()))
-        .unwrap_or_else(|| panic!("no {name} in\n{metrics}"))
-}
-
-fn eventually(what: &str, mut f: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !f() {
-        assert!(start.elapsed() < Duration::from_secs(5), "timed out waiting: {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 /// An HTTP/2 client connection holds two descriptors of the budget: its
 /// own, and its connection to the app, given back when that closes. With
 /// the budget spent, a stream is refused (503, counted) and its
@@ -601,7 +584,7 @@ fn eventually(what: &str, mut f: impl FnMut() -> bool) {
 fn an_h2_connection_and_its_app_connection_count_in_the_descriptor_budget() {
     let app = App::start(env!("CARGO_BIN_EXE_sample-app"));
     let sidecar = Sidecar::start(app.addr, &["--fd-budget", "3"]);
-    let fds = || metric_value(&sidecar, "mirrord_proxy_inbound_fds");
+    let fds = || sidecar.metric_value("mirrord_proxy_inbound_fds");
     let mut first = Conn::open(sidecar.addr);
     first.send(HEADERS, END_HEADERS | END_STREAM, 1, &get("/"));
     assert_eq!(first.outcome(1), Seen::Response { ok: true });
@@ -612,7 +595,7 @@ fn an_h2_connection_and_its_app_connection_count_in_the_descriptor_budget() {
     let mut second = Conn::open(sidecar.addr);
     second.send(HEADERS, END_HEADERS | END_STREAM, 1, &get("/"));
     assert_eq!(second.outcome(1), Seen::Response { ok: false });
-    assert_eq!(metric_value(&sidecar, "mirrord_proxy_errors_total{reason=\"fd_budget\"}"), 1);
+    assert_eq!(sidecar.metric_value("mirrord_proxy_errors_total{reason=\"fd_budget\"}"), 1);
 
     // The first client leaves: both its descriptors come back, and the
     // second connection's next stream reaches the app.
@@ -631,7 +614,7 @@ fn an_h2_connection_and_its_app_connection_count_in_the_descriptor_budget() {
 fn an_idle_h2_client_holds_no_app_connection() {
     let app = App::start(env!("CARGO_BIN_EXE_sample-app"));
     let sidecar = Sidecar::start(app.addr, &[]);
-    let fds = || metric_value(&sidecar, "mirrord_proxy_inbound_fds");
+    let fds = || sidecar.metric_value("mirrord_proxy_inbound_fds");
     let mut c = Conn::open(sidecar.addr);
     c.send(HEADERS, END_HEADERS | END_STREAM, 1, &get("/"));
     assert_eq!(c.outcome(1), Seen::Response { ok: true });

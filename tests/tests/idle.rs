@@ -11,7 +11,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use mirrord_tests::loopback::{App, Sidecar};
+use mirrord_tests::loopback::{eventually, App, Sidecar};
 
 fn app() -> App {
     App::start(env!("CARGO_BIN_EXE_sample-app"))
@@ -63,11 +63,7 @@ impl Client {
 }
 
 fn gauge(sidecar: &Sidecar, name: &str) -> i64 {
-    let metrics = sidecar.metrics();
-    metrics
-        .lines()
-        .find_map(|l| l.strip_prefix(name).and_then(|v| v.strip_prefix(' ')).map(|v| v.trim().parse().unwrap()))
-        .unwrap_or_else(|| panic!("no {name} in\n{metrics}"))
+    sidecar.metric_value(name)
 }
 
 fn errors(sidecar: &Sidecar, reason: &str) -> i64 {
@@ -78,15 +74,6 @@ fn errors(sidecar: &Sidecar, reason: &str) -> i64 {
 /// in case its next request follows at once.
 fn settle() {
     std::thread::sleep(Duration::from_millis(40));
-}
-
-/// Polls `f` until it is true or 5 s have passed.
-fn eventually(what: &str, mut f: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !f() {
-        assert!(start.elapsed() < Duration::from_secs(5), "timed out waiting: {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 #[test]
