@@ -522,10 +522,10 @@ fn clients_that_read_nothing_hold_a_bounded_part_of_the_sidecars_memory() {
     const CONNECTIONS: usize = 4;
     /// nghttpd's limit of concurrent streams.
     const STREAMS: u32 = 100;
-    /// Per connection: 100 streams × 32 KiB towards the client and 1 MiB
+    /// Per connection: 100 streams × 64 KiB towards the client and 2 MiB
     /// of the app's connection window, and the read buffers those bytes
     /// keep alive.
-    const BOUND: u64 = 12 * 1024 * 1024;
+    const BOUND: u64 = 16 * 1024 * 1024;
     let app = Nghttpd::start();
     let sidecar = SidecarProcess::start(app.addr);
     let mut warm = Conn::open(sidecar.addr);

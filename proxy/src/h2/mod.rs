@@ -40,9 +40,11 @@ const MAX_CONCURRENT_STREAMS: u32 = 200;
 /// with it the app). The kernel's socket buffer, not this, covers the
 /// client's round trip, so a few frames suffice to keep the connection
 /// busy; a client that grants large windows and reads nothing then holds
-/// at most this per stream (RFC 9113 §10.5), 6.25 MiB at the stream
-/// limit, instead of what the app has to send.
-const SEND_BUFFER: usize = 32 * 1024;
+/// at most this per stream (RFC 9113 §10.5), 12.5 MiB at the stream
+/// limit, instead of what the app has to send. (Less slows a stream of
+/// many small messages, gRPC streaming: the stream waits on the
+/// connection's writes more often.)
+const SEND_BUFFER: usize = 64 * 1024;
 /// How long a client connection keeps its connection to the app with no
 /// stream open. Then the app connection closes (and gives its descriptor
 /// back), as an HTTP/1 client's goes back to the pool between requests:

@@ -27,12 +27,12 @@ use crate::budget::Budget;
 use crate::pool::AppConn;
 
 /// Flow-control windows towards the app: a stream of a fast app is not
-/// held to HTTP/2's default 64 KiB in flight, and what the app may send
-/// before the client takes it (the sidecar holds it meanwhile) is bounded
-/// per client connection. The app is in the same pod: these cover its
-/// round trip many times over.
-const STREAM_WINDOW: u32 = 256 * 1024;
-const CONNECTION_WINDOW: u32 = 1024 * 1024;
+/// held to HTTP/2's default 64 KiB in flight (nor its window updates sent
+/// as often), and what the app may send before the client takes it (the
+/// sidecar holds it meanwhile) is bounded per client connection. The app
+/// is in the same pod: these cover its round trip many times over.
+const STREAM_WINDOW: u32 = 1024 * 1024;
+const CONNECTION_WINDOW: u32 = 2 * 1024 * 1024;
 /// Bytes buffered per stream towards the app before a body waits (an app
 /// that grants large windows but is paused or slow holds no more).
 const SEND_BUFFER: usize = 64 * 1024;
