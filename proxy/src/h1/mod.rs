@@ -157,18 +157,16 @@ impl Shared {
 
     /// Takes the next entry off the queue.
     fn pop_front(&self) -> Option<Pending> {
-        let next = self.queue().pop_front();
-        if next.is_some() {
-            self.room.notify_one();
-        }
-        next
+        self.pop_front_if(|_| true)
     }
 
-    /// Takes the next entry off the queue if `due` says it is the one.
+    /// Takes the next entry off the queue if `due` says it is the one. The
+    /// request pump is told when that makes room (it waits only then).
     fn pop_front_if(&self, due: impl FnOnce(&Pending) -> bool) -> Option<Pending> {
         let mut queue = self.queue();
+        let full = queue.len() >= MAX_PIPELINED;
         let next = if queue.front().is_some_and(due) { queue.pop_front() } else { None };
-        if next.is_some() {
+        if full && next.is_some() {
             self.room.notify_one();
         }
         next
