@@ -29,7 +29,7 @@ use crate::workers::Workers;
 #[derive(Debug, Clone, clap::Args)]
 pub struct RunArgs {
     /// Address to accept inbound connections on; repeat for several. Default:
-    /// 0.0.0.0:18006 and [::]:18006 (the iptables redirect target).
+    /// 0.0.0.0:18006 and `[::]:18006` (the iptables redirect target).
     #[arg(long, value_name = "ADDR")]
     pub listen: Vec<SocketAddr>,
     /// Explicit mode: send every connection to ADDR instead of to its original
@@ -383,7 +383,7 @@ const RELEASE_AFTER: usize = 1024;
 /// trims the heap whenever 128 KiB are free at its top, and connections that
 /// free and take their buffers between requests then fault the same pages
 /// in again and again), but all at once after many connections closed
-/// ([`release_free_memory`]).
+/// (`release_free_memory`).
 pub fn tune_allocator() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only sets a threshold of the allocator.

@@ -8,8 +8,8 @@
 //! boundaries (where per-request routing hooks in), and the cost per request
 //! is one parse per direction.
 //!
-//! Two pumps run in the connection's task: [`request`] (client → app) and
-//! [`response`] (app → client). They share a queue of what each response
+//! Two pumps run in the connection's task: `request` (client → app) and
+//! `response` (app → client). They share a queue of what each response
 //! answers, so that HEAD and upgrade responses are framed right and a refusal
 //! is written only after every earlier response is complete. A pipelining
 //! client gets at most 64 requests ahead of their answers (`MAX_PIPELINED`);

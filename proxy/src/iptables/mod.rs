@@ -6,7 +6,7 @@
 //! to app, app to anywhere) never passes PREROUTING and cannot loop.
 //!
 //! [`render`] is a pure function from the plan and the table's current state
-//! to an `iptables-restore --noflush` script; [`apply`] runs it.
+//! to an `iptables-restore --noflush` script; `apply` runs it.
 
 mod apply;
 
