@@ -18,6 +18,15 @@ pub enum Error {
 }
 
 impl Error {
+    /// The status the client gets: 503 when the sidecar's descriptor budget
+    /// is spent (the sidecar's state, not the app's), 502 otherwise.
+    pub fn status(&self) -> http::StatusCode {
+        match self {
+            Error::Budget { .. } => http::StatusCode::SERVICE_UNAVAILABLE,
+            _ => http::StatusCode::BAD_GATEWAY,
+        }
+    }
+
     /// Metric reason.
     pub fn reason(&self) -> crate::metrics::Fault {
         use crate::metrics::Fault;

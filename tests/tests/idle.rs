@@ -62,12 +62,8 @@ impl Client {
     }
 }
 
-fn gauge(sidecar: &Sidecar, name: &str) -> i64 {
-    sidecar.metric_value(name)
-}
-
 fn errors(sidecar: &Sidecar, reason: &str) -> i64 {
-    gauge(sidecar, &format!("mirrord_proxy_errors_total{{reason=\"{reason}\"}}"))
+    sidecar.metric_value(&format!("mirrord_proxy_errors_total{{reason=\"{reason}\"}}"))
 }
 
 /// Longer than the 10 ms a client keeps its app connection after a response
@@ -94,12 +90,12 @@ fn idle_keep_alive_clients_hold_no_app_connection() {
         assert_eq!(c.get("/first").unwrap().0, 200);
     }
     // Once the pooled connection expires, only the clients' own sockets remain.
-    eventually("the pool to empty", || gauge(&sidecar, "mirrord_proxy_inbound_fds") == 100);
+    eventually("the pool to empty", || sidecar.metric_value("mirrord_proxy_inbound_fds") == 100);
     for c in &mut clients {
         assert_eq!(c.get("/again").unwrap().0, 200, "an idle client is served again");
     }
     drop(clients);
-    eventually("every descriptor back", || gauge(&sidecar, "mirrord_proxy_inbound_fds") <= 1);
+    eventually("every descriptor back", || sidecar.metric_value("mirrord_proxy_inbound_fds") <= 1);
 }
 
 #[test]
@@ -196,23 +192,23 @@ fn the_descriptor_budget_refuses_clearly_and_recovers() {
         assert_eq!(c.get("/").unwrap().0, 200);
         settle();
     }
-    eventually("three client sockets only", || gauge(&sidecar, "mirrord_proxy_inbound_fds") == 3);
+    eventually("three client sockets only", || sidecar.metric_value("mirrord_proxy_inbound_fds") == 3);
     // The fourth client is accepted, but its request finds no descriptor for the app.
     let mut fourth = Client::connect(sidecar.addr);
     let (status, _, body) = fourth.get("/").unwrap();
     assert_eq!(status, 503, "{body}");
     assert!(body.contains("budget of 4 file descriptors"), "{body}");
     // A fifth connection is refused outright: reset, nothing served.
-    eventually("the 503 connection closed", || gauge(&sidecar, "mirrord_proxy_inbound_fds") == 3);
+    eventually("the 503 connection closed", || sidecar.metric_value("mirrord_proxy_inbound_fds") == 3);
     let _held = Client::connect(sidecar.addr);
-    eventually("four held", || gauge(&sidecar, "mirrord_proxy_inbound_fds") == 4);
+    eventually("four held", || sidecar.metric_value("mirrord_proxy_inbound_fds") == 4);
     let mut fifth = Client::connect(sidecar.addr);
     assert!(fifth.get("/").is_err(), "over the budget");
     assert_eq!(errors(&sidecar, "fd_budget"), 2);
-    assert_eq!(gauge(&sidecar, "mirrord_proxy_fd_budget"), 4);
+    assert_eq!(sidecar.metric_value("mirrord_proxy_fd_budget"), 4);
     // Descriptors given back are usable again.
     drop(idle);
-    eventually("the idle clients gone", || gauge(&sidecar, "mirrord_proxy_inbound_fds") == 1);
+    eventually("the idle clients gone", || sidecar.metric_value("mirrord_proxy_inbound_fds") == 1);
     assert_eq!(Client::connect(sidecar.addr).get("/").unwrap().0, 200);
 }
 
@@ -222,7 +218,7 @@ fn silent_tcp_connections_hold_no_pipes() {
     let opaque = app.addr.port().to_string();
     let sidecar = Sidecar::start(app.addr, &["--opaque-ports", &opaque]);
     let mut conns: Vec<TcpStream> = (0..10).map(|_| TcpStream::connect(sidecar.addr).unwrap()).collect();
-    eventually("two sockets per connection", || gauge(&sidecar, "mirrord_proxy_inbound_fds") == 20);
+    eventually("two sockets per connection", || sidecar.metric_value("mirrord_proxy_inbound_fds") == 20);
     for c in &mut conns {
         c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
         c.write_all(b"ping").unwrap();
@@ -231,9 +227,9 @@ fn silent_tcp_connections_hold_no_pipes() {
         assert_eq!(&echo, b"ping");
     }
     // Each direction made its pipe (two descriptors) when bytes came.
-    assert_eq!(gauge(&sidecar, "mirrord_proxy_inbound_fds"), 60);
+    assert_eq!(sidecar.metric_value("mirrord_proxy_inbound_fds"), 60);
     // And gives it back after a second without any.
-    eventually("the pipes given back", || gauge(&sidecar, "mirrord_proxy_inbound_fds") == 20);
+    eventually("the pipes given back", || sidecar.metric_value("mirrord_proxy_inbound_fds") == 20);
     for c in &mut conns {
         c.write_all(b"pong").unwrap();
         let mut echo = [0u8; 4];
@@ -310,5 +306,5 @@ fn a_client_that_resets_a_raw_tcp_connection_frees_its_app_connection() {
         std::thread::sleep(Duration::from_millis(50));
     }
     // The app waits for the client, which is gone: only the reset ends it.
-    eventually("every app connection closed", || gauge(&sidecar, "mirrord_proxy_inbound_fds") == 0);
+    eventually("every app connection closed", || sidecar.metric_value("mirrord_proxy_inbound_fds") == 0);
 }

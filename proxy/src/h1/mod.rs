@@ -403,12 +403,11 @@ const LINGER_BYTES: usize = 1 << 20;
 /// reached: 502, or 503 when the sidecar's descriptor budget is spent.
 pub fn error_response(e: &app::Error) -> Vec<u8> {
     let body = format!("mirrord-proxy: {e}\n");
-    let status = match e {
-        app::Error::Budget { .. } => "503 Service Unavailable",
-        _ => "502 Bad Gateway",
-    };
+    let status = e.status();
     format!(
-        "HTTP/1.1 {status}\r\ncontent-type: text/plain; charset=utf-8\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
+        "HTTP/1.1 {} {}\r\ncontent-type: text/plain; charset=utf-8\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or_default(),
         body.len()
     )
     .into_bytes()

@@ -126,11 +126,7 @@ impl Proxy {
             Err(e) => {
                 debug!("{e}");
                 self.metrics.error(e.reason());
-                let mut resp = bad_gateway(&e.to_string());
-                if let crate::app::Error::Budget { .. } = e {
-                    *resp.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
-                }
-                resp
+                refusal(e.status(), &e.to_string())
             }
         }
     }
@@ -184,10 +180,15 @@ impl Drop for StreamEnd {
 /// The response when the app cannot be reached: it names the proxy, so
 /// nobody mistakes it for the app's own 502.
 pub fn bad_gateway(why: &str) -> Response<Body> {
+    refusal(StatusCode::BAD_GATEWAY, why)
+}
+
+/// A response of the proxy's own, with `status`, that says why.
+fn refusal(status: StatusCode, why: &str) -> Response<Body> {
     let text = Bytes::from(format!("mirrord-proxy: {why}\n"));
     let length = HeaderValue::from(text.len());
     let mut resp = Response::new(Either::Right(Either::Left(Full::new(text))));
-    *resp.status_mut() = StatusCode::BAD_GATEWAY;
+    *resp.status_mut() = status;
     resp.headers_mut().insert(http::header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
     resp.headers_mut().insert(http::header::CONTENT_LENGTH, length);
     resp

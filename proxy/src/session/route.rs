@@ -36,9 +36,10 @@ pub async fn route_request(
     let request = Announced::Http(announce());
     match decision.steal {
         Some(session) => {
-            let copies = match decision.mirrors.is_empty() {
-                true => Copies::default(),
-                false => open_copies(&decision.mirrors, port, request.clone(), metrics).await,
+            let copies = if decision.mirrors.is_empty() {
+                Copies::default()
+            } else {
+                open_copies(&decision.mirrors, port, request.clone(), metrics).await
             };
             Routed { steal: open_steal(&session, port, request, metrics).await, copies }
         }
@@ -63,32 +64,36 @@ pub async fn open_steal(session: &Session, port: u16, announce: Announced, metri
 /// The last session takes `announce` itself, the others a copy of it.
 pub async fn open_copies(mirrors: &[Arc<Session>], port: u16, announce: Announced, metrics: &Metrics) -> Copies {
     let mut copies = Copies::default();
-    let mut announce = Some(announce);
-    for (i, session) in mirrors.iter().enumerate() {
-        let this = if i + 1 == mirrors.len() { announce.take() } else { announce.clone() };
-        let Some(this) = this else { break };
-        let opened = match this {
-            Announced::Http(request) if request.body_complete => {
-                let sent = session.announce_copy(port, request);
-                if sent {
-                    copies.announced();
-                }
-                sent
-            }
-            this => match session.open(port, Mode::Mirror, this).await {
-                Some(exchange) => {
-                    copies.add(exchange.to_client, session.label.clone());
-                    true
-                }
-                None => false,
-            },
-        };
-        if opened {
-            metrics.intercepted(port, InterceptMode::Mirror, &session.label);
-            session.mirrored.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        } else {
-            metrics.mirror_dropped(&session.label);
+    if let Some((last, others)) = mirrors.split_last() {
+        for session in others {
+            open_copy(session, port, announce.clone(), metrics, &mut copies).await;
         }
+        open_copy(last, port, announce, metrics, &mut copies).await;
     }
     copies
+}
+
+async fn open_copy(session: &Session, port: u16, announce: Announced, metrics: &Metrics, copies: &mut Copies) {
+    let opened = match announce {
+        Announced::Http(request) if request.body_complete => {
+            let sent = session.announce_copy(port, request);
+            if sent {
+                copies.announced();
+            }
+            sent
+        }
+        announce => match session.open(port, Mode::Mirror, announce).await {
+            Some(exchange) => {
+                copies.add(exchange.to_client, session.label.clone());
+                true
+            }
+            None => false,
+        },
+    };
+    if opened {
+        metrics.intercepted(port, InterceptMode::Mirror, &session.label);
+        session.mirrored.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    } else {
+        metrics.mirror_dropped(&session.label);
+    }
 }
