@@ -9,6 +9,7 @@ nginx with one worker; haproxy with one thread. Prints each figure as a ratio
 to direct and to the best peer, plus the sidecar's RSS and CPU per 1000
 requests. Usage: bench.py [--rounds N] [--seconds S]."""
 import argparse
+import collections
 import json
 import os
 import re
@@ -19,6 +20,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 import admission
@@ -437,6 +439,9 @@ class Session:
                                       "-f", path, "--log-format", "json"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         for line in self.proc.stdout:
             if '"plan"' in line:
+                # The rest of its events (one per copy) are read and
+                # dropped, as a reader of the CLI's output would.
+                threading.Thread(target=collections.deque, args=(self.proc.stdout, 0), daemon=True).start()
                 return
         raise RuntimeError("the session did not open")
 
