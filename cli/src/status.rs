@@ -1,9 +1,17 @@
 //! What the session is doing, for the developer: one live status line on a
 //! terminal, or one JSON event per line for scripts.
+//!
+//! Lines are written by a thread of their own, from a bounded queue: a
+//! terminal or pipe that is slow to read, or not read at all, never holds
+//! up the delivery of traffic (a stolen request waits for nobody's stdout).
+//! When the queue is full, the lines about single requests are left out and
+//! counted (`{"event":"events_lost","count":N}` comes before the next line);
+//! lines about the session are kept up to a much larger bound.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::io::{IsTerminal, Write};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
 
 /// Output format of `connect`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -20,11 +28,127 @@ struct PortCounts {
     dropped: u64,
 }
 
+/// Lines about single requests queued before more are left out.
+const TRAFFIC_LINES: usize = 1024;
+/// Lines of any kind queued before more are left out.
+const ALL_LINES: usize = 8192;
+
+/// How long the writer waits after the first line of a batch: lines (one
+/// per request under load) are written many at a time, not each with a
+/// write and a wake-up of its own.
+const BATCH: Duration = Duration::from_millis(10);
+
+/// Where a queued line goes.
+#[derive(Debug, PartialEq, Eq)]
+enum Stream {
+    Stdout,
+    Stderr,
+}
+
+#[derive(Debug, Default)]
+struct Queue {
+    lines: VecDeque<(Stream, String)>,
+    /// Lines left out since the last one written.
+    lost: u64,
+    /// A line is being written.
+    writing: bool,
+}
+
+/// The queue between the session's tasks and the writing thread.
+#[derive(Debug, Default)]
+struct Output {
+    queue: Mutex<Queue>,
+    changed: Condvar,
+}
+
+impl Output {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Queue> {
+        self.queue.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Queues `text` (written as it is: newline included) unless `bound`
+    /// lines are queued already.
+    fn push(&self, stream: Stream, text: String, bound: usize) {
+        let mut queue = self.lock();
+        if queue.lines.len() >= bound {
+            queue.lost += 1;
+            return;
+        }
+        let was_empty = queue.lines.is_empty();
+        queue.lines.push_back((stream, text));
+        drop(queue);
+        // The writer waits only on an empty queue.
+        if was_empty {
+            self.changed.notify_all();
+        }
+    }
+
+    /// The writing thread: the lines queued in the first [`BATCH`] after
+    /// one arrived, in as few writes as the streams allow, then a note of
+    /// those left out after them.
+    fn write_all(&self, format: LogFormat) {
+        loop {
+            {
+                let mut queue = self.lock();
+                queue.writing = false;
+                self.changed.notify_all();
+                while queue.lines.is_empty() {
+                    queue = self.changed.wait(queue).unwrap_or_else(|p| p.into_inner());
+                }
+                queue.writing = true;
+            }
+            std::thread::sleep(BATCH);
+            let (lines, lost) = {
+                let mut queue = self.lock();
+                (std::mem::take(&mut queue.lines), std::mem::take(&mut queue.lost))
+            };
+            let mut lines: Vec<(Stream, String)> = lines.into();
+            if lost > 0 {
+                lines.push(match format {
+                    LogFormat::Json => {
+                        (Stream::Stdout, format!("{}\n", serde_json::json!({"event": "events_lost", "count": lost})))
+                    }
+                    LogFormat::Text => (
+                        Stream::Stderr,
+                        format!("\r\x1b[2Knote: {lost} status lines were left out: the output was not read in time\n"),
+                    ),
+                });
+            }
+            for run in lines.chunk_by(|a, b| a.0 == b.0) {
+                let text: String = run.iter().map(|(_, text)| text.as_str()).collect();
+                write_to(&run[0].0, &text);
+            }
+        }
+    }
+
+    /// Whether every queued line was written, waiting up to `within`.
+    fn drained(&self, within: Duration) -> bool {
+        let deadline = Instant::now() + within;
+        let mut queue = self.lock();
+        while !queue.lines.is_empty() || queue.writing {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            queue = self.changed.wait_timeout(queue, left).unwrap_or_else(|p| p.into_inner()).0;
+        }
+        true
+    }
+}
+
+fn write_to(stream: &Stream, text: &str) {
+    let _ = match stream {
+        Stream::Stdout => std::io::stdout().lock().write_all(text.as_bytes()).and_then(|()| std::io::stdout().flush()),
+        Stream::Stderr => std::io::stderr().lock().write_all(text.as_bytes()),
+    };
+}
+
 /// Counters per remote port (summed over pods), and the printer.
 #[derive(Debug)]
 pub struct Status {
     format: LogFormat,
     live: bool,
+    output: Arc<Output>,
     ports: Mutex<BTreeMap<u16, PortCounts>>,
     /// App processes stopped, per pod whose app is paused.
     paused: Mutex<BTreeMap<String, u32>>,
@@ -35,7 +159,19 @@ pub struct Status {
 impl Status {
     pub fn new(format: LogFormat) -> Self {
         let live = format == LogFormat::Text && std::io::stderr().is_terminal();
-        Status { format, live, ports: Mutex::default(), paused: Mutex::default(), pods: Mutex::default() }
+        let output = Arc::new(Output::default());
+        let writer = output.clone();
+        if let Err(e) = std::thread::Builder::new().name("output".to_owned()).spawn(move || writer.write_all(format)) {
+            eprintln!("error: no thread for the status output: {e}");
+        }
+        Status { format, live, output, ports: Mutex::default(), paused: Mutex::default(), pods: Mutex::default() }
+    }
+
+    /// Waits (up to `within`) until every queued line is written: before
+    /// the command ends.
+    pub async fn flush(&self, within: Duration) {
+        let output = self.output.clone();
+        let _ = tokio::task::spawn_blocking(move || output.drained(within)).await;
     }
 
     /// How many pods have a session open.
@@ -51,25 +187,22 @@ impl Status {
     /// A message for the developer (text) or an event (JSON).
     pub fn say(&self, event: &serde_json::Value, text: &str) {
         match self.format {
-            LogFormat::Json => self.event(event),
-            LogFormat::Text => self.line(text),
+            LogFormat::Json => self.event(event, ALL_LINES),
+            LogFormat::Text => self.line(text, ALL_LINES),
         }
     }
 
-    fn event(&self, event: &serde_json::Value) {
+    /// Queues a JSON event (JSON format only), unless `bound` lines wait.
+    fn event(&self, event: &serde_json::Value, bound: usize) {
         if self.format == LogFormat::Json {
-            let mut out = std::io::stdout().lock();
-            let _ = writeln!(out, "{event}");
-            let _ = out.flush();
+            self.output.push(Stream::Stdout, format!("{event}\n"), bound);
         }
     }
 
-    fn line(&self, text: &str) {
-        let mut err = std::io::stderr().lock();
-        if self.live {
-            let _ = write!(err, "\r\x1b[2K");
-        }
-        let _ = writeln!(err, "{text}");
+    /// Queues a line for stderr (over the live status line, on a terminal).
+    fn line(&self, text: &str, bound: usize) {
+        let clear = if self.live { "\r\x1b[2K" } else { "" };
+        self.output.push(Stream::Stderr, format!("{clear}{text}\n"), bound);
     }
 
     /// Redraws the live status line (terminals only).
@@ -97,7 +230,7 @@ impl Status {
         if let Some(pods) = *self.pods.lock().unwrap_or_else(|p| p.into_inner()) {
             text = format!("{pods} pod{} | {text}", if pods == 1 { "" } else { "s" });
         }
-        let _ = write!(std::io::stderr().lock(), "\r\x1b[2K{text}");
+        self.output.push(Stream::Stderr, format!("\r\x1b[2K{text}"), TRAFFIC_LINES);
     }
 }
 
@@ -137,6 +270,7 @@ impl Reporter {
         let mode = if steal { "steal" } else { "mirror" };
         self.status.event(
             &self.event(serde_json::json!({"event": "delivered", "port": port, "mode": mode, "status": status})),
+            TRAFFIC_LINES,
         );
     }
 
@@ -153,18 +287,19 @@ impl Reporter {
     /// A copy dropped because too many were still with the local app.
     pub fn dropped(&self, port: u16) {
         self.status.update(port, |c| c.dropped += 1);
-        self.status.event(&self.event(serde_json::json!({"event": "dropped", "port": port})));
+        self.status.event(&self.event(serde_json::json!({"event": "dropped", "port": port})), TRAFFIC_LINES);
     }
 
     pub fn error(&self, port: u16, message: &str) {
         self.status.update(port, |c| c.errors += 1);
-        self.status.event(&self.event(serde_json::json!({"event": "error", "port": port, "message": message})));
+        self.status
+            .event(&self.event(serde_json::json!({"event": "error", "port": port, "message": message})), TRAFFIC_LINES);
         if self.status.format == LogFormat::Text {
             let text = match &self.pod {
                 Some(pod) => format!("{pod}: error on port {port}: {message}"),
                 None => format!("error on port {port}: {message}"),
             };
-            self.status.line(&text);
+            self.status.line(&text, TRAFFIC_LINES);
         }
     }
 }

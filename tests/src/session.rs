@@ -4,7 +4,8 @@
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use crate::workspace_bin;
@@ -16,6 +17,10 @@ pub struct Cli {
     events: mpsc::Receiver<serde_json::Value>,
     /// Events read and not wanted, for a failing test to show.
     skipped: std::cell::RefCell<Vec<serde_json::Value>>,
+    /// Set: the CLI's stdout is no longer read (its pipe fills up).
+    paused: Arc<AtomicBool>,
+    /// Reading resumes on a message; the reader ends when this is dropped.
+    resume: mpsc::Sender<()>,
     _config: tempfile::NamedTempFile,
 }
 
@@ -48,6 +53,9 @@ impl Cli {
             .expect("mirrord-cli");
         let stdout = child.stdout.take().expect("stdout");
         let (tx, events) = mpsc::channel();
+        let paused = Arc::new(AtomicBool::new(false));
+        let (resume, resumed) = mpsc::channel::<()>();
+        let pause = paused.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
                 if let Ok(event) = serde_json::from_str(&line) {
@@ -55,9 +63,24 @@ impl Cli {
                         break;
                     }
                 }
+                if pause.load(Ordering::SeqCst) && resumed.recv().is_err() {
+                    break;
+                }
             }
         });
-        Cli { child, events, skipped: Default::default(), _config: file }
+        Cli { child, events, skipped: Default::default(), paused, resume, _config: file }
+    }
+
+    /// Stops reading the CLI's stdout (after at most one more line), as a
+    /// consumer that hangs would: the pipe fills and the CLI's writes wait.
+    pub fn stop_reading(&self) {
+        self.paused.store(true, Ordering::SeqCst);
+    }
+
+    /// Reads its stdout again.
+    pub fn resume_reading(&self) {
+        self.paused.store(false, Ordering::SeqCst);
+        let _ = self.resume.send(());
     }
 
     /// Waits for an event satisfying `want`; `None` on timeout or exit.

@@ -5,7 +5,8 @@
 //! sidecar (explicit mode, loopback), real CLI; the local app is written
 //! here and answers `/big` with 64 MiB. The same the other way: a stolen
 //! request body the developer's app does not read holds back only its own
-//! exchange.
+//! exchange. And a developer's tool that stops reading the CLI's output
+//! holds back no stolen request either.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -28,6 +29,8 @@ fn local_app() -> SocketAddr {
         for s in listener.incoming() {
             let Ok(s) = s else { return };
             std::thread::spawn(move || {
+                // The head and the body are two writes.
+                s.set_nodelay(true).unwrap();
                 let mut reader = BufReader::new(s.try_clone().unwrap());
                 let mut s = s;
                 loop {
@@ -155,4 +158,58 @@ fn a_stolen_request_body_the_local_app_does_not_read_holds_back_only_its_own_exc
     for s in &uploads {
         let _ = s.shutdown(std::net::Shutdown::Both);
     }
+}
+
+/// Sends `n` GETs of `/` one after another on one keep-alive connection;
+/// each answer must come within 5 s.
+fn keep_alive_gets(addr: SocketAddr, n: usize) {
+    let s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut reader = BufReader::new(s.try_clone().unwrap());
+    let mut s = s;
+    for i in 0..n {
+        s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        let mut length = 0;
+        loop {
+            let mut line = String::new();
+            match reader.read_line(&mut line) {
+                Ok(n) if n > 0 => {}
+                other => panic!("no answer to request {i} within 5 s: {other:?}"),
+            }
+            if line == "\r\n" {
+                break;
+            }
+            if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                length = v.trim().parse().unwrap();
+            }
+        }
+        let mut body = vec![0u8; length];
+        reader.read_exact(&mut body).unwrap();
+        assert_eq!(body, b"local", "request {i}");
+    }
+}
+
+#[test]
+fn a_developer_output_nobody_reads_holds_back_no_stolen_request() {
+    let (sidecar, _remote, cli) = steal_all();
+    // The CLI's JSON events (one per delivered request) go to a pipe that
+    // is no longer read: 4,000 of them are several times what the pipe
+    // holds.
+    cli.stop_reading();
+    let addr = sidecar.addr;
+    let clients: Vec<_> = (0..4).map(|_| std::thread::spawn(move || keep_alive_gets(addr, 1000))).collect();
+    for c in clients {
+        c.join().unwrap();
+    }
+    // Read again, the output says how many events were left out, and goes
+    // on.
+    cli.resume_reading();
+    let lost = cli.wait_for(Duration::from_secs(10), |e| e["event"] == "events_lost");
+    let lost = lost.unwrap_or_else(|| panic!("no events_lost event; read:\n{}", cli.skipped()));
+    assert!(lost["count"].as_u64().unwrap() > 0, "{lost}");
+    keep_alive_gets(addr, 1);
+    assert!(
+        cli.wait_for(Duration::from_secs(10), |e| e["event"] == "delivered").is_some(),
+        "no event after the lost ones"
+    );
 }

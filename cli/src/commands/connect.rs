@@ -59,9 +59,20 @@ pub struct ConnectArgs {
     pub command: Vec<String>,
 }
 
-/// Runs the sessions to their end.
-pub async fn run(mut args: ConnectArgs, stop: impl std::future::Future<Output = ()>) -> ExitCode {
+/// Runs the sessions to their end; then what is still queued for stdout and
+/// stderr is written (if they are read within a few seconds).
+pub async fn run(args: ConnectArgs, stop: impl std::future::Future<Output = ()>) -> ExitCode {
     let status = Arc::new(Status::new(args.log_format));
+    let code = run_sessions(args, stop, &status).await;
+    status.flush(Duration::from_secs(3)).await;
+    code
+}
+
+async fn run_sessions(
+    mut args: ConnectArgs,
+    stop: impl std::future::Future<Output = ()>,
+    status: &Arc<Status>,
+) -> ExitCode {
     let (config, config_json) = match load_config(args.config.as_deref()) {
         Ok(loaded) => loaded,
         Err(e) => {
@@ -69,7 +80,7 @@ pub async fn run(mut args: ConnectArgs, stop: impl std::future::Future<Output = 
             return ExitCode::InvalidConfig;
         }
     };
-    let (places, what, watch) = match places(&args, &config, &status).await {
+    let (places, what, watch) = match places(&args, &config, status).await {
         Ok(found) => found,
         Err(code) => return code,
     };
@@ -78,7 +89,10 @@ pub async fn run(mut args: ConnectArgs, stop: impl std::future::Future<Output = 
     if let (Some(watch), None) = (&watch, &args.token) {
         match watch.cluster.session_token().await {
             Ok(token) => args.token = Some(token),
-            Err(e) => return cluster_failed(e),
+            Err(e) => {
+                status.flush(Duration::from_secs(3)).await;
+                return cluster_failed(e);
+            }
         }
     }
     let mut app = match args.command.split_first() {
@@ -94,6 +108,7 @@ pub async fn run(mut args: ConnectArgs, stop: impl std::future::Future<Output = 
     // All or nothing: every pod's session opens, or none stays open.
     let opened = futures::future::join_all(places.iter().map(|p| open(p, &args, config_json.clone()))).await;
     if let Some(Err((code, message))) = opened.iter().find(|r| r.is_err()) {
+        status.flush(Duration::from_secs(3)).await;
         eprintln!("error: {message}");
         for (_, _, requests, _) in opened.iter().flatten() {
             let _ = requests.send(SessionRequest { kind: Some(session_request::Kind::Bye(Bye {})) }).await;
@@ -104,7 +119,7 @@ pub async fn run(mut args: ConnectArgs, stop: impl std::future::Future<Output = 
         return *code;
     }
     let sessions: Vec<(Place, Opened)> = places.into_iter().zip(opened.into_iter().flatten()).collect();
-    print_plan(&status, &sessions[0].1 .3, &what, &config);
+    print_plan(status, &sessions[0].1 .3, &what, &config);
     if let Some(open) = args.on_open.take() {
         let _ = open.send(());
     }
@@ -235,6 +250,7 @@ async fn places(
         );
     }
     if ready.is_empty() {
+        status.flush(Duration::from_secs(3)).await;
         eprintln!("error: {described}: no pod with a ready sidecar in namespace {}", cluster.namespace);
         return Err(ExitCode::Target);
     }
