@@ -52,6 +52,8 @@ struct Queue {
     lost: u64,
     /// A line is being written.
     writing: bool,
+    /// The [`Status`] is gone: the writer ends once the queue is empty.
+    closed: bool,
 }
 
 /// The queue between the session's tasks and the writing thread.
@@ -86,13 +88,16 @@ impl Output {
     /// The writing thread: the lines queued in the first [`BATCH`] after
     /// one arrived, in as few writes as the streams allow, then a note of
     /// those left out after them.
-    fn write_all(&self, format: LogFormat) {
+    fn write_all(&self, format: LogFormat, mut write: impl FnMut(&Stream, &str)) {
         loop {
             {
                 let mut queue = self.lock();
                 queue.writing = false;
                 self.changed.notify_all();
                 while queue.lines.is_empty() {
+                    if queue.closed {
+                        return;
+                    }
                     queue = self.changed.wait(queue).unwrap_or_else(|p| p.into_inner());
                 }
                 queue.writing = true;
@@ -116,7 +121,7 @@ impl Output {
             }
             for run in lines.chunk_by(|a, b| a.0 == b.0) {
                 let text: String = run.iter().map(|(_, text)| text.as_str()).collect();
-                write_to(&run[0].0, &text);
+                write(&run[0].0, &text);
             }
         }
     }
@@ -161,7 +166,9 @@ impl Status {
         let live = format == LogFormat::Text && std::io::stderr().is_terminal();
         let output = Arc::new(Output::default());
         let writer = output.clone();
-        if let Err(e) = std::thread::Builder::new().name("output".to_owned()).spawn(move || writer.write_all(format)) {
+        if let Err(e) =
+            std::thread::Builder::new().name("output".to_owned()).spawn(move || writer.write_all(format, write_to))
+        {
             eprintln!("error: no thread for the status output: {e}");
         }
         Status { format, live, output, ports: Mutex::default(), paused: Mutex::default(), pods: Mutex::default() }
@@ -234,6 +241,13 @@ impl Status {
     }
 }
 
+impl Drop for Status {
+    fn drop(&mut self) {
+        self.output.lock().closed = true;
+        self.output.changed.notify_all();
+    }
+}
+
 /// What one session reports: to the shared [`Status`], its JSON events
 /// naming the pod it is on.
 #[derive(Debug, Clone)]
@@ -301,5 +315,48 @@ impl Reporter {
             };
             self.status.line(&text, TRAFFIC_LINES);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    /// Lines about single requests beyond the bound are left out, counted
+    /// in a note that comes after the lines kept; lines about the session
+    /// are kept beyond that bound; everything queued is written in order.
+    #[test]
+    fn a_full_queue_leaves_out_request_lines_and_says_how_many() {
+        let output = Arc::new(Output::default());
+        for i in 0..TRAFFIC_LINES + 10 {
+            output.push(Stream::Stdout, format!("{i}\n"), TRAFFIC_LINES);
+        }
+        output.push(Stream::Stderr, "session\n".to_owned(), ALL_LINES);
+        let written = Arc::new(Mutex::new(Vec::new()));
+        let (writer, sink) = (output.clone(), written.clone());
+        let thread = std::thread::spawn(move || {
+            writer.write_all(LogFormat::Json, |stream, text| {
+                sink.lock().unwrap().push((matches!(stream, Stream::Stdout), text.to_owned()));
+            });
+        });
+        assert!(output.drained(Duration::from_secs(10)));
+        output.push(Stream::Stdout, "after\n".to_owned(), TRAFFIC_LINES);
+        assert!(output.drained(Duration::from_secs(10)));
+        output.lock().closed = true;
+        output.changed.notify_all();
+        thread.join().unwrap();
+
+        let written = written.lock().unwrap();
+        let stdout: String = written.iter().filter(|(out, _)| *out).map(|(_, t)| t.as_str()).collect();
+        let lines: Vec<&str> = stdout.lines().collect();
+        assert_eq!(lines.len(), TRAFFIC_LINES + 2, "{lines:?}");
+        assert!(lines[..TRAFFIC_LINES].iter().enumerate().all(|(i, l)| *l == i.to_string()));
+        assert_eq!(lines[TRAFFIC_LINES], r#"{"count":10,"event":"events_lost"}"#);
+        assert_eq!(lines[TRAFFIC_LINES + 1], "after");
+        let stderr: Vec<_> = written.iter().filter(|(out, _)| !*out).map(|(_, t)| t.as_str()).collect();
+        assert_eq!(stderr, ["session\n"]);
+        // Many lines, few writes.
+        assert!(written.len() <= 4, "{} writes", written.len());
     }
 }

@@ -46,7 +46,9 @@ pub struct ConnectArgs {
     /// Address of the local app.
     #[arg(long, value_name = "IP", default_value = "127.0.0.1")]
     pub local_host: IpAddr,
-    /// `text`: the plan and a live status line; `json`: one event per line on stdout.
+    /// `text`: the plan and a live status line; `json`: one event per line on
+    /// stdout (a reader that falls behind gets `events_lost`, never holds up
+    /// traffic).
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
     /// Told once the session is open and its rules are in place (embedding).
