@@ -5,8 +5,9 @@
 //! terminal or pipe that is slow to read, or not read at all, never holds
 //! up the delivery of traffic (a stolen request waits for nobody's stdout).
 //! When the queue is full, the lines about single requests are left out and
-//! counted (`{"event":"events_lost","count":N}` comes before the next line);
-//! lines about the session are kept up to a much larger bound.
+//! counted (`{"event":"events_lost","count":N}` follows the lines that were
+//! queued when they were); lines about the session are kept up to a much
+//! larger bound.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::io::{IsTerminal, Write};
