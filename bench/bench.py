@@ -541,11 +541,17 @@ def session_bench(procs, tmp, seconds, rounds, baseline=None):
     primary |= {"nginx mirror slow (200 ms)": [], "nginx mirror stalled": []}
     stolen = {"direct to local app": [], "stolen via tunnel": []}
 
-    def primary_path(prefix, name):
-        """oha at 2000 req/s, and the sidecar's CPU time (every thread) per request."""
-        before = cpu_ns([pids[prefix]])
+    def primary_path(prefix, name, session=None):
+        """oha at 2000 req/s, and the sidecar's CPU time (every thread) per
+        request; with a session, the CLI's too (the developer's side: on a
+        cluster, the laptop's)."""
+        watched = [pids[prefix]] + ([session.proc.pid] if session else [])
+        before = [cpu_ns([pid]) for pid in watched]
         run = oha_latency(ports[name], seconds, 2000)
-        run["cpu_us"] = (cpu_ns([pids[prefix]]) - before) / (seconds * 2000) / 1000
+        used = [(cpu_ns([pid]) - b) / (seconds * 2000) / 1000 for pid, b in zip(watched, before)]
+        run["cpu_us"] = used[0]
+        if session:
+            run["cli_us"] = used[1]
         return run
 
     for r in range(rounds):
@@ -555,7 +561,7 @@ def session_bench(procs, tmp, seconds, rounds, baseline=None):
             for case, target in cases:
                 session = Session(ports[tunnel], mirror_to(target), tmp)
                 try:
-                    primary[f"{prefix}{case}"].append(primary_path(prefix, name))
+                    primary[f"{prefix}{case}"].append(primary_path(prefix, name, session))
                 finally:
                     session.close()
         primary["nginx mirror slow (200 ms)"].append(oha_latency(ports["nginx_slow"], seconds, 2000))
@@ -577,6 +583,8 @@ def session_bench(procs, tmp, seconds, rounds, baseline=None):
         errors = sum(x["errors"] for x in runs)
         spread = f"[{min(x['p99'] for x in runs) / base:.2f}-{max(x['p99'] for x in runs) / base:.2f}]"
         cpu = f" sidecar CPU {med([x['cpu_us'] for x in runs]):.1f} us/req" if "cpu_us" in runs[0] else ""
+        if "cli_us" in runs[0]:
+            cpu += f", CLI {med([x['cli_us'] for x in runs]):.1f}"
         print(f"  {name:30s} p50={p50:8.3f} p99={p99:9.3f} (p99 x{p99 / base:.2f} {spread} of no session) "
               f"errors={errors}{cpu}")
     print(f"  sidecar peak RSS through the mirror runs: {peak:.1f} MiB")
