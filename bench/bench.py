@@ -652,6 +652,9 @@ def main():
     ap.add_argument("--baseline-injector", metavar="BIN",
                     help="another mirrord-injector binary, measured in the admission part's rounds")
     args = ap.parse_args()
+    # SIGTERM (timeout, kill) ends the run as Ctrl-C does: through the
+    # cleanup that stops every process it started.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     for tool in ("wrk", "oha", "h2load", "iperf3", "nginx", "haproxy", "nghttpx", "nghttpd", "taskset", "valgrind"):
         if not shutil.which(tool):
             sys.exit(f"bench needs {tool}: run scripts/bench.sh, which installs it")
