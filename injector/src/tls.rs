@@ -164,9 +164,17 @@ pub fn load(cert: &Path, key: &Path) -> Result<CertifiedKey, Error> {
     certified(chain, &private).map_err(|message| Error::Key { path: key.to_owned(), message })
 }
 
+/// The chain with its key, if the key is the certificate's: a reload that
+/// reads a new key beside the old certificate (the files are not replaced
+/// at the same instant) keeps the pair it serves instead of one that fails
+/// every handshake.
 fn certified(chain: Vec<CertificateDer<'static>>, key: &PrivateKeyDer<'_>) -> Result<CertifiedKey, String> {
     let signing = rustls::crypto::ring::sign::any_supported_type(key).map_err(|e| e.to_string())?;
-    Ok(CertifiedKey::new(chain, signing))
+    let pair = CertifiedKey::new(chain, signing);
+    match pair.keys_match() {
+        Ok(()) | Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::Unknown)) => Ok(pair),
+        Err(e) => Err(format!("the private key is not the certificate's ({e})")),
+    }
 }
 
 /// A new CA and a serving certificate for `dns_names`, signed by it, as
@@ -224,6 +232,21 @@ pub fn watch(certs: Arc<Certs>, cert: PathBuf, key: PathBuf, every: Duration) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A key that is not the certificate's is refused, naming the key file.
+    #[test]
+    fn a_key_of_another_certificate_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let (chain_a, key_a, _) = self_signed_pem(vec!["localhost".to_owned()]).unwrap();
+        let (_, key_b, _) = self_signed_pem(vec!["localhost".to_owned()]).unwrap();
+        let (cert, key) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
+        std::fs::write(&cert, &chain_a).unwrap();
+        std::fs::write(&key, &key_a).unwrap();
+        assert!(load(&cert, &key).is_ok());
+        std::fs::write(&key, &key_b).unwrap();
+        let e = load(&cert, &key).err().expect("a mismatched key is refused").to_string();
+        assert!(e.contains("not the certificate's") && e.contains("tls.key"), "{e}");
+    }
 
     #[test]
     fn expiry_is_read_from_the_certificate() {
