@@ -244,7 +244,8 @@ mod tests {
         std::fs::write(&key, &key_a).unwrap();
         assert!(load(&cert, &key).is_ok());
         std::fs::write(&key, &key_b).unwrap();
-        let e = load(&cert, &key).err().expect("a mismatched key is refused").to_string();
+        let Err(e) = load(&cert, &key) else { panic!("a mismatched key was accepted") };
+        let e = e.to_string();
         assert!(e.contains("not the certificate's") && e.contains("tls.key"), "{e}");
     }
 
