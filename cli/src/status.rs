@@ -144,7 +144,10 @@ impl Output {
 
 fn write_to(stream: &Stream, text: &str) {
     let _ = match stream {
-        Stream::Stdout => std::io::stdout().lock().write_all(text.as_bytes()).and_then(|()| std::io::stdout().flush()),
+        Stream::Stdout => {
+            let mut out = std::io::stdout().lock();
+            out.write_all(text.as_bytes()).and_then(|()| out.flush())
+        }
         Stream::Stderr => std::io::stderr().lock().write_all(text.as_bytes()),
     };
 }
