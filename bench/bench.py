@@ -544,7 +544,7 @@ def session_bench(procs, tmp, seconds, rounds, baseline=None):
     def primary_path(prefix, name, session=None):
         """oha at 2000 req/s, and the sidecar's CPU time (every thread) per
         request; with a session, the CLI's too (the developer's side: on a
-        cluster, the laptop's)."""
+        cluster, the laptop's). Then the latency at the sidecar's socket."""
         watched = [pids[prefix]] + ([session.proc.pid] if session else [])
         before = [cpu_ns([pid]) for pid in watched]
         run = oha_latency(ports[name], seconds, 2000)
@@ -552,6 +552,11 @@ def session_bench(procs, tmp, seconds, rounds, baseline=None):
         run["cpu_us"] = used[0]
         if session:
             run["cli_us"] = used[1]
+        # Again with the capture on, which costs both sides CPU: apart from
+        # the figures above.
+        wire = Wire(ports[name], tmp)
+        oha_latency(ports[name], seconds, 2000)
+        run["wire"] = wire.stop()
         return run
 
     for r in range(rounds):
@@ -588,11 +593,66 @@ def session_bench(procs, tmp, seconds, rounds, baseline=None):
         print(f"  {name:30s} p50={p50:8.3f} p99={p99:9.3f} (p99 x{p99 / base:.2f} {spread} of no session) "
               f"errors={errors}{cpu}")
     print(f"  sidecar peak RSS through the mirror runs: {peak:.1f} MiB")
+    print("== the same runs at the sidecar's socket (tcpdump on lo: request's first byte in to response's first byte "
+          "out), p50/p99 ms")
+    for name, runs in primary.items():
+        if "wire" not in runs[0]:
+            continue
+        prefix = "baseline " if name.startswith("baseline ") else ""
+        base = med([x["wire"]["p99"] for x in primary[f"{prefix}no session"]])
+        p50, p99 = med([x["wire"]["p50"] for x in runs]), med([x["wire"]["p99"] for x in runs])
+        spread = f"[{min(x['wire']['p99'] for x in runs) / base:.2f}-{max(x['wire']['p99'] for x in runs) / base:.2f}]"
+        print(f"  {name:30s} p50={p50:8.3f} p99={p99:9.3f} (p99 x{p99 / base:.2f} {spread} of no session) "
+              f"requests={sum(x['wire']['count'] for x in runs)}")
     print("== sessions: stolen request latency at 200 req/s over the loopback tunnel")
     d50, d99 = med([x["p50"] for x in stolen["direct to local app"]]), med([x["p99"] for x in stolen["direct to local app"]])
     s50, s99 = med([x["p50"] for x in stolen["stolen via tunnel"]]), med([x["p99"] for x in stolen["stolen via tunnel"]])
     print(f"  direct to the local app: p50={d50:.3f} p99={d99:.3f}; stolen: p50={s50:.3f} p99={s99:.3f}")
     print(f"  added by the tunnel: p50={s50 - d50:.3f} ms, p99={s99 - d99:.3f} ms")
+
+
+class Wire:
+    """The latency of every request as the sidecar's socket sees it: from a
+    request's first byte arriving on `port` to the response's first byte
+    leaving it, per connection, from tcpdump's timestamps on loopback. The
+    load generator's own scheduling is not in it: this is what a pod's
+    clients get from the sidecar, whatever shares the client's CPU."""
+
+    def __init__(self, port, tmp):
+        self.port, self.path = port, os.path.join(tmp, f"wire-{port}-{time.time_ns()}.pcap")
+        payload = "(ip[2:2] - ((ip[0] & 0xf) << 2) - ((tcp[12] & 0xf0) >> 2)) != 0"
+        self.proc = subprocess.Popen(["taskset", "-c", LOAD_CPU, "tcpdump", "-i", "lo", "-n", "-B", "65536", "-s", "96",
+                                      "-w", self.path, f"tcp port {port} and {payload}"],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        # tcpdump says "listening on lo" once it captures.
+        if "listening" not in self.proc.stderr.readline():
+            self.proc.kill()
+            raise RuntimeError(f"tcpdump did not start on lo: {self.proc.stderr.read()[-400:]}")
+
+    def stop(self):
+        """Stops the capture; returns {"p50", "p99"} in ms and the count."""
+        time.sleep(0.1)
+        self.proc.terminate()
+        rest = self.proc.communicate(timeout=30)[1]
+        dropped = re.search(r"(\d+) packets? dropped by kernel", rest)
+        if dropped and dropped.group(1) != "0":
+            raise RuntimeError(f"tcpdump dropped {dropped.group(1)} packets: the wire latency would be partial")
+        out = subprocess.run(["tcpdump", "-r", self.path, "-tt", "-n"], capture_output=True, text=True, check=True).stdout
+        os.unlink(self.path)
+        asked, took = {}, []
+        for line in out.splitlines():
+            m = re.match(r"([\d.]+) IP 127\.0\.0\.1\.(\d+) > 127\.0\.0\.1\.(\d+):", line)
+            if not m:
+                continue
+            t, src, dst = float(m.group(1)), int(m.group(2)), int(m.group(3))
+            if dst == self.port:
+                asked.setdefault(src, t)
+            elif src == self.port and dst in asked:
+                took.append((t - asked.pop(dst)) * 1000)
+        if not took:
+            raise RuntimeError(f"tcpdump saw no request answered on port {self.port}")
+        took.sort()
+        return {"p50": took[len(took) // 2], "p99": took[int(len(took) * 0.99)], "count": len(took)}
 
 
 def first_byte_ms(port, n=20):
@@ -655,7 +715,8 @@ def main():
     # SIGTERM (timeout, kill) ends the run as Ctrl-C does: through the
     # cleanup that stops every process it started.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
-    for tool in ("wrk", "oha", "h2load", "iperf3", "nginx", "haproxy", "nghttpx", "nghttpd", "taskset", "valgrind"):
+    for tool in ("wrk", "oha", "h2load", "iperf3", "nginx", "haproxy", "nghttpx", "nghttpd", "taskset", "valgrind",
+                 "tcpdump"):
         if not shutil.which(tool):
             sys.exit(f"bench needs {tool}: run scripts/bench.sh, which installs it")
 

@@ -3,7 +3,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 missing=()
-for tool in wrk:wrk h2load:nghttp2-client nghttpx:nghttp2-proxy nghttpd:nghttp2-server iperf3:iperf3 nginx:nginx-light haproxy:haproxy taskset:util-linux valgrind:valgrind; do
+for tool in wrk:wrk h2load:nghttp2-client nghttpx:nghttp2-proxy nghttpd:nghttp2-server iperf3:iperf3 nginx:nginx-light haproxy:haproxy taskset:util-linux valgrind:valgrind tcpdump:tcpdump; do
   command -v "${tool%%:*}" >/dev/null 2>&1 || missing+=("${tool#*:}")
 done
 if ((${#missing[@]})); then
