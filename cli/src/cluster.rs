@@ -1,25 +1,24 @@
 //! The Kubernetes side of `connect`: credentials as every Kubernetes tool
-//! resolves them, a target resolved to its pods, and a port-forward to each
-//! pod's sidecar over the API server (no local listener). `workload`: what
-//! `inject`/`uninject` read and change; `token`: the namespace's session
-//! token; `error`: what goes wrong, with what to do about it.
+//! resolves them, and a port-forward to each pod's sidecar over the API
+//! server (no local listener). `pods`: a target resolved to its pods;
+//! `workload`: what `inject`/`uninject` read and change; `token`: the
+//! namespace's session token; `error`: what goes wrong, with what to do
+//! about it.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet, StatefulSet};
-use k8s_openapi::api::core::v1::{Pod, Service};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, ListParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
-use mirrord_config::names::{ANNOTATION_STATUS, CONTAINER_PROXY, TUNNEL_PORT};
-use mirrord_config::{Target, TargetKind};
+use mirrord_config::names::TUNNEL_PORT;
 
 mod error;
+mod pods;
 mod token;
 mod workload;
 
 pub use error::{error_chain, Error};
+pub use pods::{PodSelector, TargetPod};
 pub use workload::{Rollout, Workload};
 
 /// Where the cluster's credentials come from (flags, then the session
@@ -134,76 +133,6 @@ impl Cluster {
             .unwrap_or_else(|_| Err(Error::Timeout { server: self.server.clone(), what: what.to_owned() }))
     }
 
-    /// Which pods a target stands for (reading its workload or Service).
-    pub async fn selector(&self, target: &Target) -> Result<PodSelector, Error> {
-        self.bounded(&format!("reading {}/{}", target.kind.as_str(), target.name), self.selector_unbounded(target))
-            .await
-    }
-
-    async fn selector_unbounded(&self, target: &Target) -> Result<PodSelector, Error> {
-        let name = &target.name;
-        let selector = match target.kind {
-            TargetKind::Pod => {
-                self.get::<Pod>("pod", "pods", name).await?;
-                return Ok(PodSelector::Name(name.clone()));
-            }
-            TargetKind::Label => name.clone(),
-            TargetKind::Deployment => {
-                let d = self.get::<Deployment>("deployment", "deployments", name).await?;
-                selector(d.spec.map(|s| s.selector), target)?
-            }
-            TargetKind::StatefulSet => {
-                let s = self.get::<StatefulSet>("statefulset", "statefulsets", name).await?;
-                selector(s.spec.map(|s| s.selector), target)?
-            }
-            TargetKind::ReplicaSet => {
-                let r = self.get::<ReplicaSet>("replicaset", "replicasets", name).await?;
-                selector(r.spec.map(|s| s.selector), target)?
-            }
-            TargetKind::Service => {
-                let s = self.get::<Service>("service", "services", name).await?;
-                let labels = s.spec.and_then(|s| s.selector).unwrap_or_default();
-                if labels.is_empty() {
-                    return Err(Error::Unsupported {
-                        target: describe(target),
-                        why: "the Service has no selector, so no pods of its own".to_owned(),
-                    });
-                }
-                match_labels(&labels)
-            }
-            TargetKind::Job | TargetKind::CronJob | TargetKind::Rollout => {
-                return Err(Error::Unsupported {
-                    target: describe(target),
-                    why: format!(
-                        "{} targets are not supported; target the pods with label/KEY=VALUE",
-                        target.kind.as_str()
-                    ),
-                })
-            }
-        };
-        Ok(PodSelector::Labels(selector))
-    }
-
-    /// The pods of a selector now, injected or not.
-    pub async fn pods(&self, selector: &PodSelector) -> Result<Vec<TargetPod>, Error> {
-        Ok(self.pod_objects(Some(selector)).await?.iter().filter_map(TargetPod::of).collect())
-    }
-
-    /// The selector's pods as they come, change and go.
-    pub fn watch(
-        &self,
-        selector: &PodSelector,
-    ) -> impl futures::Stream<Item = Result<kube::runtime::watcher::Event<Pod>, kube::runtime::watcher::Error>> + Send
-    {
-        let config = match selector {
-            PodSelector::Name(name) => {
-                kube::runtime::watcher::Config::default().fields(&format!("metadata.name={name}"))
-            }
-            PodSelector::Labels(labels) => kube::runtime::watcher::Config::default().labels(labels),
-        };
-        kube::runtime::watcher(self.api::<Pod>(), config)
-    }
-
     async fn get<K>(&self, kind: &'static str, resource: &str, name: &str) -> Result<K, Error>
     where
         K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>
@@ -301,75 +230,6 @@ pub type Forwarded = Box<dyn Stream>;
 pub trait Stream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
 impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Stream for T {}
 
-/// The pods a target stands for.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum PodSelector {
-    /// `pod/NAME`: that one pod.
-    Name(String),
-    /// The workload's or Service's label selector (`app=api,tier=web`).
-    Labels(String),
-}
-
-impl PodSelector {
-    fn list_params(&self) -> ListParams {
-        match self {
-            PodSelector::Name(name) => ListParams::default().fields(&format!("metadata.name={name}")),
-            PodSelector::Labels(labels) => ListParams::default().labels(labels),
-        }
-    }
-}
-
-/// One pod of a target, as the plan needs it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TargetPod {
-    pub name: String,
-    /// The injector added the sidecar.
-    pub injected: bool,
-    /// The pod carries the opt-in annotation (from its template).
-    pub opted_in: bool,
-    /// Running, and the sidecar is ready.
-    pub ready: bool,
-}
-
-impl TargetPod {
-    /// `None` for a pod that is gone or going (deleted, succeeded, failed).
-    pub fn of(pod: &Pod) -> Option<TargetPod> {
-        let name = pod.metadata.name.clone()?;
-        if pod.metadata.deletion_timestamp.is_some() {
-            return None;
-        }
-        let status = pod.status.as_ref();
-        let phase = status.and_then(|s| s.phase.as_deref()).unwrap_or("Pending");
-        if matches!(phase, "Succeeded" | "Failed") {
-            return None;
-        }
-        let annotated = pod.metadata.annotations.as_ref().is_some_and(|a| a.contains_key(ANNOTATION_STATUS));
-        let spec = pod.spec.as_ref();
-        let has_sidecar = spec.is_some_and(|s| {
-            s.containers.iter().chain(s.init_containers.iter().flatten()).any(|c| c.name == CONTAINER_PROXY)
-        });
-        let sidecar_ready = status.is_some_and(|s| {
-            s.container_statuses
-                .iter()
-                .flatten()
-                .chain(s.init_container_statuses.iter().flatten())
-                .any(|c| c.name == CONTAINER_PROXY && c.ready)
-        });
-        let opted_in = pod
-            .metadata
-            .annotations
-            .as_ref()
-            .and_then(|a| a.get(mirrord_config::names::ANNOTATION_INJECT))
-            .is_some_and(|v| v == "enabled");
-        Some(TargetPod {
-            name,
-            injected: annotated || has_sidecar,
-            opted_in,
-            ready: phase == "Running" && sidecar_ready,
-        })
-    }
-}
-
 /// kube's client stack (TLS from the kubeconfig, credentials, the cluster's
 /// URL), on connections with TCP_NODELAY: the session tunnel's small gRPC
 /// frames cross the port-forward one WebSocket message each, and with
@@ -387,30 +247,6 @@ fn client(config: &kube::Config) -> Result<kube::Client, kube::Error> {
         .map_err(|e: hyper_util::client::legacy::Error| -> Box<dyn std::error::Error + Send + Sync> { Box::new(e) })
         .service(hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build(https));
     Ok(kube::Client::new(service, config.default_namespace.clone()))
-}
-
-fn describe(target: &Target) -> String {
-    format!("{}/{}", target.kind.as_str(), target.name)
-}
-
-/// A workload's selector as a label selector string.
-fn selector(selector: Option<LabelSelector>, target: &Target) -> Result<String, Error> {
-    let selector = selector.unwrap_or_default();
-    if selector.match_expressions.as_ref().is_some_and(|e| !e.is_empty()) {
-        return Err(Error::Unsupported {
-            target: describe(target),
-            why: "its selector uses matchExpressions; target its pods with label/KEY=VALUE".to_owned(),
-        });
-    }
-    let labels = selector.match_labels.unwrap_or_default();
-    if labels.is_empty() {
-        return Err(Error::Unsupported { target: describe(target), why: "its selector is empty".to_owned() });
-    }
-    Ok(match_labels(&labels))
-}
-
-fn match_labels(labels: &BTreeMap<String, String>) -> String {
-    labels.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",")
 }
 
 fn read_kubeconfig(path: &Path) -> Result<Kubeconfig, Error> {
