@@ -16,6 +16,11 @@ pub const ANNOTATION_PAUSE: &str = "mirrord.dev/pause";
 pub const ANNOTATION_PAUSE_CONTAINERS: &str = "mirrord.dev/pause-containers";
 /// The longest a session may keep the app paused (a duration such as `30m`).
 pub const ANNOTATION_MAX_PAUSE: &str = "mirrord.dev/max-pause";
+/// The most sessions the pod's sidecar serves at once (a number, 1-4096;
+/// default 64).
+pub const ANNOTATION_MAX_SESSIONS: &str = "mirrord.dev/max-sessions";
+/// The range `mirrord.dev/max-sessions` and the sidecar's `--max-sessions` accept.
+pub const MAX_SESSIONS_RANGE: std::ops::RangeInclusive<u16> = 1..=4096;
 /// Written by the injector: what it injected and by which version.
 pub const ANNOTATION_STATUS: &str = "mirrord.dev/status";
 

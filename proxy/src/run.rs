@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use mirrord_config::names::{ADMIN_PORT, INBOUND_PORT, PROXY_PORTS, TUNNEL_PORT};
+use mirrord_config::names::{ADMIN_PORT, INBOUND_PORT, MAX_SESSIONS_RANGE, PROXY_PORTS, TUNNEL_PORT};
 use mirrord_config::parse_duration;
 use tokio::net::TcpListener;
 use tracing::{info, warn};
@@ -118,6 +118,12 @@ pub struct RunArgs {
     /// sessions holding it are told.
     #[arg(long, value_name = "DURATION", default_value = "30m", value_parser = mirrord_config::parse_lease)]
     pub max_pause: Duration,
+    /// Sessions served at once; beyond, a new session is refused (each is
+    /// tried on every request of its ports, and each mirroring one gets a
+    /// copy). The tunnel takes at most twice as many connections.
+    #[arg(long, value_name = "N", default_value_t = crate::session::DEFAULT_MAX_SESSIONS,
+          value_parser = clap::value_parser!(u16).range(i64::from(*MAX_SESSIONS_RANGE.start())..=i64::from(*MAX_SESSIONS_RANGE.end())))]
+    pub max_sessions: u16,
 }
 
 /// `--pause`.
@@ -174,7 +180,7 @@ impl Running {
             budget::for_limit(socket::open_files_limit().unwrap_or(1024))
         });
         metrics.fd_budget.set(i64::try_from(fd_budget).unwrap_or(i64::MAX));
-        let sessions = Arc::new(Sessions::new(args.ports.clone()));
+        let sessions = Arc::new(Sessions::new(args.ports.clone()).with_max(usize::from(args.max_sessions)));
         let pause = match args.pause {
             PauseSetting::Enabled => Pause::new(args.scope.scope(), args.max_pause, metrics.clone(), None),
             PauseSetting::Disabled => Pause::disabled(

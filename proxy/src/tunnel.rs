@@ -26,7 +26,7 @@ use crate::proto::tunnel_server::TunnelServer;
 use crate::proto::{self, exchange_frame, session_event, session_request};
 use crate::runtime_thread::RuntimeThread;
 use crate::session::Frame;
-use crate::session::{plan, Session, Sessions};
+use crate::session::{plan, Refusal, Session, Sessions};
 
 pub use mirrord_api::{MIN_PROTOCOL_VERSION, PROTOCOL_VERSION};
 
@@ -98,11 +98,13 @@ impl proto::tunnel_server::Tunnel for Tunnel {
             self.metrics.session_label(&name),
             config,
         );
-        let contested = self
-            .sessions
-            .add(session.clone())
-            .map_err(|c| Status::failed_precondition(c.to_string()))
-            .map_err(refused(SessionEnd::RefusedConflict))?;
+        let contested = self.sessions.add(session.clone()).map_err(|refusal| {
+            let (status, reason) = match &refusal {
+                Refusal::Conflict(_) => (Status::failed_precondition(refusal.to_string()), SessionEnd::RefusedConflict),
+                Refusal::Full { .. } => (Status::resource_exhausted(refusal.to_string()), SessionEnd::RefusedLimit),
+            };
+            refused(reason)(status)
+        })?;
         self.metrics.sessions.inc();
         let mut registered = Registered {
             sessions: self.sessions.clone(),
@@ -325,7 +327,7 @@ fn lower_priority() {
 /// about three seconds (laptop asleep, CLI stopped, link gone) is dropped,
 /// which ends its session.
 async fn serve_tunnel(listener: TcpListener, tunnel: Tunnel, stop: impl Future<Output = ()>) {
-    let incoming = crate::gate::gated(listener, Duration::from_secs(5));
+    let incoming = crate::gate::gated(listener, Duration::from_secs(5), 2 * tunnel.sessions.max());
     let result = tonic::transport::Server::builder()
         .initial_stream_window_size(mirrord_api::TUNNEL_STREAM_WINDOW)
         .initial_connection_window_size(mirrord_api::TUNNEL_CONNECTION_WINDOW)

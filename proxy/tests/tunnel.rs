@@ -56,7 +56,11 @@ struct Fixture {
 }
 
 async fn fixture(known: &str, token: Option<&str>) -> Fixture {
-    let sessions = Arc::new(Sessions::new(known.parse::<PortList>().unwrap()));
+    fixture_of(Sessions::new(known.parse::<PortList>().unwrap()), token).await
+}
+
+async fn fixture_of(sessions: Sessions, token: Option<&str>) -> Fixture {
+    let sessions = Arc::new(sessions);
     let metrics = Arc::new(Metrics::default());
     let pause =
         Pause::disabled("pausing is disabled on this pod (annotation mirrord.dev/pause: disabled)", metrics.clone());
@@ -254,6 +258,32 @@ async fn first_connected_wins_and_the_other_is_told() {
         Some(session_event::Kind::Notice(n)) => assert!(n.message.contains("connected first"), "{}", n.message),
         other => panic!("expected a notice, got {other:?}"),
     }
+}
+
+#[tokio::test]
+async fn sessions_beyond_the_limit_are_refused_until_one_ends() {
+    let mut f = fixture_of(Sessions::new(PortList::All).with_max(2), None).await;
+    let mirror = r#"{"feature":{"network":{"incoming":"mirror"}}}"#;
+    let (mut first, first_tx) = open(&mut f, hello(mirror, "", PROTOCOL_VERSION)).await.unwrap();
+    plan(&mut first).await.unwrap();
+    let (mut second, _second_tx) = open(&mut f, hello(mirror, "", PROTOCOL_VERSION)).await.unwrap();
+    plan(&mut second).await.unwrap();
+    let refused = refusal(&mut f, hello(mirror, "", PROTOCOL_VERSION)).await;
+    assert_eq!(refused.code(), tonic::Code::ResourceExhausted, "{refused:?}");
+    assert_eq!(
+        refused.message(),
+        "the sidecar serves as many sessions as it may (--max-sessions 2): end one of them, or raise the limit \
+         (`mirrord-cli inject TARGET --max-sessions N` sets the pods' mirrord.dev/max-sessions)"
+    );
+    assert_eq!(f.sessions.snapshot().len(), 2, "the refused session never reached routing");
+    first_tx.send(proto::SessionRequest { kind: Some(session_request::Kind::Bye(proto::Bye {})) }).await.unwrap();
+    while let Some(event) = first.message().await.unwrap() {
+        if matches!(event.kind, Some(session_event::Kind::Closed(_))) {
+            break;
+        }
+    }
+    let (mut third, _third_tx) = open(&mut f, hello(mirror, "", PROTOCOL_VERSION)).await.unwrap();
+    plan(&mut third).await.expect("a place is free again");
 }
 
 #[tokio::test]

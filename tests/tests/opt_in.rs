@@ -89,13 +89,16 @@ fn token(api: &ApiServer) -> String {
 #[test]
 fn dry_run_prints_the_patch() {
     let (api, _dir, kubeconfig) = stand_in();
-    let (code, out, err) = cli(&kubeconfig, &["inject", "deploy/api", "--ports", "80, 8080", "--pause", "--dry-run"]);
+    let (code, out, err) = cli(
+        &kubeconfig,
+        &["inject", "deploy/api", "--ports", "80, 8080", "--pause", "--max-sessions", "16", "--dry-run"],
+    );
     assert_eq!(code, 0, "{err}");
     let (code, out_un, err) = cli(&kubeconfig, &["uninject", "deployment/api", "--dry-run"]);
     assert_eq!(code, 0, "{err}");
     let (code, out_ns, err) = cli(&kubeconfig, &["inject", "-n", "shop", "--dry-run"]);
     assert_eq!(code, 0, "{err}");
-    let text = format!("$ mirrord-cli inject deploy/api --ports '80, 8080' --pause --dry-run\n{out}\n$ mirrord-cli uninject deployment/api --dry-run\n{out_un}\n$ mirrord-cli inject -n shop --dry-run\n{out_ns}");
+    let text = format!("$ mirrord-cli inject deploy/api --ports '80, 8080' --pause --max-sessions 16 --dry-run\n{out}\n$ mirrord-cli uninject deployment/api --dry-run\n{out_un}\n$ mirrord-cli inject -n shop --dry-run\n{out_ns}");
     let golden = Path::new(env!("CARGO_MANIFEST_DIR")).join("../cli/tests/golden/inject-dry-run.txt");
     if std::env::var_os("UPDATE_GOLDEN").is_some() {
         std::fs::write(&golden, &text).unwrap();
@@ -114,6 +117,7 @@ fn bad_targets_and_flags_say_what_was_expected() {
         (&["inject"], 2, "give a TARGET"),
         (&["inject", "deploy/api", "--ports", "80,http"], 2, "invalid port list \"80,http\""),
         (&["inject", "deploy/api", "--max-pause", "soon"], 2, "soon"),
+        (&["inject", "deploy/api", "--max-sessions", "0"], 2, "expected a number of sessions from 1 to 4096"),
         (&["inject", "-n", "shop", "--ports", "80"], 2, "the namespace opt-in takes no settings"),
         (&["inject", "deploy/apj"], 4, "deployment \"apj\" not found in namespace shop; did you mean \"api\"?"),
         (&["connect", "--target", "deployment/api"], 4, "has no running pod in namespace shop"),

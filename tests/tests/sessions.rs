@@ -147,6 +147,35 @@ fn second_unfiltered_steal_of_a_port_is_refused() {
 }
 
 #[test]
+fn a_session_beyond_the_sidecars_limit_is_refused_until_one_ends() {
+    if !root_or_skip("a_session_beyond_the_sidecars_limit_is_refused_until_one_ends") {
+        return;
+    }
+    let mut pod = Pod::new();
+    pod.start_app(&["--http", "0.0.0.0:80", "--name", "remote"], pod.addr(80));
+    pod.init(&["--ports", "80"]);
+    pod.start_sidecar(&["--ports", "80", "--max-sessions", "1"]);
+    let local = App::start_with(workspace_bin("sample-app").to_str().unwrap(), &["--http", "127.0.0.1:0"]);
+    let relay = Relay::start(&pod.pod_ns, mirrord_config::names::TUNNEL_PORT).unwrap();
+    let config = format!(
+        r#"{{"feature":{{"network":{{"incoming":{{"mode":"mirror","port_mapping":[[{},80]]}}}}}}}}"#,
+        local.addr.port()
+    );
+    let mut first = Cli::connect(relay.addr, "first", &config);
+    first.wait_plan();
+    let mut second = Cli::connect(relay.addr, "second", &config);
+    let (code, err) = second.finish();
+    assert_eq!(code, Some(3), "{err}");
+    assert!(err.contains("serves as many sessions as it may (--max-sessions 1)"), "{err}");
+    assert!(metric(&pod, r#"mirrord_proxy_session_ends_total{reason="refused_limit"} 1"#));
+    first.signal(libc::SIGINT);
+    let (code, err) = first.finish();
+    assert_eq!(code, Some(0), "{err}");
+    let mut third = Cli::connect(relay.addr, "third", &config);
+    third.wait_plan();
+}
+
+#[test]
 fn mirror_copies_reach_the_local_app_while_the_remote_answers() {
     let Some(w) = world(
         "mirror_copies_reach_the_local_app_while_the_remote_answers",

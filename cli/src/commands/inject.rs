@@ -11,8 +11,8 @@
 use std::time::{Duration, Instant};
 
 use mirrord_config::names::{
-    ANNOTATION_INJECT, ANNOTATION_MAX_PAUSE, ANNOTATION_OPAQUE_PORTS, ANNOTATION_PAUSE, ANNOTATION_PORTS,
-    ANNOTATION_SKIP_PORTS, TOKEN_SECRET,
+    ANNOTATION_INJECT, ANNOTATION_MAX_PAUSE, ANNOTATION_MAX_SESSIONS, ANNOTATION_OPAQUE_PORTS, ANNOTATION_PAUSE,
+    ANNOTATION_PORTS, ANNOTATION_SKIP_PORTS, MAX_SESSIONS_RANGE, TOKEN_SECRET,
 };
 use serde_json::{json, Map, Value};
 
@@ -20,13 +20,14 @@ use crate::cluster::{self, Cluster, ClusterFlags, Workload};
 use crate::ExitCode;
 
 /// The annotations `inject` writes and `uninject` removes.
-pub const OWNED: [&str; 6] = [
+pub const OWNED: [&str; 7] = [
     ANNOTATION_INJECT,
     ANNOTATION_PORTS,
     ANNOTATION_SKIP_PORTS,
     ANNOTATION_OPAQUE_PORTS,
     ANNOTATION_PAUSE,
     ANNOTATION_MAX_PAUSE,
+    ANNOTATION_MAX_SESSIONS,
 ];
 
 /// Flags of `mirrord-cli inject`.
@@ -54,6 +55,9 @@ pub struct InjectArgs {
     /// The longest a session may keep the app paused (e.g. 10m).
     #[arg(long, value_name = "DURATION", value_parser = lease)]
     pub max_pause: Option<String>,
+    /// The most sessions the sidecar serves at once (default 64).
+    #[arg(long, value_name = "N", value_parser = max_sessions)]
+    pub max_sessions: Option<String>,
     #[command(flatten)]
     pub apply: ApplyFlags,
 }
@@ -107,6 +111,17 @@ fn lease(text: &str) -> Result<String, String> {
     mirrord_config::parse_lease(text).map(|_| text.to_owned())
 }
 
+fn max_sessions(text: &str) -> Result<String, String> {
+    match text.parse::<u16>() {
+        Ok(n) if MAX_SESSIONS_RANGE.contains(&n) => Ok(n.to_string()),
+        _ => Err(format!(
+            "expected a number of sessions from {} to {}",
+            MAX_SESSIONS_RANGE.start(),
+            MAX_SESSIONS_RANGE.end()
+        )),
+    }
+}
+
 /// What is opted in or out.
 #[derive(Debug)]
 enum Subject {
@@ -137,6 +152,7 @@ pub async fn inject(args: InjectArgs) -> ExitCode {
         (ANNOTATION_OPAQUE_PORTS, &args.opaque_ports),
         (ANNOTATION_PAUSE, &args.pause),
         (ANNOTATION_MAX_PAUSE, &args.max_pause),
+        (ANNOTATION_MAX_SESSIONS, &args.max_sessions),
     ] {
         if let Some(value) = value {
             if matches!(subject, Subject::Namespace) {

@@ -11,9 +11,9 @@ pub mod read;
 use std::collections::BTreeSet;
 
 use mirrord_config::names::{
-    ADMIN_PORT, ADMIN_PORT_NAME, ANNOTATION_INJECT, ANNOTATION_OPAQUE_PORTS, ANNOTATION_PORTS, ANNOTATION_SKIP_PORTS,
-    ANNOTATION_STATUS, CONTAINER_GUARD, CONTAINER_INIT, CONTAINER_PROXY, INJECTED_CONTAINERS, TOKEN_DIR, TOKEN_FILE,
-    TOKEN_KEY, TOKEN_SECRET, TUNNEL_PORT,
+    ADMIN_PORT, ADMIN_PORT_NAME, ANNOTATION_INJECT, ANNOTATION_MAX_SESSIONS, ANNOTATION_OPAQUE_PORTS, ANNOTATION_PORTS,
+    ANNOTATION_SKIP_PORTS, ANNOTATION_STATUS, CONTAINER_GUARD, CONTAINER_INIT, CONTAINER_PROXY, INJECTED_CONTAINERS,
+    MAX_SESSIONS_RANGE, TOKEN_DIR, TOKEN_FILE, TOKEN_KEY, TOKEN_SECRET, TUNNEL_PORT,
 };
 use serde_json::{json, Map, Value};
 
@@ -177,7 +177,20 @@ fn decide(pod: &Value, namespace_opted_in: bool) -> Result<Plan, Mutation> {
         .transpose()?
         .unwrap_or_default();
     let pause = Pause::from_pod(spec, annotation)?;
-    Ok(Plan { ports, skip, opaque, pause })
+    let max_sessions = annotation(ANNOTATION_MAX_SESSIONS).map(max_sessions).transpose()?;
+    Ok(Plan { ports, skip, opaque, pause, max_sessions })
+}
+
+/// `mirrord.dev/max-sessions`: a number within [`MAX_SESSIONS_RANGE`].
+fn max_sessions(text: &str) -> Result<u16, Invalid> {
+    text.trim().parse::<u16>().ok().filter(|n| MAX_SESSIONS_RANGE.contains(n)).ok_or_else(|| Invalid {
+        key: ANNOTATION_MAX_SESSIONS,
+        message: format!(
+            "{text:?}: expected a number of sessions from {} to {}",
+            MAX_SESSIONS_RANGE.start(),
+            MAX_SESSIONS_RANGE.end()
+        ),
+    })
 }
 
 /// What an injection adds, as read from the pod and its annotations.
@@ -186,6 +199,8 @@ struct Plan {
     skip: BTreeSet<u16>,
     opaque: BTreeSet<u16>,
     pause: Pause,
+    /// The sidecar's `--max-sessions`, when the pod sets it.
+    max_sessions: Option<u16>,
 }
 
 /// Adds the init container, the sidecar (and the guard), the token volume
@@ -199,6 +214,9 @@ fn inject(pod: &mut Map<String, Value>, what: &Plan, settings: &Settings) {
     let mut run_args = vec!["run".to_owned(), "--ports".to_owned(), list(&what.ports)];
     if !what.opaque.is_empty() {
         run_args.extend(["--opaque-ports".to_owned(), list(&what.opaque)]);
+    }
+    if let Some(n) = what.max_sessions {
+        run_args.extend(["--max-sessions".to_owned(), n.to_string()]);
     }
     run_args.extend(what.pause.run_args());
     run_args.extend(["--token-file".to_owned(), TOKEN_FILE.to_owned()]);
@@ -403,6 +421,28 @@ mod tests {
             }
         }
         assert!(injected >= 60, "{injected} injected");
+    }
+
+    #[test]
+    fn max_sessions_reaches_the_sidecar_and_a_bad_value_is_named() {
+        let settings = Settings { image: "proxy:1".to_owned(), native_sidecar: true };
+        let mut limited = sample();
+        limited["metadata"]["annotations"][ANNOTATION_MAX_SESSIONS] = json!("8");
+        let out = pod(&limited, false, &settings).injected(&limited).unwrap();
+        let args = out["spec"]["initContainers"][1]["args"].to_string();
+        assert!(args.contains("\"--max-sessions\",\"8\""), "{args}");
+        let plain = pod(&sample(), false, &settings).injected(&sample()).unwrap();
+        assert!(!plain["spec"]["initContainers"][1]["args"].to_string().contains("max-sessions"));
+        for bad in ["0", "4097", "many", "-1", ""] {
+            limited["metadata"]["annotations"][ANNOTATION_MAX_SESSIONS] = json!(bad);
+            assert_eq!(
+                pod(&limited, false, &settings),
+                Mutation::Invalid(Invalid {
+                    key: ANNOTATION_MAX_SESSIONS,
+                    message: format!("{bad:?}: expected a number of sessions from 1 to 4096"),
+                }),
+            );
+        }
     }
 
     #[test]

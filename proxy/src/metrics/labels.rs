@@ -153,6 +153,8 @@ pub enum SessionEnd {
     RefusedConflict,
     /// Refused: it asked to pause and the app cannot be paused.
     RefusedPause,
+    /// Refused: the sidecar serves as many sessions as `--max-sessions` allows.
+    RefusedLimit,
 }
 
 impl EncodeLabelValue for SessionEnd {
@@ -165,6 +167,7 @@ impl EncodeLabelValue for SessionEnd {
             SessionEnd::RefusedConfig => "refused_config",
             SessionEnd::RefusedConflict => "refused_conflict",
             SessionEnd::RefusedPause => "refused_pause",
+            SessionEnd::RefusedLimit => "refused_limit",
         })
     }
 }

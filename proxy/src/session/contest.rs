@@ -213,7 +213,10 @@ mod tests {
         );
         // A third session meets bob, not alice, on port 80.
         let (c, _ec) = session(&sessions, "carol", &steal("abort"));
-        assert_eq!(sessions.add(c).unwrap_err().holder, "bob");
+        match sessions.add(c) {
+            Err(super::super::Refusal::Conflict(conflict)) => assert_eq!(conflict.holder, "bob"),
+            other => panic!("expected a conflict with bob, got {other:?}"),
+        }
         sessions.remove(bob);
         assert_eq!(thief(&sessions, 80).as_deref(), Some("alice"));
         assert_eq!(notices(&mut ea), ["session \"bob\" left: this session steals port 80 again"]);

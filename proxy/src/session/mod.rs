@@ -232,6 +232,26 @@ pub const BODY_FILTER_CAP: usize = 64 * 1024;
 /// it (body filters then do not match).
 pub const BODY_FILTER_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
+/// Sessions a sidecar serves at once by default (`--max-sessions`): each
+/// one is tried on every request of the ports it takes, and each mirroring
+/// one gets a copy, so a client that opens sessions in a loop must not be
+/// able to multiply the pod's work without end.
+pub const DEFAULT_MAX_SESSIONS: u16 = 64;
+
+/// Why a session was not added.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    /// Another session already steals what it would steal.
+    #[error(transparent)]
+    Conflict(Conflict),
+    /// The sidecar serves as many sessions as it may.
+    #[error(
+        "the sidecar serves as many sessions as it may (--max-sessions {max}): end one of them, or raise the limit \
+         (`mirrord-cli inject TARGET --max-sessions N` sets the pods' mirrord.dev/max-sessions)"
+    )]
+    Full { max: usize },
+}
+
 /// All connected sessions, in connect order.
 #[derive(Debug, Default)]
 pub struct Sessions {
@@ -243,11 +263,24 @@ pub struct Sessions {
     attachable: Mutex<Vec<std::sync::Weak<Session>>>,
     /// Ports the sidecar intercepts, when known (for plans and conflicts).
     pub known_ports: PortList,
+    /// Sessions at once; beyond, a new one is refused.
+    max: usize,
 }
 
 impl Sessions {
     pub fn new(known_ports: PortList) -> Self {
-        Sessions { known_ports, ..Sessions::default() }
+        Sessions { known_ports, max: usize::from(DEFAULT_MAX_SESSIONS), ..Sessions::default() }
+    }
+
+    /// Sessions at once, at most.
+    pub fn max(&self) -> usize {
+        self.max
+    }
+
+    /// With room for `max` sessions at once (at least one).
+    pub fn with_max(mut self, max: usize) -> Self {
+        self.max = max.max(1);
+        self
     }
 
     pub fn next_seq(&self) -> u64 {
@@ -261,9 +294,12 @@ impl Sessions {
     /// Adds a session, resolving ports it would steal whole beside another
     /// session as its `on_concurrent_steal` says (`Err`: refused, and why).
     /// `Ok` holds what its plan should say about contested ports.
-    pub fn add(&self, session: Arc<Session>) -> Result<Vec<String>, Conflict> {
+    pub fn add(&self, session: Arc<Session>) -> Result<Vec<String>, Refusal> {
         let mut list = self.list.write().unwrap_or_else(|p| p.into_inner());
-        let warnings = contest::admit(&list, &session, &self.known_ports)?;
+        if list.len() >= self.max {
+            return Err(Refusal::Full { max: self.max });
+        }
+        let warnings = contest::admit(&list, &session, &self.known_ports).map_err(Refusal::Conflict)?;
         let mut attachable = self.attachable.lock().unwrap_or_else(|p| p.into_inner());
         attachable.retain(|w| w.strong_count() > 0);
         attachable.push(Arc::downgrade(&session));

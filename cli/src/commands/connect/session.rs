@@ -149,9 +149,10 @@ async fn connect(addr: &str) -> Result<Channel, Unreachable> {
 
 fn refused_code(e: &tonic::Status) -> ExitCode {
     match e.code() {
-        tonic::Code::FailedPrecondition | tonic::Code::Unauthenticated | tonic::Code::InvalidArgument => {
-            ExitCode::Refused
-        }
+        tonic::Code::FailedPrecondition
+        | tonic::Code::Unauthenticated
+        | tonic::Code::InvalidArgument
+        | tonic::Code::ResourceExhausted => ExitCode::Refused,
         _ => ExitCode::Failure,
     }
 }
