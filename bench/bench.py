@@ -602,8 +602,11 @@ def session_bench(procs, tmp, seconds, rounds, baseline=None):
         base = med([x["wire"]["p99"] for x in primary[f"{prefix}no session"]])
         p50, p99 = med([x["wire"]["p50"] for x in runs]), med([x["wire"]["p99"] for x in runs])
         spread = f"[{min(x['wire']['p99'] for x in runs) / base:.2f}-{max(x['wire']['p99'] for x in runs) / base:.2f}]"
-        print(f"  {name:30s} p50={p50:8.3f} p99={p99:9.3f} (p99 x{p99 / base:.2f} {spread} of no session) "
-              f"requests={sum(x['wire']['count'] for x in runs)}")
+        # Each round against the same round's run without a session.
+        paired = zip(runs, primary[f"{prefix}no session"])
+        within = sum(x["wire"]["p99"] <= 1.1 * none["wire"]["p99"] for x, none in paired)
+        print(f"  {name:30s} p50={p50:8.3f} p99={p99:9.3f} (p99 x{p99 / base:.2f} {spread} of no session; "
+              f"within +10 % of its round's in {within}/{len(runs)}) requests={sum(x['wire']['count'] for x in runs)}")
     print("== sessions: stolen request latency at 200 req/s over the loopback tunnel")
     d50, d99 = med([x["p50"] for x in stolen["direct to local app"]]), med([x["p99"] for x in stolen["direct to local app"]])
     s50, s99 = med([x["p50"] for x in stolen["stolen via tunnel"]]), med([x["p99"] for x in stolen["stolen via tunnel"]])
