@@ -253,7 +253,7 @@ pub enum Refusal {
 }
 
 /// All connected sessions, in connect order.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Sessions {
     list: RwLock<Arc<Vec<Arc<Session>>>>,
     count: AtomicUsize,
@@ -269,7 +269,14 @@ pub struct Sessions {
 
 impl Sessions {
     pub fn new(known_ports: PortList) -> Self {
-        Sessions { known_ports, max: usize::from(DEFAULT_MAX_SESSIONS), ..Sessions::default() }
+        Sessions {
+            list: RwLock::default(),
+            count: AtomicUsize::new(0),
+            next_seq: AtomicU64::new(0),
+            attachable: Mutex::default(),
+            known_ports,
+            max: usize::from(DEFAULT_MAX_SESSIONS),
+        }
     }
 
     /// Sessions at once, at most.
