@@ -164,6 +164,11 @@ fn a_session_beyond_the_sidecars_limit_is_refused_until_one_ends() {
     let mut first = Cli::connect(relay.addr, "first", &config);
     first.wait_plan();
     let mut second = Cli::connect(relay.addr, "second", &config);
+    // Fails here, rather than waiting for an exit that never comes, if it is admitted.
+    assert!(
+        second.wait_for(Duration::from_secs(10), |e| e["event"] == "plan").is_none(),
+        "a second session got a plan"
+    );
     let (code, err) = second.finish();
     assert_eq!(code, Some(3), "{err}");
     assert!(err.contains("serves as many sessions as it may (--max-sessions 1)"), "{err}");
