@@ -203,6 +203,12 @@ impl Status {
         }
     }
 
+    /// An error that ends the command, on stderr after every line queued
+    /// before it (whatever the format).
+    pub fn fail(&self, message: &str) {
+        self.line(&format!("error: {message}"), ALL_LINES);
+    }
+
     /// Queues a JSON event (JSON format only), unless `bound` lines wait.
     fn event(&self, event: &serde_json::Value, bound: usize) {
         if self.format == LogFormat::Json {

@@ -21,6 +21,14 @@ pub const ANNOTATION_MAX_PAUSE: &str = "mirrord.dev/max-pause";
 pub const ANNOTATION_MAX_SESSIONS: &str = "mirrord.dev/max-sessions";
 /// The range `mirrord.dev/max-sessions` and the sidecar's `--max-sessions` accept.
 pub const MAX_SESSIONS_RANGE: std::ops::RangeInclusive<u16> = 1..=4096;
+
+/// A `--max-sessions` / `mirrord.dev/max-sessions` value, within
+/// [`MAX_SESSIONS_RANGE`]; the error says what is expected.
+pub fn parse_max_sessions(text: &str) -> Result<u16, String> {
+    text.parse::<u16>().ok().filter(|n| MAX_SESSIONS_RANGE.contains(n)).ok_or_else(|| {
+        format!("expected a number of sessions from {} to {}", MAX_SESSIONS_RANGE.start(), MAX_SESSIONS_RANGE.end())
+    })
+}
 /// Written by the injector: what it injected and by which version.
 pub const ANNOTATION_STATUS: &str = "mirrord.dev/status";
 

@@ -71,6 +71,7 @@ pub struct Admitted {
     _permit: OwnedSemaphorePermit,
 }
 
+#[cfg(test)]
 impl Admitted {
     pub fn peer_addr(&self) -> io::Result<std::net::SocketAddr> {
         self.stream.peer_addr()

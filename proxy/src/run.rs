@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use mirrord_config::names::{ADMIN_PORT, INBOUND_PORT, MAX_SESSIONS_RANGE, PROXY_PORTS, TUNNEL_PORT};
+use mirrord_config::names::{ADMIN_PORT, INBOUND_PORT, PROXY_PORTS, TUNNEL_PORT};
 use mirrord_config::parse_duration;
 use tokio::net::TcpListener;
 use tracing::{info, warn};
@@ -122,7 +122,7 @@ pub struct RunArgs {
     /// tried on every request of its ports, and each mirroring one gets a
     /// copy). The tunnel takes at most twice as many connections.
     #[arg(long, value_name = "N", default_value_t = crate::session::DEFAULT_MAX_SESSIONS,
-          value_parser = clap::value_parser!(u16).range(i64::from(*MAX_SESSIONS_RANGE.start())..=i64::from(*MAX_SESSIONS_RANGE.end())))]
+          value_parser = mirrord_config::names::parse_max_sessions)]
     pub max_sessions: u16,
 }
 

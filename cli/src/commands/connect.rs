@@ -78,7 +78,7 @@ async fn run_sessions(
     let (config, config_json) = match load_config(args.config.as_deref()) {
         Ok(loaded) => loaded,
         Err(e) => {
-            eprintln!("error: {e}");
+            status.fail(&e.to_string());
             return ExitCode::InvalidConfig;
         }
     };
@@ -91,17 +91,14 @@ async fn run_sessions(
     if let (Some(watch), None) = (&watch, &args.token) {
         match watch.cluster.session_token().await {
             Ok(token) => args.token = Some(token),
-            Err(e) => {
-                status.flush(Duration::from_secs(3)).await;
-                return cluster_failed(e);
-            }
+            Err(e) => return cluster_failed(status, e),
         }
     }
     let mut app = match args.command.split_first() {
         Some((program, rest)) => match tokio::process::Command::new(program).args(rest).kill_on_drop(true).spawn() {
             Ok(child) => Some(child),
             Err(e) => {
-                eprintln!("error: cannot start {program:?}: {e}");
+                status.fail(&format!("cannot start {program:?}: {e}"));
                 return ExitCode::Failure;
             }
         },
@@ -110,8 +107,7 @@ async fn run_sessions(
     // All or nothing: every pod's session opens, or none stays open.
     let opened = futures::future::join_all(places.iter().map(|p| open(p, &args, config_json.clone()))).await;
     if let Some(Err((code, message))) = opened.iter().find(|r| r.is_err()) {
-        status.flush(Duration::from_secs(3)).await;
-        eprintln!("error: {message}");
+        status.fail(message);
         for (_, _, requests, _) in opened.iter().flatten() {
             let _ = requests.send(SessionRequest { kind: Some(session_request::Kind::Bye(Bye {})) }).await;
         }
@@ -198,18 +194,18 @@ async fn places(
         (None, Some(path)) => match Target::parse(path, args.cluster.namespace.as_deref()) {
             Ok(Some(target)) => target,
             Ok(None) => {
-                eprintln!("error: --target targetless has no pods to attach to: give a workload, or --addr");
+                status.fail("--target targetless has no pods to attach to: give a workload, or --addr");
                 return Err(ExitCode::InvalidConfig);
             }
             Err(e) => {
-                eprintln!("error: --target: {e}");
+                status.fail(&format!("--target: {e}"));
                 return Err(ExitCode::InvalidConfig);
             }
         },
         (None, None) => match &config.target {
             Some(target) => target.clone(),
             None => {
-                eprintln!("error: no target: pass --target deployment/NAME (or set \"target\" in the config), or --addr HOST:PORT for one sidecar");
+                status.fail("no target: pass --target deployment/NAME (or set \"target\" in the config), or --addr HOST:PORT for one sidecar");
                 return Err(ExitCode::InvalidConfig);
             }
         },
@@ -220,22 +216,21 @@ async fn places(
         namespace: args.cluster.namespace.clone(),
     };
     let described = format!("{}/{}", target.kind.as_str(), target.name);
-    let cluster = Cluster::connect(&access, target.namespace.as_deref()).await.map_err(cluster_failed)?;
-    let selector = cluster.selector(&target).await.map_err(cluster_failed)?;
-    let pods = cluster.pods(&selector).await.map_err(cluster_failed)?;
+    let cluster =
+        Cluster::connect(&access, target.namespace.as_deref()).await.map_err(|e| cluster_failed(status, e))?;
+    let selector = cluster.selector(&target).await.map_err(|e| cluster_failed(status, e))?;
+    let pods = cluster.pods(&selector).await.map_err(|e| cluster_failed(status, e))?;
     if pods.is_empty() {
-        return Err(cluster_failed(cluster::Error::NoPods { target: described, namespace: cluster.namespace }));
+        return Err(cluster_failed(status, cluster::Error::NoPods { target: described, namespace: cluster.namespace }));
     }
     let (injected, plain): (Vec<_>, Vec<_>) = pods.into_iter().partition(|p| p.injected);
     if injected.is_empty() {
         let which = plain.iter().map(|p| p.name.as_str()).collect::<Vec<_>>().join(", ");
         let opted_in = plain.iter().any(|p| p.opted_in);
-        return Err(cluster_failed(cluster::Error::NotInjected {
-            target: described,
-            count: plain.len(),
-            which,
-            opted_in,
-        }));
+        return Err(cluster_failed(
+            status,
+            cluster::Error::NotInjected { target: described, count: plain.len(), which, opted_in },
+        ));
     }
     let (ready, waiting): (Vec<_>, Vec<_>) = injected.into_iter().partition(|p| p.ready);
     if !plain.is_empty() || !waiting.is_empty() {
@@ -252,8 +247,7 @@ async fn places(
         );
     }
     if ready.is_empty() {
-        status.flush(Duration::from_secs(3)).await;
-        eprintln!("error: {described}: no pod with a ready sidecar in namespace {}", cluster.namespace);
+        status.fail(&format!("{described}: no pod with a ready sidecar in namespace {}", cluster.namespace));
         return Err(ExitCode::Target);
     }
     let what = match ready.len() {
@@ -264,8 +258,8 @@ async fn places(
     Ok((places, what, Some(Watch { cluster, selector, described })))
 }
 
-fn cluster_failed(e: cluster::Error) -> ExitCode {
-    eprintln!("error: {e}");
+fn cluster_failed(status: &Status, e: cluster::Error) -> ExitCode {
+    status.fail(&e.to_string());
     e.exit_code()
 }
 

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use mirrord_config::names::{
     ANNOTATION_INJECT, ANNOTATION_MAX_PAUSE, ANNOTATION_MAX_SESSIONS, ANNOTATION_OPAQUE_PORTS, ANNOTATION_PAUSE,
-    ANNOTATION_PORTS, ANNOTATION_SKIP_PORTS, MAX_SESSIONS_RANGE, TOKEN_SECRET,
+    ANNOTATION_PORTS, ANNOTATION_SKIP_PORTS, TOKEN_SECRET,
 };
 use serde_json::{json, Map, Value};
 
@@ -112,14 +112,7 @@ fn lease(text: &str) -> Result<String, String> {
 }
 
 fn max_sessions(text: &str) -> Result<String, String> {
-    match text.parse::<u16>() {
-        Ok(n) if MAX_SESSIONS_RANGE.contains(&n) => Ok(n.to_string()),
-        _ => Err(format!(
-            "expected a number of sessions from {} to {}",
-            MAX_SESSIONS_RANGE.start(),
-            MAX_SESSIONS_RANGE.end()
-        )),
-    }
+    mirrord_config::names::parse_max_sessions(text).map(|n| n.to_string())
 }
 
 /// What is opted in or out.

@@ -11,9 +11,9 @@ pub mod read;
 use std::collections::BTreeSet;
 
 use mirrord_config::names::{
-    ADMIN_PORT, ADMIN_PORT_NAME, ANNOTATION_INJECT, ANNOTATION_MAX_SESSIONS, ANNOTATION_OPAQUE_PORTS, ANNOTATION_PORTS,
-    ANNOTATION_SKIP_PORTS, ANNOTATION_STATUS, CONTAINER_GUARD, CONTAINER_INIT, CONTAINER_PROXY, INJECTED_CONTAINERS,
-    MAX_SESSIONS_RANGE, TOKEN_DIR, TOKEN_FILE, TOKEN_KEY, TOKEN_SECRET, TUNNEL_PORT,
+    parse_max_sessions, ADMIN_PORT, ADMIN_PORT_NAME, ANNOTATION_INJECT, ANNOTATION_MAX_SESSIONS,
+    ANNOTATION_OPAQUE_PORTS, ANNOTATION_PORTS, ANNOTATION_SKIP_PORTS, ANNOTATION_STATUS, CONTAINER_GUARD,
+    CONTAINER_INIT, CONTAINER_PROXY, INJECTED_CONTAINERS, TOKEN_DIR, TOKEN_FILE, TOKEN_KEY, TOKEN_SECRET, TUNNEL_PORT,
 };
 use serde_json::{json, Map, Value};
 
@@ -181,16 +181,10 @@ fn decide(pod: &Value, namespace_opted_in: bool) -> Result<Plan, Mutation> {
     Ok(Plan { ports, skip, opaque, pause, max_sessions })
 }
 
-/// `mirrord.dev/max-sessions`: a number within [`MAX_SESSIONS_RANGE`].
+/// `mirrord.dev/max-sessions`.
 fn max_sessions(text: &str) -> Result<u16, Invalid> {
-    text.trim().parse::<u16>().ok().filter(|n| MAX_SESSIONS_RANGE.contains(n)).ok_or_else(|| Invalid {
-        key: ANNOTATION_MAX_SESSIONS,
-        message: format!(
-            "{text:?}: expected a number of sessions from {} to {}",
-            MAX_SESSIONS_RANGE.start(),
-            MAX_SESSIONS_RANGE.end()
-        ),
-    })
+    parse_max_sessions(text.trim())
+        .map_err(|expected| Invalid { key: ANNOTATION_MAX_SESSIONS, message: format!("{text:?}: {expected}") })
 }
 
 /// What an injection adds, as read from the pod and its annotations.
