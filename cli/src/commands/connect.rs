@@ -104,19 +104,10 @@ async fn run_sessions(
         },
         None => None,
     };
-    // All or nothing: every pod's session opens, or none stays open.
-    let opened = futures::future::join_all(places.iter().map(|p| open(p, &args, config_json.clone()))).await;
-    if let Some(Err((code, message))) = opened.iter().find(|r| r.is_err()) {
-        status.fail(message);
-        for (_, _, requests, _) in opened.iter().flatten() {
-            let _ = requests.send(SessionRequest { kind: Some(session_request::Kind::Bye(Bye {})) }).await;
-        }
-        if let Some(app) = &mut app {
-            stop_app(app).await;
-        }
-        return *code;
-    }
-    let sessions: Vec<(Place, Opened)> = places.into_iter().zip(opened.into_iter().flatten()).collect();
+    let sessions = match open_all(places, &args, &config_json, status, &mut app).await {
+        Ok(sessions) => sessions,
+        Err(code) => return code,
+    };
     print_plan(status, &sessions[0].1 .3, &what, &config);
     if let Some(open) = args.on_open.take() {
         let _ = open.send(());
@@ -136,9 +127,44 @@ async fn run_sessions(
     if pods {
         status.pods(fleet.open.len());
     }
-    let Some(mut app) = app else { return fleet.run(stop, watch).await };
-    // The sessions end when the app exits (or on Ctrl-C, which reaches the
-    // app too: it is in the terminal's process group).
+    match app {
+        Some(app) => with_app(fleet, app, stop, watch).await,
+        None => fleet.run(stop, watch).await,
+    }
+}
+
+/// Opens a session on every place at once: all or nothing, so that on a
+/// failure no session stays open (and the command, if started, is stopped).
+async fn open_all(
+    places: Vec<Place>,
+    args: &ConnectArgs,
+    config_json: &str,
+    status: &Status,
+    app: &mut Option<tokio::process::Child>,
+) -> Result<Vec<(Place, Opened)>, ExitCode> {
+    let opened = futures::future::join_all(places.iter().map(|p| open(p, args, config_json.to_owned()))).await;
+    if let Some(Err((code, message))) = opened.iter().find(|r| r.is_err()) {
+        status.fail(message);
+        for (_, _, requests, _) in opened.iter().flatten() {
+            let _ = requests.send(SessionRequest { kind: Some(session_request::Kind::Bye(Bye {})) }).await;
+        }
+        if let Some(app) = app {
+            stop_app(app).await;
+        }
+        return Err(*code);
+    }
+    Ok(places.into_iter().zip(opened.into_iter().flatten()).collect())
+}
+
+/// Runs the sessions until the command `app` exits (or on Ctrl-C, which
+/// reaches the app too: it is in the terminal's process group); the exit
+/// code is the app's.
+async fn with_app(
+    fleet: Fleet,
+    mut app: tokio::process::Child,
+    stop: impl std::future::Future<Output = ()>,
+    watch: Option<Watch>,
+) -> ExitCode {
     let (exited_tx, exited_rx) = tokio::sync::oneshot::channel::<ExitCode>();
     let waiting = tokio::spawn(async move {
         let code = match app.wait().await {

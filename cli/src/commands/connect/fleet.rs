@@ -87,86 +87,29 @@ impl Fleet {
 
     pub(super) async fn run(mut self, stop: impl std::future::Future<Output = ()>, watch: Option<Watch>) -> ExitCode {
         tokio::pin!(stop);
-        let (mut code, mut stopping) = (ExitCode::Ok, false);
         let mut ticker = tokio::time::interval(Duration::from_millis(500));
         let mut pods = watch.as_ref().map(|w| Box::pin(w.cluster.watch(&w.selector)));
-        // Pods that are there and ready, and how long each waits before a retry.
-        let mut ready: std::collections::HashMap<String, Duration> = std::collections::HashMap::new();
-        for pod in self.open.keys() {
-            ready.insert(pod.clone(), RETRY_FIRST);
-        }
-        let mut waiting_said = false;
+        let mut state = Running {
+            code: ExitCode::Ok,
+            stopping: false,
+            ready: self.open.keys().map(|pod| (pod.clone(), RETRY_FIRST)).collect(),
+            waiting_said: false,
+        };
         loop {
             tokio::select! {
                 ended = self.running.join_next(), if !self.running.is_empty() => match ended {
-                    Some(Ok((place, ended_with))) => {
-                        let label = place.label();
-                        self.open.remove(&label);
-                        match (&watch, place.pod()) {
-                            // --addr: its end is the end.
-                            (None, _) | (_, None) if ended_with != ExitCode::Ok => code = ended_with,
-                            (None, _) | (_, None) => {}
-                            (Some(w), Some(pod)) if !stopping => {
-                                if let Some(delay) = ready.get_mut(pod) {
-                                    // Still there: its port-forward or tunnel broke; again, later.
-                                    let wait = *delay;
-                                    *delay = (*delay * 2).min(RETRY_MAX);
-                                    self.join(&w.cluster, pod.to_owned(), wait);
-                                } else {
-                                    Reporter::new(self.status.clone(), Some(pod))
-                                        .say(serde_json::json!({"event": "left"}), "the pod is gone; its session ended");
-                                }
-                                self.status.pods(self.open.len());
-                            }
-                            _ => {}
-                        }
-                        if watch.is_some() && self.open.is_empty() && !stopping && !waiting_said {
-                            waiting_said = true;
-                            let described = watch.as_ref().map(|w| w.described.as_str()).unwrap_or_default();
-                            self.status.say(
-                                &serde_json::json!({"event": "waiting"}),
-                                &format!("no pod of {described} has a session: waiting for one (Ctrl-C to end)"),
-                            );
-                        }
-                    }
-                    Some(Err(_)) => code = ExitCode::Failure,
+                    Some(Ok((place, ended_with))) => self.ended(&mut state, watch.as_ref(), &place, ended_with),
+                    Some(Err(_)) => state.code = ExitCode::Failure,
                     None => {}
                 },
-                event = next_event(&mut pods), if !stopping => {
-                    let (Some(w), Some(event)) = (&watch, event) else { continue };
-                    use kube::runtime::watcher::Event;
-                    // A pod and whether it can have a session now.
-                    let (name, usable) = match event {
-                        Ok(Event::Apply(pod) | Event::InitApply(pod)) => {
-                            (pod.metadata.name.clone(), cluster::TargetPod::of(&pod).is_some_and(|p| p.injected && p.ready))
-                        }
-                        Ok(Event::Delete(pod)) => (pod.metadata.name.clone(), false),
-                        Ok(Event::Init | Event::InitDone) => (None, false),
-                        Err(e) => {
-                            let message = format!("watching the pods of {}: {e}; retrying", w.described);
-                            self.status.say(&serde_json::json!({"event": "note", "message": message}), &format!("note: {message}"));
-                            tokio::time::sleep(RETRY_FIRST).await;
-                            (None, false)
-                        }
-                    };
-                    let Some(name) = name else { continue };
-                    if usable {
-                        ready.entry(name.clone()).or_insert(RETRY_FIRST);
-                        if !self.open.contains_key(&name) {
-                            waiting_said = false;
-                            self.join(&w.cluster, name, Duration::ZERO);
-                            self.status.pods(self.open.len());
-                        }
-                    } else if ready.remove(&name).is_some() {
-                        // Going (terminating, not ready, deleted): its session ends quietly.
-                        if let Some(end) = self.open.get(&name) {
-                            let _ = end.send(true);
-                        }
+                event = next_event(&mut pods), if !state.stopping => {
+                    if let (Some(w), Some(event)) = (&watch, event) {
+                        self.pod_event(&mut state, w, event).await;
                     }
                 },
                 _ = ticker.tick() => self.status.redraw(),
-                () = &mut stop, if !stopping => {
-                    stopping = true;
+                () = &mut stop, if !state.stopping => {
+                    state.stopping = true;
                     for end in self.open.values() {
                         let _ = end.send(true);
                     }
@@ -174,12 +117,92 @@ impl Fleet {
             }
             // Done when every session has ended and nothing brings another:
             // Ctrl-C, or the one sidecar of --addr.
-            if self.running.is_empty() && (stopping || watch.is_none()) {
+            if self.running.is_empty() && (state.stopping || watch.is_none()) {
                 break;
             }
         }
-        code
+        state.code
     }
+
+    /// A session ended: with --addr, that is the end; a pod still there and
+    /// ready is tried again later (its port-forward or tunnel broke).
+    fn ended(&mut self, state: &mut Running, watch: Option<&Watch>, place: &Place, ended_with: ExitCode) {
+        self.open.remove(&place.label());
+        match (watch, place.pod()) {
+            (None, _) | (_, None) if ended_with != ExitCode::Ok => state.code = ended_with,
+            (None, _) | (_, None) => {}
+            (Some(w), Some(pod)) if !state.stopping => {
+                if let Some(delay) = state.ready.get_mut(pod) {
+                    let wait = *delay;
+                    *delay = (*delay * 2).min(RETRY_MAX);
+                    self.join(&w.cluster, pod.to_owned(), wait);
+                } else {
+                    Reporter::new(self.status.clone(), Some(pod))
+                        .say(serde_json::json!({"event": "left"}), "the pod is gone; its session ended");
+                }
+                self.status.pods(self.open.len());
+            }
+            _ => {}
+        }
+        if let Some(w) = watch {
+            if self.open.is_empty() && !state.stopping && !state.waiting_said {
+                state.waiting_said = true;
+                self.status.say(
+                    &serde_json::json!({"event": "waiting"}),
+                    &format!("no pod of {} has a session: waiting for one (Ctrl-C to end)", w.described),
+                );
+            }
+        }
+    }
+
+    /// A change to one of the target's pods: a pod that became ready and
+    /// injected gets a session; a going one's (terminating, not ready,
+    /// deleted) ends quietly.
+    async fn pod_event(
+        &mut self,
+        state: &mut Running,
+        w: &Watch,
+        event: Result<kube::runtime::watcher::Event<k8s_openapi::api::core::v1::Pod>, kube::runtime::watcher::Error>,
+    ) {
+        use kube::runtime::watcher::Event;
+        let (name, usable) = match event {
+            Ok(Event::Apply(pod) | Event::InitApply(pod)) => {
+                (pod.metadata.name.clone(), cluster::TargetPod::of(&pod).is_some_and(|p| p.injected && p.ready))
+            }
+            Ok(Event::Delete(pod)) => (pod.metadata.name.clone(), false),
+            Ok(Event::Init | Event::InitDone) => (None, false),
+            Err(e) => {
+                let message = format!("watching the pods of {}: {e}; retrying", w.described);
+                self.status.say(&serde_json::json!({"event": "note", "message": message}), &format!("note: {message}"));
+                tokio::time::sleep(RETRY_FIRST).await;
+                (None, false)
+            }
+        };
+        let Some(name) = name else { return };
+        if usable {
+            state.ready.entry(name.clone()).or_insert(RETRY_FIRST);
+            if !self.open.contains_key(&name) {
+                state.waiting_said = false;
+                self.join(&w.cluster, name, Duration::ZERO);
+                self.status.pods(self.open.len());
+            }
+        } else if state.ready.remove(&name).is_some() {
+            if let Some(end) = self.open.get(&name) {
+                let _ = end.send(true);
+            }
+        }
+    }
+}
+
+/// What [`Fleet::run`] keeps between events.
+struct Running {
+    code: ExitCode,
+    /// Ctrl-C (or the command's exit): every session is ending.
+    stopping: bool,
+    /// Pods that are there and ready, and how long each waits before a retry.
+    ready: std::collections::HashMap<String, Duration>,
+    /// "waiting for a pod" was said since the last session opened.
+    waiting_said: bool,
 }
 
 /// Delivers an opened session's traffic to the local app until it ends or

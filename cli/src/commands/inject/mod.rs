@@ -8,8 +8,6 @@
 //! are the `mirrord.dev/` keys it writes ([`OWNED`]); `uninject` removes
 //! exactly those.
 
-use std::time::{Duration, Instant};
-
 use mirrord_config::names::{
     ANNOTATION_INJECT, ANNOTATION_MAX_PAUSE, ANNOTATION_MAX_SESSIONS, ANNOTATION_OPAQUE_PORTS, ANNOTATION_PAUSE,
     ANNOTATION_PORTS, ANNOTATION_SKIP_PORTS, TOKEN_SECRET,
@@ -18,6 +16,11 @@ use serde_json::{json, Map, Value};
 
 use crate::cluster::{self, Cluster, ClusterFlags, Workload};
 use crate::ExitCode;
+
+mod args;
+mod rollout;
+
+pub use args::{ApplyFlags, InjectArgs, TokenArgs, UninjectArgs};
 
 /// The annotations `inject` writes and `uninject` removes.
 pub const OWNED: [&str; 7] = [
@@ -29,91 +32,6 @@ pub const OWNED: [&str; 7] = [
     ANNOTATION_MAX_PAUSE,
     ANNOTATION_MAX_SESSIONS,
 ];
-
-/// Flags of `mirrord-cli inject`.
-#[derive(Debug, clap::Args)]
-pub struct InjectArgs {
-    /// deployment/NAME (deploy/), statefulset/NAME or replicaset/NAME;
-    /// without it, `--namespace NS` opts in every new pod of the namespace.
-    #[arg(value_name = "TARGET")]
-    pub target: Option<String>,
-    #[command(flatten)]
-    pub cluster: ClusterFlags,
-    /// Whether sessions may pause the app (`--pause` alone: enabled).
-    #[arg(long, value_name = "enabled|disabled", num_args = 0..=1, default_missing_value = "enabled",
-          value_parser = ["enabled", "disabled"])]
-    pub pause: Option<String>,
-    /// Inbound ports to redirect (default: the declared container ports).
-    #[arg(long, value_name = "PORT,…", value_parser = port_list)]
-    pub ports: Option<String>,
-    /// Inbound ports never redirected.
-    #[arg(long, value_name = "PORT,…", value_parser = port_list)]
-    pub skip_ports: Option<String>,
-    /// Ports whose traffic is never inspected for HTTP.
-    #[arg(long, value_name = "PORT,…", value_parser = port_list)]
-    pub opaque_ports: Option<String>,
-    /// The longest a session may keep the app paused (e.g. 10m).
-    #[arg(long, value_name = "DURATION", value_parser = lease)]
-    pub max_pause: Option<String>,
-    /// The most sessions the sidecar serves at once (default 64).
-    #[arg(long, value_name = "N", value_parser = max_sessions)]
-    pub max_sessions: Option<String>,
-    #[command(flatten)]
-    pub apply: ApplyFlags,
-}
-
-/// Flags of `mirrord-cli uninject`.
-#[derive(Debug, clap::Args)]
-pub struct UninjectArgs {
-    /// deployment/NAME (deploy/), statefulset/NAME or replicaset/NAME;
-    /// without it, `--namespace NS` opts the namespace out.
-    #[arg(value_name = "TARGET")]
-    pub target: Option<String>,
-    #[command(flatten)]
-    pub cluster: ClusterFlags,
-    #[command(flatten)]
-    pub apply: ApplyFlags,
-}
-
-/// How a change is applied.
-#[derive(Debug, Clone, clap::Args)]
-pub struct ApplyFlags {
-    /// Print the patch instead of applying it.
-    #[arg(long)]
-    pub dry_run: bool,
-    /// Follow the rollout until every pod is updated and ready (or fail
-    /// with the reason).
-    #[arg(long)]
-    pub wait: bool,
-    /// How long `--wait` waits.
-    #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = mirrord_config::parse_duration)]
-    pub timeout: Duration,
-}
-
-/// Flags of `mirrord-cli token rotate`.
-#[derive(Debug, clap::Args)]
-pub struct TokenArgs {
-    #[command(flatten)]
-    pub cluster: ClusterFlags,
-}
-
-fn port_list(text: &str) -> Result<String, String> {
-    let ports: Result<Vec<u16>, _> = text.split(',').map(|p| p.trim().parse::<u16>()).collect();
-    match ports {
-        Ok(ports) if !ports.is_empty() && !ports.contains(&0) => {
-            Ok(ports.iter().map(u16::to_string).collect::<Vec<_>>().join(","))
-        }
-        _ => Err(format!("invalid port list {text:?}: expected ports from 1 to 65535, comma-separated (8080,9090)")),
-    }
-}
-
-fn lease(text: &str) -> Result<String, String> {
-    mirrord_config::parse_lease(text).map(|_| text.to_owned())
-}
-
-fn max_sessions(text: &str) -> Result<String, String> {
-    mirrord_config::names::parse_max_sessions(text).map(|n| n.to_string())
-}
 
 /// What is opted in or out.
 #[derive(Debug)]
@@ -295,88 +213,12 @@ async fn change(
         }
     }
     match (&subject, apply.wait) {
-        (Subject::Workload(w), true) => wait(&cluster, w, apply.timeout, injecting).await,
+        (Subject::Workload(w), true) => rollout::wait(&cluster, w, apply.timeout, injecting).await,
         (Subject::Namespace, true) => {
             println!("note: --wait has nothing to follow for a namespace: existing pods are not rolled out");
             ExitCode::Ok
         }
         _ => ExitCode::Ok,
-    }
-}
-
-/// Follows a rollout like `kubectl rollout status`: progress lines, then
-/// done, or why not (the workload's failure condition, warning events).
-async fn wait(cluster: &Cluster, workload: &Workload, timeout: Duration, injecting: bool) -> ExitCode {
-    let deadline = Instant::now() + timeout;
-    let described = workload.describe();
-    let mut last = String::new();
-    loop {
-        let object = match cluster.workload(workload).await {
-            Ok(o) => o,
-            Err(e) => return failed(e),
-        };
-        let progress = cluster::Rollout::of(&object);
-        let line = progress.to_string();
-        if line != last {
-            println!("{described}: {line}");
-            last.clone_from(&line);
-        }
-        if let Some(failure) = &progress.failure {
-            eprintln!("error: {described}: the rollout is stuck: {failure}");
-            print_events(cluster, workload).await;
-            return ExitCode::Failure;
-        }
-        if progress.done() {
-            break;
-        }
-        if Instant::now() >= deadline {
-            eprintln!("error: {described}: the rollout did not finish within {} s ({line})", timeout.as_secs());
-            print_events(cluster, workload).await;
-            return ExitCode::Failure;
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-    // The rollout is over: do the new pods have the sidecar (or not)?
-    let pods = match cluster.workload_pods(workload).await {
-        Ok(p) => p,
-        Err(e) => return failed(e),
-    };
-    let with_sidecar = pods.iter().filter(|p| p.injected).count();
-    match (injecting, with_sidecar) {
-        (true, n) if n < pods.len() => {
-            eprintln!(
-                "error: {described}: {} of {} pods rolled out without the sidecar: is the injector installed and \
-                 its webhook configured? (kubectl -n mirrord get pods; kubectl get mutatingwebhookconfiguration \
-                 mirrord-injector)",
-                pods.len() - n,
-                pods.len()
-            );
-            ExitCode::Failure
-        }
-        (false, n) if n > 0 => {
-            eprintln!(
-                "error: {described}: {n} pod(s) still have the sidecar: does the namespace opt in? \
-                 (mirrord-cli uninject --namespace {})",
-                cluster.namespace
-            );
-            ExitCode::Failure
-        }
-        _ => {
-            let state = if injecting { "with the sidecar" } else { "without the sidecar" };
-            println!("{described}: rolled out, {} pod(s) {state}", pods.len());
-            ExitCode::Ok
-        }
-    }
-}
-
-async fn print_events(cluster: &Cluster, workload: &Workload) {
-    match cluster.warnings(workload).await {
-        Ok(events) => {
-            for e in events {
-                eprintln!("  event: {e}");
-            }
-        }
-        Err(e) => eprintln!("  (events cannot be read: {e})"),
     }
 }
 
