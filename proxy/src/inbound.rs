@@ -137,15 +137,20 @@ pub(crate) fn serve<H: Send + 'static>(
 ) {
     let span = tracing::debug_span!("conn", %peer);
     let conn = handle(stream, fds, inbound.clone(), shutdown.clone());
-    // Boxed: the task holds a pointer, so the connection's future (a few
-    // KiB) is not copied into the task's cell and over again at its end.
-    tokio::spawn(
-        Box::pin(async move {
-            conn.await;
-            drop(held);
-        })
-        .instrument(span),
-    );
+    tokio::spawn(task(conn, held).instrument(span));
+}
+
+/// A connection's task: `conn`, then `held` dropped. The connection's
+/// future (over a KiB) is boxed once and the task holds a pointer to it: it
+/// is not copied into the task's cell and over again at its end. (Boxing
+/// an `async` block that awaits a captured future instead would hold that
+/// future twice, as the captured value and as the one awaited.)
+fn task<F: std::future::Future<Output = ()>, H>(conn: F, held: H) -> impl std::future::Future<Output = ()> {
+    let conn = Box::pin(conn);
+    async move {
+        conn.await;
+        drop(held);
+    }
 }
 
 /// Connections refused for the budget: reset at once (a client retries or
@@ -276,5 +281,19 @@ mod tests {
         let task = handle(stream, inbound.budget.take(1).unwrap(), inbound, shutdown);
         let size = std::mem::size_of_val(&task);
         assert!(size <= 3072, "a connection's task is {size} bytes");
+    }
+
+    /// The connection's future is in its task once, behind a pointer: the
+    /// task holds the pointer and what is dropped at its end, not a second
+    /// copy of the future.
+    #[test]
+    fn a_connection_future_is_held_once() {
+        let large = async {
+            let block = [0u8; 4096];
+            tokio::task::yield_now().await;
+            std::hint::black_box(&block);
+        };
+        let size = std::mem::size_of_val(&task(large, 0u64));
+        assert!(size <= 64, "the task around a 4 KiB future is {size} bytes");
     }
 }

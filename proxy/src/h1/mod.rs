@@ -105,8 +105,13 @@ pub async fn serve(mut client: TcpStream, prefix: Bytes, conn: Conn) {
     // The app connection kept between rounds once pinned.
     let mut held: Option<AppConn> = None;
     loop {
-        if requests.buf.is_empty() && held.is_none() && !wait_for_request(&mut client, &mut requests.buf, &conn).await {
-            break;
+        if requests.buf.is_empty() && held.is_none() {
+            // An idle connection keeps no buffer, no field list and no queue.
+            requests.fields = head::Fields::default();
+            shared.queue().shrink_to_fit();
+            if !wait_for_request(&mut client, &mut requests.buf, &conn).await {
+                break;
+            }
         }
         let mut app = match held.take().or_else(|| conn.pool.take(conn.dst)) {
             Some(app) => app,

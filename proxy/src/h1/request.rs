@@ -25,7 +25,7 @@ const PROBE_ANSWER: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncon
 pub(super) struct State {
     /// Bytes read from the client and not yet passed on.
     pub buf: BytesMut,
-    fields: Fields,
+    pub fields: Fields,
 }
 
 impl State {

@@ -143,8 +143,11 @@ impl Upstream {
             .map_err(|error| Error::Handshake { dst, error })?;
         let closed = Arc::new(AtomicBool::new(false));
         let done = closed.clone();
+        let mut conn = conn;
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
+            // Awaited by reference: the task holds the connection once, not
+            // as the captured value and again as the future awaited.
+            if let Err(e) = (&mut conn).await {
                 debug!(%dst, "HTTP/2 connection to the app ended: {e}");
             }
             done.store(true, Ordering::Release);
