@@ -27,6 +27,11 @@ impl<T: AsyncRead + Unpin> AsyncRead for Rewind<T> {
             let n = self.prefix.len().min(buf.remaining());
             buf.put_slice(&self.prefix[..n]);
             self.prefix.advance(n);
+            if self.prefix.is_empty() {
+                // The read buffer it came from goes back (the connection
+                // may stay open for hours).
+                self.prefix = Bytes::new();
+            }
             return Poll::Ready(Ok(()));
         }
         Pin::new(&mut self.inner).poll_read(cx, buf)
@@ -66,5 +71,19 @@ mod tests {
         let mut out = String::new();
         io.read_to_string(&mut out).await.unwrap();
         assert_eq!(out, "hello world");
+    }
+
+    /// Once replayed, the prefix holds nothing of the buffer it was read
+    /// into: an open connection does not keep its detection buffer.
+    #[tokio::test]
+    async fn a_replayed_prefix_lets_its_buffer_go() {
+        let read = Bytes::from(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec());
+        let mut io = Rewind::new(read.clone(), &b"more"[..]);
+        let mut out = vec![0; read.len()];
+        io.read_exact(&mut out).await.unwrap();
+        assert!(read.is_unique(), "the prefix still holds the detection buffer");
+        let mut rest = String::new();
+        io.read_to_string(&mut rest).await.unwrap();
+        assert_eq!(rest, "more");
     }
 }

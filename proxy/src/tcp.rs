@@ -43,6 +43,9 @@ pub async fn forward(
     let decision = sessions.decide(port, None);
     if let Some(session) = &decision.steal {
         if let Some(exchange) = open_steal(session, port, announce(), metrics).await {
+            // Announced: the detection buffer goes back for the
+            // connection's life (a pooled database connection lasts hours).
+            drop(prefix);
             tokio::select! {
                 () = to_session(client, exchange) => {}
                 () = idle::watch(client_fd, idle_limit) => metrics.error(crate::metrics::Fault::TcpIdleTimeout),
@@ -66,6 +69,7 @@ pub async fn forward(
         return;
     }
     let copies = open_copies(&decision.mirrors, port, announce(), metrics).await;
+    drop(prefix);
     let transfer = async {
         if copies.is_empty() {
             splice(&mut client, &mut app, &inbound.budget).await.map(drop)
