@@ -349,6 +349,106 @@ def idle_bench(targets, count, seconds):
               f"{errors} errors; {alive} of {len(conns)} idle connections answered again")
 
 
+SINK = """
+import asyncio, sys
+async def hold(reader, writer):
+    while await reader.read(65536):
+        pass
+    writer.close()
+async def main():
+    server = await asyncio.start_server(hold, "127.0.0.1", int(sys.argv[1]), backlog=4096)
+    await server.serve_forever()
+asyncio.run(main())
+"""
+
+
+def idle_open(kind, port):
+    """One idle connection of `kind`: "h2", a client that has done the
+    HTTP/2 handshake (preface, SETTINGS both ways and acknowledged) and
+    opened no stream, as a gRPC channel between calls; "tcp", a client of a
+    client-first protocol that sent its first bytes (a PostgreSQL SSLRequest)
+    and waits."""
+    s = socket.create_connection(("127.0.0.1", port), timeout=5)
+    if kind == "tcp":
+        s.sendall(bytes.fromhex("0000000804d2162f"))
+        return s
+    s.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + h2_frame(4, 0, 0, b""))
+    got = b""
+    while len(got) < 9:
+        chunk = s.recv(65536)
+        if not chunk:
+            raise OSError("closed during the HTTP/2 handshake")
+        got += chunk
+    # The server's SETTINGS comes first (RFC 9113 §3.4): acknowledge it.
+    s.sendall(h2_frame(4, 1, 0, b""))
+    return s
+
+
+def idle_tcp_targets(procs, tmp, baseline=None):
+    """A server that holds every connection and reads (the app of the raw TCP
+    idle part), the sidecar and haproxy (mode tcp) in front of it."""
+    ports = {k: free_port() for k in ("sink", "sidecar", "haproxy", "baseline")}
+    sink = os.path.join(tmp, "sink.py")
+    open(sink, "w").write(SINK)
+    procs.start([sys.executable, sink, str(ports["sink"])])
+    targets = {"sidecar": (ports["sidecar"], [start_sidecar(procs, ports["sidecar"], ports["sink"]).pid])}
+    if baseline:
+        targets["baseline"] = (ports["baseline"], [start_sidecar(procs, ports["baseline"], ports["sink"], binary=baseline).pid])
+    hap = os.path.join(tmp, "idle-tcp-haproxy.cfg")
+    open(hap, "w").write(f"""
+global
+  nbthread 1
+  maxconn 9900
+defaults
+  mode tcp
+  timeout connect 5s
+  timeout client 1h
+  timeout server 1h
+listen tcp
+  bind 127.0.0.1:{ports['haproxy']}
+  server sink 127.0.0.1:{ports['sink']}
+""")
+    targets["haproxy"] = (ports["haproxy"], [procs.start(["haproxy", "-f", hap]).pid])
+    for port, _ in targets.values():
+        wait_port(port)
+    wait_port(ports["sink"])
+    return targets
+
+
+def idle_protocols(targets, count):
+    """RSS per idle connection of the other protocols: `targets` maps a kind
+    ("h2", "tcp") to {name: (port, pids)}. Each target gets `count`
+    connections, held for 2 s, then how many the target kept open."""
+    for kind, named in targets.items():
+        what = {"h2": "HTTP/2 connections after the handshake, no stream open",
+                "tcp": "raw TCP connections of a client-first protocol"}[kind]
+        print(f"\n== {count} idle {what}, per target")
+        for name, (port, pids) in named.items():
+            time.sleep(1.5)
+            before = rss_kib(pids)
+            conns, failed = [], 0
+            for _ in range(count):
+                try:
+                    conns.append(idle_open(kind, port))
+                except OSError:
+                    failed += 1
+            time.sleep(2)
+            held = rss_kib(pids)
+            open_still = 0
+            for c in conns:
+                c.setblocking(False)
+                try:
+                    open_still += c.recv(65536, socket.MSG_PEEK) != b""
+                except BlockingIOError:
+                    open_still += 1
+                except OSError:
+                    pass
+                c.close()
+            per = (held - before) * 1024 / max(count - failed, 1)
+            print(f"  {name}: {per:,.0f} bytes per idle connection (RSS {before / 1024:.1f} -> {held / 1024:.1f} MiB); "
+                  f"{failed} not opened; {open_still} of {len(conns)} still open")
+
+
 def h2_frame(kind, flags, stream, payload):
     return len(payload).to_bytes(3, "big") + bytes([kind, flags]) + stream.to_bytes(4, "big") + payload
 
@@ -709,6 +809,8 @@ def main():
     ap.add_argument("--only", choices=["proxy", "sessions", "idle", "admission", "cores", "instructions"],
                     help="run one part only")
     ap.add_argument("--idle", type=int, default=10000, metavar="N", help="idle connections per target (idle part)")
+    ap.add_argument("--idle-other", type=int, default=2000, metavar="N",
+                    help="idle HTTP/2 and raw TCP connections per target (idle part)")
     ap.add_argument("--baseline", metavar="BIN",
                     help="another mirrord-proxy binary (e.g. built from an earlier commit), measured as 'baseline' "
                          "in the same interleaved rounds")
@@ -792,6 +894,13 @@ def main():
             if args.baseline:
                 targets["baseline"] = (ports["baseline"], [baseline.pid])
             idle_bench(targets, args.idle, args.seconds)
+            others = {"h2": {"sidecar": (ports["sidecar"], [sidecar.pid]),
+                             "nghttpx": (ports["nghttpx_h2"], [nghttpx_h2.pid] + children(nghttpx_h2.pid)),
+                             "haproxy": (ports["haproxy_h2"], [haproxy.pid])},
+                      "tcp": idle_tcp_targets(procs, tmp, args.baseline)}
+            if args.baseline:
+                others["h2"]["baseline"] = (ports["baseline"], [baseline.pid])
+            idle_protocols(others, args.idle_other)
             unread_bench(tmp, args.baseline)
             return
         results = {m: {k: [] for k in targets} for m, targets in
