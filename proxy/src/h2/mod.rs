@@ -201,14 +201,18 @@ where
     T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let mut shutdown = proxy.shutdown.clone();
-    let handshake = h2::server::Builder::new()
-        .initial_window_size(STREAM_WINDOW)
-        .initial_connection_window_size(CONNECTION_WINDOW)
-        .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
-        .max_send_buffer_size(SEND_BUFFER)
-        .max_local_error_reset_streams(Some(MAX_LOCAL_ERROR_RESETS))
-        .max_header_list_size(u32::try_from(limits.max_head).unwrap_or(u32::MAX))
-        .handshake::<_, Bytes>(io);
+    // Boxed: the handshake's state (over a KiB) is gone once it is done,
+    // instead of staying in the connection's future beside the connection.
+    let handshake = Box::pin(
+        h2::server::Builder::new()
+            .initial_window_size(STREAM_WINDOW)
+            .initial_connection_window_size(CONNECTION_WINDOW)
+            .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
+            .max_send_buffer_size(SEND_BUFFER)
+            .max_local_error_reset_streams(Some(MAX_LOCAL_ERROR_RESETS))
+            .max_header_list_size(u32::try_from(limits.max_head).unwrap_or(u32::MAX))
+            .handshake::<_, Bytes>(io),
+    );
     let mut conn = tokio::select! {
         conn = handshake => match conn {
             Ok(conn) => conn,
@@ -300,5 +304,25 @@ mod tests {
         };
         let size = size_of_return(&stream);
         assert!(size <= 2560, "a stream's future is {size} bytes");
+    }
+
+    /// A connection's future lasts as long as the connection, idle or not:
+    /// the handshake's state is boxed, and gone once the handshake is done,
+    /// instead of sitting beside the connection for its life.
+    #[tokio::test]
+    async fn a_connections_future_stays_small() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let inbound = crate::inbound::Inbound::for_tests(addr, crate::ports::PortList::default());
+        let io = crate::rewind::Rewind::new(Bytes::new(), tokio::net::TcpStream::connect(addr).await.unwrap());
+        let proxy = Proxy::new(
+            addr,
+            inbound.budget.clone(),
+            inbound.metrics.clone(),
+            inbound.sessions.clone(),
+            crate::shutdown::channel().1,
+        );
+        let size = std::mem::size_of_val(&serve(io, proxy, &inbound.limits));
+        assert!(size <= 2304, "an HTTP/2 connection's future is {size} bytes");
     }
 }
