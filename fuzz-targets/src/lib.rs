@@ -176,6 +176,7 @@ pub fn h1_pipeline(data: &[u8]) {
 
     use mirrord_proxy::budget::Budget;
     use mirrord_proxy::h1::{serve, Conn};
+    use mirrord_proxy::inbound::{Destination, Inbound};
     use mirrord_proxy::limits::Limits;
     use mirrord_proxy::metrics::Metrics;
     use mirrord_proxy::pause::Pause;
@@ -210,8 +211,11 @@ pub fn h1_pipeline(data: &[u8]) {
         let metrics = Arc::new(Metrics::default());
         let (_trigger, shutdown) = mirrord_proxy::shutdown::channel();
         let second = Duration::from_secs(1);
-        let conn = Conn {
-            dst,
+        let inbound = Inbound {
+            destination: Destination::Fixed(dst),
+            opaque_ports: PortList::default(),
+            sessions: Arc::new(Sessions::new(PortList::All)),
+            own_ports: std::collections::BTreeSet::new(),
             limits: Limits {
                 detect_timeout: second,
                 header_read_timeout: second,
@@ -220,13 +224,12 @@ pub fn h1_pipeline(data: &[u8]) {
                 tcp_idle_timeout: None,
                 http_idle_timeout: Some(second),
             },
-            metrics: metrics.clone(),
-            shutdown,
-            sessions: Arc::new(Sessions::new(PortList::All)),
             pause: Pause::disabled("no pause here", metrics.clone()),
             pool: Arc::default(),
             budget: Budget::new(1024, metrics.inbound_fds.clone()),
+            metrics,
         };
+        let conn = Conn { dst, shutdown, inbound: Arc::new(inbound) };
         let sidecar = tokio::spawn(async move {
             let (client, _) = front.accept().await.expect("the client");
             serve(client, bytes::Bytes::new(), conn).await;

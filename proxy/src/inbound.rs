@@ -221,17 +221,7 @@ async fn handle(mut stream: TcpStream, _fds: Fds, inbound: Arc<Inbound>, shutdow
     debug!(%dst, protocol = protocol.as_str(), "proxying");
     match protocol {
         Protocol::Http1 => {
-            let conn = h1::Conn {
-                dst,
-                limits: inbound.limits,
-                metrics: inbound.metrics.clone(),
-                shutdown,
-                sessions: inbound.sessions.clone(),
-                pause: inbound.pause.clone(),
-                pool: inbound.pool.clone(),
-                budget: inbound.budget.clone(),
-            };
-            h1::serve(stream, prefix, conn).await;
+            h1::serve(stream, prefix, h1::Conn { dst, shutdown, inbound: inbound.clone() }).await;
         }
         Protocol::Http2 => {
             let proxy =

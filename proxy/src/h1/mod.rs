@@ -53,11 +53,7 @@ use tokio::net::TcpStream;
 use tracing::debug;
 
 use crate::app;
-use crate::budget::Budget;
-use crate::limits::Limits;
-use crate::metrics::Metrics;
-use crate::pool::{AppConn, Pool};
-use crate::session::Sessions;
+use crate::pool::AppConn;
 use crate::shutdown::Shutdown;
 use queue::{Pending, Shared};
 
@@ -70,18 +66,15 @@ const GRACE: Duration = Duration::from_millis(10);
 const INITIAL_BUFFER: usize = 8 * 1024;
 const MAX_BUFFER: usize = 64 * 1024;
 
-/// What one HTTP/1 connection needs.
+/// What one HTTP/1 connection needs: where it goes, when to stop, and the
+/// inbound side's shared state (limits, metrics, sessions, the pause, the
+/// pool of idle app connections, the descriptor budget), by reference:
+/// a connection's future holds this for its life, idle or not.
 #[derive(Debug, Clone)]
 pub struct Conn {
     pub dst: SocketAddr,
-    pub limits: Limits,
-    pub metrics: Arc<Metrics>,
     pub shutdown: Shutdown,
-    pub sessions: Arc<Sessions>,
-    pub pause: Arc<crate::pause::Pause>,
-    /// Idle app connections, shared by every client connection.
-    pub pool: Arc<Pool>,
-    pub budget: Arc<Budget>,
+    pub inbound: Arc<crate::inbound::Inbound>,
 }
 
 /// How a pump ended.
@@ -113,14 +106,14 @@ pub async fn serve(mut client: TcpStream, prefix: Bytes, conn: Conn) {
                 break;
             }
         }
-        let mut app = match held.take().or_else(|| conn.pool.take(conn.dst)) {
+        let mut app = match held.take().or_else(|| conn.inbound.pool.take(conn.dst)) {
             Some(app) => app,
             // Boxed, like the round: connecting is rare next to waiting.
-            None => match Box::pin(AppConn::connect(conn.dst, &conn.budget)).await {
+            None => match Box::pin(AppConn::connect(conn.dst, &conn.inbound.budget)).await {
                 Ok(app) => app,
                 Err(e) => {
                     debug!("{e}");
-                    conn.metrics.error(e.reason());
+                    conn.inbound.metrics.error(e.reason());
                     let _ = client.write_all(&error_response(&e)).await;
                     break;
                 }
@@ -136,13 +129,13 @@ pub async fn serve(mut client: TcpStream, prefix: Bytes, conn: Conn) {
         if shared.is_pinned() {
             held = Some(app);
         } else if responses.buf.is_empty() {
-            conn.pool.put(conn.dst, app);
+            conn.inbound.pool.put(conn.dst, app);
             // An idle connection keeps no buffer.
             responses.buf = BytesMut::new();
         } else {
             // The app sent bytes nobody asked for: not reusable.
             debug!("the app sent bytes after its last response; its connection is closed");
-            conn.metrics.error(crate::metrics::Fault::UpstreamResponse);
+            conn.inbound.metrics.error(crate::metrics::Fault::UpstreamResponse);
             responses.buf.clear();
         }
         if finished {
@@ -203,7 +196,7 @@ async fn wait_for_request(client: &mut TcpStream, buf: &mut BytesMut, conn: &Con
     // An idle connection keeps no buffer.
     *buf = BytesMut::new();
     let mut shutdown = conn.shutdown.clone();
-    let deadline = conn.limits.http_idle_timeout.map(|t| tokio::time::Instant::now() + t);
+    let deadline = conn.inbound.limits.http_idle_timeout.map(|t| tokio::time::Instant::now() + t);
     let expired = async {
         match deadline {
             Some(at) => tokio::time::sleep_until(at).await,
@@ -216,7 +209,7 @@ async fn wait_for_request(client: &mut TcpStream, buf: &mut BytesMut, conn: &Con
             ready = client.readable() => if ready.is_err() { return false },
             () = shutdown.signalled() => return false,
             () = &mut expired => {
-                conn.metrics.error(crate::metrics::Fault::HttpIdleTimeout);
+                conn.inbound.metrics.error(crate::metrics::Fault::HttpIdleTimeout);
                 return false;
             }
         }

@@ -86,10 +86,10 @@ where
             Next::Failed => return Done::Close,
         };
         let started = std::time::Instant::now();
-        let Routed { steal, mut copies } = if conn.sessions.is_empty() {
+        let Routed { steal, mut copies } = if conn.inbound.sessions.is_empty() {
             Routed::default()
         } else {
-            let body = match conn.sessions.need_body(conn.dst.port()) {
+            let body = match conn.inbound.sessions.need_body(conn.dst.port()) {
                 true => body_for_filters(&mut rd, buf, &head).await,
                 false => None,
             };
@@ -104,7 +104,7 @@ where
         };
         let (close, kind) = (head.close, head.kind);
         closing |= close;
-        if steal.is_none() && conn.pause.is_paused() && head.body == Body::Empty && head.kube_probe {
+        if steal.is_none() && conn.inbound.pause.is_paused() && head.body == Body::Empty && head.kube_probe {
             // The paused app would not answer, and kubelet would restart it.
             shared.push(Pending::Local(PROBE_ANSWER));
             if close {
@@ -188,10 +188,10 @@ async fn next_head<R: AsyncRead + Unpin>(
             match parse_request(buf, fields) {
                 // A head that arrived whole in one read is held to the same
                 // limit as one that is still arriving.
-                Ok(Some(head)) if head.len > conn.limits.max_head => return Next::Reject(Reject::HeadTooLarge),
+                Ok(Some(head)) if head.len > conn.inbound.limits.max_head => return Next::Reject(Reject::HeadTooLarge),
                 Ok(Some(head)) => return Next::Head(head),
                 Err(r) => return Next::Reject(r),
-                Ok(None) if buf.len() >= conn.limits.max_head => {
+                Ok(None) if buf.len() >= conn.inbound.limits.max_head => {
                     // No end of the request line at all: the target is too long.
                     let line_ended = buf.iter().skip_while(|&&b| b == b'\r' || b == b'\n').any(|&b| b == b'\n');
                     return Next::Reject(if line_ended { Reject::HeadTooLarge } else { Reject::UriTooLong });
@@ -206,7 +206,7 @@ async fn next_head<R: AsyncRead + Unpin>(
                 () = shutdown.signalled() => return Next::Shutdown,
             },
             _ => {
-                let at = *deadline.get_or_insert_with(|| Instant::now() + conn.limits.header_read_timeout);
+                let at = *deadline.get_or_insert_with(|| Instant::now() + conn.inbound.limits.header_read_timeout);
                 match timeout_at(at, fill(rd, buf)).await {
                     Ok(r) => r,
                     Err(_) => return Next::Reject(Reject::HeadTimeout),
@@ -302,7 +302,7 @@ where
                 if ready > 0 && matches!(sink, Sink::App(_)) && shared.refuse_last(Reject::InvalidChunkedBody) {
                     return Passed::Stop(Done::Eof);
                 }
-                conn.metrics.error(crate::metrics::Fault::Refused(Reject::InvalidChunkedBody));
+                conn.inbound.metrics.error(crate::metrics::Fault::Refused(Reject::InvalidChunkedBody));
                 return Passed::Stop(Done::Close);
             }
         };
@@ -319,7 +319,7 @@ where
         ready = 0;
         for chunk in content {
             let frame = Frame::Data(chunk);
-            copies.send(&frame, &conn.metrics);
+            copies.send(&frame, &conn.inbound.metrics);
             if let Sink::Session(Some(tx)) = &sink {
                 if tx.send(frame).await.is_err() {
                     sink = Sink::Session(None);
@@ -327,16 +327,16 @@ where
             }
         }
         if done {
-            copies.send(&Frame::End, &conn.metrics);
+            copies.send(&Frame::End, &conn.inbound.metrics);
             return Passed::Complete(match sink {
                 Sink::Session(Some(tx)) => tx.send(Frame::End).await.ok().map(|()| tx),
                 _ => None,
             });
         }
-        let read = match tokio::time::timeout(conn.limits.body_read_timeout, fill(rd, buf)).await {
+        let read = match tokio::time::timeout(conn.inbound.limits.body_read_timeout, fill(rd, buf)).await {
             Ok(read) => read,
             Err(_) => {
-                conn.metrics.error(crate::metrics::Fault::BodyReadTimeout);
+                conn.inbound.metrics.error(crate::metrics::Fault::BodyReadTimeout);
                 cut_short(&sink, copies, conn, "the client sent nothing for too long").await;
                 return Passed::Stop(Done::Close);
             }
@@ -366,9 +366,9 @@ async fn cut_short<W>(sink: &Sink<'_, W>, copies: &mut Copies, conn: &Conn, why:
     let failure = Frame::Failure(format!("the request body was cut short: {why}"));
     let session = matches!(sink, Sink::Session(Some(_)));
     if session || !copies.is_empty() {
-        conn.metrics.error(crate::metrics::Fault::RequestBodyIncomplete);
+        conn.inbound.metrics.error(crate::metrics::Fault::RequestBodyIncomplete);
     }
-    copies.send(&failure, &conn.metrics);
+    copies.send(&failure, &conn.inbound.metrics);
     *copies = Copies::default();
     if let Sink::Session(Some(tx)) = sink {
         let _ = tx.send(failure).await;

@@ -27,7 +27,7 @@ pub(super) struct State {
 
 impl State {
     pub fn new(conn: &Conn) -> Self {
-        let counts = conn.metrics.conn_counts(conn.dst.port(), Protocol::Http1);
+        let counts = conn.inbound.metrics.conn_counts(conn.dst.port(), Protocol::Http1);
         State { buf: BytesMut::new(), counts, closing: false }
     }
 }
@@ -51,14 +51,14 @@ where
             if wr.write_all(answer).await.is_err() {
                 return Done::Close;
             }
-            counts.answered(&conn.metrics, 200);
+            counts.answered(&conn.inbound.metrics, 200);
             continue;
         }
         if let Some(stolen) = due_stolen(shared) {
             let started = stolen.started;
             let (status, after) = stolen::respond(&mut wr, stolen).await;
-            counts.answered(&conn.metrics, status);
-            counts.done(&conn.metrics, Route::Stolen, started);
+            counts.answered(&conn.inbound.metrics, status);
+            counts.done(&conn.inbound.metrics, Route::Stolen, started);
             match after {
                 After::Continue => continue,
                 After::Close => {
@@ -92,7 +92,7 @@ where
             },
             Ok(None) | Err(_) => {
                 debug!("unparseable response from the app; closing the connection");
-                conn.metrics.error(crate::metrics::Fault::UpstreamResponse);
+                conn.inbound.metrics.error(crate::metrics::Fault::UpstreamResponse);
                 return Done::Close;
             }
         };
@@ -114,7 +114,7 @@ where
                 timing = Some((route, started));
                 close_client = close && !head.close;
             }
-            counts.answered(&conn.metrics, head.status);
+            counts.answered(&conn.inbound.metrics, head.status);
         }
         if close_client {
             head_len = close_response_head(buf, head_len, head.connection_field);
@@ -124,7 +124,7 @@ where
         match forward_message(&mut rd, &mut wr, buf, head_len, head.body).await {
             Message::Complete => {
                 if let Some((route, started)) = timing {
-                    counts.done(&conn.metrics, route, started);
+                    counts.done(&conn.inbound.metrics, route, started);
                 }
                 if close_client {
                     // Like a server that was asked to close: FIN after the
@@ -140,14 +140,14 @@ where
             // A body delimited by close has ended; anything else was cut short.
             Message::SourceClosed if until_close => {
                 if let Some((route, started)) = timing {
-                    counts.done(&conn.metrics, route, started);
+                    counts.done(&conn.inbound.metrics, route, started);
                 }
                 return Done::Eof;
             }
             Message::SourceClosed | Message::Failed => return Done::Close,
             Message::Invalid(e) => {
                 debug!("invalid chunked response body from the app: {e}");
-                conn.metrics.error(crate::metrics::Fault::UpstreamResponse);
+                conn.inbound.metrics.error(crate::metrics::Fault::UpstreamResponse);
                 return Done::Close;
             }
         }
@@ -161,7 +161,7 @@ where
 async fn due_refusal<W: AsyncWrite + Unpin>(wr: &mut W, shared: &Shared, conn: &Conn) -> Option<Done> {
     let response = match shared.queue().front() {
         Some(Pending::Reject(r)) => {
-            conn.metrics.error(crate::metrics::Fault::Refused(*r));
+            conn.inbound.metrics.error(crate::metrics::Fault::Refused(*r));
             Some(r.response())
         }
         Some(Pending::Close) => None,

@@ -31,5 +31,5 @@ pub(super) async fn route(
         body_complete: head.body == super::body::Body::Empty,
     };
     let view = RequestView { method, path: uri, headers: &pairs, body };
-    route_request(&conn.sessions, conn.dst.port(), view, announce, &conn.metrics).await
+    route_request(&conn.inbound.sessions, conn.dst.port(), view, announce, &conn.inbound.metrics).await
 }
