@@ -372,7 +372,7 @@ def idle_open(kind, port):
     if kind == "tcp":
         s.sendall(bytes.fromhex("0000000804d2162f"))
         return s
-    s.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + h2_frame(4, 0, 0, b""))
+    s.sendall(H2_PREFACE + h2_frame(4, 0, 0, b""))
     got = b""
     while len(got) < 9:
         chunk = s.recv(65536)
@@ -449,6 +449,9 @@ def idle_protocols(targets, count):
                   f"{failed} not opened; {open_still} of {len(conns)} still open")
 
 
+H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+
+
 def h2_frame(kind, flags, stream, payload):
     return len(payload).to_bytes(3, "big") + bytes([kind, flags]) + stream.to_bytes(4, "big") + payload
 
@@ -496,7 +499,7 @@ listen h2
             held = []
             for _ in range(connections):
                 s = socket.create_connection(("127.0.0.1", ports[name]))
-                out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + h2_frame(4, 0, 0, bytes([0, 4, 0x7f, 0xff, 0xff, 0xff]))
+                out = H2_PREFACE + h2_frame(4, 0, 0, bytes([0, 4, 0x7f, 0xff, 0xff, 0xff]))
                 out += h2_frame(8, 0, 0, (0x7fffffff - 65535).to_bytes(4, "big"))
                 out += b"".join(h2_frame(1, 5, 1 + 2 * i, block) for i in range(streams))
                 s.sendall(out)

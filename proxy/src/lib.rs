@@ -18,6 +18,7 @@ pub mod h2;
 pub mod inbound;
 pub mod iptables;
 pub mod limits;
+pub mod memory;
 pub mod metrics;
 pub mod pause;
 pub mod pool;

@@ -45,7 +45,7 @@ fn main() -> ExitCode {
 
 fn run_sidecar(args: run::RunArgs) -> anyhow::Result<()> {
     pause::install_panic_hook(args.scope.scope());
-    run::tune_allocator();
+    mirrord_proxy::memory::tune_allocator();
     match mirrord_proxy::socket::raise_fd_limit() {
         Ok(limit) => tracing::info!(limit, "open files limit"),
         Err(e) => tracing::warn!("cannot raise the open files limit: {e}"),

@@ -259,7 +259,7 @@ impl Running {
         let addrs = self.inbound_addrs();
         let tunnel_addr = self.tunnel_addr();
         let workers = self.serve_inbound(&shutdown);
-        tokio::spawn(sweep(self.inbound.clone(), shutdown.clone(), true));
+        tokio::spawn(crate::memory::sweep(self.inbound.clone(), shutdown.clone(), true));
         tokio::spawn(admin::serve(self.admin_listener, self.admin.clone(), shutdown.clone()));
         let tunnel_thread = tunnel::start_thread(self.tunnel_listener, self.tunnel, shutdown.signal());
         drop(shutdown);
@@ -354,57 +354,4 @@ fn bind_inbound(addrs: &[SocketAddr]) -> Result<Vec<TcpListener>, Error> {
         Err(e) => info!("IPv6 inbound listener not available: {e}"),
     }
     Ok(listeners)
-}
-
-/// Closes idle app connections as they expire and, with `give_back` (one
-/// thread does it for the process), gives memory back to the system once
-/// many connections have closed.
-pub(crate) async fn sweep(inbound: Arc<Inbound>, mut shutdown: shutdown::Shutdown, give_back: bool) {
-    let mut tick = tokio::time::interval(crate::pool::MAX_IDLE / 2);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    // The most descriptors held since memory was last given back.
-    let mut peak = 0;
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            () = shutdown.signalled() => return,
-        }
-        inbound.pool.sweep();
-        if !give_back {
-            continue;
-        }
-        let used = inbound.budget.used();
-        peak = usize::max(peak, used);
-        if peak - used >= RELEASE_AFTER && used < peak / 2 {
-            release_free_memory();
-            peak = used;
-        }
-    }
-}
-
-/// Connections closed (in descriptors) before freed memory is given back.
-const RELEASE_AFTER: usize = 1024;
-
-/// How glibc's allocator gives memory back: never on its own (by default it
-/// trims the heap whenever 128 KiB are free at its top, and connections that
-/// free and take their buffers between requests then fault the same pages
-/// in again and again), but all at once after many connections closed
-/// (`release_free_memory`).
-pub fn tune_allocator() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only sets a threshold of the allocator.
-    unsafe {
-        libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30);
-    }
-}
-
-/// glibc keeps freed memory for reuse; after a burst of connections (10,000
-/// idle clients) that would hold their peak RSS for good. `malloc_trim`
-/// returns the free pages of every arena.
-fn release_free_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: malloc_trim only walks the allocator's own free lists.
-    unsafe {
-        libc::malloc_trim(0);
-    }
 }

@@ -174,7 +174,7 @@ impl Workers {
                     tokio::spawn(accept);
                 }
                 tokio::spawn(receive(handed, worker, inbound.clone(), shutdown.clone()));
-                tokio::spawn(crate::run::sweep(inbound, shutdown.clone(), false));
+                tokio::spawn(crate::memory::sweep(inbound, shutdown.clone(), false));
                 // Only the tasks hold the shutdown now: the drain waits for
                 // them, not for this thread. They run until the drain is
                 // over (or the grace period); what is left is dropped with

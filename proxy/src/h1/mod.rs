@@ -100,7 +100,7 @@ pub async fn serve(mut client: TcpStream, prefix: Bytes, conn: Conn) {
     loop {
         if requests.buf.is_empty() && held.is_none() {
             // An idle connection keeps no buffer, no field list and no queue.
-            requests.fields = head::Fields::default();
+            requests.release();
             shared.queue().shrink_to_fit();
             if !wait_for_request(&mut client, &mut requests.buf, &conn).await {
                 break;
@@ -193,8 +193,6 @@ async fn round(
 /// the next request. False: the client closed, the keep-alive timeout
 /// passed, or the sidecar is shutting down.
 async fn wait_for_request(client: &mut TcpStream, buf: &mut BytesMut, conn: &Conn) -> bool {
-    // An idle connection keeps no buffer.
-    *buf = BytesMut::new();
     let mut shutdown = conn.shutdown.clone();
     let deadline = conn.inbound.limits.http_idle_timeout.map(|t| tokio::time::Instant::now() + t);
     let expired = async {

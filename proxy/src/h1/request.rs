@@ -25,7 +25,7 @@ const PROBE_ANSWER: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncon
 pub(super) struct State {
     /// Bytes read from the client and not yet passed on.
     pub buf: BytesMut,
-    pub fields: Fields,
+    fields: Fields,
 }
 
 impl State {
@@ -33,6 +33,13 @@ impl State {
         let mut buf = BytesMut::with_capacity(INITIAL_BUFFER.max(prefix.len()));
         buf.extend_from_slice(&prefix);
         State { buf, fields: Fields::default() }
+    }
+
+    /// Between requests, with nothing of the next one read: no buffer and
+    /// no field list are kept while the connection waits.
+    pub fn release(&mut self) {
+        self.buf = BytesMut::new();
+        self.fields = Fields::default();
     }
 }
 

@@ -133,7 +133,7 @@ impl Upstream {
     async fn connect_h2(&self) -> Result<Conn, Error> {
         let dst = self.dst;
         let AppConn { stream, fds } = AppConn::connect(dst, &self.budget).await?;
-        let (sender, conn) = h2::client::Builder::new()
+        let (sender, mut conn) = h2::client::Builder::new()
             .initial_window_size(STREAM_WINDOW)
             .initial_connection_window_size(CONNECTION_WINDOW)
             .max_send_buffer_size(SEND_BUFFER)
@@ -143,7 +143,6 @@ impl Upstream {
             .map_err(|error| Error::Handshake { dst, error })?;
         let closed = Arc::new(AtomicBool::new(false));
         let done = closed.clone();
-        let mut conn = conn;
         tokio::spawn(async move {
             // Awaited by reference: the task holds the connection once, not
             // as the captured value and again as the future awaited.

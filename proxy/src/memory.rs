@@ -1,0 +1,61 @@
+//! Memory given back: idle app connections closed as they expire, and
+//! glibc's allocator told to keep freed memory for reuse, then to return it
+//! all at once after many connections have closed.
+
+use std::sync::Arc;
+
+use crate::inbound::Inbound;
+use crate::shutdown;
+
+/// Closes idle app connections as they expire and, with `give_back` (one
+/// thread does it for the process), gives memory back to the system once
+/// many connections have closed.
+pub(crate) async fn sweep(inbound: Arc<Inbound>, mut shutdown: shutdown::Shutdown, give_back: bool) {
+    let mut tick = tokio::time::interval(crate::pool::MAX_IDLE / 2);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The most descriptors held since memory was last given back.
+    let mut peak = 0;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = shutdown.signalled() => return,
+        }
+        inbound.pool.sweep();
+        if !give_back {
+            continue;
+        }
+        let used = inbound.budget.used();
+        peak = usize::max(peak, used);
+        if peak - used >= RELEASE_AFTER && used < peak / 2 {
+            release_free_memory();
+            peak = used;
+        }
+    }
+}
+
+/// Connections closed (in descriptors) before freed memory is given back.
+const RELEASE_AFTER: usize = 1024;
+
+/// How glibc's allocator gives memory back: never on its own (by default it
+/// trims the heap whenever 128 KiB are free at its top, and connections that
+/// free and take their buffers between requests then fault the same pages
+/// in again and again), but all at once after many connections closed
+/// (`release_free_memory`).
+pub fn tune_allocator() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets a threshold of the allocator.
+    unsafe {
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30);
+    }
+}
+
+/// glibc keeps freed memory for reuse; after a burst of connections (10,000
+/// idle clients) that would hold their peak RSS for good. `malloc_trim`
+/// returns the free pages of every arena.
+fn release_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only walks the allocator's own free lists.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
