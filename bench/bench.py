@@ -303,6 +303,33 @@ def rss_kib(pids):
     return total
 
 
+def switches(pids):
+    """Context switches so far of every thread of `pids`: each time one
+    went to sleep or was preempted, so an idle process's count is the times
+    it woke."""
+    total = 0
+    for pid in pids:
+        for task in os.listdir(f"/proc/{pid}/task"):
+            try:
+                with open(f"/proc/{pid}/task/{task}/status") as f:
+                    total += sum(int(n) for n in re.findall(r"ctxt_switches:\s+(\d+)", f.read()))
+            except FileNotFoundError:
+                pass
+    return total
+
+
+def idle_wakeups(targets, seconds=10):
+    """Wake-ups per second of each proxy with no connection at all: a sidecar
+    sits in every opted-in pod, most of them idle most of the time."""
+    time.sleep(2)  # the start-up's port checks settle
+    before = {name: (switches(pids), cpu_ns(pids)) for name, (_, pids) in targets.items()}
+    time.sleep(seconds)
+    print(f"\n== idle, no connection, {seconds} s: wake-ups per second (context switches, every thread), CPU")
+    for name, (_, pids) in targets.items():
+        woke, used = switches(pids) - before[name][0], cpu_ns(pids) - before[name][1]
+        print(f"  {name}: {woke / seconds:.1f} wake-ups/s, {used / 1e3 / seconds:.1f} us CPU/s")
+
+
 def idle_bench(targets, count, seconds):
     """`count` idle keep-alive connections (each has had one request answered)
     per target, RSS per connection, wrk -c64 meanwhile, RSS after they close."""
@@ -896,6 +923,7 @@ def main():
                        "haproxy": (ports["haproxy"], [haproxy.pid])}
             if args.baseline:
                 targets["baseline"] = (ports["baseline"], [baseline.pid])
+            idle_wakeups(targets | {"nghttpx": (ports["nghttpx_h2"], [nghttpx_h2.pid] + children(nghttpx_h2.pid))})
             idle_bench(targets, args.idle, args.seconds)
             others = {"h2": {"sidecar": (ports["sidecar"], [sidecar.pid]),
                              "nghttpx": (ports["nghttpx_h2"], [nghttpx_h2.pid] + children(nghttpx_h2.pid)),

@@ -30,11 +30,15 @@ pub struct Budget {
     limit: i64,
     /// Exported as `mirrord_proxy_inbound_fds`.
     used: Gauge,
+    /// Told when descriptors are taken while none were held: what has
+    /// nothing to do while the sidecar holds no connection (the sweep of
+    /// idle app connections) sleeps until then.
+    held: tokio::sync::Notify,
 }
 
 impl Budget {
     pub fn new(limit: usize, used: Gauge) -> Arc<Self> {
-        Arc::new(Budget { limit: i64::try_from(limit).unwrap_or(i64::MAX), used })
+        Arc::new(Budget { limit: i64::try_from(limit).unwrap_or(i64::MAX), used, held: tokio::sync::Notify::new() })
     }
 
     /// Takes `n` descriptors, or none if that would exceed the budget.
@@ -45,7 +49,26 @@ impl Budget {
             self.used.dec_by(n);
             return None;
         }
+        if before == 0 {
+            self.held.notify_waiters();
+        }
         Some(Fds { budget: self.clone(), n })
+    }
+
+    /// Resolves when descriptors are held: at once if some are, else when
+    /// the next are taken.
+    pub async fn until_held(&self) {
+        loop {
+            let held = self.held.notified();
+            tokio::pin!(held);
+            // Registered before the check: descriptors taken between the
+            // check and the wait are not missed.
+            held.as_mut().enable();
+            if self.used() > 0 {
+                return;
+            }
+            held.await;
+        }
     }
 
     pub fn limit(&self) -> usize {
@@ -72,6 +95,7 @@ impl Drop for Fds {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
 
     #[test]
@@ -87,6 +111,24 @@ mod tests {
         let c = budget.take(2).expect("the 2 given back");
         drop((b, c));
         assert_eq!(budget.used(), 0);
+    }
+
+    #[tokio::test]
+    async fn until_held_waits_for_the_first_descriptors_taken() {
+        let budget = Budget::new(5, Gauge::default());
+        let waiting = tokio::spawn({
+            let budget = budget.clone();
+            async move { budget.until_held().await }
+        });
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        assert!(!waiting.is_finished(), "nothing is held yet");
+        let fds = budget.take(1).unwrap();
+        let within = std::time::Duration::from_secs(5);
+        tokio::time::timeout(within, waiting).await.expect("woken by the first take").unwrap();
+        tokio::time::timeout(within, budget.until_held()).await.expect("at once while held");
+        drop(fds);
     }
 
     #[test]

@@ -273,13 +273,19 @@ impl Running {
         }
         // The pause's rescans run here, not in a task of their own: a panic
         // in them ends the sidecar (and the panic hook resumes the app).
+        // They run only while the app is paused: an idle sidecar sleeps.
         let mut ticks = tokio::time::interval(pause::TICK);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut paused = false;
         tokio::pin!(stop);
         loop {
             tokio::select! {
                 () = &mut stop => break,
-                _ = ticks.tick() => self.pause.tick(),
+                () = self.pause.paused(), if !paused => {
+                    paused = true;
+                    ticks.reset();
+                }
+                _ = ticks.tick(), if paused => paused = self.pause.tick(),
             }
         }
         // First of all: the app must be free to finish its own requests.

@@ -47,6 +47,9 @@ pub struct Pause {
     state: Mutex<State>,
     /// Why sessions cannot pause here at all, when they cannot.
     disabled: Option<String>,
+    /// Told when a pause begins: the rescans run only while paused, and an
+    /// idle sidecar is not woken for them.
+    began: tokio::sync::Notify,
 }
 
 #[derive(Debug)]
@@ -83,7 +86,14 @@ impl Pause {
         if disabled.is_none() {
             metrics.pause_lease.set(i64::try_from(lease.as_secs()).unwrap_or(i64::MAX));
         }
-        Arc::new(Pause { scope, metrics, paused: AtomicBool::new(false), state: Mutex::new(state), disabled })
+        Arc::new(Pause {
+            scope,
+            metrics,
+            paused: AtomicBool::new(false),
+            state: Mutex::new(state),
+            disabled,
+            began: tokio::sync::Notify::new(),
+        })
     }
 
     /// A pause that refuses every session, saying `why`.
@@ -191,16 +201,33 @@ impl Pause {
         self.apply(&mut state, report);
     }
 
+    /// Resolves when the app is paused: at once if it is, else when a pause
+    /// begins.
+    pub async fn paused(&self) {
+        loop {
+            let began = self.began.notified();
+            tokio::pin!(began);
+            // Registered before the check: a pause that begins between the
+            // check and the wait is not missed.
+            began.as_mut().enable();
+            if self.state().policy.paused_since().is_some() {
+                return;
+            }
+            began.await;
+        }
+    }
+
     /// Rescans while paused: stops new processes of the app, resumes it if
-    /// it was asked to terminate or the lease is over.
-    pub fn tick(&self) {
+    /// it was asked to terminate or the lease is over. Whether the app is
+    /// still paused after it.
+    pub fn tick(&self) -> bool {
         #[cfg(debug_assertions)]
         if self.is_paused() && std::env::var("MIRRORD_FAILPOINT").is_ok_and(|f| f == "panic-while-paused") {
             panic!("failpoint panic-while-paused");
         }
         let mut state = self.state();
         if state.policy.paused_since().is_none() {
-            return;
+            return false;
         }
         self.count_paused_time(&mut state);
         match state.policy.tick(Instant::now()) {
@@ -210,6 +237,7 @@ impl Pause {
             }
             Err(e) => warn!("cannot rescan the app's processes: {e}"),
         }
+        state.policy.paused_since().is_some()
     }
 
     fn count_paused_time(&self, state: &mut State) {
@@ -227,6 +255,7 @@ impl Pause {
                 EVER_HELD.store(true, Ordering::Relaxed);
                 state.counted = Some(Instant::now());
                 self.mark(Some(processes));
+                self.began.notify_waiters();
                 info!(processes, lease = %format_duration(state.policy.lease()), "app paused");
             }
             Some(Report::Resumed { why, processes, holders }) => {
