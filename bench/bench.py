@@ -923,7 +923,13 @@ def main():
                        "haproxy": (ports["haproxy"], [haproxy.pid])}
             if args.baseline:
                 targets["baseline"] = (ports["baseline"], [baseline.pid])
-            idle_wakeups(targets | {"nghttpx": (ports["nghttpx_h2"], [nghttpx_h2.pid] + children(nghttpx_h2.pid))})
+            # The pause guard (a container of its own in pods that may be
+            # paused), watching a sidecar, none of the app's processes stopped.
+            guards = {"guard": procs.start([f"{RELEASE}/mirrord-proxy", "guard"])}
+            if args.baseline:
+                guards["baseline guard"] = procs.start([args.baseline, "guard"])
+            idle_wakeups(targets | {"nghttpx": (ports["nghttpx_h2"], [nghttpx_h2.pid] + children(nghttpx_h2.pid))}
+                         | {name: (None, [p.pid]) for name, p in guards.items()})
             idle_bench(targets, args.idle, args.seconds)
             others = {"h2": {"sidecar": (ports["sidecar"], [sidecar.pid]),
                              "nghttpx": (ports["nghttpx_h2"], [nghttpx_h2.pid] + children(nghttpx_h2.pid)),

@@ -71,7 +71,10 @@ fn start_sidecar(procs: &mut Processes, pod: &Pod, args: &[&str], env: &[(&str, 
 }
 
 fn start_guard(procs: &mut Processes, args: &[&str]) -> Container {
-    let mut all = vec!["guard", "--interval", "50ms"];
+    // Looks at the app every 50 ms while any of its processes is stopped,
+    // every 200 ms while none is (2 s by default): a wedged sidecar's pause
+    // and lease are seen soon.
+    let mut all = vec!["guard", "--interval", "50ms", "--idle-interval", "200ms"];
     all.extend_from_slice(args);
     let guard = procs.spawn("guard", false, &[], &proxy(), &all);
     procs.wait_log("guard", "watching the sidecar", Duration::from_secs(10));

@@ -29,11 +29,20 @@ pub struct GuardArgs {
     /// first and tells the sessions; this is the backstop when it cannot.
     #[arg(long, value_name = "DURATION", default_value = "31m", value_parser = mirrord_config::parse_lease)]
     pub max_pause: Duration,
-    /// How often the app's processes are checked, and a (re)started sidecar
-    /// looked for, between sidecar events. A sidecar that paused the app and
-    /// died between two looks is caught at the next one.
+    /// How often the app's processes are checked while any of them is
+    /// stopped, and a (re)started sidecar looked for while none runs. A
+    /// sidecar that paused the app and died between two looks is caught at
+    /// the next one.
     #[arg(long, value_name = "DURATION", default_value = "100ms", value_parser = parse_duration)]
     pub interval: Duration,
+    /// How often the app's processes are checked while the sidecar is alive
+    /// and none of them is stopped: only the sidecar pauses the app, and its
+    /// exit wakes the guard at once, so these looks only catch a pause by a
+    /// sidecar that is alive but wedged. Its lease is then counted from the
+    /// first look that saw it (the guard's lease is longer by a margin well
+    /// above this).
+    #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = parse_duration)]
+    pub idle_interval: Duration,
 }
 
 /// Runs until killed.
@@ -52,7 +61,8 @@ pub fn run(args: &GuardArgs) -> ! {
         }
         match &sidecar {
             Some((pid, fd)) => {
-                if fd.wait_exit(args.interval) {
+                let look_in = if stopped_since.is_empty() { args.idle_interval } else { args.interval };
+                if fd.wait_exit(look_in) {
                     let n = resume_stopped(&scope, &mut cache);
                     warn!(pid, resumed = n, "the sidecar exited; resumed the app's stopped processes");
                     sidecar = None;
