@@ -58,17 +58,7 @@ impl Budget {
     /// Resolves when descriptors are held: at once if some are, else when
     /// the next are taken.
     pub async fn until_held(&self) {
-        loop {
-            let held = self.held.notified();
-            tokio::pin!(held);
-            // Registered before the check: descriptors taken between the
-            // check and the wait are not missed.
-            held.as_mut().enable();
-            if self.used() > 0 {
-                return;
-            }
-            held.await;
-        }
+        crate::wait::until(&self.held, || self.used() > 0).await;
     }
 
     pub fn limit(&self) -> usize {

@@ -32,6 +32,7 @@ pub mod shutdown;
 pub mod socket;
 pub mod tcp;
 pub mod tunnel;
+mod wait;
 mod workers;
 
 /// The tunnel's gRPC API (crate `mirrord-api`).

@@ -204,17 +204,7 @@ impl Pause {
     /// Resolves when the app is paused: at once if it is, else when a pause
     /// begins.
     pub async fn paused(&self) {
-        loop {
-            let began = self.began.notified();
-            tokio::pin!(began);
-            // Registered before the check: a pause that begins between the
-            // check and the wait is not missed.
-            began.as_mut().enable();
-            if self.state().policy.paused_since().is_some() {
-                return;
-            }
-            began.await;
-        }
+        crate::wait::until(&self.began, || self.state().policy.paused_since().is_some()).await;
     }
 
     /// Rescans while paused: stops new processes of the app, resumes it if
