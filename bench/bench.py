@@ -235,6 +235,13 @@ def h2load(port, seconds):
     return h2load_run(["-D", str(seconds), "-c", "8", "-m", "16", "-t", "1", f"http://127.0.0.1:{port}/"])[0]
 
 
+def h2load_one(port, seconds):
+    """One client connection with 128 streams: every proxy then has one
+    connection to the app, whether it gives each client its own (the
+    sidecar) or multiplexes clients onto shared ones (nghttpx)."""
+    return h2load_run(["-D", str(seconds), "-c", "1", "-m", "128", "-t", "1", f"http://127.0.0.1:{port}/"])[0]
+
+
 def grpc_message(tmp, name, size, count):
     """A file of `count` gRPC messages (uncompressed, `size` bytes each)."""
     path = os.path.join(tmp, name)
@@ -941,7 +948,7 @@ def main():
             unread_bench(tmp, args.baseline)
             return
         results = {m: {k: [] for k in targets} for m, targets in
-                   (("h1_rps", h1), ("new_conn", h1), ("lat", h1), ("h2_rps", h2), ("grpc_unary", grpc),
+                   (("h1_rps", h1), ("new_conn", h1), ("lat", h1), ("h2_rps", h2), ("h2_one", h2), ("grpc_unary", grpc),
                     ("grpc_stream", grpc), ("tcp", tcp))}
         sidecar_cpu, sidecar_reqs = 0.0, 0
         cpu_pids = {"sidecar": [sidecar.pid], "nginx": children(nginx.pid), "haproxy": [haproxy.pid]}
@@ -957,6 +964,7 @@ def main():
         if args.baseline:
             h2_pids["baseline"], grpc_pids["baseline"] = [baseline.pid], [baseline_grpc.pid]
         results["h2_cpu"] = {k: [] for k in h2_pids}
+        results["h2_one_cpu"] = {k: [] for k in h2_pids}
         results["grpc_cpu"] = {k: [] for k in grpc_pids}
         for r in range(args.rounds):
             print(f"round {r + 1}/{args.rounds}", file=sys.stderr)
@@ -977,6 +985,7 @@ def main():
                     results["cpu"][k].append((cpu_ns(cpu_pids[k]) - before) / 1e6 / (2000 * args.seconds / 1000))
             for rate, cpu, targets, pids, run in (
                     ("h2_rps", "h2_cpu", h2, h2_pids, lambda port: h2load(port, args.seconds)),
+                    ("h2_one", "h2_one_cpu", h2, h2_pids, lambda port: h2load_one(port, args.seconds)),
                     ("grpc_unary", "grpc_cpu", grpc, grpc_pids,
                      lambda port: grpc_unary(port, args.seconds, unary_message))):
                 for k, port in targets.items():
@@ -1008,6 +1017,10 @@ def main():
         row("HTTP/2 throughput, req/s (h2load -c8 -m16; nginx speaks HTTP/1.1 to the app, the others HTTP/2)",
             results["h2_rps"])
         row("CPU per HTTP/2 request, us (the h2load phase; all threads of each proxy)", results["h2_cpu"],
+            higher_better=False)
+        row("HTTP/2 throughput over one client connection, req/s (h2load -c1 -m128: one app connection for every proxy)",
+            results["h2_one"])
+        row("CPU per HTTP/2 request over one client connection, us (the h2load -c1 phase)", results["h2_one_cpu"],
             higher_better=False)
         row("gRPC unary calls/s (h2load -c8 -m16, 100-byte message, echoed)", results["grpc_unary"])
         row("CPU per gRPC unary call, us (the h2load phase; all threads of each proxy)", results["grpc_cpu"],
