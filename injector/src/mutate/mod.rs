@@ -337,9 +337,16 @@ fn port_list(key: &'static str, list: &str) -> Result<BTreeSet<u16>, Invalid> {
 mod tests {
     use super::*;
 
-    fn sample() -> Value {
+    /// A pod that opts in, with one app container listening on 8080.
+    pub(super) fn sample() -> Value {
         json!({"metadata": {"annotations": {ANNOTATION_INJECT: "enabled"}},
                "spec": {"containers": [{"name": "api", "image": "a", "ports": [{"containerPort": 8080}]}]}})
+    }
+
+    /// The sidecar of a pod mutated in native mode: right after the
+    /// iptables init container.
+    pub(super) fn sidecar(out: &Value) -> &Value {
+        &out["spec"]["initContainers"][1]
     }
 
     #[test]
@@ -369,8 +376,7 @@ mod tests {
             assert_eq!(&out["metadata"]["annotations"][k], v, "{k}");
         }
         // The sidecar's metrics are found by its named port instead.
-        let sidecar = &out["spec"]["initContainers"][1];
-        assert_eq!(sidecar["ports"][0]["name"], ADMIN_PORT_NAME);
+        assert_eq!(sidecar(&out)["ports"][0]["name"], ADMIN_PORT_NAME);
     }
 
     /// The patch made from the touched parts is the one a diff of the
@@ -423,10 +429,10 @@ mod tests {
         let mut limited = sample();
         limited["metadata"]["annotations"][ANNOTATION_MAX_SESSIONS] = json!("8");
         let out = pod(&limited, false, &settings).injected(&limited).unwrap();
-        let args = out["spec"]["initContainers"][1]["args"].to_string();
+        let args = sidecar(&out)["args"].to_string();
         assert!(args.contains("\"--max-sessions\",\"8\""), "{args}");
         let plain = pod(&sample(), false, &settings).injected(&sample()).unwrap();
-        assert!(!plain["spec"]["initContainers"][1]["args"].to_string().contains("max-sessions"));
+        assert!(!sidecar(&plain)["args"].to_string().contains("max-sessions"));
         for bad in ["0", "4097", "many", "-1", ""] {
             limited["metadata"]["annotations"][ANNOTATION_MAX_SESSIONS] = json!(bad);
             assert_eq!(
@@ -448,7 +454,7 @@ mod tests {
         let inits: Vec<&str> =
             out["spec"]["initContainers"].as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap()).collect();
         assert_eq!(inits, [INIT_NAME, SIDECAR_NAME, GUARD_NAME, "migrate"]);
-        assert_eq!(out["spec"]["initContainers"][1]["restartPolicy"], "Always");
+        assert_eq!(sidecar(&out)["restartPolicy"], "Always");
         assert_eq!(out["spec"]["initContainers"][2]["restartPolicy"], "Always");
     }
 }

@@ -156,9 +156,8 @@ fn seconds(d: Duration) -> String {
 
 #[cfg(test)]
 mod tests {
-    use mirrord_config::names::ANNOTATION_INJECT;
-
     use super::*;
+    use crate::mutate::tests::{sample as pod, sidecar};
     use crate::mutate::{self, Mutation, Settings};
 
     fn mutate(pod: &Value, opted_in: bool, settings: &Settings) -> Mutation {
@@ -170,15 +169,6 @@ mod tests {
             Mutation::Invalid(invalid) => invalid,
             other => panic!("expected an invalid annotation, got {other:?}"),
         }
-    }
-
-    fn pod() -> Value {
-        json!({"metadata": {"annotations": {ANNOTATION_INJECT: "enabled"}},
-               "spec": {"containers": [{"name": "api", "image": "a", "ports": [{"containerPort": 8080}]}]}})
-    }
-
-    fn sidecar(out: &Value) -> &Value {
-        &out["spec"]["initContainers"][1]
     }
 
     #[test]
@@ -217,7 +207,7 @@ mod tests {
     #[test]
     fn pause_containers_default_to_all_but_mesh_proxies_and_can_be_named() {
         let settings = Settings { image: "proxy:1".to_owned(), native_sidecar: true };
-        let env = |out: &Value| out["spec"]["initContainers"][1]["env"][3]["value"].as_str().unwrap().to_owned();
+        let env = |out: &Value| sidecar(out)["env"][3]["value"].as_str().unwrap().to_owned();
         let mut p = pod();
         p["spec"]["containers"] = json!([{"name": "api", "image": "a"}, {"name": "worker", "image": "w"},
                                          {"name": "istio-proxy", "image": "i"}]);
