@@ -101,6 +101,7 @@ pub async fn serve(mut client: TcpStream, prefix: Bytes, conn: Conn) {
         if requests.buf.is_empty() && held.is_none() {
             // An idle connection keeps no buffer, no field list and no queue.
             requests.release();
+            responses.buf = BytesMut::new();
             shared.queue().shrink_to_fit();
             if !wait_for_request(&mut client, &mut requests.buf, &conn).await {
                 break;
@@ -130,8 +131,6 @@ pub async fn serve(mut client: TcpStream, prefix: Bytes, conn: Conn) {
             held = Some(app);
         } else if responses.buf.is_empty() {
             conn.inbound.pool.put(conn.dst, app);
-            // An idle connection keeps no buffer.
-            responses.buf = BytesMut::new();
         } else {
             // The app sent bytes nobody asked for: not reusable.
             debug!("the app sent bytes after its last response; its connection is closed");
