@@ -224,9 +224,8 @@ async fn handle(mut stream: TcpStream, _fds: Fds, inbound: Arc<Inbound>, shutdow
             h1::serve(stream, prefix, h1::Conn { dst, shutdown, inbound: inbound.clone() }).await;
         }
         Protocol::Http2 => {
-            let proxy =
-                Proxy::new(dst, inbound.budget.clone(), inbound.metrics.clone(), inbound.sessions.clone(), shutdown);
-            Box::pin(h2::serve(Rewind::new(prefix, stream), proxy, &inbound.limits)).await;
+            let proxy = Proxy::new(dst, inbound.clone());
+            Box::pin(h2::serve(Rewind::new(prefix, stream), proxy, shutdown)).await;
         }
         Protocol::Tcp => {
             let idle = inbound.limits.tcp_idle_timeout;

@@ -20,7 +20,7 @@ pub(super) async fn route(proxy: &Proxy, req: Request<H2Body>) -> (Response<Body
     let port = proxy.upstream.dst().port();
     let (parts, body) = req.into_parts();
     let mut body = Replay::new(body);
-    let read = match proxy.sessions.need_body(port) {
+    let read = match proxy.inbound.sessions.need_body(port) {
         true => body.read_ahead(BODY_FILTER_CAP, BODY_FILTER_WAIT).await,
         false => None,
     };
@@ -34,13 +34,14 @@ pub(super) async fn route(proxy: &Proxy, req: Request<H2Body>) -> (Response<Body
         headers: headers_to_wire(&parts.headers),
         body_complete: http_body::Body::is_end_stream(&body),
     };
-    let Routed { steal: stolen, copies } = route_request(&proxy.sessions, port, view, announce, &proxy.metrics).await;
+    let Routed { steal: stolen, copies } =
+        route_request(&proxy.inbound.sessions, port, view, announce, &proxy.inbound.metrics).await;
     let req = Request::from_parts(parts, body);
     match stolen {
-        Some(exchange) => (steal(req, exchange, copies, proxy.metrics.clone()).await, Route::Stolen),
+        Some(exchange) => (steal(req, exchange, copies, proxy.inbound.metrics.clone()).await, Route::Stolen),
         None => {
             let route = if copies.mirrored() { Route::Mirrored } else { Route::Passthrough };
-            let metrics = proxy.metrics.clone();
+            let metrics = proxy.inbound.metrics.clone();
             (proxy.to_app(req.map(|inner| Either::Right(Tee { inner, copies, metrics }))).await, route)
         }
     }

@@ -21,10 +21,8 @@ use http_body_util::{Either, Full};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tracing::debug;
 
-use crate::budget::Budget;
-use crate::limits::Limits;
-use crate::metrics::{ConnCounts, Metrics, Protocol, Route};
-use crate::session::Sessions;
+use crate::inbound::Inbound;
+use crate::metrics::{ConnCounts, Protocol, Route};
 use crate::shutdown::Shutdown;
 use body::{send_body, FromSession, H2Body};
 use upstream::Upstream;
@@ -59,34 +57,27 @@ const MAX_LOCAL_ERROR_RESETS: usize = 1024;
 /// from a stealing session.
 pub type Body = Either<H2Body, Either<Full<Bytes>, FromSession>>;
 
-/// Everything a request needs to be proxied.
-#[derive(Debug, Clone)]
+/// Everything a request needs to be proxied: shared by a connection's
+/// streams (one reference count per stream).
+#[derive(Debug)]
 pub struct Proxy {
-    pub upstream: Arc<Upstream>,
-    pub metrics: Arc<Metrics>,
-    pub sessions: Arc<Sessions>,
-    pub shutdown: Shutdown,
+    upstream: Upstream,
+    inbound: Arc<Inbound>,
     /// This connection's request counters and duration histograms.
     counts: Arc<ConnCounts>,
 }
 
 impl Proxy {
-    pub fn new(
-        dst: std::net::SocketAddr,
-        budget: Arc<Budget>,
-        metrics: Arc<Metrics>,
-        sessions: Arc<Sessions>,
-        shutdown: Shutdown,
-    ) -> Self {
-        let counts = metrics.conn_counts(dst.port(), Protocol::Http2);
-        Proxy { upstream: Arc::new(Upstream::new(dst, budget)), metrics, sessions, shutdown, counts }
+    pub fn new(dst: std::net::SocketAddr, inbound: Arc<Inbound>) -> Self {
+        let counts = inbound.metrics.conn_counts(dst.port(), Protocol::Http2);
+        Proxy { upstream: Upstream::new(dst, inbound.budget.clone()), inbound, counts }
     }
 
     /// One stream, from its request to the end of its response. A client
     /// that resets the stream before the answer's head drops the request
     /// (and with it the app's stream, which `h2` resets in turn).
     async fn stream(
-        self,
+        self: Arc<Self>,
         req: Request<h2::RecvStream>,
         mut respond: h2::server::SendResponse<Bytes>,
         _ends: StreamEnd,
@@ -94,7 +85,7 @@ impl Proxy {
         let started = Instant::now();
         let req = req.map(H2Body::new);
         let answer = async {
-            if self.sessions.is_empty() {
+            if self.inbound.sessions.is_empty() {
                 (self.to_app(req.map(Either::Left)).await, Route::Passthrough)
             } else {
                 // Boxed: only streams with sessions to ask need this state.
@@ -106,7 +97,7 @@ impl Proxy {
             answer = answer => answer,
             _ = std::future::poll_fn(|cx| respond.poll_reset(cx)) => return,
         };
-        self.counts.answered(&self.metrics, resp.status().as_u16());
+        self.counts.answered(&self.inbound.metrics, resp.status().as_u16());
         let (head, body) = resp.into_parts();
         let end_of_stream = body.is_end_stream();
         match respond.send_response(Response::from_parts(head, ()), end_of_stream) {
@@ -117,7 +108,7 @@ impl Proxy {
                 respond.send_reset(h2::Reason::INTERNAL_ERROR);
             }
         }
-        self.counts.done(&self.metrics, route, started);
+        self.counts.done(&self.inbound.metrics, route, started);
     }
 
     async fn to_app(&self, req: Request<body::UpBody>) -> Response<Body> {
@@ -125,7 +116,7 @@ impl Proxy {
             Ok(resp) => resp.map(Either::Left),
             Err(e) => {
                 debug!("{e}");
-                self.metrics.error(e.reason());
+                self.inbound.metrics.error(e.reason());
                 refusal(e.status(), &e.to_string())
             }
         }
@@ -196,11 +187,12 @@ fn refusal(status: StatusCode, why: &str) -> Response<Body> {
 
 /// Serves an HTTP/2 connection, each stream in a task of its own; on
 /// shutdown, GOAWAY, then the open streams finish.
-pub async fn serve<T>(io: T, proxy: Proxy, limits: &Limits)
+pub async fn serve<T>(io: T, proxy: Proxy, mut shutdown: Shutdown)
 where
     T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let mut shutdown = proxy.shutdown.clone();
+    let proxy = Arc::new(proxy);
+    let limits = &proxy.inbound.limits;
     // Boxed: the handshake's state (over a KiB) is gone once it is done,
     // instead of staying in the connection's future beside the connection.
     let handshake = Box::pin(
@@ -243,7 +235,7 @@ where
             }
             () = &mut idle_check, if !draining && limits.http_idle_timeout.is_some() => {
                 if idle_for(idle_check.as_mut(), idle_timeout, conn.has_streams(), &last_end) {
-                    proxy.metrics.error(crate::metrics::Fault::HttpIdleTimeout);
+                    proxy.inbound.metrics.error(crate::metrics::Fault::HttpIdleTimeout);
                     conn.graceful_shutdown();
                     draining = true;
                 }
@@ -266,7 +258,7 @@ where
                 // Boxed: the task then holds a pointer, and its future (a
                 // few KiB) is not copied again into the task's cell and
                 // over once more when its output is stored.
-                tokio::spawn(Box::pin(proxy.clone().stream(req, respond, StreamEnd(last_end.clone()))));
+                tokio::spawn(Box::pin(Arc::clone(&proxy).stream(req, respond, StreamEnd(last_end.clone()))));
             }
             Some(Err(e)) => return debug!("HTTP/2 connection ended: {e}"),
             None => return,
@@ -291,16 +283,12 @@ mod tests {
     /// and the stream's handles.
     #[test]
     fn a_streams_future_stays_small() {
-        let proxy = Proxy::new(
-            "127.0.0.1:1".parse().unwrap(),
-            crate::budget::Budget::new(10, prometheus_client::metrics::gauge::Gauge::default()),
-            Arc::new(Metrics::default()),
-            Arc::new(Sessions::new(crate::ports::PortList::default())),
-            crate::shutdown::channel().1,
-        );
+        let app = "127.0.0.1:1".parse().unwrap();
+        let inbound = Arc::new(Inbound::for_tests(app, crate::ports::PortList::default()));
+        let proxy = Arc::new(Proxy::new(app, inbound));
         let ends = Arc::new(LastEnd::new());
         let stream = move |req: Request<h2::RecvStream>, respond: h2::server::SendResponse<Bytes>| {
-            proxy.clone().stream(req, respond, StreamEnd(ends.clone()))
+            Arc::clone(&proxy).stream(req, respond, StreamEnd(ends.clone()))
         };
         let size = size_of_return(&stream);
         assert!(size <= 2560, "a stream's future is {size} bytes");
@@ -313,16 +301,9 @@ mod tests {
     async fn a_connections_future_stays_small() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let inbound = crate::inbound::Inbound::for_tests(addr, crate::ports::PortList::default());
+        let inbound = Arc::new(Inbound::for_tests(addr, crate::ports::PortList::default()));
         let io = crate::rewind::Rewind::new(Bytes::new(), tokio::net::TcpStream::connect(addr).await.unwrap());
-        let proxy = Proxy::new(
-            addr,
-            inbound.budget.clone(),
-            inbound.metrics.clone(),
-            inbound.sessions.clone(),
-            crate::shutdown::channel().1,
-        );
-        let size = std::mem::size_of_val(&serve(io, proxy, &inbound.limits));
+        let size = std::mem::size_of_val(&serve(io, Proxy::new(addr, inbound), crate::shutdown::channel().1));
         assert!(size <= 2304, "an HTTP/2 connection's future is {size} bytes");
     }
 }
