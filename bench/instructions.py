@@ -15,7 +15,7 @@ import subprocess
 import tempfile
 import time
 
-import bench as b
+import common as b
 
 WARMUP = 2000
 

@@ -1,0 +1,200 @@
+"""The sessions part (`--only sessions`): the primary path's latency with a
+mirror session whose consumer is fast, slow or stalled (at the client and at
+the sidecar's socket, `Wire`), nginx's mirror beside it, and what a stolen
+request's tunnel adds. See bench/README.md."""
+import collections
+import json
+import os
+import re
+import signal
+import statistics
+import subprocess
+import sys
+import threading
+import time
+
+from common import (
+    LOAD_CPU, PROXY_TO, RELEASE, cpu_ns, free_port, nginx_config, oha_latency, proc_stat, start_sidecar, wait_port,
+)
+
+
+def nginx_mirror_conf(tmp, port, app, mirror_target):
+    return nginx_config(tmp, f"nginx-mirror-{port}", {"app": app, "copy": mirror_target}, f"""    listen 127.0.0.1:{port};
+    location / {{ mirror /mirror; proxy_pass http://app; {PROXY_TO} }}
+    location = /mirror {{ internal; proxy_pass http://copy$request_uri; {PROXY_TO} }}""")
+
+
+class Session:
+    """`mirrord-cli connect` with a config, ended with Ctrl-C."""
+
+    def __init__(self, tunnel, config, tmp):
+        path = os.path.join(tmp, f"session-{time.time_ns()}.json")
+        open(path, "w").write(json.dumps(config))
+        # The developer's side runs on the "laptop" CPU, with the load generator.
+        self.proc = subprocess.Popen(["taskset", "-c", LOAD_CPU, f"{RELEASE}/mirrord-cli", "connect", "--addr", f"127.0.0.1:{tunnel}",
+                                      "-f", path, "--log-format", "json"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        for line in self.proc.stdout:
+            if '"plan"' in line:
+                # The rest of its events (one per copy) are read and
+                # dropped, as a reader of the CLI's output would.
+                threading.Thread(target=collections.deque, args=(self.proc.stdout, 0), daemon=True).start()
+                return
+        raise RuntimeError("the session did not open")
+
+    def close(self):
+        self.proc.send_signal(signal.SIGINT)
+        try:
+            self.proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def session_bench(procs, tmp, seconds, rounds, baseline=None):
+    """The primary path at 2000 req/s with no session and with a mirror
+    session whose local app is fast, slow and stalled, through this build's
+    sidecar and (with `baseline`) another build's, interleaved; nginx's
+    mirror beside them; and a stolen request's latency over the tunnel."""
+    ports = {k: free_port() for k in ("app", "fast", "slow", "stalled", "sidecar", "tunnel", "nginx_slow", "nginx_stalled",
+                                       "baseline", "baseline_tunnel")}
+    procs.start([f"{RELEASE}/sample-app", "--http", f"127.0.0.1:{ports['app']}"])
+    # The local apps are on the "laptop" CPU; nginx's mirror targets are the same processes.
+    procs.start([f"{RELEASE}/sample-app", "--http", f"127.0.0.1:{ports['fast']}"], cpu=LOAD_CPU)
+    procs.start([f"{RELEASE}/sample-app", "--http", f"127.0.0.1:{ports['slow']}", "--delay-ms", "200"], cpu=LOAD_CPU)
+    procs.start([f"{RELEASE}/sample-app", "--http", f"127.0.0.1:{ports['stalled']}", "--delay-ms", "100000000"], cpu=LOAD_CPU)
+    # (row prefix, port, tunnel port, binary) of each sidecar measured.
+    sidecars = [("", "sidecar", "tunnel", None)]
+    if baseline:
+        sidecars.append(("baseline ", "baseline", "baseline_tunnel", baseline))
+    pids = {prefix: start_sidecar(procs, ports[name], ports["app"], "--ports", str(ports["app"]), "--insecure-no-token",
+                                  tunnel=ports[tunnel], binary=binary).pid
+            for prefix, name, tunnel, binary in sidecars}
+    procs.start(["nginx", "-c", nginx_mirror_conf(tmp, ports["nginx_slow"], ports["app"], ports["slow"])])
+    procs.start(["nginx", "-c", nginx_mirror_conf(tmp, ports["nginx_stalled"], ports["app"], ports["stalled"])])
+    for k in ports:
+        if baseline or not k.startswith("baseline"):
+            wait_port(ports[k])
+
+    def mirror_to(target):
+        return {"feature": {"network": {"incoming": {"mode": "mirror", "port_mapping": [[ports[target], ports["app"]]]}}}}
+
+    cases = (("mirror fast", "fast"), ("mirror slow (200 ms)", "slow"), ("mirror stalled", "stalled"))
+    primary = {f"{prefix}{k}": [] for prefix in pids for k in ("no session", *(name for name, _ in cases))}
+    primary |= {"nginx mirror slow (200 ms)": [], "nginx mirror stalled": []}
+    stolen = {"direct to local app": [], "stolen via tunnel": []}
+
+    def primary_path(prefix, name, session=None):
+        """oha at 2000 req/s, and the sidecar's CPU time (every thread) per
+        request; with a session, the CLI's too (the developer's side: on a
+        cluster, the laptop's). Then the latency at the sidecar's socket."""
+        watched = [pids[prefix]] + ([session.proc.pid] if session else [])
+        before = [cpu_ns([pid]) for pid in watched]
+        run = oha_latency(ports[name], seconds, 2000)
+        used = [(cpu_ns([pid]) - b) / (seconds * 2000) / 1000 for pid, b in zip(watched, before)]
+        run["cpu_us"] = used[0]
+        if session:
+            run["cli_us"] = used[1]
+        # Again with the capture on, which costs both sides CPU: apart from
+        # the figures above.
+        wire = Wire(ports[name], tmp)
+        oha_latency(ports[name], seconds, 2000)
+        run["wire"] = wire.stop()
+        return run
+
+    for r in range(rounds):
+        print(f"sessions round {r + 1}/{rounds}", file=sys.stderr)
+        for prefix, name, tunnel, _ in sidecars:
+            primary[f"{prefix}no session"].append(primary_path(prefix, name))
+            for case, target in cases:
+                session = Session(ports[tunnel], mirror_to(target), tmp)
+                try:
+                    primary[f"{prefix}{case}"].append(primary_path(prefix, name, session))
+                finally:
+                    session.close()
+        primary["nginx mirror slow (200 ms)"].append(oha_latency(ports["nginx_slow"], seconds, 2000))
+        primary["nginx mirror stalled"].append(oha_latency(ports["nginx_stalled"], seconds, 2000))
+        stolen["direct to local app"].append(oha_latency(ports["fast"], seconds, 200))
+        steal = {"feature": {"network": {"incoming": {"mode": "steal", "port_mapping": [[ports["fast"], ports["app"]]]}}}}
+        session = Session(ports["tunnel"], steal, tmp)
+        try:
+            stolen["stolen via tunnel"].append(oha_latency(ports["sidecar"], seconds, 200))
+        finally:
+            session.close()
+    _, peak, _ = proc_stat(pids[""])
+    med = statistics.median
+    print("\n== sessions: primary path at 2000 req/s (oha -c16) with a mirror session, p50/p99 ms and errors")
+    for name, runs in primary.items():
+        prefix = "baseline " if name.startswith("baseline ") else ""
+        base = med([x["p99"] for x in primary[f"{prefix}no session"]])
+        p50, p99 = med([x["p50"] for x in runs]), med([x["p99"] for x in runs])
+        errors = sum(x["errors"] for x in runs)
+        spread = f"[{min(x['p99'] for x in runs) / base:.2f}-{max(x['p99'] for x in runs) / base:.2f}]"
+        cpu = f" sidecar CPU {med([x['cpu_us'] for x in runs]):.1f} us/req" if "cpu_us" in runs[0] else ""
+        if "cli_us" in runs[0]:
+            cpu += f", CLI {med([x['cli_us'] for x in runs]):.1f}"
+        print(f"  {name:30s} p50={p50:8.3f} p99={p99:9.3f} (p99 x{p99 / base:.2f} {spread} of no session) "
+              f"errors={errors}{cpu}")
+    print(f"  sidecar peak RSS through the mirror runs: {peak:.1f} MiB")
+    print("== the same runs at the sidecar's socket (tcpdump on lo: request's first byte in to response's first byte "
+          "out), p50/p99 ms")
+    for name, runs in primary.items():
+        if "wire" not in runs[0]:
+            continue
+        prefix = "baseline " if name.startswith("baseline ") else ""
+        base = med([x["wire"]["p99"] for x in primary[f"{prefix}no session"]])
+        p50, p99 = med([x["wire"]["p50"] for x in runs]), med([x["wire"]["p99"] for x in runs])
+        spread = f"[{min(x['wire']['p99'] for x in runs) / base:.2f}-{max(x['wire']['p99'] for x in runs) / base:.2f}]"
+        # Each round against the same round's run without a session.
+        paired = zip(runs, primary[f"{prefix}no session"])
+        within = sum(x["wire"]["p99"] <= 1.1 * none["wire"]["p99"] for x, none in paired)
+        print(f"  {name:30s} p50={p50:8.3f} p99={p99:9.3f} (p99 x{p99 / base:.2f} {spread} of no session; "
+              f"within +10 % of its round's in {within}/{len(runs)}) requests={sum(x['wire']['count'] for x in runs)}")
+    print("== sessions: stolen request latency at 200 req/s over the loopback tunnel")
+    d50, d99 = med([x["p50"] for x in stolen["direct to local app"]]), med([x["p99"] for x in stolen["direct to local app"]])
+    s50, s99 = med([x["p50"] for x in stolen["stolen via tunnel"]]), med([x["p99"] for x in stolen["stolen via tunnel"]])
+    print(f"  direct to the local app: p50={d50:.3f} p99={d99:.3f}; stolen: p50={s50:.3f} p99={s99:.3f}")
+    print(f"  added by the tunnel: p50={s50 - d50:.3f} ms, p99={s99 - d99:.3f} ms")
+
+
+class Wire:
+    """The latency of every request as the sidecar's socket sees it: from a
+    request's first byte arriving on `port` to the response's first byte
+    leaving it, per connection, from tcpdump's timestamps on loopback. The
+    load generator's own scheduling is not in it: this is what a pod's
+    clients get from the sidecar, whatever shares the client's CPU."""
+
+    def __init__(self, port, tmp):
+        self.port, self.path = port, os.path.join(tmp, f"wire-{port}-{time.time_ns()}.pcap")
+        payload = "(ip[2:2] - ((ip[0] & 0xf) << 2) - ((tcp[12] & 0xf0) >> 2)) != 0"
+        self.proc = subprocess.Popen(["taskset", "-c", LOAD_CPU, "tcpdump", "-i", "lo", "-n", "-B", "65536", "-s", "96",
+                                      "-w", self.path, f"tcp port {port} and {payload}"],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        # tcpdump says "listening on lo" once it captures.
+        if "listening" not in self.proc.stderr.readline():
+            self.proc.kill()
+            raise RuntimeError(f"tcpdump did not start on lo: {self.proc.stderr.read()[-400:]}")
+
+    def stop(self):
+        """Stops the capture; returns {"p50", "p99"} in ms and the count."""
+        time.sleep(0.1)
+        self.proc.terminate()
+        rest = self.proc.communicate(timeout=30)[1]
+        dropped = re.search(r"(\d+) packets? dropped by kernel", rest)
+        if dropped and dropped.group(1) != "0":
+            raise RuntimeError(f"tcpdump dropped {dropped.group(1)} packets: the wire latency would be partial")
+        out = subprocess.run(["tcpdump", "-r", self.path, "-tt", "-n"], capture_output=True, text=True, check=True).stdout
+        os.unlink(self.path)
+        asked, took = {}, []
+        for line in out.splitlines():
+            m = re.match(r"([\d.]+) IP 127\.0\.0\.1\.(\d+) > 127\.0\.0\.1\.(\d+):", line)
+            if not m:
+                continue
+            t, src, dst = float(m.group(1)), int(m.group(2)), int(m.group(3))
+            if dst == self.port:
+                asked.setdefault(src, t)
+            elif src == self.port and dst in asked:
+                took.append((t - asked.pop(dst)) * 1000)
+        if not took:
+            raise RuntimeError(f"tcpdump saw no request answered on port {self.port}")
+        took.sort()
+        return {"p50": took[len(took) // 2], "p99": took[int(len(took) * 0.99)], "count": len(took)}
