@@ -79,7 +79,10 @@ def session_bench(procs, tmp, seconds, rounds, baseline=None):
         return {"feature": {"network": {"incoming": {"mode": "mirror", "port_mapping": [[ports[target], ports["app"]]]}}}}
 
     cases = (("mirror fast", "fast"), ("mirror slow (200 ms)", "slow"), ("mirror stalled", "stalled"))
-    primary = {f"{prefix}{k}": [] for prefix in pids for k in ("no session", *(name for name, _ in cases))}
+    # "no session, again" closes each round as it began: how far two runs
+    # without any session differ is the noise floor of every mirror case.
+    primary = {f"{prefix}{k}": [] for prefix in pids
+               for k in ("no session", *(name for name, _ in cases), "no session, again")}
     primary |= {"nginx mirror slow (200 ms)": [], "nginx mirror stalled": []}
     stolen = {"direct to local app": [], "stolen via tunnel": []}
 
@@ -111,6 +114,7 @@ def session_bench(procs, tmp, seconds, rounds, baseline=None):
                     primary[f"{prefix}{case}"].append(primary_path(prefix, name, session))
                 finally:
                     session.close()
+            primary[f"{prefix}no session, again"].append(primary_path(prefix, name))
         primary["nginx mirror slow (200 ms)"].append(oha_latency(ports["nginx_slow"], seconds, 2000))
         primary["nginx mirror stalled"].append(oha_latency(ports["nginx_stalled"], seconds, 2000))
         stolen["direct to local app"].append(oha_latency(ports["fast"], seconds, 200))
