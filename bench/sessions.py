@@ -24,6 +24,16 @@ def nginx_mirror_conf(tmp, port, app, mirror_target):
     location = /mirror {{ internal; proxy_pass http://copy$request_uri; {PROXY_TO} }}""")
 
 
+# The developer's side (the CLI and the local apps) stands in for a laptop:
+# it shares the load generator's CPU (two CPUs have no other place) at
+# SCHED_IDLE, so that it takes only time nothing else on that CPU wants.
+# At normal priority its work there moves the latency measured at the
+# sidecar's socket by itself: a busy loop taking 30 % of that CPU, with no
+# session at all, raises the socket p99 as much as a mirror session does;
+# the same loop at SCHED_IDLE does not.
+LAPTOP = ["chrt", "-i", "0"]
+
+
 class Session:
     """`mirrord-cli connect` with a config, ended with Ctrl-C."""
 
@@ -31,7 +41,7 @@ class Session:
         path = os.path.join(tmp, f"session-{time.time_ns()}.json")
         open(path, "w").write(json.dumps(config))
         # The developer's side runs on the "laptop" CPU, with the load generator.
-        self.proc = subprocess.Popen(["taskset", "-c", LOAD_CPU, f"{RELEASE}/mirrord-cli", "connect", "--addr", f"127.0.0.1:{tunnel}",
+        self.proc = subprocess.Popen(["taskset", "-c", LOAD_CPU, *LAPTOP, f"{RELEASE}/mirrord-cli", "connect", "--addr", f"127.0.0.1:{tunnel}",
                                       "-f", path, "--log-format", "json"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         for line in self.proc.stdout:
             if '"plan"' in line:
@@ -59,9 +69,11 @@ def session_bench(procs, tmp, seconds, rounds, baseline=None):
                                        "baseline", "baseline_tunnel")}
     procs.start([f"{RELEASE}/sample-app", "--http", f"127.0.0.1:{ports['app']}"])
     # The local apps are on the "laptop" CPU; nginx's mirror targets are the same processes.
-    procs.start([f"{RELEASE}/sample-app", "--http", f"127.0.0.1:{ports['fast']}"], cpu=LOAD_CPU)
-    procs.start([f"{RELEASE}/sample-app", "--http", f"127.0.0.1:{ports['slow']}", "--delay-ms", "200"], cpu=LOAD_CPU)
-    procs.start([f"{RELEASE}/sample-app", "--http", f"127.0.0.1:{ports['stalled']}", "--delay-ms", "100000000"], cpu=LOAD_CPU)
+    procs.start([*LAPTOP, f"{RELEASE}/sample-app", "--http", f"127.0.0.1:{ports['fast']}"], cpu=LOAD_CPU)
+    procs.start([*LAPTOP, f"{RELEASE}/sample-app", "--http", f"127.0.0.1:{ports['slow']}", "--delay-ms", "200"],
+                cpu=LOAD_CPU)
+    procs.start([*LAPTOP, f"{RELEASE}/sample-app", "--http", f"127.0.0.1:{ports['stalled']}", "--delay-ms",
+                 "100000000"], cpu=LOAD_CPU)
     # (row prefix, port, tunnel port, binary) of each sidecar measured.
     sidecars = [("", "sidecar", "tunnel", None)]
     if baseline:
