@@ -13,8 +13,10 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::Registry;
 
+mod intercepts;
 mod labels;
 
+pub use intercepts::Intercepts;
 pub use labels::*;
 
 /// Request durations from 0.1 ms to 30 s: from the request head read to the
@@ -210,10 +212,6 @@ impl Default for Metrics {
 }
 
 impl Metrics {
-    pub fn intercepted(&self, port: u16, mode: InterceptMode, session: &SessionLabel) {
-        self.intercepted.get_or_create(&InterceptLabels { port, mode, session: session.clone() }).inc();
-    }
-
     pub fn mirror_dropped(&self, session: &SessionLabel) {
         self.mirror_dropped.get_or_create(&SessionOnlyLabels { session: session.clone() }).inc();
     }

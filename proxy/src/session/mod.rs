@@ -51,6 +51,8 @@ pub struct Session {
     pub name: String,
     /// The name as the metrics know it (bounded).
     pub label: crate::metrics::SessionLabel,
+    /// Its count of intercepted requests and connections, per port and mode.
+    pub intercepts: crate::metrics::Intercepts,
     pub config: Config,
     events: mpsc::Sender<events::Event>,
     /// Copies announced whole, sent in batches (`events.rs`).
@@ -84,6 +86,7 @@ impl Session {
             seq,
             secret,
             name,
+            intercepts: crate::metrics::Intercepts::new(label.clone()),
             label,
             config,
             events,

@@ -52,7 +52,7 @@ pub async fn route_request(
 pub async fn open_steal(session: &Session, port: u16, announce: Announced, metrics: &Metrics) -> Option<Exchange> {
     let exchange = session.open(port, Mode::Steal, announce).await;
     if exchange.is_some() {
-        metrics.intercepted(port, InterceptMode::Steal, &session.label);
+        session.intercepts.count(metrics, port, InterceptMode::Steal);
         session.stolen.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
     exchange
@@ -91,7 +91,7 @@ async fn open_copy(session: &Session, port: u16, announce: Announced, metrics: &
         },
     };
     if opened {
-        metrics.intercepted(port, InterceptMode::Mirror, &session.label);
+        session.intercepts.count(metrics, port, InterceptMode::Mirror);
         session.mirrored.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     } else {
         metrics.mirror_dropped(&session.label);
