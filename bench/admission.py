@@ -29,22 +29,14 @@ Needs release builds: cargo build --release -p mirrord-injector --bins --example
 import argparse
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-RELEASE = os.path.join(ROOT, "target", "release")
+from common import RELEASE, Procs, free_port, wait_port
+
 SERVER_CPU, LOAD_CPU = "0", "1"
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def big_pod(annotations):
@@ -75,18 +67,6 @@ def oha(port, path, n, connections, rate=None):
     if list(codes) != ["200"]:
         sys.exit(f"admission bench: answers other than 200: {codes}")
     return p["p50"] * 1000, p["p99"] * 1000, data["summary"]["requestsPerSec"]
-
-
-def wait_port(port):
-    deadline = time.time() + 10
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return
-        except OSError:
-            if time.time() > deadline:
-                sys.exit(f"admission bench: nothing listens on {port}")
-            time.sleep(0.05)
 
 
 def report(title, results, unit):
@@ -182,7 +162,6 @@ def bench(rounds=3, seconds=10, rates=(200, 500, 2000), connections=4, baseline=
 def instructions(baseline=None, reviews=1000):
     """Instructions per admission of each target and pod under callgrind:
     200 reviews to warm up, counters zeroed, `reviews` more, dumped."""
-    import bench as b
     import instructions as ins
     print(f"\n== admission: instructions per review (valgrind --tool=callgrind, user space only; {reviews} "
           "reviews after 200 to warm up; lower is better)")
@@ -199,10 +178,10 @@ def instructions(baseline=None, reviews=1000):
                 args = minimal_args(port, cert, key)
             else:
                 args = injector_args(binaries[name], port, cert, key)
-            run = b.Procs()
+            run = Procs()
             try:
                 ins.callgrind(run, tmp, name, args)
-                b.wait_port(port, timeout=60)
+                wait_port(port, timeout=60)
                 for pod in ("injected",) if name == "minimal" else ("not opted in", "injected"):
                     oha(port, bodies[pod], 200, 4)
                     ins.control(tmp, name, "-z")
