@@ -85,18 +85,10 @@ where
         let (used, done) = match progress {
             Ok(progress) => progress,
             Err(e) => {
-                debug!("invalid chunked request body: {e}");
-                cut_short(&sink, copies, conn, &format!("its chunked framing is invalid ({e})")).await;
-                // Its head has not gone to the app yet (the framing broke in
-                // the first bytes read with it): refuse it like a bad head,
-                // after the earlier responses (the refusal is counted when
-                // sent). Otherwise the app is mid-body and the only safe end
-                // is to close the connection.
-                if ready > 0 && matches!(sink, Sink::App(_)) && shared.refuse_last(Reject::InvalidChunkedBody) {
-                    return Passed::Stop(Done::Eof);
-                }
-                conn.inbound.metrics.error(crate::metrics::Fault::Refused(Reject::InvalidChunkedBody));
-                return Passed::Stop(Done::Close);
+                // Its head has not gone to the app yet when the framing
+                // broke in the first bytes read with it.
+                let head_unsent = ready > 0 && matches!(sink, Sink::App(_));
+                return Passed::Stop(bad_chunks(&e, head_unsent, &sink, shared, copies, conn).await);
             }
         };
         ready += used;
@@ -110,14 +102,8 @@ where
             Sink::Session(_) => buf.advance(ready),
         }
         ready = 0;
-        for chunk in content {
-            let frame = Frame::Data(chunk);
-            copies.send(&frame, &conn.inbound.metrics);
-            if let Sink::Session(Some(tx)) = &sink {
-                if tx.send(frame).await.is_err() {
-                    sink = Sink::Session(None);
-                }
-            }
+        if !content.is_empty() {
+            deliver(content, &mut sink, copies, conn).await;
         }
         if done {
             copies.send(&Frame::End, &conn.inbound.metrics);
@@ -126,28 +112,81 @@ where
                 _ => None,
             });
         }
-        let read = match tokio::time::timeout(conn.inbound.limits.body_read_timeout, fill(rd, buf)).await {
-            Ok(read) => read,
-            Err(_) => {
-                conn.inbound.metrics.error(crate::metrics::Fault::BodyReadTimeout);
-                cut_short(&sink, copies, conn, "the client sent nothing for too long").await;
-                return Passed::Stop(Done::Close);
+        if let Err(done) = read_more(rd, &mut sink, buf, copies, conn).await {
+            return Passed::Stop(done);
+        }
+    }
+}
+
+/// Decoded body bytes to the copies and to the session that took the
+/// request (while it is there).
+async fn deliver<W>(content: Vec<Bytes>, sink: &mut Sink<'_, W>, copies: &mut Copies, conn: &Conn) {
+    for chunk in content {
+        let frame = Frame::Data(chunk);
+        copies.send(&frame, &conn.inbound.metrics);
+        if let Sink::Session(Some(tx)) = &sink {
+            if tx.send(frame).await.is_err() {
+                *sink = Sink::Session(None);
             }
-        };
-        match read {
-            Ok(0) => {
-                // The client gave up mid-body: pass its FIN on.
-                cut_short(&sink, copies, conn, "the client closed the connection before it ended").await;
-                if let Sink::App(wr) = &mut sink {
-                    let _ = wr.shutdown().await;
-                }
-                return Passed::Stop(Done::Eof);
+        }
+    }
+}
+
+/// A chunked body whose framing is invalid. If its head has not gone to
+/// the app yet, it is refused like a bad head, after the earlier responses
+/// (the refusal is counted when sent). Otherwise the app is mid-body and
+/// the only safe end is to close the connection.
+async fn bad_chunks<W>(
+    e: &crate::h1::body::FramingError,
+    head_unsent: bool,
+    sink: &Sink<'_, W>,
+    shared: &Shared,
+    copies: &mut Copies,
+    conn: &Conn,
+) -> Done {
+    debug!("invalid chunked request body: {e}");
+    cut_short(sink, copies, conn, &format!("its chunked framing is invalid ({e})")).await;
+    if head_unsent && shared.refuse_last(Reject::InvalidChunkedBody) {
+        return Done::Eof;
+    }
+    conn.inbound.metrics.error(crate::metrics::Fault::Refused(Reject::InvalidChunkedBody));
+    Done::Close
+}
+
+/// Reads more of the body, within the body read timeout; a client that
+/// stops sending, closes or fails ends the request (and the connection).
+async fn read_more<R, W>(
+    rd: &mut R,
+    sink: &mut Sink<'_, W>,
+    buf: &mut BytesMut,
+    copies: &mut Copies,
+    conn: &Conn,
+) -> Result<(), Done>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let read = match tokio::time::timeout(conn.inbound.limits.body_read_timeout, fill(rd, buf)).await {
+        Ok(read) => read,
+        Err(_) => {
+            conn.inbound.metrics.error(crate::metrics::Fault::BodyReadTimeout);
+            cut_short(sink, copies, conn, "the client sent nothing for too long").await;
+            return Err(Done::Close);
+        }
+    };
+    match read {
+        Ok(0) => {
+            // The client gave up mid-body: pass its FIN on.
+            cut_short(sink, copies, conn, "the client closed the connection before it ended").await;
+            if let Sink::App(wr) = sink {
+                let _ = wr.shutdown().await;
             }
-            Ok(_) => {}
-            Err(e) => {
-                cut_short(&sink, copies, conn, &format!("reading it failed: {e}")).await;
-                return Passed::Stop(Done::Close);
-            }
+            Err(Done::Eof)
+        }
+        Ok(_) => Ok(()),
+        Err(e) => {
+            cut_short(sink, copies, conn, &format!("reading it failed: {e}")).await;
+            Err(Done::Close)
         }
     }
 }

@@ -6,7 +6,7 @@ mod body;
 
 use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::{timeout_at, Instant};
 use tracing::debug;
 
@@ -17,7 +17,8 @@ use super::route::route;
 use super::stolen::Stolen;
 use super::{fill, pass_fin, tunnel, Conn, Done, Pending, Shared, INITIAL_BUFFER};
 use crate::metrics::Route;
-use crate::session::Routed;
+use crate::session::wire::Frame;
+use crate::session::{Exchange, Routed};
 use body::{body_for_filters, pass_body, tunnel_to_session, Passed, Sink};
 
 /// The answer to a kubelet probe while the app is paused.
@@ -64,115 +65,59 @@ where
     // the answers, so the app connection is not given back either.
     let mut closing = false;
     loop {
-        // (A round starts with bytes of a request, or pinned.)
+        // (A round starts with bytes of a request, or pinned.) A client
+        // that sends its next request at once keeps its app connection;
+        // otherwise the round ends once every response is complete.
         if buf.is_empty() && !closing && !shared.is_pinned() {
-            // Between requests with nothing of the next one: a client that
-            // sends its next request at once keeps its app connection;
-            // otherwise the round ends once every response is complete.
             match tokio::time::timeout(super::GRACE, fill(&mut rd, buf)).await {
                 Ok(Ok(n)) if n > 0 => {}
                 Ok(Ok(_)) => return pass_fin(&mut wr).await,
                 Ok(Err(_)) => return Done::Close,
-                Err(_) => {
-                    shared.push(Pending::Release);
-                    return Done::Idle;
-                }
+                Err(_) => return idle(shared),
             }
         }
         shared.room().await;
         let head = match next_head(&mut rd, buf, fields, conn, &mut shutdown).await {
             Next::Head(head) => head,
             Next::Eof => return pass_fin(&mut wr).await,
-            Next::Reject(r) => {
-                debug!(reason = r.reason(), "request refused");
-                shared.push(Pending::Reject(r));
-                return Done::Eof;
-            }
-            Next::Shutdown => {
-                shared.push(Pending::Close);
-                return Done::Eof;
-            }
-            Next::Failed => return Done::Close,
+            no_head => return without_head(no_head, shared),
         };
         let started = std::time::Instant::now();
-        let Routed { steal, mut copies } = if conn.inbound.sessions.is_empty() {
-            Routed::default()
-        } else {
-            let body = match conn.inbound.sessions.need_body(conn.dst.port()) {
-                true => body_for_filters(&mut rd, buf, &head).await,
-                false => None,
-            };
-            route(conn, &buf[..head.len], &head, fields, body.as_deref()).await
+        let Routed { steal, mut copies } = match conn.inbound.sessions.is_empty() {
+            true => Routed::default(),
+            false => route_head(&mut rd, buf, fields, &head, conn).await,
         };
-        let (switched_tx, switched_rx) = match head.kind {
-            Kind::Upgrade | Kind::Connect => {
-                let (tx, rx) = oneshot::channel();
-                (Some(tx), Some(rx))
-            }
-            _ => (None, None),
-        };
-        let (close, kind) = (head.close, head.kind);
-        closing |= close;
+        let (switched, switched_rx) = switch_channel(head.kind);
+        closing |= head.close;
         if steal.is_none() && conn.inbound.pause.is_paused() && head.body == Body::Empty && head.kube_probe {
-            // The paused app would not answer, and kubelet would restart it.
-            shared.push(Pending::Local(PROBE_ANSWER));
-            if close {
-                shared.push(Pending::Close);
-                return Done::Eof;
+            match answer_probe(buf, &head, shared) {
+                Some(done) => return done,
+                None => continue,
             }
-            buf.advance(head.len);
-            continue;
         }
-        let done = match steal {
+        let passed = match steal {
             Some(exchange) => {
-                let stolen = Stolen {
-                    from_client: exchange.from_client,
-                    kind,
-                    http10: head.http10,
-                    switched: switched_tx,
-                    keep_open: exchange.to_client.clone(),
-                    started,
-                };
-                shared.push(Pending::Stolen(stolen));
-                if close {
-                    shared.push(Pending::Close);
-                }
-                buf.advance(head.len);
-                let sink: Sink<'_, W> = Sink::Session(Some(exchange.to_client));
+                let sink: Sink<'_, W> =
+                    Sink::Session(Some(to_session(buf, &head, exchange, switched, started, shared)));
                 pass_body(&mut rd, sink, shared, buf, 0, head.body, &mut copies, conn).await
             }
             None => {
                 let route = if copies.mirrored() { Route::Mirrored } else { Route::Passthrough };
-                // A client that closes after this request: the sidecar ends
-                // its connection itself and keeps the app connection, so the
-                // app does not see the close (RFC 9110 §7.6.1: the Connection
-                // field is for one hop).
-                let mut head_len = head.len;
-                let close_client = match head.close_field {
-                    Some(field) if !shared.is_pinned() && matches!(kind, Kind::Normal | Kind::Head) => {
-                        head_len -= field.len();
-                        rewrite::remove(buf, field);
-                        true
-                    }
-                    _ => false,
-                };
-                shared.push(Pending::Response { kind, switched: switched_tx, started, route, close_client });
-                let passed =
-                    pass_body(&mut rd, Sink::App(&mut wr), shared, buf, head_len, head.body, &mut copies, conn).await;
-                if close_client && matches!(passed, Passed::Complete(_)) {
-                    shared.push(Pending::Release);
-                    return Done::Idle;
+                let (head_len, close_client) = to_app(buf, &head, switched, started, route, shared);
+                let sink = Sink::App(&mut wr);
+                match pass_body(&mut rd, sink, shared, buf, head_len, head.body, &mut copies, conn).await {
+                    Passed::Complete(_) if close_client => return idle(shared),
+                    passed => passed,
                 }
-                passed
             }
         };
-        let session = match done {
+        let session = match passed {
             Passed::Complete(session) => session,
             Passed::Stop(done) => return done,
         };
+        // Nothing after an upgrade request may be parsed as HTTP until the
+        // answer says whether the protocol switched.
         if let Some(rx) = switched_rx {
-            // Nothing after an upgrade request may be parsed as HTTP until the
-            // answer says whether the protocol switched.
             if rx.await.unwrap_or(false) {
                 return match session {
                     Some(to_client) => tunnel_to_session(&mut rd, buf, to_client).await,
@@ -181,6 +126,122 @@ where
             }
         }
     }
+}
+
+/// A kubelet probe while the app is paused: the paused app would not
+/// answer, and kubelet would restart it, so the sidecar answers. `Some`:
+/// the client's connection ends after the answer.
+fn answer_probe(buf: &mut BytesMut, head: &RequestHead, shared: &Shared) -> Option<Done> {
+    shared.push(Pending::Local(PROBE_ANSWER));
+    if head.close {
+        shared.push(Pending::Close);
+        return Some(Done::Eof);
+    }
+    buf.advance(head.len);
+    None
+}
+
+/// The client's side of the round ends here: its app connection goes back
+/// once every response is complete.
+fn idle(shared: &Shared) -> Done {
+    shared.push(Pending::Release);
+    Done::Idle
+}
+
+/// How the client connection ends when no request head came.
+fn without_head(next: Next, shared: &Shared) -> Done {
+    match next {
+        Next::Reject(r) => {
+            debug!(reason = r.reason(), "request refused");
+            shared.push(Pending::Reject(r));
+            Done::Eof
+        }
+        Next::Shutdown => {
+            shared.push(Pending::Close);
+            Done::Eof
+        }
+        Next::Head(_) | Next::Eof | Next::Failed => Done::Close,
+    }
+}
+
+/// Which sessions take the request; its body is read first when a body
+/// filter needs it.
+async fn route_head<R: AsyncRead + Unpin>(
+    rd: &mut R,
+    buf: &mut BytesMut,
+    fields: &Fields,
+    head: &RequestHead,
+    conn: &Conn,
+) -> Routed {
+    let body = match conn.inbound.sessions.need_body(conn.dst.port()) {
+        true => body_for_filters(rd, buf, head).await,
+        false => None,
+    };
+    route(conn, &buf[..head.len], head, fields, body.as_deref()).await
+}
+
+/// Who hears whether an upgrade or CONNECT switched protocols.
+fn switch_channel(kind: Kind) -> (Option<oneshot::Sender<bool>>, Option<oneshot::Receiver<bool>>) {
+    match kind {
+        Kind::Upgrade | Kind::Connect => {
+            let (tx, rx) = oneshot::channel();
+            (Some(tx), Some(rx))
+        }
+        _ => (None, None),
+    }
+}
+
+/// A stolen request: its answer will come from the session, which gets
+/// the body; the head is not passed on. Returns the session's sender.
+fn to_session(
+    buf: &mut BytesMut,
+    head: &RequestHead,
+    exchange: Exchange,
+    switched: Option<oneshot::Sender<bool>>,
+    started: std::time::Instant,
+    shared: &Shared,
+) -> mpsc::Sender<Frame> {
+    let stolen = Stolen {
+        from_client: exchange.from_client,
+        kind: head.kind,
+        http10: head.http10,
+        switched,
+        keep_open: exchange.to_client.clone(),
+        started,
+    };
+    shared.push(Pending::Stolen(stolen));
+    if head.close {
+        shared.push(Pending::Close);
+    }
+    buf.advance(head.len);
+    exchange.to_client
+}
+
+/// A request for the app: its response is awaited. A client that closes
+/// after this request has its `Connection: close` taken out of the head:
+/// the sidecar ends the client's connection itself and keeps the app
+/// connection, so the app does not see the close (RFC 9110 §7.6.1: the
+/// Connection field is for one hop). Returns the length of the head to
+/// pass on, and whether the client's connection ends after the request.
+fn to_app(
+    buf: &mut BytesMut,
+    head: &RequestHead,
+    switched: Option<oneshot::Sender<bool>>,
+    started: std::time::Instant,
+    route: Route,
+    shared: &Shared,
+) -> (usize, bool) {
+    let kind = head.kind;
+    let (head_len, close_client) = match head.close_field.clone() {
+        Some(field) if !shared.is_pinned() && matches!(kind, Kind::Normal | Kind::Head) => {
+            let len = head.len - field.len();
+            rewrite::remove(buf, field);
+            (len, true)
+        }
+        _ => (head.len, false),
+    };
+    shared.push(Pending::Response { kind, switched, started, route, close_client });
+    (head_len, close_client)
 }
 
 /// Reads until a complete request head, enforcing the size and time limits.
