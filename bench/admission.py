@@ -34,7 +34,7 @@ import subprocess
 import sys
 import tempfile
 
-from common import RELEASE, Procs, free_port, wait_port
+from procs import free_port, Procs, RELEASE, wait_port
 
 SERVER_CPU, LOAD_CPU = "0", "1"
 

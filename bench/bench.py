@@ -21,11 +21,11 @@ import time
 import admission
 import instructions
 
-from common import (
-    BOTH_CPUS, PROXY_TO, Procs, RELEASE, children, cpu_ns, free_port, grpc_message, grpc_stream, grpc_unary, h2load,
-    h2load_one, haproxy_conf, iperf, nghttpx_args, nginx_conf, nginx_config, oha_latency, proc_stat, row,
-    start_sidecar, wait_port, wrk, wrk_close, wrk_cores,
+from load import (
+    grpc_message, grpc_stream, grpc_unary, h2load, h2load_one, iperf, oha_latency, wrk, wrk_close, wrk_cores,
 )
+from peers import haproxy_conf, nghttpx_args, nginx_conf, nginx_config, PROXY_TO, row
+from procs import BOTH_CPUS, children, cpu_ns, free_port, proc_stat, Procs, RELEASE, start_sidecar, wait_port
 from idle import idle_bench, idle_protocols, idle_tcp_targets, idle_wakeups, unread_bench
 from sessions import session_bench
 

@@ -8,10 +8,9 @@ import subprocess
 import sys
 import time
 
-from common import (
-    H2_PREFACE, LOAD_CPU, Procs, children, cpu_ns, free_port, h2load_run, nghttpx_args, rss_kib, start_sidecar,
-    switches, wait_port, wrk_errors,
-)
+from load import H2_PREFACE, h2load_run, wrk_errors
+from peers import nghttpx_args
+from procs import children, cpu_ns, free_port, LOAD_CPU, Procs, rss_kib, start_sidecar, switches, wait_port
 
 
 def idle_wakeups(targets, seconds=10):

@@ -15,17 +15,19 @@ import subprocess
 import tempfile
 import time
 
-import common as b
+import load
+import peers
+import procs
 
 WARMUP = 2000
 
 
-def callgrind(procs, tmp, name, args):
+def callgrind(run, tmp, name, args):
     """Starts `args` under callgrind (children too: nghttpx forks its worker),
     its profiles written to tmp/cg.NAME.PID[.N]."""
     out = os.path.join(tmp, f"cg.{name}.%p")
-    return procs.start(["valgrind", "--tool=callgrind", "--trace-children=yes", f"--callgrind-out-file={out}",
-                        *args])
+    return run.start(["valgrind", "--tool=callgrind", "--trace-children=yes", f"--callgrind-out-file={out}",
+                      *args])
 
 
 def control(tmp, name, op):
@@ -58,7 +60,7 @@ def control(tmp, name, op):
 
 def h2load_count(args):
     """Runs h2load for a fixed number of requests; all must succeed."""
-    out = b.load(["h2load", *args])
+    out = load.load(["h2load", *args])
     m = re.search(r"requests: \d+ total, \d+ started, \d+ done, (\d+) succeeded, (\d+) failed, (\d+) errored", out)
     if not m or m.group(2) != "0" or m.group(3) != "0":
         raise RuntimeError(f"h2load {' '.join(args)}: requests failed:\n{out[-800:]}")
@@ -67,8 +69,8 @@ def h2load_count(args):
 
 def wrk_count(port, seconds):
     """wrk, a new connection per request, for `seconds`; requests answered."""
-    out = b.load(["wrk", "-t1", "-c16", f"-d{seconds}s", "-H", "Connection: close", f"http://127.0.0.1:{port}/"])
-    if b.wrk_errors(out):
+    out = load.load(["wrk", "-t1", "-c16", f"-d{seconds}s", "-H", "Connection: close", f"http://127.0.0.1:{port}/"])
+    if load.wrk_errors(out):
         raise RuntimeError(f"wrk through {port}: errors:\n{out[-800:]}")
     return int(re.search(r"(\d+) requests in", out).group(1))
 
@@ -76,7 +78,7 @@ def wrk_count(port, seconds):
 def loads(unary, requests):
     """The measured loads: name -> run(port, n) -> requests answered (a new
     connection per request runs for 3 s, whatever `n`)."""
-    grpc = ["-d", unary, *b.GRPC_HEADERS]
+    grpc = ["-d", unary, *load.GRPC_HEADERS]
     return {
         "h1": lambda port, n=requests: h2load_count(["--h1", "-n", str(n), "-c16", "-t1", f"http://127.0.0.1:{port}/"]),
         "new_conn": lambda port, n=requests: wrk_count(port, 3),
@@ -89,19 +91,19 @@ def loads(unary, requests):
 def start_target(run, tmp, name, binary, app, grpc_app):
     """Starts proxy `name` under callgrind in front of the two apps; returns
     the port each load goes to (nghttpx takes only HTTP/2 and gRPC)."""
-    p = {k: b.free_port() for k in ("h1", "h2", "grpc", "tcp")}
+    p = {k: procs.free_port() for k in ("h1", "h2", "grpc", "tcp")}
     if name == "nginx":
-        conf = b.nginx_conf(tmp, p["h1"], p["h2"], p["grpc"], app, grpc_app)
+        conf = peers.nginx_conf(tmp, p["h1"], p["h2"], p["grpc"], app, grpc_app)
         # One process: the master serves.
         text = open(conf).read().replace("daemon off;", "daemon off;\nmaster_process off;")
         open(conf, "w").write(text)
         callgrind(run, tmp, name, ["nginx", "-c", conf])
     elif name == "haproxy":
-        conf = b.haproxy_conf(tmp, p["h1"], p["h2"], p["tcp"], p["grpc"], app, app, grpc_app)
+        conf = peers.haproxy_conf(tmp, p["h1"], p["h2"], p["tcp"], p["grpc"], app, app, grpc_app)
         callgrind(run, tmp, name, ["haproxy", "-db", "-f", conf])
     elif name == "nghttpx":
-        callgrind(run, tmp, name, b.nghttpx_args(p["h2"], app))
-        callgrind(run, tmp, name, b.nghttpx_args(p["grpc"], grpc_app))
+        callgrind(run, tmp, name, peers.nghttpx_args(p["h2"], app))
+        callgrind(run, tmp, name, peers.nghttpx_args(p["grpc"], grpc_app))
         return {"h2": p["h2"], "grpc": p["grpc"]}
     else:
         # A sidecar speaks HTTP/1 and HTTP/2 on one port.
@@ -118,25 +120,25 @@ def bench(baseline=None, requests=10000):
     the best peer."""
     print(f"\n== instructions per request (valgrind --tool=callgrind, user space only; {requests} requests "
           f"after {WARMUP} to warm up, a new connection per request for 3 s; lower is better)")
-    binaries = {"sidecar": f"{b.RELEASE}/mirrord-proxy"}
+    binaries = {"sidecar": f"{procs.RELEASE}/mirrord-proxy"}
     if baseline:
         binaries["baseline"] = baseline
     with tempfile.TemporaryDirectory() as tmp:
-        work = loads(b.grpc_message(tmp, "unary.bin", 100, 1), requests)
+        work = loads(load.grpc_message(tmp, "unary.bin", 100, 1), requests)
         results = {k: {} for k in work}
-        apps = b.Procs()
+        apps = procs.Procs()
         try:
-            app, grpc_app = b.free_port(), b.free_port()
-            apps.start([f"{b.RELEASE}/sample-app", "--http", f"127.0.0.1:{app}"])
-            apps.start([f"{b.RELEASE}/sample-app", "--grpc", f"127.0.0.1:{grpc_app}"])
-            b.wait_port(app)
-            b.wait_port(grpc_app)
+            app, grpc_app = procs.free_port(), procs.free_port()
+            apps.start([f"{procs.RELEASE}/sample-app", "--http", f"127.0.0.1:{app}"])
+            apps.start([f"{procs.RELEASE}/sample-app", "--grpc", f"127.0.0.1:{grpc_app}"])
+            procs.wait_port(app)
+            procs.wait_port(grpc_app)
             for name in [*binaries, "nginx", "haproxy", "nghttpx"]:
-                run = b.Procs()
+                run = procs.Procs()
                 try:
                     on = start_target(run, tmp, name, binaries.get(name), app, grpc_app)
                     for port in set(on.values()):
-                        b.wait_port(port, timeout=60)
+                        procs.wait_port(port, timeout=60)
                     for kind, port in on.items():
                         if kind != "new_conn":  # it follows h1 on the same port: warm
                             work[kind](port, WARMUP)
@@ -151,5 +153,5 @@ def bench(baseline=None, requests=10000):
                         ("new_conn", "HTTP/1.1 new connection per request (wrk -c16, Connection: close)"),
                         ("h2", "HTTP/2 (h2load -c8 -m16)"),
                         ("grpc", "gRPC unary, 100-byte message (h2load -c8 -m16)")):
-        b.row(f"instructions per request, thousands: {title}",
+        peers.row(f"instructions per request, thousands: {title}",
               {k: [v / 1000] for k, v in results[kind].items()}, higher_better=False)

@@ -13,9 +13,9 @@ import sys
 import threading
 import time
 
-from common import (
-    LOAD_CPU, PROXY_TO, RELEASE, cpu_ns, free_port, nginx_config, oha_latency, proc_stat, start_sidecar, wait_port,
-)
+from load import oha_latency
+from peers import nginx_config, PROXY_TO
+from procs import cpu_ns, free_port, LOAD_CPU, proc_stat, RELEASE, start_sidecar, wait_port
 
 
 def nginx_mirror_conf(tmp, port, app, mirror_target):
