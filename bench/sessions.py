@@ -60,11 +60,26 @@ class Session:
             self.proc.wait()
 
 
+CASES = (("mirror fast", "fast"), ("mirror slow (200 ms)", "slow"), ("mirror stalled", "stalled"))
+
+
 def session_bench(procs, tmp, seconds, rounds, baseline=None):
     """The primary path at 2000 req/s with no session and with a mirror
     session whose local app is fast, slow and stalled, through this build's
     sidecar and (with `baseline`) another build's, interleaved; nginx's
     mirror beside them; and a stolen request's latency over the tunnel."""
+    ports, pids, sidecars = start_targets(procs, tmp, baseline)
+    primary, stolen = measure(ports, pids, sidecars, tmp, seconds, rounds)
+    _, peak, _ = proc_stat(pids[""])
+    report_primary(primary, peak)
+    report_stolen(stolen)
+
+
+def start_targets(procs, tmp, baseline):
+    """The app, the local apps (fast, slow, stalled) on the "laptop" CPU,
+    the sidecars and nginx's mirrors; returns their ports, the sidecars'
+    pids by row prefix, and (row prefix, port, tunnel port, binary) of each
+    sidecar measured."""
     ports = {k: free_port() for k in ("app", "fast", "slow", "stalled", "sidecar", "tunnel", "nginx_slow", "nginx_stalled",
                                        "baseline", "baseline_tunnel")}
     procs.start([f"{RELEASE}/sample-app", "--http", f"127.0.0.1:{ports['app']}"])
@@ -74,7 +89,6 @@ def session_bench(procs, tmp, seconds, rounds, baseline=None):
                 cpu=LOAD_CPU)
     procs.start([*LAPTOP, f"{RELEASE}/sample-app", "--http", f"127.0.0.1:{ports['stalled']}", "--delay-ms",
                  "100000000"], cpu=LOAD_CPU)
-    # (row prefix, port, tunnel port, binary) of each sidecar measured.
     sidecars = [("", "sidecar", "tunnel", None)]
     if baseline:
         sidecars.append(("baseline ", "baseline", "baseline_tunnel", baseline))
@@ -86,47 +100,34 @@ def session_bench(procs, tmp, seconds, rounds, baseline=None):
     for k in ports:
         if baseline or not k.startswith("baseline"):
             wait_port(ports[k])
+    return ports, pids, sidecars
 
+
+def measure(ports, pids, sidecars, tmp, seconds, rounds):
+    """The rounds, interleaved: each sidecar without a session, with each
+    mirror case, and without a session again; nginx's mirrors; a stolen
+    request's latency. Returns the runs of the primary path and of the
+    stolen requests, by row."""
     def mirror_to(target):
         return {"feature": {"network": {"incoming": {"mode": "mirror", "port_mapping": [[ports[target], ports["app"]]]}}}}
 
-    cases = (("mirror fast", "fast"), ("mirror slow (200 ms)", "slow"), ("mirror stalled", "stalled"))
     # "no session, again" closes each round as it began: how far two runs
     # without any session differ is the noise floor of every mirror case.
     primary = {f"{prefix}{k}": [] for prefix in pids
-               for k in ("no session", *(name for name, _ in cases), "no session, again")}
+               for k in ("no session", *(name for name, _ in CASES), "no session, again")}
     primary |= {"nginx mirror slow (200 ms)": [], "nginx mirror stalled": []}
     stolen = {"direct to local app": [], "stolen via tunnel": []}
-
-    def primary_path(prefix, name, session=None):
-        """oha at 2000 req/s, and the sidecar's CPU time (every thread) per
-        request; with a session, the CLI's too (the developer's side: on a
-        cluster, the laptop's). Then the latency at the sidecar's socket."""
-        watched = [pids[prefix]] + ([session.proc.pid] if session else [])
-        before = [cpu_ns([pid]) for pid in watched]
-        run = oha_latency(ports[name], seconds, 2000)
-        used = [(cpu_ns([pid]) - b) / (seconds * 2000) / 1000 for pid, b in zip(watched, before)]
-        run["cpu_us"] = used[0]
-        if session:
-            run["cli_us"] = used[1]
-        # Again with the capture on, which costs both sides CPU: apart from
-        # the figures above.
-        wire = Wire(ports[name], tmp)
-        oha_latency(ports[name], seconds, 2000)
-        run["wire"] = wire.stop()
-        return run
-
     for r in range(rounds):
         print(f"sessions round {r + 1}/{rounds}", file=sys.stderr)
         for prefix, name, tunnel, _ in sidecars:
-            primary[f"{prefix}no session"].append(primary_path(prefix, name))
-            for case, target in cases:
+            primary[f"{prefix}no session"].append(primary_path(ports[name], pids[prefix], tmp, seconds))
+            for case, target in CASES:
                 session = Session(ports[tunnel], mirror_to(target), tmp)
                 try:
-                    primary[f"{prefix}{case}"].append(primary_path(prefix, name, session))
+                    primary[f"{prefix}{case}"].append(primary_path(ports[name], pids[prefix], tmp, seconds, session))
                 finally:
                     session.close()
-            primary[f"{prefix}no session, again"].append(primary_path(prefix, name))
+            primary[f"{prefix}no session, again"].append(primary_path(ports[name], pids[prefix], tmp, seconds))
         primary["nginx mirror slow (200 ms)"].append(oha_latency(ports["nginx_slow"], seconds, 2000))
         primary["nginx mirror stalled"].append(oha_latency(ports["nginx_stalled"], seconds, 2000))
         stolen["direct to local app"].append(oha_latency(ports["fast"], seconds, 200))
@@ -136,12 +137,36 @@ def session_bench(procs, tmp, seconds, rounds, baseline=None):
             stolen["stolen via tunnel"].append(oha_latency(ports["sidecar"], seconds, 200))
         finally:
             session.close()
-    _, peak, _ = proc_stat(pids[""])
+    return primary, stolen
+
+
+def primary_path(port, pid, tmp, seconds, session=None):
+    """oha at 2000 req/s on the sidecar at `port`, and the sidecar's CPU
+    time (every thread) per request; with a session, the CLI's too (the
+    developer's side: on a cluster, the laptop's). Then the latency at the
+    sidecar's socket."""
+    watched = [pid] + ([session.proc.pid] if session else [])
+    before = [cpu_ns([p]) for p in watched]
+    run = oha_latency(port, seconds, 2000)
+    used = [(cpu_ns([p]) - b) / (seconds * 2000) / 1000 for p, b in zip(watched, before)]
+    run["cpu_us"] = used[0]
+    if session:
+        run["cli_us"] = used[1]
+    # Again with the capture on, which costs both sides CPU: apart from
+    # the figures above.
+    wire = Wire(port, tmp)
+    oha_latency(port, seconds, 2000)
+    run["wire"] = wire.stop()
+    return run
+
+
+def report_primary(primary, peak):
+    """Each row's p50/p99 against its sidecar's runs without a session, as
+    oha saw them, then as the sidecar's socket saw them."""
     med = statistics.median
     print("\n== sessions: primary path at 2000 req/s (oha -c16) with a mirror session, p50/p99 ms and errors")
     for name, runs in primary.items():
-        prefix = "baseline " if name.startswith("baseline ") else ""
-        base = med([x["p99"] for x in primary[f"{prefix}no session"]])
+        base = med([x["p99"] for x in primary[f"{prefix_of(name)}no session"]])
         p50, p99 = med([x["p50"] for x in runs]), med([x["p99"] for x in runs])
         errors = sum(x["errors"] for x in runs)
         spread = f"[{min(x['p99'] for x in runs) / base:.2f}-{max(x['p99'] for x in runs) / base:.2f}]"
@@ -156,15 +181,24 @@ def session_bench(procs, tmp, seconds, rounds, baseline=None):
     for name, runs in primary.items():
         if "wire" not in runs[0]:
             continue
-        prefix = "baseline " if name.startswith("baseline ") else ""
-        base = med([x["wire"]["p99"] for x in primary[f"{prefix}no session"]])
+        none = primary[f"{prefix_of(name)}no session"]
+        base = med([x["wire"]["p99"] for x in none])
         p50, p99 = med([x["wire"]["p50"] for x in runs]), med([x["wire"]["p99"] for x in runs])
         spread = f"[{min(x['wire']['p99'] for x in runs) / base:.2f}-{max(x['wire']['p99'] for x in runs) / base:.2f}]"
         # Each round against the same round's run without a session.
-        paired = zip(runs, primary[f"{prefix}no session"])
-        within = sum(x["wire"]["p99"] <= 1.1 * none["wire"]["p99"] for x, none in paired)
+        within = sum(x["wire"]["p99"] <= 1.1 * n["wire"]["p99"] for x, n in zip(runs, none))
         print(f"  {name:30s} p50={p50:8.3f} p99={p99:9.3f} (p99 x{p99 / base:.2f} {spread} of no session; "
               f"within +10 % of its round's in {within}/{len(runs)}) requests={sum(x['wire']['count'] for x in runs)}")
+
+
+def prefix_of(name):
+    """The row prefix of the sidecar a row belongs to (nginx's rows are
+    set against this build's)."""
+    return "baseline " if name.startswith("baseline ") else ""
+
+
+def report_stolen(stolen):
+    med = statistics.median
     print("== sessions: stolen request latency at 200 req/s over the loopback tunnel")
     d50, d99 = med([x["p50"] for x in stolen["direct to local app"]]), med([x["p99"] for x in stolen["direct to local app"]])
     s50, s99 = med([x["p50"] for x in stolen["stolen via tunnel"]]), med([x["p99"] for x in stolen["stolen via tunnel"]])
