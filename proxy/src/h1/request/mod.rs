@@ -160,6 +160,7 @@ fn without_head(next: Next, shared: &Shared) -> Done {
             shared.push(Pending::Close);
             Done::Eof
         }
+        // (A head and the client's end are the caller's.)
         Next::Head(_) | Next::Eof | Next::Failed => Done::Close,
     }
 }
