@@ -34,9 +34,7 @@ import subprocess
 import sys
 import tempfile
 
-from procs import free_port, Procs, RELEASE, wait_port
-
-SERVER_CPU, LOAD_CPU = "0", "1"
+from procs import APP_CPU as SERVER_CPU, free_port, LOAD_CPU, Procs, RELEASE, wait_port
 
 
 def big_pod(annotations):
