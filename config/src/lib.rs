@@ -22,6 +22,7 @@ mod load;
 pub mod names;
 pub mod raw;
 mod shorthand;
+mod source;
 mod suggest;
 mod summary;
 mod target;
