@@ -227,6 +227,7 @@ pub fn h1_pipeline(data: &[u8]) {
             pause: Pause::disabled("no pause here", metrics.clone()),
             pool: Arc::default(),
             budget: Budget::new(1024, metrics.inbound_fds.clone()),
+            pressure: Arc::new(mirrord_proxy::pressure::Pressure::off()),
             metrics,
         };
         let conn = Conn { dst, shutdown, inbound: Arc::new(inbound) };

@@ -12,6 +12,8 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::cgroup::{self, Version};
+
 /// The default thread count and why.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Threads {
@@ -74,114 +76,14 @@ fn usable_cpus() -> usize {
 /// first, then v1's `cpu` controller), with the directory that sets it.
 /// `root` prefixes every path (tests give a directory of fixtures).
 fn quota(cgroup: &str, mountinfo: &str, root: &Path, read: &dyn Fn(&Path) -> Option<String>) -> Option<(f64, PathBuf)> {
-    for (version, dir, mount) in cgroup_dirs(cgroup, mountinfo) {
-        let mut lowest: Option<(f64, PathBuf)> = None;
-        // From the process's own cgroup up to the mount point.
-        let mut at = Some(dir.as_path());
-        while let Some(d) = at.filter(|d| d.starts_with(&mount)) {
-            let on_disk = root.join(d.strip_prefix("/").unwrap_or(d));
-            let found = match version {
-                Version::V2 => read(&on_disk.join("cpu.max")).and_then(|s| parse_cpu_max(&s)),
-                Version::V1 => {
-                    match (read(&on_disk.join("cpu.cfs_quota_us")), read(&on_disk.join("cpu.cfs_period_us"))) {
-                        (Some(q), Some(p)) => parse_cfs(&q, &p),
-                        _ => None,
-                    }
-                }
-            };
-            if let Some(q) = found {
-                if lowest.as_ref().is_none_or(|(l, _)| q < *l) {
-                    lowest = Some((q, d.to_path_buf()));
-                }
-            }
-            at = d.parent();
-        }
-        if lowest.is_some() {
-            return lowest;
-        }
-    }
-    None
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Version {
-    V1,
-    V2,
-}
-
-/// Where this process's CPU cgroups are: (version, its directory, the
-/// hierarchy's mount point), from `/proc/self/cgroup` and
-/// `/proc/self/mountinfo`. v2 first.
-fn cgroup_dirs(cgroup: &str, mountinfo: &str) -> Vec<(Version, PathBuf, PathBuf)> {
-    let mut found = Vec::new();
-    for line in cgroup.lines() {
-        // hierarchy-ID:controller-list:cgroup-path
-        let mut parts = line.splitn(3, ':');
-        let (Some(id), Some(controllers), Some(path)) = (parts.next(), parts.next(), parts.next()) else { continue };
-        let version = if id == "0" && controllers.is_empty() {
-            Version::V2
-        } else if controllers.split(',').any(|c| c == "cpu") {
-            Version::V1
-        } else {
-            continue;
-        };
-        for mount in mountinfo.lines().filter_map(Mount::parse) {
-            let fits = match version {
-                Version::V2 => mount.fstype == "cgroup2",
-                Version::V1 => mount.fstype == "cgroup" && mount.options.split(',').any(|o| o == "cpu"),
-            };
-            // The mount shows the hierarchy from `mount.root` down (a
-            // container's cgroup namespace shows its own cgroup as root).
-            let Some(rel) = Path::new(path).strip_prefix(&mount.root).ok().filter(|_| fits) else { continue };
-            found.push((version, mount.point.join(rel), mount.point));
-            break;
-        }
-    }
-    found.sort_by_key(|(v, _, _)| *v != Version::V2);
-    found
-}
-
-/// One line of `/proc/self/mountinfo` (proc(5)): the fields used here.
-struct Mount {
-    root: PathBuf,
-    point: PathBuf,
-    fstype: String,
-    options: String,
-}
-
-impl Mount {
-    fn parse(line: &str) -> Option<Mount> {
-        let (before, after) = line.split_once(" - ")?;
-        let mut before = before.split(' ');
-        let root = unescape(before.nth(3)?);
-        let point = unescape(before.next()?);
-        let mut after = after.split(' ');
-        let fstype = after.next()?.to_owned();
-        let options = after.nth(1).unwrap_or_default().to_owned();
-        Some(Mount { root: root.into(), point: point.into(), fstype, options })
-    }
-}
-
-/// Mount paths escape space, tab, newline and backslash as `\ooo`.
-fn unescape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    let mut rest = s;
-    while let Some(i) = rest.find('\\') {
-        out.push_str(&rest[..i]);
-        let code = rest.get(i + 1..i + 4).and_then(|o| u8::from_str_radix(o, 8).ok());
-        match code {
-            Some(c) => {
-                out.push(char::from(c));
-                rest = &rest[i + 4..];
-            }
-            None => {
-                out.push('\\');
-                rest = &rest[i + 1..];
-            }
-        }
-    }
-    out.push_str(rest);
-    out
+    let limit = |version: Version, dir: &Path| match version {
+        Version::V2 => read(&dir.join("cpu.max")).and_then(|s| parse_cpu_max(&s)),
+        Version::V1 => match (read(&dir.join("cpu.cfs_quota_us")), read(&dir.join("cpu.cfs_period_us"))) {
+            (Some(q), Some(p)) => parse_cfs(&q, &p),
+            _ => None,
+        },
+    };
+    cgroup::lowest(cgroup, mountinfo, "cpu", root, limit).map(|found| (found.limit, found.dir))
 }
 
 /// v2 `cpu.max`: `$MAX $PERIOD` in microseconds, `max` for no limit.
@@ -230,35 +132,13 @@ mod tests {
         assert_eq!(Threads::from(q(16.0), 2).count, 2);
     }
 
-    #[test]
-    fn mountinfo_lines_and_escapes() {
-        let m =
-            Mount::parse("35 24 0:30 / /sys/fs/cgroup/cpu,cpuacct rw,nosuid shared:11 - cgroup cgroup rw,cpu,cpuacct")
-                .unwrap();
-        assert_eq!((m.fstype.as_str(), m.options.as_str()), ("cgroup", "rw,cpu,cpuacct"));
-        assert_eq!(m.point, Path::new("/sys/fs/cgroup/cpu,cpuacct"));
-        assert_eq!(unescape(r"/a\040b\134c\x"), r"/a b\c\x");
-    }
-
-    /// A cgroup tree on disk, laid out like the kernel's, and the
-    /// `/proc/self` files that point into it.
-    fn tree(files: &[(&str, &str)]) -> tempfile::TempDir {
-        let dir = tempfile::tempdir().unwrap();
-        for (path, content) in files {
-            let path = dir.path().join(path);
-            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-            std::fs::write(path, content).unwrap();
-        }
-        dir
-    }
-
     fn quota_in(dir: &Path, cgroup: &str, mountinfo: &str) -> Option<(f64, PathBuf)> {
         quota(cgroup, mountinfo, dir, &|p: &Path| std::fs::read_to_string(p).ok())
     }
 
     #[test]
     fn v2_the_lowest_limit_from_the_container_up() {
-        let dir = tree(&[
+        let dir = cgroup::fixture::tree(&[
             ("sys/fs/cgroup/cpu.max", "max 100000\n"),
             ("sys/fs/cgroup/kubepods/pod1/cpu.max", "300000 100000\n"),
             ("sys/fs/cgroup/kubepods/pod1/sidecar/cpu.max", "max 100000\n"),
@@ -276,14 +156,14 @@ mod tests {
 
     #[test]
     fn v2_in_a_cgroup_namespace_sees_its_own_cgroup_as_root() {
-        let dir = tree(&[("sys/fs/cgroup/cpu.max", "200000 100000\n")]);
+        let dir = cgroup::fixture::tree(&[("sys/fs/cgroup/cpu.max", "200000 100000\n")]);
         let mountinfo = "1 0 0:26 / /sys/fs/cgroup ro - cgroup2 cgroup2 rw\n";
         assert_eq!(quota_in(dir.path(), "0::/\n", mountinfo).map(|q| q.0), Some(2.0));
     }
 
     #[test]
     fn v1_the_cpu_controller_among_others() {
-        let dir = tree(&[
+        let dir = cgroup::fixture::tree(&[
             ("sys/fs/cgroup/cpu,cpuacct/cpu.cfs_quota_us", "-1\n"),
             ("sys/fs/cgroup/cpu,cpuacct/cpu.cfs_period_us", "100000\n"),
             ("sys/fs/cgroup/cpu,cpuacct/pod/c/cpu.cfs_quota_us", "50000\n"),

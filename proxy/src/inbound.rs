@@ -52,6 +52,8 @@ pub struct Inbound {
     /// Idle HTTP/1 app connections.
     pub pool: Arc<Pool>,
     pub budget: Arc<Budget>,
+    /// Whether memory is near the limit: then what would take more is refused.
+    pub pressure: Arc<crate::pressure::Pressure>,
 }
 
 impl Inbound {
@@ -83,6 +85,7 @@ impl Inbound {
                 http_idle_timeout: None,
             },
             budget: Budget::new(100, metrics.inbound_fds.clone()),
+            pressure: Arc::new(crate::pressure::Pressure::off()),
             pause: Pause::disabled("no pause here", metrics.clone()),
             metrics,
             pool: Arc::default(),

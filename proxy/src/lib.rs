@@ -9,6 +9,7 @@
 pub mod admin;
 pub mod app;
 pub mod budget;
+mod cgroup;
 pub mod cpu;
 pub mod detect;
 mod fasthash;
@@ -23,6 +24,7 @@ pub mod metrics;
 pub mod pause;
 pub mod pool;
 pub mod ports;
+pub mod pressure;
 pub mod rewind;
 pub mod run;
 mod runtime_thread;

@@ -97,6 +97,7 @@ impl Default for Metrics {
             Fault::RequestBodyIncomplete,
             Fault::FdBudget,
             Fault::HttpIdleTimeout,
+            Fault::Refused(crate::h1::head::Reject::MemoryPressure),
         ] {
             let _ = Family::<FaultLabels, Counter>::get_or_create(&errors, &FaultLabels { reason });
         }

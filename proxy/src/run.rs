@@ -8,16 +8,19 @@ use std::time::Duration;
 
 use mirrord_config::names::{ADMIN_PORT, INBOUND_PORT, PROXY_PORTS, TUNNEL_PORT};
 use mirrord_config::parse_duration;
+use prometheus_client::metrics::counter::Counter;
 use tokio::net::TcpListener;
 use tracing::{info, warn};
 
 use crate::admin::{self, Admin};
 use crate::budget::{self, Budget};
+use crate::h1::head::Reject;
 use crate::inbound::{self, Destination, Inbound};
 use crate::limits::Limits;
-use crate::metrics::Metrics;
+use crate::metrics::{Fault, FaultLabels, Metrics};
 use crate::pause::{self, procs::ScopeArgs, Pause};
 use crate::ports::PortList;
+use crate::pressure::{MemoryLimit, Pressure, Usage};
 use crate::secret::SessionToken;
 use crate::session::Sessions;
 use crate::shutdown;
@@ -76,6 +79,14 @@ pub struct RunArgs {
     /// (`mirrord_proxy_errors_total{reason="fd_budget"}`).
     #[arg(long, value_name = "FDS")]
     pub fd_budget: Option<usize>,
+    /// The memory the sidecar may use, against its resident memory, as a
+    /// byte count (`64Mi`, `1G`, `67108864`). From five eighths of it on,
+    /// it sheds what would take more (request heads beyond 8 KiB get 503,
+    /// new HTTP/2 streams are refused, streams stalled on flow control are
+    /// reset) instead of growing into an OOM kill. Default: the container's
+    /// memory limit (its cgroup's), against the cgroup's usage; `0` for none.
+    #[arg(long, value_name = "BYTES", value_parser = crate::pressure::parse_bytes)]
+    pub memory_limit: Option<u64>,
     /// Largest HTTP request head accepted, in bytes (431 beyond).
     #[arg(long, value_name = "BYTES", default_value_t = 64 * 1024)]
     pub max_header_size: usize,
@@ -124,6 +135,28 @@ pub struct RunArgs {
     #[arg(long, value_name = "N", default_value_t = crate::session::DEFAULT_MAX_SESSIONS,
           value_parser = mirrord_config::names::parse_max_sessions)]
     pub max_sessions: u16,
+}
+
+/// The memory limit to shed load under: `--memory-limit`, else the
+/// container's.
+fn memory_pressure(flag: Option<u64>, shed: Counter) -> Pressure {
+    let mib = |b: u64| b as f64 / f64::from(1 << 20);
+    let pressure = match flag {
+        Some(0) => Pressure::off(),
+        Some(bytes) => Pressure::new(&MemoryLimit { bytes, usage: Usage::Resident }, shed),
+        None => match MemoryLimit::of_this_process() {
+            Some((limit, cgroup)) => {
+                info!(limit_mib = mib(limit.bytes), cgroup = %cgroup.display(), "memory limit from the cgroup");
+                Pressure::new(&limit, shed)
+            }
+            None => Pressure::off(),
+        },
+    };
+    match pressure.mark() {
+        Some(mark) => info!(from_mib = mib(mark), "shedding load under memory pressure"),
+        None => info!("no memory limit: no load is shed for memory"),
+    }
+    pressure
 }
 
 /// `--pause`.
@@ -180,6 +213,9 @@ impl Running {
             budget::for_limit(socket::open_files_limit().unwrap_or(1024))
         });
         metrics.fd_budget.set(i64::try_from(fd_budget).unwrap_or(i64::MAX));
+        let shed =
+            metrics.errors.get_or_create(&FaultLabels { reason: Fault::Refused(Reject::MemoryPressure) }).clone();
+        let pressure = Arc::new(memory_pressure(args.memory_limit, shed));
         let sessions = Arc::new(Sessions::new(args.ports.clone()).with_max(usize::from(args.max_sessions)));
         let pause = match args.pause {
             PauseSetting::Enabled => Pause::new(args.scope.scope(), args.max_pause, metrics.clone(), None),
@@ -206,6 +242,7 @@ impl Running {
             },
             pool: Arc::default(),
             budget: Budget::new(fd_budget, metrics.inbound_fds.clone()),
+            pressure,
             metrics: metrics.clone(),
             pause: pause.clone(),
         };

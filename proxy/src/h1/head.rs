@@ -32,6 +32,9 @@ pub enum Reject {
     /// More than one Host.
     DuplicateHost,
     InvalidChunkedBody,
+    /// A head that outgrows its first buffer while memory is near the
+    /// limit (`pressure.rs`): 503.
+    MemoryPressure,
 }
 
 impl Reject {
@@ -42,6 +45,7 @@ impl Reject {
             Reject::VersionNotSupported => 505,
             Reject::UnknownTransferCoding => 501,
             Reject::HeadTimeout => 408,
+            Reject::MemoryPressure => 503,
             _ => 400,
         }
     }
@@ -63,6 +67,7 @@ impl Reject {
             Reject::MissingHost => "missing_host",
             Reject::DuplicateHost => "duplicate_host",
             Reject::InvalidChunkedBody => "invalid_chunked_body",
+            Reject::MemoryPressure => "memory_pressure",
         }
     }
 
@@ -75,6 +80,7 @@ impl Reject {
             505 => "HTTP Version Not Supported",
             501 => "Not Implemented",
             408 => "Request Timeout",
+            503 => "Service Unavailable",
             _ => "Bad Request",
         };
         let body = format!("mirrord-proxy: request refused: {}\n", self.reason().replace('_', " "));

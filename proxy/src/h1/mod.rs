@@ -93,7 +93,7 @@ enum Done {
 /// Proxies one HTTP/1 client connection whose first bytes are `prefix`.
 pub async fn serve(mut client: TcpStream, prefix: Bytes, conn: Conn) {
     let shared = Shared::default();
-    let mut requests = request::State::new(prefix);
+    let mut requests = request::State::new(prefix, first_buffer(&conn.inbound.pressure));
     let mut responses = response::State::new(&conn);
     // The app connection kept between rounds once pinned.
     let mut held: Option<AppConn> = None;
@@ -213,7 +213,7 @@ async fn wait_for_request(client: &mut TcpStream, buf: &mut BytesMut, conn: &Con
         // A read through the reactor (not `try_read`): a short read clears
         // the readiness, so the next wait needs no failed read to learn
         // that nothing more is there.
-        buf.reserve(INITIAL_BUFFER);
+        buf.reserve(first_buffer(&conn.inbound.pressure));
         match poll_once_read(client, buf) {
             std::task::Poll::Ready(Ok(n)) => return n > 0,
             std::task::Poll::Ready(Err(e)) => {
@@ -256,7 +256,8 @@ async fn linger(client: &mut TcpStream) {
     let _ = client.shutdown().await;
     let deadline = tokio::time::Instant::now() + LINGER;
     // On the heap: an array here would sit in every connection's task.
-    let mut sink = vec![0u8; 4096];
+    // Small: a refused client may be one of thousands sending on purpose.
+    let mut sink = vec![0u8; 512];
     let mut drained = 0usize;
     while drained < LINGER_BYTES {
         match tokio::time::timeout_at(deadline, client.read(&mut sink)).await {
@@ -286,12 +287,37 @@ pub fn error_response(e: &app::Error) -> Vec<u8> {
 
 /// Reads more into `buf`, growing it while reads keep filling it.
 async fn fill<R: AsyncRead + Unpin>(rd: &mut R, buf: &mut BytesMut) -> std::io::Result<usize> {
-    let spare = buf.capacity() - buf.len();
-    if spare < 1024 {
-        let want = if buf.capacity() >= INITIAL_BUFFER { (buf.capacity() * 2).min(MAX_BUFFER) } else { INITIAL_BUFFER };
+    if let Some(want) = grown(buf) {
         buf.reserve(want.saturating_sub(buf.len()).max(1024));
     }
     rd.read_buf(buf).await
+}
+
+/// The capacity `fill` grows `buf` to before its next read, if it has less
+/// than 1 KiB to spare: doubled, up to [`MAX_BUFFER`].
+fn grown(buf: &BytesMut) -> Option<usize> {
+    (buf.capacity() - buf.len() < 1024).then(|| {
+        if buf.capacity() >= INITIAL_BUFFER {
+            (buf.capacity() * 2).min(MAX_BUFFER)
+        } else {
+            INITIAL_BUFFER
+        }
+    })
+}
+
+/// The bytes `fill` takes for `buf` before its next read.
+fn growth(buf: &BytesMut) -> usize {
+    grown(buf).map_or(0, |want| want.saturating_sub(buf.capacity()).max(1024))
+}
+
+/// The buffer a request head is first read into: [`INITIAL_BUFFER`], or
+/// 1 KiB (most heads) while memory is near the limit.
+fn first_buffer(pressure: &crate::pressure::Pressure) -> usize {
+    if pressure.admit(INITIAL_BUFFER as u64) {
+        INITIAL_BUFFER
+    } else {
+        1024
+    }
 }
 
 /// Writes the first `n` bytes of `buf` and drops them from it.

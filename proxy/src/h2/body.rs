@@ -16,6 +16,7 @@ use tokio::sync::mpsc;
 use tracing::debug;
 
 use crate::metrics::Metrics;
+use crate::pressure::Pressure;
 use crate::session::wire::{Frame as Wire, Header};
 use crate::session::Copies;
 
@@ -78,11 +79,13 @@ impl Body for H2Body {
 /// Sends `body` on an HTTP/2 stream as it comes, within the peer's flow
 /// control; its trailers, or its end, end the stream. A body that fails
 /// resets the stream (nobody takes a cut body as whole); a peer that resets
-/// the stream ends the sending.
-pub async fn send_body<B>(mut body: B, mut send: h2::SendStream<Bytes>)
+/// the stream ends the sending; so does memory pressure while the peer's
+/// flow control holds the body back ([`send_data`]).
+pub async fn send_body<B, P>(mut body: B, mut send: h2::SendStream<Bytes>, pressure: P)
 where
     B: Body<Data = Bytes> + Unpin,
     B::Error: std::fmt::Display,
+    P: std::ops::Deref<Target = Pressure>,
 {
     loop {
         let frame = tokio::select! {
@@ -103,7 +106,7 @@ where
             Some(Ok(frame)) => match frame.into_data() {
                 Ok(data) => {
                     let last = body.is_end_stream();
-                    match send_data(&mut send, data, last).await {
+                    match send_data(&mut send, data, last, &pressure).await {
                         Ok(()) if !last => continue,
                         sent => sent,
                     }
@@ -121,8 +124,16 @@ where
     }
 }
 
-/// Sends `data` as the peer's window allows.
-async fn send_data(send: &mut h2::SendStream<Bytes>, mut data: Bytes, end_of_stream: bool) -> Result<(), h2::Error> {
+/// Sends `data` as the peer's window allows. A stream that the peer's flow
+/// control has held back for a second while memory is near the limit is
+/// reset: what it holds (its send buffer, the data on its way) is given
+/// back, and a client that reads nothing holds nothing for long.
+async fn send_data(
+    send: &mut h2::SendStream<Bytes>,
+    mut data: Bytes,
+    end_of_stream: bool,
+    pressure: &Pressure,
+) -> Result<(), h2::Error> {
     // The body's last data is handed to `h2` at once: it is held already
     // (its flow-control credit went back to the sender when it was read)
     // and nothing is read after it, so queueing it in `h2` until the peer's
@@ -135,7 +146,18 @@ async fn send_data(send: &mut h2::SendStream<Bytes>, mut data: Bytes, end_of_str
     }
     while !data.is_empty() {
         send.reserve_capacity(data.len());
-        let granted = match std::future::poll_fn(|cx| send.poll_capacity(cx)).await {
+        let capacity = match std::future::poll_fn(|cx| Poll::Ready(send.poll_capacity(cx))).await {
+            Poll::Ready(capacity) => capacity,
+            Poll::Pending => match held_back(send, pressure).await {
+                Some(capacity) => capacity,
+                None => {
+                    send.send_reset(h2::Reason::CANCEL);
+                    pressure.shed();
+                    return Ok(());
+                }
+            },
+        };
+        let granted = match capacity {
             Some(granted) => granted?,
             // The stream is gone: the peer says why in its reset.
             None => return Ok(()),
@@ -144,6 +166,28 @@ async fn send_data(send: &mut h2::SendStream<Bytes>, mut data: Bytes, end_of_str
         send.send_data(chunk, end_of_stream && data.is_empty())?;
     }
     Ok(())
+}
+
+/// How long a stream may wait for its peer's flow control while memory is
+/// near the limit.
+const HELD_BACK: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Waits for capacity on a stream that has none: `None` if it is held back
+/// for [`HELD_BACK`] at a time when memory is near the limit.
+async fn held_back(send: &mut h2::SendStream<Bytes>, pressure: &Pressure) -> Option<Option<Result<usize, h2::Error>>> {
+    let check = tokio::time::sleep(HELD_BACK);
+    tokio::pin!(check);
+    loop {
+        tokio::select! {
+            capacity = std::future::poll_fn(|cx| send.poll_capacity(cx)) => return Some(capacity),
+            () = &mut check => {
+                if pressure.high() {
+                    return None;
+                }
+                check.as_mut().reset(tokio::time::Instant::now() + HELD_BACK);
+            }
+        }
+    }
 }
 
 /// A request body whose first frames may have been read ahead (for body

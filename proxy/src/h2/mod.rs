@@ -49,6 +49,9 @@ const SEND_BUFFER: usize = 64 * 1024;
 /// idle clients, gRPC's long-lived ones included, hold only their own
 /// socket.
 const APP_IDLE: Duration = Duration::from_secs(5);
+/// What a stream takes when it opens (its task, its `h2` state), counted
+/// against the memory limit until the next reading sees it (`pressure.rs`).
+const STREAM_MEMORY: u64 = 4096;
 /// Streams a client may make the proxy reset for its own errors before the
 /// connection is ended (the "rapid reset" family of floods).
 const MAX_LOCAL_ERROR_RESETS: usize = 1024;
@@ -70,7 +73,7 @@ pub struct Proxy {
 impl Proxy {
     pub fn new(dst: std::net::SocketAddr, inbound: Arc<Inbound>) -> Self {
         let counts = inbound.metrics.conn_counts(dst.port(), Protocol::Http2);
-        Proxy { upstream: Upstream::new(dst, inbound.budget.clone()), inbound, counts }
+        Proxy { upstream: Upstream::new(dst, inbound.budget.clone(), inbound.pressure.clone()), inbound, counts }
     }
 
     /// One stream, from its request to the end of its response. A client
@@ -101,7 +104,7 @@ impl Proxy {
         let (head, body) = resp.into_parts();
         let end_of_stream = body.is_end_stream();
         match respond.send_response(Response::from_parts(head, ()), end_of_stream) {
-            Ok(send) if !end_of_stream => send_body(body, send).await,
+            Ok(send) if !end_of_stream => send_body(body, send, &*self.inbound.pressure).await,
             Ok(_) => {}
             Err(e) => {
                 debug!("response head not sent: {e}");
@@ -250,6 +253,12 @@ where
             }
         };
         match next {
+            Some(Ok((_, mut respond))) if !proxy.inbound.pressure.admit(STREAM_MEMORY) => {
+                // A stream takes memory (its task, its buffers): refused
+                // while memory is near the limit; the client may retry it.
+                respond.send_reset(h2::Reason::REFUSED_STREAM);
+                proxy.inbound.pressure.shed();
+            }
             Some(Ok((req, respond))) => {
                 if !app_check_armed {
                     app_check.as_mut().reset(tokio::time::Instant::now() + APP_IDLE);

@@ -25,6 +25,7 @@ use super::body::{send_body, H2Body, UpBody};
 use crate::app::Error;
 use crate::budget::Budget;
 use crate::pool::AppConn;
+use crate::pressure::Pressure;
 
 /// Flow-control windows towards the app: a stream of a fast app is not
 /// held to HTTP/2's default 64 KiB in flight (nor its window updates sent
@@ -51,6 +52,8 @@ pub struct Upstream {
     dst: SocketAddr,
     /// Each connection to the app takes its descriptor from it.
     budget: Arc<Budget>,
+    /// For the request bodies sent to the app.
+    pressure: Arc<Pressure>,
     /// Cloned by each stream; replaced if the app closed it.
     h2: Mutex<Option<Conn>>,
     /// Held while the connection is made: streams that arrive meanwhile
@@ -59,8 +62,8 @@ pub struct Upstream {
 }
 
 impl Upstream {
-    pub fn new(dst: SocketAddr, budget: Arc<Budget>) -> Self {
-        Upstream { dst, budget, h2: Mutex::default(), connecting: tokio::sync::Mutex::new(()) }
+    pub fn new(dst: SocketAddr, budget: Arc<Budget>, pressure: Arc<Pressure>) -> Self {
+        Upstream { dst, budget, pressure, h2: Mutex::default(), connecting: tokio::sync::Mutex::new(()) }
     }
 
     pub fn dst(&self) -> SocketAddr {
@@ -93,7 +96,7 @@ impl Upstream {
         if !end_of_stream {
             // The body is sent from here while it is ready (most bodies come
             // whole with their head); only one still arriving gets a task.
-            let mut pipe = Box::pin(send_body(body, send));
+            let mut pipe = Box::pin(send_body(body, send, self.pressure.clone()));
             if std::future::poll_fn(|cx| Poll::Ready(pipe.as_mut().poll(cx).is_pending())).await {
                 tokio::spawn(pipe);
             }

@@ -15,7 +15,7 @@ use super::head::{parse_request, Fields, Kind, Reject, RequestHead};
 use super::rewrite;
 use super::route::route;
 use super::stolen::Stolen;
-use super::{fill, pass_fin, tunnel, Conn, Done, Pending, Shared, INITIAL_BUFFER};
+use super::{fill, growth, pass_fin, tunnel, Conn, Done, Pending, Shared};
 use crate::metrics::Route;
 use crate::session::wire::Frame;
 use crate::session::{Exchange, Routed};
@@ -32,8 +32,9 @@ pub(super) struct State {
 }
 
 impl State {
-    pub fn new(prefix: Bytes) -> Self {
-        let mut buf = BytesMut::with_capacity(INITIAL_BUFFER.max(prefix.len()));
+    /// The bytes read so far, in a buffer of at least `capacity`.
+    pub fn new(prefix: Bytes, capacity: usize) -> Self {
+        let mut buf = BytesMut::with_capacity(capacity.max(prefix.len()));
         buf.extend_from_slice(&prefix);
         State { buf, fields: Fields::default() }
     }
@@ -266,6 +267,11 @@ async fn next_head<R: AsyncRead + Unpin>(
                     // No end of the request line at all: the target is too long.
                     let line_ended = buf.iter().skip_while(|&&b| b == b'\r' || b == b'\n').any(|&b| b == b'\n');
                     return Next::Reject(if line_ended { Reject::HeadTooLarge } else { Reject::UriTooLong });
+                }
+                // A head about to outgrow its buffer takes more memory:
+                // not while memory is near the limit.
+                Ok(None) if growth(buf) > 0 && !conn.inbound.pressure.admit(growth(buf) as u64) => {
+                    return Next::Reject(Reject::MemoryPressure);
                 }
                 Ok(None) => {}
             }

@@ -1,0 +1,305 @@
+//! Memory pressure: the sidecar sheds load before its memory limit instead
+//! of being killed at it. An OOM-killed sidecar takes the whole pod's
+//! traffic with it (the redirect stays, nothing listens) until it restarts,
+//! and clients that hold memory on purpose (request heads sent slowly,
+//! HTTP/2 streams whose answers they never read) could otherwise do that
+//! from outside, a few hundred connections at a time.
+//!
+//! From five eighths of the limit on ([`Pressure::admit`]), what would
+//! take more memory is refused (the rest is for what every open connection
+//! holds whatever it sends, about 4 KiB each up to the descriptor budget,
+//! and for the kernel's socket buffers): an HTTP/1 request head that outgrows its
+//! first buffer gets 503, a new HTTP/2 stream is refused (`REFUSED_STREAM`:
+//! the client may retry it), and an HTTP/2 stream that has waited a second
+//! for its peer's flow control to let data through is reset. Both count
+//! `mirrord_proxy_errors_total{reason="memory_pressure"}`. Requests that
+//! take no more memory than they hold go on.
+//!
+//! The limit is the container's (the lowest cgroup memory limit over the
+//! process's cgroups, its usage as the cgroup counts it: what the kernel
+//! compares with the limit), or `--memory-limit` (against the process's
+//! resident memory).
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use prometheus_client::metrics::counter::Counter;
+
+use crate::cgroup::{self, Version};
+
+/// The memory limit and how the use against it is read.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MemoryLimit {
+    pub bytes: u64,
+    pub usage: Usage,
+}
+
+/// Where the memory in use is read.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Usage {
+    /// A cgroup's usage file (v2 `memory.current`, v1
+    /// `memory.usage_in_bytes`): what the kernel holds against its limit,
+    /// the socket buffers of the process's connections included.
+    Cgroup(PathBuf),
+    /// The process's resident memory.
+    Resident,
+}
+
+impl Usage {
+    fn read(&self) -> Option<u64> {
+        match self {
+            Usage::Cgroup(file) => std::fs::read_to_string(file).ok()?.trim().parse().ok(),
+            Usage::Resident => {
+                // statm: size resident shared … in pages.
+                let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+                let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+                Some(pages * page_size())
+            }
+        }
+    }
+}
+
+fn page_size() -> u64 {
+    // SAFETY: sysconf has no preconditions.
+    let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    u64::try_from(size).ok().filter(|&s| s > 0).unwrap_or(4096)
+}
+
+impl MemoryLimit {
+    /// The container's memory limit: the lowest over this process's
+    /// cgroups, with the usage file of the cgroup that sets it.
+    pub fn of_this_process() -> Option<(MemoryLimit, PathBuf)> {
+        let read = |p: &Path| std::fs::read_to_string(p).ok();
+        let (cgroup, mountinfo) = (read(Path::new("/proc/self/cgroup"))?, read(Path::new("/proc/self/mountinfo"))?);
+        Self::in_tree(&cgroup, &mountinfo, Path::new("/"), &read)
+    }
+
+    fn in_tree(
+        cgroup: &str,
+        mountinfo: &str,
+        root: &Path,
+        read: &dyn Fn(&Path) -> Option<String>,
+    ) -> Option<(MemoryLimit, PathBuf)> {
+        let limit = |version: Version, dir: &Path| match version {
+            Version::V2 => read(&dir.join("memory.max")).and_then(|s| parse_limit(&s)),
+            Version::V1 => read(&dir.join("memory.limit_in_bytes")).and_then(|s| parse_limit(&s)),
+        };
+        let found = cgroup::lowest(cgroup, mountinfo, "memory", root, limit)?;
+        let usage = match found.version {
+            Version::V2 => "memory.current",
+            Version::V1 => "memory.usage_in_bytes",
+        };
+        let on_disk = root.join(found.dir.strip_prefix("/").unwrap_or(&found.dir));
+        Some((MemoryLimit { bytes: found.limit, usage: Usage::Cgroup(on_disk.join(usage)) }, found.dir))
+    }
+}
+
+/// A cgroup memory limit file: a byte count; v2 writes `max` for none, v1
+/// the largest page-aligned count (anything from 2^62 on is taken as none).
+fn parse_limit(s: &str) -> Option<u64> {
+    let bytes: u64 = s.trim().parse().ok()?;
+    (bytes > 0 && bytes < 1 << 62).then_some(bytes)
+}
+
+/// `--memory-limit`: a byte count, with a Kubernetes quantity's suffix if
+/// any (`Ki`, `Mi`, `Gi`, `Ti`; `k`, `M`, `G`, `T`); `0` for none.
+pub fn parse_bytes(s: &str) -> Result<u64, String> {
+    let expected = || format!("expected a byte count such as 67108864, 64Mi or 1G, got {s:?}");
+    let digits = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (number, suffix) = s.split_at(digits);
+    let number: u64 = number.parse().map_err(|_| expected())?;
+    let unit: u64 = match suffix {
+        "" => 1,
+        "Ki" => 1 << 10,
+        "Mi" => 1 << 20,
+        "Gi" => 1 << 30,
+        "Ti" => 1 << 40,
+        "k" => 1_000,
+        "M" => 1_000_000,
+        "G" => 1_000_000_000,
+        "T" => 1_000_000_000_000,
+        _ => return Err(expected()),
+    };
+    number.checked_mul(unit).ok_or_else(expected)
+}
+
+/// How often the memory in use is read at most, while something asks.
+const READ_EVERY_MS: u64 = 10;
+/// Bytes admitted since the last reading after which it is read again at
+/// once: memory taken faster than the readings come is counted as it is
+/// taken.
+const READ_AFTER: u64 = 1 << 20;
+
+/// Whether the sidecar is near its memory limit. Asked only where more
+/// memory is about to be taken; nothing reads the usage while nobody asks.
+#[derive(Debug)]
+pub struct Pressure {
+    /// Five eighths of the limit; `u64::MAX` without one.
+    mark: u64,
+    usage: Usage,
+    /// The last reading, and when it was made (ms since `epoch`).
+    last: AtomicU64,
+    read_at: AtomicU64,
+    /// Bytes admitted since the last reading ([`Pressure::admit`]).
+    admitted: AtomicU64,
+    /// [`READ_EVERY_MS`], but in tests.
+    read_every_ms: u64,
+    epoch: Instant,
+    /// `mirrord_proxy_errors_total{reason="memory_pressure"}`.
+    shed: Counter,
+}
+
+impl Pressure {
+    /// No limit: never under pressure.
+    pub fn off() -> Pressure {
+        Pressure::with_mark(u64::MAX, Usage::Resident, Counter::default())
+    }
+
+    /// Under pressure from five eighths of `limit` on; what is shed
+    /// counts in `shed`.
+    pub fn new(limit: &MemoryLimit, shed: Counter) -> Pressure {
+        Pressure::with_mark(limit.bytes / 8 * 5, limit.usage.clone(), shed)
+    }
+
+    fn with_mark(mark: u64, usage: Usage, shed: Counter) -> Pressure {
+        let first = if mark == u64::MAX { 0 } else { usage.read().unwrap_or(0) };
+        let (last, read_at, admitted) = (AtomicU64::new(first), AtomicU64::new(0), AtomicU64::new(0));
+        Pressure { mark, usage, last, read_at, admitted, read_every_ms: READ_EVERY_MS, epoch: Instant::now(), shed }
+    }
+
+    /// Where shedding starts, in bytes; `None` without a limit.
+    pub fn mark(&self) -> Option<u64> {
+        (self.mark != u64::MAX).then_some(self.mark)
+    }
+
+    /// Whether the memory in use is at or above the mark.
+    pub fn high(&self) -> bool {
+        !self.admit(0)
+    }
+
+    /// Whether `bytes` more may be taken: the last reading (read again
+    /// when older than 10 ms, or after 1 MiB was admitted since), with
+    /// what was admitted since, stays below the mark. What is admitted is
+    /// counted until the next reading, which sees it in use.
+    pub fn admit(&self, bytes: u64) -> bool {
+        if self.mark == u64::MAX {
+            return true;
+        }
+        let admitted = self.admitted.fetch_add(bytes, Ordering::Relaxed).saturating_add(bytes);
+        let now = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let at = self.read_at.load(Ordering::Relaxed);
+        // One caller reads; the others use the last reading meanwhile.
+        if (admitted >= READ_AFTER || now.saturating_sub(at) >= self.read_every_ms)
+            && self.read_at.compare_exchange(at, now, Ordering::Relaxed, Ordering::Relaxed).is_ok()
+        {
+            if let Some(used) = self.usage.read() {
+                // What this call admits is not in use yet.
+                self.last.store(used, Ordering::Relaxed);
+                self.admitted.store(bytes, Ordering::Relaxed);
+            }
+        }
+        self.last.load(Ordering::Relaxed).saturating_add(self.admitted.load(Ordering::Relaxed)) < self.mark
+    }
+
+    /// Counts a request or stream refused or reset for memory.
+    pub fn shed(&self) {
+        self.shed.inc();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::cgroup::fixture::tree;
+
+    fn limit_in(dir: &Path, cgroup: &str, mountinfo: &str) -> Option<(MemoryLimit, PathBuf)> {
+        MemoryLimit::in_tree(cgroup, mountinfo, dir, &|p: &Path| std::fs::read_to_string(p).ok())
+    }
+
+    #[test]
+    fn v2_the_containers_limit_below_the_pods_and_its_usage_file() {
+        let dir = tree(&[
+            ("sys/fs/cgroup/memory.max", "max\n"),
+            ("sys/fs/cgroup/kubepods/pod1/memory.max", "201326592\n"),
+            ("sys/fs/cgroup/kubepods/pod1/sidecar/memory.max", "67108864\n"),
+        ]);
+        let mountinfo = "30 23 0:26 / /sys/fs/cgroup rw,nosuid shared:4 - cgroup2 cgroup2 rw,nsdelegate\n";
+        let (limit, at) = limit_in(dir.path(), "0::/kubepods/pod1/sidecar\n", mountinfo).unwrap();
+        assert_eq!(limit.bytes, 64 << 20);
+        assert_eq!(at, PathBuf::from("/sys/fs/cgroup/kubepods/pod1/sidecar"));
+        assert_eq!(limit.usage, Usage::Cgroup(dir.path().join("sys/fs/cgroup/kubepods/pod1/sidecar/memory.current")));
+        // No limit anywhere.
+        std::fs::write(dir.path().join("sys/fs/cgroup/kubepods/pod1/sidecar/memory.max"), "max\n").unwrap();
+        std::fs::write(dir.path().join("sys/fs/cgroup/kubepods/pod1/memory.max"), "max\n").unwrap();
+        assert_eq!(limit_in(dir.path(), "0::/kubepods/pod1/sidecar\n", mountinfo), None);
+    }
+
+    #[test]
+    fn v1_no_limit_is_the_largest_page_count() {
+        let dir = tree(&[
+            ("sys/fs/cgroup/memory/memory.limit_in_bytes", "9223372036854771712\n"),
+            ("sys/fs/cgroup/memory/pod/c/memory.limit_in_bytes", "9223372036854771712\n"),
+        ]);
+        let cgroup = "12:memory:/pod/c\n4:cpu,cpuacct:/pod/c\n0::/\n";
+        let mountinfo = "25 24 0:22 / /sys/fs/cgroup/memory rw - cgroup cgroup rw,memory\n";
+        assert_eq!(limit_in(dir.path(), cgroup, mountinfo), None);
+        std::fs::write(dir.path().join("sys/fs/cgroup/memory/pod/c/memory.limit_in_bytes"), "33554432\n").unwrap();
+        let (limit, _) = limit_in(dir.path(), cgroup, mountinfo).unwrap();
+        assert_eq!(limit.bytes, 32 << 20);
+        assert_eq!(limit.usage, Usage::Cgroup(dir.path().join("sys/fs/cgroup/memory/pod/c/memory.usage_in_bytes")));
+    }
+
+    #[test]
+    fn memory_limit_flag_values() {
+        assert_eq!(parse_bytes("67108864"), Ok(64 << 20));
+        assert_eq!(parse_bytes("64Mi"), Ok(64 << 20));
+        assert_eq!(parse_bytes("1Gi"), Ok(1 << 30));
+        assert_eq!(parse_bytes("500M"), Ok(500_000_000));
+        assert_eq!(parse_bytes("0"), Ok(0));
+        for bad in ["", "Mi", "64 Mi", "64MB", "-1", "1.5Gi", "99999999999999999999", "20000000Ti"] {
+            let e = parse_bytes(bad).unwrap_err();
+            assert!(e.contains("expected a byte count") && e.contains(&format!("{bad:?}")), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn the_mark_is_five_eighths_of_the_limit_against_the_usage_read() {
+        let dir = tree(&[("memory.current", "1000\n")]);
+        let file = dir.path().join("memory.current");
+        let pressure =
+            Pressure::new(&MemoryLimit { bytes: 4800, usage: Usage::Cgroup(file.clone()) }, Counter::default());
+        assert_eq!(pressure.mark(), Some(3000));
+        assert!(!pressure.high());
+        std::fs::write(&file, "3000\n").unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(2 * READ_EVERY_MS));
+        assert!(pressure.high());
+        assert!(!Pressure::off().high());
+        assert_eq!(Pressure::off().mark(), None);
+        // The process's own resident memory is far above one byte.
+        assert!(Pressure::new(&MemoryLimit { bytes: 1, usage: Usage::Resident }, Counter::default()).high());
+    }
+
+    /// Memory taken faster than the readings come: what was admitted since
+    /// the last reading counts against the mark until the next one, which
+    /// comes after 1 MiB admitted (readings by time are left out here).
+    #[test]
+    fn what_is_admitted_counts_until_it_is_read_in_use() {
+        let dir = tree(&[("memory.current", "1000\n")]);
+        let file = dir.path().join("memory.current");
+        let limit = MemoryLimit { bytes: 4 << 20, usage: Usage::Cgroup(file.clone()) };
+        let pressure = Pressure { read_every_ms: u64::MAX, ..Pressure::new(&limit, Counter::default()) };
+        assert_eq!(pressure.mark(), Some(2_621_440));
+        assert!(pressure.admit(600_000));
+        // The 600 kB are in use now.
+        std::fs::write(&file, "2000000\n").unwrap();
+        assert!(pressure.admit(600_000), "read again (1.2 MB admitted): 2 MB in use and 600 kB more");
+        assert!(pressure.admit(20_000));
+        assert!(!pressure.admit(10_000), "not read again: 2 MB in use and 630 kB admitted reach the mark");
+        // Read again after 1 MiB admitted: 2 MB in use and 700 kB more.
+        assert!(!pressure.admit(700_000));
+        assert!(pressure.high());
+        assert!(Pressure::off().admit(u64::MAX));
+    }
+}
