@@ -57,7 +57,7 @@ pub fn tune_allocator() {
 /// glibc keeps freed memory for reuse; after a burst of connections (10,000
 /// idle clients) that would hold their peak RSS for good. `malloc_trim`
 /// returns the free pages of every arena.
-fn release_free_memory() {
+pub(crate) fn release_free_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: malloc_trim only walks the allocator's own free lists.
     unsafe {

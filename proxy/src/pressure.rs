@@ -20,6 +20,7 @@
 //! compares with the limit), or `--memory-limit` (against the process's
 //! resident memory).
 
+use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
@@ -131,6 +132,9 @@ const READ_EVERY_MS: u64 = 10;
 /// taken.
 const READ_AFTER: u64 = 1 << 20;
 
+/// How often free memory is given back at most while at the mark.
+const TRIM_EVERY_MS: u64 = 1000;
+
 /// Whether the sidecar is near its memory limit. Asked only where more
 /// memory is about to be taken; nothing reads the usage while nobody asks.
 #[derive(Debug)]
@@ -141,6 +145,8 @@ pub struct Pressure {
     /// The last reading, and when it was made (ms since `epoch`).
     last: AtomicU64,
     read_at: AtomicU64,
+    /// When free memory was last given back (ms since `epoch`; `MAX`: never).
+    trimmed_at: AtomicU64,
     /// Bytes admitted since the last reading ([`Pressure::admit`]).
     admitted: AtomicU64,
     /// [`READ_EVERY_MS`], but in tests.
@@ -165,7 +171,10 @@ impl Pressure {
     fn with_mark(mark: u64, usage: Usage, shed: Counter) -> Pressure {
         let first = if mark == u64::MAX { 0 } else { usage.read().unwrap_or(0) };
         let (last, read_at, admitted) = (AtomicU64::new(first), AtomicU64::new(0), AtomicU64::new(0));
-        Pressure { mark, usage, last, read_at, admitted, read_every_ms: READ_EVERY_MS, epoch: Instant::now(), shed }
+        // Never yet.
+        let trimmed_at = AtomicU64::new(u64::MAX);
+        let read_every_ms = READ_EVERY_MS;
+        Pressure { mark, usage, last, read_at, trimmed_at, admitted, read_every_ms, epoch: Instant::now(), shed }
     }
 
     /// Where shedding starts, in bytes; `None` without a limit.
@@ -193,18 +202,118 @@ impl Pressure {
         if (admitted >= READ_AFTER || now.saturating_sub(at) >= self.read_every_ms)
             && self.read_at.compare_exchange(at, now, Ordering::Relaxed, Ordering::Relaxed).is_ok()
         {
-            if let Some(used) = self.usage.read() {
-                // What this call admits is not in use yet.
-                self.last.store(used, Ordering::Relaxed);
-                self.admitted.store(bytes, Ordering::Relaxed);
-            }
+            self.read(bytes, now);
         }
         self.last.load(Ordering::Relaxed).saturating_add(self.admitted.load(Ordering::Relaxed)) < self.mark
+    }
+
+    /// Reads the memory in use; at the mark, first gives the allocator's
+    /// free memory back (at most once a second), which it would otherwise
+    /// keep after the load that took it has gone: the mark is then not
+    /// reached by memory nothing uses.
+    fn read(&self, admitting: u64, now: u64) {
+        let Some(mut used) = self.usage.read() else { return };
+        let trimmed = self.trimmed_at.load(Ordering::Relaxed);
+        if used.saturating_add(admitting) >= self.mark
+            && (trimmed == u64::MAX || now.saturating_sub(trimmed) >= TRIM_EVERY_MS)
+            && self.trimmed_at.compare_exchange(trimmed, now, Ordering::Relaxed, Ordering::Relaxed).is_ok()
+        {
+            crate::memory::release_free_memory();
+            used = self.usage.read().unwrap_or(used);
+        }
+        // What this call admits is not in use yet.
+        self.last.store(used, Ordering::Relaxed);
+        self.admitted.store(admitting, Ordering::Relaxed);
     }
 
     /// Counts a request or stream refused or reset for memory.
     pub fn shed(&self) {
         self.shed.inc();
+    }
+}
+
+/// How long a gated connection waits before it reads again while memory
+/// is near the limit.
+const READ_AGAIN_AFTER: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// A connection whose reads wait while memory is near the limit: what it
+/// reads is admitted after the read, and the next read waits until memory
+/// is below the mark again. For HTTP/2, whose library reads ahead and
+/// keeps what it read (request bodies up to the windows it granted, the
+/// app's answers up to the windows the sidecar granted) whether or not a
+/// stream takes it: the bytes stay in the kernel meanwhile. Writes go on.
+#[derive(Debug)]
+pub struct Gated<T> {
+    io: T,
+    pressure: std::sync::Arc<Pressure>,
+    /// Set while reads wait (on the heap: only under pressure).
+    wait: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl<T> Gated<T> {
+    pub fn new(io: T, pressure: std::sync::Arc<Pressure>) -> Self {
+        Gated { io, pressure, wait: None }
+    }
+}
+
+impl<T: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Gated<T> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let this = &mut *self;
+        while let Some(wait) = this.wait.as_mut() {
+            std::task::ready!(wait.as_mut().poll(cx));
+            if this.pressure.high() {
+                wait.as_mut().reset(tokio::time::Instant::now() + READ_AGAIN_AFTER);
+            } else {
+                this.wait = None;
+            }
+        }
+        let before = buf.filled().len();
+        std::task::ready!(std::pin::Pin::new(&mut this.io).poll_read(cx, buf))?;
+        let read = u64::try_from(buf.filled().len() - before).unwrap_or(u64::MAX);
+        if read > 0 && !this.pressure.admit(read) {
+            this.wait = Some(Box::pin(tokio::time::sleep(READ_AGAIN_AFTER)));
+        }
+        std::task::Poll::Ready(Ok(()))
+    }
+}
+
+impl<T: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Gated<T> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_shutdown(cx)
     }
 }
 

@@ -20,6 +20,7 @@ pub mod pidns;
 pub mod pod;
 pub mod relay;
 pub mod session;
+pub mod standalone;
 pub mod volume;
 
 use std::io::{Read, Write};

@@ -71,22 +71,31 @@ impl Sidecar {
 
     /// The admin server's `/metrics` text.
     pub fn metrics(&self) -> String {
-        use std::io::{Read, Write};
-        let mut s = TcpStream::connect(self.admin).expect("admin");
-        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").expect("write");
-        let mut out = String::new();
-        s.read_to_string(&mut out).expect("read");
-        out
+        metrics_at(self.admin)
     }
 
     /// The value of the `/metrics` line that is `series` and a value.
     pub fn metric_value(&self, series: &str) -> i64 {
-        let metrics = self.metrics();
-        metrics
-            .lines()
-            .find_map(|l| l.strip_prefix(series).and_then(|v| v.strip_prefix(' ')).map(|v| v.trim().parse().unwrap()))
-            .unwrap_or_else(|| panic!("no {series} in\n{metrics}"))
+        metric_in(&self.metrics(), series)
     }
+}
+
+/// The `/metrics` text of the admin server at `admin`.
+pub fn metrics_at(admin: SocketAddr) -> String {
+    use std::io::{Read, Write};
+    let mut s = TcpStream::connect(admin).expect("admin");
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").expect("write");
+    let mut out = String::new();
+    s.read_to_string(&mut out).expect("read");
+    out
+}
+
+/// The value of the line of `metrics` that is `series` and a value.
+pub fn metric_in(metrics: &str, series: &str) -> i64 {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|v| v.strip_prefix(' ')).map(|v| v.trim().parse().unwrap()))
+        .unwrap_or_else(|| panic!("no {series} in\n{metrics}"))
 }
 
 /// Polls `f` until it is true; fails the test after 5 s.

@@ -14,6 +14,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use mirrord_tests::loopback::{eventually, App, Sidecar};
+use mirrord_tests::standalone::{Nghttpd, SidecarProcess};
 
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
@@ -432,84 +433,6 @@ fn streams_reset_as_fast_as_they_open_do_not_take_the_sidecar_down() {
     bench.others_unharmed();
 }
 
-/// The sidecar as a process of its own, killed on drop: its resident
-/// memory is then its own alone.
-struct SidecarProcess {
-    child: std::process::Child,
-    addr: SocketAddr,
-}
-
-impl SidecarProcess {
-    fn start(upstream: SocketAddr) -> SidecarProcess {
-        use std::io::BufRead;
-        let mut child = std::process::Command::new(mirrord_tests::workspace_bin("mirrord-proxy"))
-            .args(["run", "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0", "--tunnel", "127.0.0.1:0"])
-            .args(["--upstream", &upstream.to_string(), "--insecure-no-token", "--threads", "1"])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stderr = std::io::BufReader::new(child.stderr.take().unwrap());
-        let mut sidecar = SidecarProcess { child, addr: "0.0.0.0:0".parse().unwrap() };
-        let line = stderr.lines().map_while(Result::ok).find(|l| l.contains("addrs=[")).expect("the sidecar listens");
-        let addr = line.split("addrs=[").nth(1).and_then(|rest| rest.split(']').next()).unwrap();
-        sidecar.addr = addr.parse().unwrap();
-        sidecar
-    }
-
-    /// Resident memory, bytes.
-    fn rss(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
-        let kib = status.lines().find_map(|l| l.strip_prefix("VmRSS:")).unwrap().trim().trim_end_matches(" kB");
-        kib.trim().parse::<u64>().unwrap() * 1024
-    }
-}
-
-impl Drop for SidecarProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// nghttpd (nghttp2's HTTP/2 server) on a loopback port, serving a
-/// directory with one 4 MiB file, `/big`; killed on drop.
-struct Nghttpd {
-    child: std::process::Child,
-    addr: SocketAddr,
-    _dir: tempfile::TempDir,
-}
-
-impl Nghttpd {
-    fn start() -> Nghttpd {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("big"), vec![0u8; 4 << 20]).unwrap();
-        let port = mirrord_tests::free_port();
-        let child = std::process::Command::new("nghttpd")
-            .args(["--no-tls", "-d"])
-            .arg(dir.path())
-            .arg(port.to_string())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("nghttpd (Debian: nghttp2-server; scripts/test.sh installs it)");
-        let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(addr).is_err() {
-            assert!(Instant::now() < deadline, "nghttpd does not listen on {addr}");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Nghttpd { child, addr, _dir: dir }
-    }
-}
-
-impl Drop for Nghttpd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// Clients that ask for large answers on many streams, grant the largest
 /// flow-control windows HTTP/2 allows (so that flow control holds nothing
 /// back) and then read nothing (RFC 9113 §10.5): what the sidecar buffers
@@ -527,7 +450,7 @@ fn clients_that_read_nothing_hold_a_bounded_part_of_the_sidecars_memory() {
     /// keep alive.
     const BOUND: u64 = 16 * 1024 * 1024;
     let app = Nghttpd::start();
-    let sidecar = SidecarProcess::start(app.addr);
+    let sidecar = SidecarProcess::start(app.addr, &[]);
     let mut warm = Conn::open(sidecar.addr);
     warm.send(HEADERS, END_HEADERS | END_STREAM, 1, &get("/big"));
     assert_eq!(warm.outcome(1), Seen::Response { ok: true });

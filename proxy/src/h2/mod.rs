@@ -195,6 +195,7 @@ where
     T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let proxy = Arc::new(proxy);
+    let io = crate::pressure::Gated::new(io, proxy.inbound.pressure.clone());
     let limits = &proxy.inbound.limits;
     // Boxed: the handshake's state (over a KiB) is gone once it is done,
     // instead of staying in the connection's future beside the connection.

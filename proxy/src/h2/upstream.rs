@@ -141,7 +141,7 @@ impl Upstream {
             .initial_connection_window_size(CONNECTION_WINDOW)
             .max_send_buffer_size(SEND_BUFFER)
             .enable_push(false)
-            .handshake(stream)
+            .handshake(crate::pressure::Gated::new(stream, self.pressure.clone()))
             .await
             .map_err(|error| Error::Handshake { dst, error })?;
         let closed = Arc::new(AtomicBool::new(false));
