@@ -1,6 +1,6 @@
 //! Where this process's cgroups are, and the lowest limit a controller
 //! sets on it: the CPU quota (`cpu.rs`) and the memory limit
-//! (`pressure.rs`). A limit counts from the process's own cgroup up to the
+//! (`pressure/`). A limit counts from the process's own cgroup up to the
 //! hierarchy's root, since Kubernetes puts one on the pod's cgroup as well
 //! as on the container's. v2 (the unified hierarchy) is read first, then
 //! v1's hierarchy of the controller.

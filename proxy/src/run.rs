@@ -153,6 +153,11 @@ fn memory_pressure(flag: Option<u64>, shed: Counter) -> Pressure {
         },
     };
     match pressure.mark() {
+        Some(mark) if pressure.high() => warn!(
+            from_mib = mib(mark),
+            "the sidecar already uses more memory than where it sheds load: every request head over 1 KiB \
+             and every HTTP/2 stream will be refused until it uses less (raise the memory limit)"
+        ),
         Some(mark) => info!(from_mib = mib(mark), "shedding load under memory pressure"),
         None => info!("no memory limit: no load is shed for memory"),
     }

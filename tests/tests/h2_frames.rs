@@ -445,7 +445,7 @@ fn clients_that_read_nothing_hold_a_bounded_part_of_the_sidecars_memory() {
     const CONNECTIONS: usize = 4;
     /// nghttpd's limit of concurrent streams.
     const STREAMS: u32 = 100;
-    /// Per connection: 100 streams × 64 KiB towards the client and 2 MiB
+    /// Per connection: 100 streams × 64 KiB towards the client and 256 KiB
     /// of the app's connection window, and the read buffers those bytes
     /// keep alive.
     const BOUND: u64 = 16 * 1024 * 1024;

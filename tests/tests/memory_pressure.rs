@@ -60,13 +60,14 @@ fn slow_heads(addr: SocketAddr) -> Vec<TcpStream> {
         .collect()
 }
 
-/// How many of `conns` were answered with `status`.
+/// How many of `conns` have been answered with `status` (what was
+/// answered has arrived by now: nothing is waited for).
 fn answered(conns: &mut [TcpStream], status: &str) -> usize {
     let mut n = 0;
     for s in conns {
-        s.set_read_timeout(Some(Duration::from_millis(20))).unwrap();
+        s.set_nonblocking(true).unwrap();
         let mut head = [0u8; 12];
-        if s.read_exact(&mut head).is_ok() && head.ends_with(status.as_bytes()) {
+        if s.read(&mut head).is_ok_and(|got| got == head.len()) && head.ends_with(status.as_bytes()) {
             n += 1;
         }
     }
@@ -141,7 +142,7 @@ fn unread_streams(addr: SocketAddr, connections: usize, streams: u32) -> Vec<Tcp
 /// Whether a new client gets `/big` whole, with `curl` over h2c.
 fn curl_gets_big(addr: SocketAddr) -> bool {
     let out = std::process::Command::new("curl")
-        .args(["-s", "-o", "/dev/null", "-w", "%{http_code} %{size_download}", "--max-time", "10"])
+        .args(["-s", "-o", "/dev/null", "-w", "%{http_code} %{size_download}", "--max-time", "2"])
         .args(["--http2-prior-knowledge", &format!("http://{addr}/big")])
         .output()
         .expect("curl");
@@ -150,8 +151,8 @@ fn curl_gets_big(addr: SocketAddr) -> bool {
 
 #[test]
 fn http2_streams_that_are_never_read_are_shed_before_the_memory_limit() {
-    const LIMIT: u64 = 48 * MIB;
-    const CONNECTIONS: usize = 8;
+    const LIMIT: u64 = 40 * MIB;
+    const CONNECTIONS: usize = 12;
     const STREAMS: u32 = 200;
     let app = Nghttpd::start();
 
@@ -161,13 +162,16 @@ fn http2_streams_that_are_never_read_are_shed_before_the_memory_limit() {
     assert!(peak > LIMIT, "{CONNECTIONS} unread connections took only {} MiB without a limit", peak / MIB);
     drop((held, unbounded));
 
-    let sidecar = SidecarProcess::start(app.addr, &["--memory-limit", "48Mi"]);
+    let sidecar = SidecarProcess::start(app.addr, &["--memory-limit", "40Mi"]);
     let held = unread_streams(sidecar.addr, CONNECTIONS, STREAMS);
     let peak = peak_after(&sidecar, Duration::from_secs(2));
     assert!(peak < LIMIT, "unread streams took the sidecar to {} MiB, limit {} MiB", peak / MIB, LIMIT / MIB);
-    assert!(sidecar.metric_value("mirrord_proxy_errors_total{reason=\"memory_pressure\"}") > 0);
-    // The streams held back are reset and their memory given back: a new
-    // client is served while the connections that read nothing stay open.
+    // Streams and connections that take the memory are shed (how soon
+    // depends on how much the clients' socket buffers take first), and a new
+    // client is served meanwhile.
+    eventually("streams or connections shed for memory", || {
+        sidecar.metric_value("mirrord_proxy_errors_total{reason=\"memory_pressure\"}") > 0
+    });
     eventually("a new HTTP/2 client gets /big", || curl_gets_big(sidecar.addr));
     drop(held);
 }

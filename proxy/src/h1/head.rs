@@ -33,7 +33,7 @@ pub enum Reject {
     DuplicateHost,
     InvalidChunkedBody,
     /// A head that outgrows its first buffer while memory is near the
-    /// limit (`pressure.rs`): 503.
+    /// limit (`pressure/`): 503.
     MemoryPressure,
 }
 

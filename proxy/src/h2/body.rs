@@ -79,15 +79,24 @@ impl Body for H2Body {
 /// Sends `body` on an HTTP/2 stream as it comes, within the peer's flow
 /// control; its trailers, or its end, end the stream. A body that fails
 /// resets the stream (nobody takes a cut body as whole); a peer that resets
-/// the stream ends the sending; so does memory pressure while the peer's
-/// flow control holds the body back ([`send_data`]).
+/// the stream ends the sending. While memory is near the limit no more of
+/// the body is taken (its sender's window is not given back, so it sends
+/// no more); after a second of that, or of the peer's flow control holding
+/// it back ([`send_data`]), the stream is reset.
 pub async fn send_body<B, P>(mut body: B, mut send: h2::SendStream<Bytes>, pressure: P)
 where
     B: Body<Data = Bytes> + Unpin,
     B::Error: std::fmt::Display,
     P: std::ops::Deref<Target = Pressure>,
 {
+    // The data taken last: it makes room for as much more from the sender.
+    let mut taken = 0;
     loop {
+        if !pressure.admit(taken) && !memory_given_back(&pressure).await {
+            send.send_reset(h2::Reason::CANCEL);
+            pressure.shed();
+            return;
+        }
         let frame = tokio::select! {
             // The body first: a frame that is ready is sent without asking
             // `h2` (a lock) whether the peer reset the stream; the send
@@ -105,6 +114,7 @@ where
             }
             Some(Ok(frame)) => match frame.into_data() {
                 Ok(data) => {
+                    taken = data.len() as u64;
                     let last = body.is_end_stream();
                     match send_data(&mut send, data, last, &pressure).await {
                         Ok(()) if !last => continue,
@@ -166,6 +176,19 @@ async fn send_data(
         send.send_data(chunk, end_of_stream && data.is_empty())?;
     }
     Ok(())
+}
+
+/// Waits while memory is near the limit, for [`HELD_BACK`] at most: true
+/// once it is below the mark.
+async fn memory_given_back(pressure: &Pressure) -> bool {
+    let until = tokio::time::Instant::now() + HELD_BACK;
+    while tokio::time::Instant::now() < until {
+        tokio::time::sleep(HELD_BACK / 20).await;
+        if !pressure.high() {
+            return true;
+        }
+    }
+    false
 }
 
 /// How long a stream may wait for its peer's flow control while memory is

@@ -31,9 +31,11 @@ use upstream::Upstream;
 /// to HTTP/2's default 64 KiB in flight.
 const STREAM_WINDOW: u32 = 1024 * 1024;
 const CONNECTION_WINDOW: u32 = 1024 * 1024;
-/// Streams a client may have open at once (RFC 9113 §5.1.2 advises at
-/// least 100).
-const MAX_CONCURRENT_STREAMS: u32 = 200;
+/// Streams a client may have open at once: RFC 9113 §5.1.2 advises at
+/// least 100, and 100 is what nginx, haproxy and nghttpx allow. Each holds
+/// some 8 KiB while it is open (its task, its state here and towards the
+/// app), and up to its send buffer while its client reads nothing.
+const MAX_CONCURRENT_STREAMS: u32 = 100;
 /// Bytes buffered per stream towards the client before a body waits (and
 /// with it the app). The kernel's socket buffer, not this, covers the
 /// client's round trip, so a few frames suffice to keep the connection
@@ -49,9 +51,10 @@ const SEND_BUFFER: usize = 64 * 1024;
 /// idle clients, gRPC's long-lived ones included, hold only their own
 /// socket.
 const APP_IDLE: Duration = Duration::from_secs(5);
-/// What a stream takes when it opens (its task, its `h2` state), counted
-/// against the memory limit until the next reading sees it (`pressure.rs`).
-const STREAM_MEMORY: u64 = 4096;
+/// What a stream takes when it opens (its task, its `h2` state on both
+/// sides, its request), counted against the memory limit until the next
+/// reading sees it (`pressure/`).
+const STREAM_MEMORY: u64 = 8192;
 /// Streams a client may make the proxy reset for its own errors before the
 /// connection is ended (the "rapid reset" family of floods).
 const MAX_LOCAL_ERROR_RESETS: usize = 1024;
@@ -195,7 +198,7 @@ where
     T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let proxy = Arc::new(proxy);
-    let io = crate::pressure::Gated::new(io, proxy.inbound.pressure.clone());
+    let io = crate::pressure::Gated::client(io, proxy.inbound.pressure.clone());
     let limits = &proxy.inbound.limits;
     // Boxed: the handshake's state (over a KiB) is gone once it is done,
     // instead of staying in the connection's future beside the connection.

@@ -27,13 +27,14 @@ use crate::budget::Budget;
 use crate::pool::AppConn;
 use crate::pressure::Pressure;
 
-/// Flow-control windows towards the app: a stream of a fast app is not
-/// held to HTTP/2's default 64 KiB in flight (nor its window updates sent
-/// as often), and what the app may send before the client takes it (the
-/// sidecar holds it meanwhile) is bounded per client connection. The app
-/// is in the same pod: these cover its round trip many times over.
-const STREAM_WINDOW: u32 = 1024 * 1024;
-const CONNECTION_WINDOW: u32 = 2 * 1024 * 1024;
+/// Flow-control windows towards the app: what the app may send ahead of
+/// what the client side takes, per stream and per client connection. The
+/// app is in the same pod, so 256 KiB cover its round trip many times over
+/// (a stream is not held to HTTP/2's default 64 KiB, nor its window
+/// updates sent as often); and they bound what a client that reads nothing
+/// makes the sidecar hold on the app's side.
+const STREAM_WINDOW: u32 = 256 * 1024;
+const CONNECTION_WINDOW: u32 = 256 * 1024;
 /// Bytes buffered per stream towards the app before a body waits (an app
 /// that grants large windows but is paused or slow holds no more).
 const SEND_BUFFER: usize = 64 * 1024;
@@ -141,7 +142,7 @@ impl Upstream {
             .initial_connection_window_size(CONNECTION_WINDOW)
             .max_send_buffer_size(SEND_BUFFER)
             .enable_push(false)
-            .handshake(crate::pressure::Gated::new(stream, self.pressure.clone()))
+            .handshake(crate::pressure::Gated::app(stream, self.pressure.clone()))
             .await
             .map_err(|error| Error::Handshake { dst, error })?;
         let closed = Arc::new(AtomicBool::new(false));

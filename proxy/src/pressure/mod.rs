@@ -8,19 +8,24 @@
 //! From five eighths of the limit on ([`Pressure::admit`]), what would
 //! take more memory is refused (the rest is for what every open connection
 //! holds whatever it sends, about 4 KiB each up to the descriptor budget,
-//! and for the kernel's socket buffers): an HTTP/1 request head that outgrows its
-//! first buffer gets 503, a new HTTP/2 stream is refused (`REFUSED_STREAM`:
-//! the client may retry it), and an HTTP/2 stream that has waited a second
-//! for its peer's flow control to let data through is reset. Both count
-//! `mirrord_proxy_errors_total{reason="memory_pressure"}`. Requests that
-//! take no more memory than they hold go on.
+//! and for the kernel's socket buffers):
+//! - an HTTP/1 request head that outgrows its buffer gets 503, and a new
+//!   head is read into 1 KiB instead of 8;
+//! - HTTP/2 connections, the client's and the app's, read only a ration
+//!   shared by all ([`Gated`]); a new stream is refused (`REFUSED_STREAM`:
+//!   the client may retry it); a stream takes no more of a body, and is
+//!   reset after a second of that or of its peer's flow control holding it
+//!   back; a client that has read nothing for a second has its connection
+//!   closed.
+//!
+//! Each counts `mirrord_proxy_errors_total{reason="memory_pressure"}`.
+//! Requests that take no more memory than they hold go on.
 //!
 //! The limit is the container's (the lowest cgroup memory limit over the
 //! process's cgroups, its usage as the cgroup counts it: what the kernel
 //! compares with the limit), or `--memory-limit` (against the process's
 //! resident memory).
 
-use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
@@ -28,6 +33,9 @@ use std::time::Instant;
 use prometheus_client::metrics::counter::Counter;
 
 use crate::cgroup::{self, Version};
+
+mod gated;
+pub use gated::Gated;
 
 /// The memory limit and how the use against it is read.
 #[derive(Debug, Clone, PartialEq)]
@@ -132,8 +140,14 @@ const READ_EVERY_MS: u64 = 10;
 /// taken.
 const READ_AFTER: u64 = 1 << 20;
 
+/// What gated connections may read in all, per [`RATION_MS`], while memory
+/// is near the limit: some 1.3 MB/s, which control frames and answer heads
+/// need, not bulk data.
+const RATION: u64 = 64 * 1024;
+const RATION_MS: u64 = 50;
+
 /// How often free memory is given back at most while at the mark.
-const TRIM_EVERY_MS: u64 = 1000;
+const TRIM_EVERY_MS: u64 = 100;
 
 /// Whether the sidecar is near its memory limit. Asked only where more
 /// memory is about to be taken; nothing reads the usage while nobody asks.
@@ -149,6 +163,9 @@ pub struct Pressure {
     trimmed_at: AtomicU64,
     /// Bytes admitted since the last reading ([`Pressure::admit`]).
     admitted: AtomicU64,
+    /// What is left of the ration of the period ([`Pressure::ration`]).
+    ration_left: AtomicU64,
+    ration_period: AtomicU64,
     /// [`READ_EVERY_MS`], but in tests.
     read_every_ms: u64,
     epoch: Instant,
@@ -174,7 +191,21 @@ impl Pressure {
         // Never yet.
         let trimmed_at = AtomicU64::new(u64::MAX);
         let read_every_ms = READ_EVERY_MS;
-        Pressure { mark, usage, last, read_at, trimmed_at, admitted, read_every_ms, epoch: Instant::now(), shed }
+        let (ration_left, ration_period) = (AtomicU64::new(RATION), AtomicU64::new(0));
+        let epoch = Instant::now();
+        Pressure {
+            mark,
+            usage,
+            last,
+            read_at,
+            trimmed_at,
+            admitted,
+            ration_left,
+            ration_period,
+            read_every_ms,
+            epoch,
+            shed,
+        }
     }
 
     /// Where shedding starts, in bytes; `None` without a limit.
@@ -208,7 +239,7 @@ impl Pressure {
     }
 
     /// Reads the memory in use; at the mark, first gives the allocator's
-    /// free memory back (at most once a second), which it would otherwise
+    /// free memory back (at most every 100 ms), which it would otherwise
     /// keep after the load that took it has gone: the mark is then not
     /// reached by memory nothing uses.
     fn read(&self, admitting: u64, now: u64) {
@@ -226,94 +257,23 @@ impl Pressure {
         self.admitted.store(admitting, Ordering::Relaxed);
     }
 
+    /// How many of `want` bytes a gated connection may read now while memory
+    /// is near the limit: a ration of [`RATION`] every [`RATION_MS`], shared
+    /// by every gated connection, first come first served.
+    pub fn ration(&self, want: usize) -> usize {
+        let period = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX) / RATION_MS;
+        if self.ration_period.swap(period, Ordering::Relaxed) != period {
+            self.ration_left.store(RATION, Ordering::Relaxed);
+        }
+        let want = u64::try_from(want).unwrap_or(u64::MAX);
+        let left =
+            self.ration_left.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |left| Some(left.saturating_sub(want)));
+        usize::try_from(left.unwrap_or(0).min(want)).unwrap_or(0)
+    }
+
     /// Counts a request or stream refused or reset for memory.
     pub fn shed(&self) {
         self.shed.inc();
-    }
-}
-
-/// How long a gated connection waits before it reads again while memory
-/// is near the limit.
-const READ_AGAIN_AFTER: std::time::Duration = std::time::Duration::from_millis(50);
-
-/// A connection whose reads wait while memory is near the limit: what it
-/// reads is admitted after the read, and the next read waits until memory
-/// is below the mark again. For HTTP/2, whose library reads ahead and
-/// keeps what it read (request bodies up to the windows it granted, the
-/// app's answers up to the windows the sidecar granted) whether or not a
-/// stream takes it: the bytes stay in the kernel meanwhile. Writes go on.
-#[derive(Debug)]
-pub struct Gated<T> {
-    io: T,
-    pressure: std::sync::Arc<Pressure>,
-    /// Set while reads wait (on the heap: only under pressure).
-    wait: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
-}
-
-impl<T> Gated<T> {
-    pub fn new(io: T, pressure: std::sync::Arc<Pressure>) -> Self {
-        Gated { io, pressure, wait: None }
-    }
-}
-
-impl<T: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Gated<T> {
-    fn poll_read(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        let this = &mut *self;
-        while let Some(wait) = this.wait.as_mut() {
-            std::task::ready!(wait.as_mut().poll(cx));
-            if this.pressure.high() {
-                wait.as_mut().reset(tokio::time::Instant::now() + READ_AGAIN_AFTER);
-            } else {
-                this.wait = None;
-            }
-        }
-        let before = buf.filled().len();
-        std::task::ready!(std::pin::Pin::new(&mut this.io).poll_read(cx, buf))?;
-        let read = u64::try_from(buf.filled().len() - before).unwrap_or(u64::MAX);
-        if read > 0 && !this.pressure.admit(read) {
-            this.wait = Some(Box::pin(tokio::time::sleep(READ_AGAIN_AFTER)));
-        }
-        std::task::Poll::Ready(Ok(()))
-    }
-}
-
-impl<T: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Gated<T> {
-    fn poll_write(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &[u8],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        std::pin::Pin::new(&mut self.io).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        std::pin::Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.io.is_write_vectored()
-    }
-
-    fn poll_flush(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.io).poll_flush(cx)
-    }
-
-    fn poll_shutdown(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.io).poll_shutdown(cx)
     }
 }
 
@@ -388,6 +348,26 @@ mod tests {
         assert_eq!(Pressure::off().mark(), None);
         // The process's own resident memory is far above one byte.
         assert!(Pressure::new(&MemoryLimit { bytes: 1, usage: Usage::Resident }, Counter::default()).high());
+    }
+
+    /// Under pressure gated connections share one ration per period: what
+    /// one takes, the others do not get, and the next period brings more.
+    #[test]
+    fn the_ration_is_shared_and_renewed_each_period() {
+        let pressure = Pressure::off();
+        // Taken within one period (retried if the test straddles two).
+        for _ in 0..3 {
+            let period = pressure.epoch.elapsed().as_millis();
+            let first = pressure.ration(48 * 1024);
+            let second = pressure.ration(48 * 1024);
+            let third = pressure.ration(1);
+            if pressure.epoch.elapsed().as_millis() / u128::from(RATION_MS) == period / u128::from(RATION_MS) {
+                assert_eq!((first, second, third), (48 * 1024, 16 * 1024, 0));
+                break;
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(RATION_MS + 5));
+        assert_eq!(pressure.ration(1 << 20), RATION as usize, "a new period's ration, no more");
     }
 
     /// Memory taken faster than the readings come: what was admitted since
