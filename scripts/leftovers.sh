@@ -12,7 +12,7 @@ set -uo pipefail
 
 state() {
   ip netns list 2>/dev/null | awk '$1 ~ /^mrd-/ { print "netns " $1 }'
-  for root in /sys/fs/cgroup /sys/fs/cgroup/pids /sys/fs/cgroup/cpu /sys/fs/cgroup/cpu,cpuacct /sys/fs/cgroup/unified; do
+  for root in /sys/fs/cgroup /sys/fs/cgroup/pids /sys/fs/cgroup/cpu /sys/fs/cgroup/cpu,cpuacct /sys/fs/cgroup/memory /sys/fs/cgroup/unified; do
     [ -d "$root" ] && find "$root" -maxdepth 1 -type d -name 'mirrord-test-*' -printf 'cgroup %p\n'
   done
   if command -v iptables-save >/dev/null 2>&1; then
