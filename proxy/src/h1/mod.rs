@@ -146,6 +146,10 @@ pub async fn serve(mut client: TcpStream, prefix: Bytes, conn: Conn) {
             break;
         }
     }
+    // What the connection holds goes before the lingering (a refused head's
+    // buffer, up to the head limit, for each of thousands of refused
+    // clients; a pinned app connection).
+    drop((requests, responses, shared, held));
     linger(&mut client).await;
 }
 
