@@ -155,3 +155,79 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Gated<T> {
         Pin::new(&mut self.io).poll_shutdown(cx)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::pressure::{MemoryLimit, Usage};
+    use prometheus_client::metrics::counter::Counter;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// Always at the mark: the process uses more than a byte.
+    fn at_the_mark() -> (Arc<Pressure>, Counter) {
+        let shed = Counter::default();
+        (Arc::new(Pressure::new(&MemoryLimit { bytes: 1, usage: Usage::Resident }, shed.clone())), shed)
+    }
+
+    /// At the mark a connection reads its share of the ration, period by
+    /// period; everything still arrives.
+    #[tokio::test]
+    async fn at_the_mark_reads_take_the_ration_and_everything_arrives() {
+        let (pressure, _) = at_the_mark();
+        let (mut peer, io) = tokio::io::duplex(1 << 20);
+        let sent = vec![7u8; 200 * 1024];
+        peer.write_all(&sent).await.unwrap();
+        drop(peer);
+        let mut gated = Gated::app(io, pressure);
+        let started = std::time::Instant::now();
+        let mut got = Vec::new();
+        let mut buf = vec![0u8; 256 * 1024];
+        // The first read goes through (nothing had told it to wait yet).
+        let first = gated.read(&mut buf[..1024]).await.unwrap();
+        got.extend_from_slice(&buf[..first]);
+        loop {
+            let n = gated.read(&mut buf).await.unwrap();
+            if n == 0 {
+                break;
+            }
+            assert!(n as u64 <= super::super::RATION, "{n} bytes in one read at the mark");
+            got.extend_from_slice(&buf[..n]);
+        }
+        assert_eq!(got, sent);
+        // The rest took a period each at least.
+        let periods = (sent.len() - first).div_ceil(super::super::RATION as usize);
+        let least = READ_AGAIN_AFTER * u32::try_from(periods).unwrap();
+        assert!(started.elapsed() >= least, "{:?} for {} bytes", started.elapsed(), sent.len());
+    }
+
+    /// A client that reads nothing while memory is at the mark: after a
+    /// second its connection's writes fail (and the connection ends), and it
+    /// counts as shed. The app's connection waits instead.
+    #[tokio::test]
+    async fn a_client_that_reads_nothing_at_the_mark_is_cut_off_after_a_second() {
+        let (pressure, shed) = at_the_mark();
+        let (_peer, io) = tokio::io::duplex(4096);
+        let mut client = Gated::client(io, pressure.clone());
+        let chunk = vec![0u8; 1024];
+        let started = std::time::Instant::now();
+        let failed = loop {
+            if let Err(e) = client.write_all(&chunk).await {
+                break e;
+            }
+        };
+        assert!(started.elapsed() >= WRITES_STALLED, "{:?}", started.elapsed());
+        assert!(failed.to_string().contains("read nothing"), "{failed}");
+        assert_eq!(shed.get(), 1);
+
+        let (_peer, io) = tokio::io::duplex(4096);
+        let mut app = Gated::app(io, pressure);
+        let waited = tokio::time::timeout(WRITES_STALLED * 2, async {
+            loop {
+                app.write_all(&chunk).await.unwrap();
+            }
+        })
+        .await;
+        assert!(waited.is_err(), "the app's connection waits, it does not fail");
+    }
+}
