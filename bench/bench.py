@@ -27,6 +27,7 @@ from load import (
 from peers import haproxy_conf, nghttpx_args, nginx_conf, nginx_config, PROXY_TO, row
 from procs import BOTH_CPUS, children, cpu_ns, free_port, proc_stat, Procs, RELEASE, start_sidecar, wait_port
 from idle import idle_bench, idle_protocols, idle_tcp_targets, idle_wakeups, unread_bench
+from pressure import pressure_bench
 from sessions import session_bench
 
 
@@ -117,7 +118,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--seconds", type=int, default=5)
-    ap.add_argument("--only", choices=["proxy", "sessions", "idle", "admission", "cores", "instructions"],
+    ap.add_argument("--only", choices=["proxy", "sessions", "idle", "admission", "cores", "instructions", "pressure"],
                     help="run one part only")
     ap.add_argument("--idle", type=int, default=10000, metavar="N", help="idle connections per target (idle part)")
     ap.add_argument("--idle-other", type=int, default=2000, metavar="N",
@@ -141,6 +142,13 @@ def main():
         return
     if args.only == "instructions":
         instructions.bench(args.baseline)
+        return
+    if args.only == "pressure":
+        tmp = tempfile.mkdtemp()
+        try:
+            pressure_bench(tmp, args.baseline)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
         return
     tmp = tempfile.mkdtemp()
     procs = Procs()
@@ -316,6 +324,11 @@ def main():
     if args.only is None:
         admission.bench(rounds=args.rounds, baseline=args.baseline_injector)
         instructions.bench(args.baseline)
+        tmp = tempfile.mkdtemp()
+        try:
+            pressure_bench(tmp, args.baseline)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":
