@@ -68,13 +68,25 @@ def write(path, text, missing_ok=False):
             raise
 
 
+def connect(port):
+    """A connection, or None once the sidecar takes none (it died, or it
+    is stalled at its limit)."""
+    try:
+        s = socket.create_connection(("127.0.0.1", port), timeout=2)
+    except OSError:
+        return None
+    s.settimeout(2)
+    return s
+
+
 def slow_heads(port, n):
     head = b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow: "
     head += b"a" * (HEAD_BYTES - len(head))
     conns = []
     for _ in range(n):
-        s = socket.create_connection(("127.0.0.1", port))
-        s.settimeout(5)
+        s = connect(port)
+        if s is None:
+            break
         try:
             s.sendall(head)
         except OSError:
@@ -91,11 +103,16 @@ def unread_streams(port, n):
     block = bytes([0x82, 0x86]) + b"\x00\x05:path\x04/big" + b"\x00\x0a:authority\x01x"
     conns = []
     for _ in range(n):
-        s = socket.create_connection(("127.0.0.1", port))
+        s = connect(port)
+        if s is None:
+            break
         out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + h2_frame(4, 0, 0, bytes([0, 4, 0x7f, 0xff, 0xff, 0xff]))
         out += h2_frame(8, 0, 0, (0x7fffffff - 65535).to_bytes(4, "big"))
         out += b"".join(h2_frame(1, 5, 1 + 2 * i, block) for i in range(STREAMS))
-        s.sendall(out)
+        try:
+            s.sendall(out)
+        except OSError:
+            pass
         conns.append(s)
     return conns
 
@@ -126,7 +143,7 @@ def attack(name, binary, upstream, h2, connections):
         alive = sidecar.poll() is None
         for c in conns:
             c.close()
-        return cgroup.peak_mib(), cgroup.oom_kills(), alive, served
+        return cgroup.peak_mib(), cgroup.oom_kills(), alive, served, len(conns)
     finally:
         procs.stop()
         cgroup.remove()
@@ -159,9 +176,10 @@ def pressure_bench(tmp, baseline=None, heads=(1500, 3800), h2_connections=(8, 64
         for what, h2, app, n in cases:
             print(f"  {what}:")
             for name, binary in builds.items():
-                peak, kills, alive, served = attack(name, binary, app, h2, n)
+                peak, kills, alive, served, opened = attack(name, binary, app, h2, n)
                 state = "running" if alive else "DEAD"
-                print(f"    {name}: peak {peak:.1f} MiB, {kills} OOM kills, {state}, "
+                took = "" if opened == n else f" (took only {opened} connections)"
+                print(f"    {name}: peak {peak:.1f} MiB, {kills} OOM kills, {state}{took}, "
                       f"a new client {'answered' if served else 'NOT answered'}")
     finally:
         procs.stop()
