@@ -81,10 +81,12 @@ pub struct RunArgs {
     pub fd_budget: Option<usize>,
     /// The memory the sidecar may use, against its resident memory, as a
     /// byte count (`64Mi`, `1G`, `67108864`). From five eighths of it on,
-    /// it sheds what would take more (request heads beyond 8 KiB get 503,
-    /// new HTTP/2 streams are refused, streams stalled on flow control are
-    /// reset) instead of growing into an OOM kill. Default: the container's
-    /// memory limit (its cgroup's), against the cgroup's usage; `0` for none.
+    /// it sheds what would take more instead of growing into an OOM kill:
+    /// request heads that outgrow their buffer get 503, HTTP/2 connections
+    /// read a ration shared by all, new HTTP/2 streams are refused, streams
+    /// held back for a second are reset, and clients that read nothing are
+    /// disconnected. Default: the container's memory limit (its cgroup's),
+    /// against the cgroup's usage; `0` for none.
     #[arg(long, value_name = "BYTES", value_parser = crate::pressure::parse_bytes)]
     pub memory_limit: Option<u64>,
     /// Largest HTTP request head accepted, in bytes (431 beyond).

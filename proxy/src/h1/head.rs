@@ -32,8 +32,8 @@ pub enum Reject {
     /// More than one Host.
     DuplicateHost,
     InvalidChunkedBody,
-    /// A head that outgrows its first buffer while memory is near the
-    /// limit (`pressure/`): 503.
+    /// A head that outgrows its buffer while memory is near the limit
+    /// (`pressure/`): 503.
     MemoryPressure,
 }
 
