@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use mirrord_config::names::{ADMIN_PORT, INBOUND_PORT, PROXY_PORTS, TUNNEL_PORT};
 use mirrord_config::parse_duration;
-use prometheus_client::metrics::counter::Counter;
 use tokio::net::TcpListener;
 use tracing::{info, warn};
 
@@ -20,7 +19,7 @@ use crate::limits::Limits;
 use crate::metrics::{Fault, FaultLabels, Metrics};
 use crate::pause::{self, procs::ScopeArgs, Pause};
 use crate::ports::PortList;
-use crate::pressure::{MemoryLimit, Pressure, Usage};
+use crate::pressure::Pressure;
 use crate::secret::SessionToken;
 use crate::session::Sessions;
 use crate::shutdown;
@@ -139,33 +138,6 @@ pub struct RunArgs {
     pub max_sessions: u16,
 }
 
-/// The memory limit to shed load under: `--memory-limit`, else the
-/// container's.
-fn memory_pressure(flag: Option<u64>, shed: Counter) -> Pressure {
-    let mib = |b: u64| b as f64 / f64::from(1 << 20);
-    let pressure = match flag {
-        Some(0) => Pressure::off(),
-        Some(bytes) => Pressure::new(&MemoryLimit { bytes, usage: Usage::Resident }, shed),
-        None => match MemoryLimit::of_this_process() {
-            Some((limit, cgroup)) => {
-                info!(limit_mib = mib(limit.bytes), cgroup = %cgroup.display(), "memory limit from the cgroup");
-                Pressure::new(&limit, shed)
-            }
-            None => Pressure::off(),
-        },
-    };
-    match pressure.mark() {
-        Some(mark) if pressure.high() => warn!(
-            from_mib = mib(mark),
-            "the sidecar already uses more memory than where it sheds load: every request head over 1 KiB \
-             and every HTTP/2 stream will be refused until it uses less (raise the memory limit)"
-        ),
-        Some(mark) => info!(from_mib = mib(mark), "shedding load under memory pressure"),
-        None => info!("no memory limit: no load is shed for memory"),
-    }
-    pressure
-}
-
 /// `--pause`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum PauseSetting {
@@ -222,7 +194,7 @@ impl Running {
         metrics.fd_budget.set(i64::try_from(fd_budget).unwrap_or(i64::MAX));
         let shed =
             metrics.errors.get_or_create(&FaultLabels { reason: Fault::Refused(Reject::MemoryPressure) }).clone();
-        let pressure = Arc::new(memory_pressure(args.memory_limit, shed));
+        let pressure = Arc::new(Pressure::configured(args.memory_limit, shed));
         let sessions = Arc::new(Sessions::new(args.ports.clone()).with_max(usize::from(args.max_sessions)));
         let pause = match args.pause {
             PauseSetting::Enabled => Pause::new(args.scope.scope(), args.max_pause, metrics.clone(), None),

@@ -246,6 +246,13 @@ fn to_app(
     (head_len, close_client)
 }
 
+/// Whether the buffer of an incomplete head may grow as `fill` would grow it
+/// (it need not, or memory is below the limit's mark).
+fn head_may_grow(buf: &BytesMut, conn: &Conn) -> bool {
+    let grow = growth(buf);
+    grow == 0 || conn.inbound.pressure.admit(grow as u64)
+}
+
 /// Reads until a complete request head, enforcing the size and time limits.
 async fn next_head<R: AsyncRead + Unpin>(
     rd: &mut R,
@@ -270,7 +277,7 @@ async fn next_head<R: AsyncRead + Unpin>(
                 }
                 // A head about to outgrow its buffer takes more memory:
                 // not while memory is near the limit.
-                Ok(None) if growth(buf) > 0 && !conn.inbound.pressure.admit(growth(buf) as u64) => {
+                Ok(None) if !head_may_grow(buf, conn) => {
                     return Next::Reject(Reject::MemoryPressure);
                 }
                 Ok(None) => {}
