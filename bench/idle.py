@@ -8,9 +8,9 @@ import subprocess
 import sys
 import time
 
-from load import H2_PREFACE, h2load_run, wrk_errors
+from load import H2_PREFACE, h2_frame, h2load_run, unread_h2, wrk_errors
 from peers import nghttpx_args
-from procs import children, cpu_ns, free_port, LOAD_CPU, Procs, rss_kib, start_sidecar, switches, wait_port
+from procs import children, cpu_ns, free_port, LOAD_CPU, Procs, rss_kib, serve_big, start_sidecar, switches, wait_port
 
 
 def idle_wakeups(targets, seconds=10):
@@ -171,10 +171,6 @@ def idle_protocols(targets, count):
                   f"{failed} not opened; {open_still} of {len(conns)} still open")
 
 
-def h2_frame(kind, flags, stream, payload):
-    return len(payload).to_bytes(3, "big") + bytes([kind, flags]) + stream.to_bytes(4, "big") + payload
-
-
 def unread_bench(tmp, baseline=None, connections=4, streams=100):
     """HTTP/2 clients that ask for a 4 MiB answer on each of `streams`
     streams, grant the largest flow-control windows and read nothing
@@ -185,12 +181,8 @@ def unread_bench(tmp, baseline=None, connections=4, streams=100):
           "windows at 2^31-1; RSS growth per connection (lower is better)")
     procs = Procs()
     try:
-        www = os.path.join(tmp, "www")
-        os.makedirs(www, exist_ok=True)
-        with open(os.path.join(www, "big"), "wb") as f:
-            f.write(bytes(4 << 20))
         ports = {k: free_port() for k in ("app", "sidecar", "baseline", "nghttpx", "haproxy")}
-        procs.start(["nghttpd", "--no-tls", "-d", www, str(ports["app"])])
+        serve_big(procs, tmp, ports["app"])
         targets = {"sidecar": start_sidecar(procs, ports["sidecar"], ports["app"]),
                    "nghttpx": procs.start(nghttpx_args(ports["nghttpx"], ports["app"]))}
         if baseline:
@@ -209,7 +201,6 @@ listen h2
         targets["haproxy"] = procs.start(["haproxy", "-f", hap])
         for k in ("app", *targets):
             wait_port(ports[k])
-        block = bytes([0x82, 0x86]) + b"\x00\x05:path\x04/big" + b"\x00\x0a:authority\x01x"
         for name, proc in targets.items():
             pids = [proc.pid] + (children(proc.pid) if name == "nghttpx" else [])
             h2load_run(["-n", "4", "-c1", f"http://127.0.0.1:{ports[name]}/big"])
@@ -218,10 +209,7 @@ listen h2
             held = []
             for _ in range(connections):
                 s = socket.create_connection(("127.0.0.1", ports[name]))
-                out = H2_PREFACE + h2_frame(4, 0, 0, bytes([0, 4, 0x7f, 0xff, 0xff, 0xff]))
-                out += h2_frame(8, 0, 0, (0x7fffffff - 65535).to_bytes(4, "big"))
-                out += b"".join(h2_frame(1, 5, 1 + 2 * i, block) for i in range(streams))
-                s.sendall(out)
+                s.sendall(unread_h2(streams))
                 held.append(s)
             peak, still, start = before, time.time(), time.time()
             while time.time() - start < 3 or time.time() - still < 1:

@@ -108,3 +108,17 @@ def iperf(port, seconds):
 
 
 H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+
+
+def h2_frame(kind, flags, stream, payload):
+    return len(payload).to_bytes(3, "big") + bytes([kind, flags]) + stream.to_bytes(4, "big") + payload
+
+
+def unread_h2(streams):
+    """What an HTTP/2 client that reads nothing sends: the preface, the
+    largest windows (SETTINGS_INITIAL_WINDOW_SIZE and the connection's), and
+    `streams` GETs of `/big`."""
+    block = bytes([0x82, 0x86]) + b"\x00\x05:path\x04/big" + b"\x00\x0a:authority\x01x"
+    out = H2_PREFACE + h2_frame(4, 0, 0, bytes([0, 4, 0x7f, 0xff, 0xff, 0xff]))
+    out += h2_frame(8, 0, 0, (0x7fffffff - 65535).to_bytes(4, "big"))
+    return out + b"".join(h2_frame(1, 5, 1 + 2 * i, block) for i in range(streams))

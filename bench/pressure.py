@@ -7,7 +7,8 @@ import socket
 import subprocess
 import time
 
-from procs import free_port, Procs, RELEASE, wait_port
+from load import unread_h2
+from procs import free_port, Procs, RELEASE, serve_big, wait_port
 
 LIMIT = 64 << 20
 HEAD_BYTES = 60_000
@@ -95,20 +96,13 @@ def slow_heads(port, n):
     return conns
 
 
-def h2_frame(kind, flags, stream, payload):
-    return len(payload).to_bytes(3, "big") + bytes([kind, flags]) + stream.to_bytes(4, "big") + payload
-
-
 def unread_streams(port, n):
-    block = bytes([0x82, 0x86]) + b"\x00\x05:path\x04/big" + b"\x00\x0a:authority\x01x"
+    out = unread_h2(STREAMS)
     conns = []
     for _ in range(n):
         s = connect(port)
         if s is None:
             break
-        out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + h2_frame(4, 0, 0, bytes([0, 4, 0x7f, 0xff, 0xff, 0xff]))
-        out += h2_frame(8, 0, 0, (0x7fffffff - 65535).to_bytes(4, "big"))
-        out += b"".join(h2_frame(1, 5, 1 + 2 * i, block) for i in range(STREAMS))
         try:
             s.sendall(out)
         except OSError:
@@ -158,13 +152,9 @@ def pressure_bench(tmp, baseline=None, heads=(1500, 3800), h2_connections=(8, 64
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     procs = Procs()
     try:
-        www = os.path.join(tmp, "www")
-        os.makedirs(www, exist_ok=True)
-        with open(os.path.join(www, "big"), "wb") as f:
-            f.write(bytes(4 << 20))
         h1_app, h2_app = free_port(), free_port()
         procs.start([f"{RELEASE}/sample-app", "--http", f"127.0.0.1:{h1_app}"])
-        procs.start(["nghttpd", "--no-tls", "-d", www, str(h2_app)])
+        serve_big(procs, tmp, h2_app)
         wait_port(h1_app)
         wait_port(h2_app)
         builds = {"sidecar": f"{RELEASE}/mirrord-proxy"} | ({"baseline": baseline} if baseline else {})

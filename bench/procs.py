@@ -56,6 +56,16 @@ class Procs:
             p.wait()
 
 
+def serve_big(procs, tmp, port):
+    """nghttpd (HTTP/2, h2c) on `port`, serving one 4 MiB file, `/big`: an
+    app that sends whatever the windows allow."""
+    www = os.path.join(tmp, "www")
+    os.makedirs(www, exist_ok=True)
+    with open(os.path.join(www, "big"), "wb") as f:
+        f.write(bytes(4 << 20))
+    return procs.start(["nghttpd", "--no-tls", "-d", www, str(port)])
+
+
 def start_sidecar(procs, listen, upstream, *extra, tunnel=0, binary=None, threads=1, cpu=APP_CPU):
     """The sidecar (this build's, or `binary`) in explicit mode with `threads`
     worker threads, listening on `listen` for `upstream`; its admin server on
